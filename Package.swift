@@ -1,0 +1,35 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+let package = Package(
+    name: "Sluice",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "lbctl", targets: ["lbctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // libbpf, through pkg-config; shim.h covers what its macros hide from Swift.
+        .systemLibrary(name: "CLibbpf", pkgConfig: "libbpf", providers: [.apt(["libbpf-dev"])]),
+        // The kernel/user header from bpf/ (symlinked) and the embedded BPF objects.
+        .target(name: "CSluice"),
+        // Pure Swift: config, validation, Maglev, the flow-hash model, diffs. No kernel.
+        .target(name: "SluiceCore", dependencies: [.product(name: "Yams", package: "Yams")]),
+        // A thin typed wrapper over libbpf.
+        .target(name: "SluiceBPF", dependencies: ["CLibbpf"]),
+        // The data plane as lbctl and the agent drive it: attach, apply, read state.
+        .target(name: "SluiceControl", dependencies: ["SluiceCore", "SluiceBPF", "CSluice", "CLibbpf"]),
+        .executableTarget(name: "lbctl", dependencies: [
+            "SluiceControl", "SluiceCore",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .target(name: "SluiceTestSupport", dependencies: ["SluiceCore", "SluiceBPF", "CSluice", "CLibbpf"],
+                path: "Tests/SluiceTestSupport"),
+        .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
+        .testTarget(name: "SluiceDataplaneTests", dependencies: ["SluiceControl", "SluiceTestSupport", "SluiceCore", "SluiceBPF", "CSluice"]),
+        .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore"]),
+    ]
+)

@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * This file contains every struct, enum and constant that crosses the
+ * kernel/user boundary: map keys and values, counters and limits. It is
+ * included by the BPF programs in bpf/ and, through the CSluice module, by
+ * the Swift control plane. Nothing here may be declared a second time.
+ *
+ * Addresses and ports are kept in network byte order, exactly as they sit in
+ * the packet, so the data plane never converts them. An IPv4 address occupies
+ * addr[0]; addr[1..3] are zero.
+ */
+#ifndef SLUICE_LB_SHARED_H
+#define SLUICE_LB_SHARED_H
+
+#include <linux/types.h>
+
+/* Capacities. The data plane's arrays are sized by these at load time. */
+#define SL_MAX_VIPS 4096
+#define SL_MAX_BACKENDS 65536
+#define SL_MAGLEV_DEFAULT_SIZE 65537
+#define SL_CT_DEFAULT_SIZE 1048576
+#define SL_SERVICE_NAME_LEN 64
+
+/* A Maglev slot that names no backend: every backend of the service is drained. */
+#define SL_NO_BACKEND 0xffffffffu
+
+/* Seed of the flow hash. The Swift model (SluiceCore.FlowHash) uses the same. */
+#define SL_HASH_SEED 0x5111ce00u
+
+/* Outer TTL / hop limit of tunnelled packets. */
+#define SL_OUTER_TTL 64
+
+/* Names of the maps, as pinned under the pin path (bpffs). */
+#define SL_MAP_VIPS "sl_vips"
+#define SL_MAP_MAGLEV "sl_maglev"
+#define SL_MAP_BACKENDS "sl_backends"
+#define SL_MAP_CONNTRACK "sl_conntrack"
+#define SL_MAP_CONFIG "sl_config"
+#define SL_MAP_STATS "sl_stats"
+#define SL_MAP_VIP_STATS "sl_vip_stats"
+#define SL_MAP_BACKEND_STATS "sl_backend_stats"
+#define SL_MAP_SERVICES "sl_services"
+#define SL_PROG_BALANCER "sl_balancer"
+
+enum sl_family {
+	SL_FAMILY_V4 = 4,
+	SL_FAMILY_V6 = 6,
+};
+
+/* Key of sl_vips: one service is one (address, port, protocol). */
+struct sl_vip_key {
+	__u32 addr[4];   /* network order; IPv4 in addr[0] */
+	__u16 port;      /* network order */
+	__u8 proto;      /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;     /* enum sl_family */
+};
+
+/* Value of sl_vips: what the data plane needs to place a new flow. */
+struct sl_vip {
+	__u32 id;          /* service slot: index of sl_maglev, sl_vip_stats, sl_services */
+	__u32 maglev_size; /* M of this service's table (prime) */
+};
+
+/* Value of sl_backends, indexed by backend id. */
+struct sl_backend {
+	__u32 addr[4];     /* network order; IPv4 in addr[0] */
+	__u8 family;       /* enum sl_family; 0 = slot never used */
+	__u8 flags;        /* enum sl_backend_flags */
+	__u16 weight;      /* configured weight (control plane bookkeeping) */
+	__u32 service_id;  /* owning service slot */
+};
+
+enum sl_backend_flags {
+	SL_BACKEND_F_IN_USE = 1 << 0,  /* part of the applied configuration */
+};
+
+/* Key of sl_conntrack: the 5-tuple as seen on the wire. */
+struct sl_flow_key {
+	__u32 src[4];
+	__u32 dst[4];
+	__u16 sport;   /* network order */
+	__u16 dport;   /* network order */
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];   /* always zero */
+};
+
+/* Value of sl_conntrack. */
+struct sl_ct_entry {
+	__u32 backend_id;
+	__u32 flags;   /* reserved, zero */
+};
+
+/* Value of sl_config (an array of one). Written by lbctl attach and apply. */
+struct sl_config {
+	__u32 source_v4;     /* outer source of 4in4 tunnels, network order */
+	__u32 source_v6[4];  /* outer source of 6in6 and 4in6 tunnels */
+	__u8 gateway_mac[6]; /* next hop for every tunnelled frame */
+	__u8 flags;          /* enum sl_config_flags */
+	__u8 pad;
+};
+
+enum sl_config_flags {
+	SL_CFG_HAS_SOURCE_V4 = 1 << 0,
+	SL_CFG_HAS_SOURCE_V6 = 1 << 1,
+	SL_CFG_HAS_GATEWAY = 1 << 2,
+};
+
+/* Value of sl_vip_stats and sl_backend_stats (per CPU). */
+struct sl_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Why the data plane dropped a packet. Index of sl_stats.drops. */
+enum sl_drop_reason {
+	SL_DROP_MALFORMED = 0,  /* a header field is impossible (IHL < 5, bad version, lengths) */
+	SL_DROP_TRUNCATED,      /* a header runs past the end of the frame */
+	SL_DROP_NO_BACKEND,     /* the VIP has no table, or every backend is drained */
+	SL_DROP_NO_SOURCE,      /* no node source address for the tunnel family */
+	SL_DROP_NO_GATEWAY,     /* no next-hop MAC configured */
+	SL_DROP_ENCAP,          /* the frame could not grow for the tunnel header */
+	SL_DROP__MAX,
+};
+
+/* Number of XDP verdicts counted: XDP_ABORTED .. XDP_REDIRECT. */
+#define SL_VERDICTS 5
+
+/* Value of sl_stats (a per-CPU array of one): the node-wide counters. */
+struct sl_stats {
+	__u64 verdicts[SL_VERDICTS]; /* indexed by XDP action */
+	__u64 new_flows;             /* flows placed by Maglev (SYN or conntrack miss) */
+	__u64 ct_hits;               /* packets of a known flow */
+	__u64 ct_misses;             /* non-SYN packets of a flow not in the table */
+	__u64 fragments;             /* IP fragments, passed to the kernel */
+	__u64 ip_options;            /* IPv4 packets to a VIP with options, forwarded */
+	__u64 drops[SL_DROP__MAX];   /* indexed by enum sl_drop_reason */
+};
+
+/* Value of sl_services, indexed by service slot. Control-plane metadata kept
+ * in bpffs beside the data plane so any lbctl process can read the applied
+ * state; the data plane never reads it. */
+struct sl_service_info {
+	char name[SL_SERVICE_NAME_LEN]; /* NUL-padded; empty = slot free */
+	struct sl_vip_key vip;
+	__u32 maglev_size;
+	__u32 generation;   /* bumped on each table switch */
+};
+
+#endif /* SLUICE_LB_SHARED_H */
