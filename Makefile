@@ -1,0 +1,55 @@
+# Sluice: builds the BPF data plane (clang) and the Swift control plane (SwiftPM).
+#   make          install missing Debian packages, build everything (release lbctl)
+#   make test     every test: pure Swift, BPF_PROG_TEST_RUN, CLI and veth tests (root)
+#   make install  copy lbctl to $(PREFIX)/bin
+
+SHELL := /bin/bash
+PREFIX ?= /usr/local
+SWIFT ?= swift
+# Debian's clang 14 from apt; named explicitly because the Swift toolchain's clang may come first in PATH.
+BPF_CLANG ?= /usr/bin/clang
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -mcpu=v3 \
+	-I/usr/include/$(shell uname -m)-linux-gnu -Ibpf
+APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev clang llvm bpftool iproute2 pkg-config xxd ethtool
+
+BPF_HEADERS := $(wildcard bpf/*.h)
+BPF_OBJECTS := bpf/build/lb.bpf.o
+EMBEDDED := Sources/CSluice/generated_objects.c
+
+.PHONY: all deps bpf build release test install clean
+
+all: deps release
+
+# Installs what is missing (nothing on a machine that has it all).
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+bpf/build/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS)
+	@mkdir -p bpf/build
+	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(EMBEDDED): $(BPF_OBJECTS) scripts/embed-objects.sh
+	scripts/embed-objects.sh $@ balancer=bpf/build/lb.bpf.o
+
+bpf: deps $(EMBEDDED)
+
+build: bpf
+	$(SWIFT) build
+
+release: bpf
+	$(SWIFT) build -c release
+	@echo "lbctl: $$($(SWIFT) build -c release --show-bin-path)/lbctl"
+
+test: build
+	$(SWIFT) test
+
+install: release
+	install -m 0755 "$$($(SWIFT) build -c release --show-bin-path)/lbctl" $(PREFIX)/bin/lbctl
+
+clean:
+	rm -rf bpf/build $(EMBEDDED) .build

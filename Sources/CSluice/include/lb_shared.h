@@ -1,0 +1,1 @@
+../../../bpf/lb_shared.h
