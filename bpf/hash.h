@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * This file contains the flow hash that places a new flow in a Maglev table:
+ * Bob Jenkins' jhash_3words exactly as Linux's include/linux/jhash.h writes
+ * it, applied to three words of the flow. The Swift control plane keeps a
+ * bit-exact model of sl_flow_hash (SluiceCore), so any change here is a change
+ * of the kernel/user contract.
+ */
+#ifndef SLUICE_HASH_H
+#define SLUICE_HASH_H
+
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include "lb_shared.h"
+
+/* An arbitrary initial parameter, as in Linux. */
+#define JHASH_INITVAL 0xdeadbeef
+
+/* Bits of one port: where the destination port starts in word b. */
+#define SL_PORT_BITS 16
+
+static __always_inline __u32 rol32(__u32 word, unsigned int shift)
+{
+	return (word << (shift & 31)) | (word >> ((-shift) & 31));
+}
+
+/* Final mixing of three 32-bit values (a, b, c) into c. */
+#define __jhash_final(a, b, c)                  \
+	{                                       \
+		c ^= b;                         \
+		c -= rol32(b, 14);              \
+		a ^= c;                         \
+		a -= rol32(c, 11);              \
+		b ^= a;                         \
+		b -= rol32(a, 25);              \
+		c ^= b;                         \
+		c -= rol32(b, 16);              \
+		a ^= c;                         \
+		a -= rol32(c, 4);               \
+		b ^= a;                         \
+		b -= rol32(a, 14);              \
+		c ^= b;                         \
+		c -= rol32(b, 24);              \
+	}
+
+static __always_inline __u32 __jhash_nwords(__u32 a, __u32 b, __u32 c, __u32 initval)
+{
+	a += initval;
+	b += initval;
+	c += initval;
+
+	__jhash_final(a, b, c);
+
+	return c;
+}
+
+static __always_inline __u32 jhash_3words(__u32 a, __u32 b, __u32 c, __u32 initval)
+{
+	return __jhash_nwords(a, b, c, initval + JHASH_INITVAL + (3 << 2));
+}
+
+/*
+ * The hash of a flow: jhash_3words(a, b, c, SL_HASH_SEED) with
+ *   a = the source address as loaded from the packet, no byte swap; for IPv6
+ *       the XOR of its four 32-bit words (an IPv4 key's words 1..3 are zero,
+ *       so one XOR serves both families);
+ *   b = the first four bytes of the TCP/UDP header as one 32-bit word:
+ *       sport | dport << 16 with both ports in network order;
+ *   c = the IP protocol number.
+ * The client's address and port are enough to spread flows; the destination
+ * is the VIP, the same for the whole table.
+ */
+static __always_inline __u32 sl_flow_hash(const struct sl_flow_key *key)
+{
+	__u32 a = key->src[0] ^ key->src[1] ^ key->src[2] ^ key->src[3];
+	__u32 b = (__u32)key->sport | ((__u32)key->dport << SL_PORT_BITS);
+
+	return jhash_3words(a, b, key->proto, SL_HASH_SEED);
+}
+
+#endif /* SLUICE_HASH_H */

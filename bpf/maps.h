@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * This file contains the BTF definitions of every map the balancer shares with
+ * the control plane. Each map is pinned by name (LIBBPF_PIN_BY_NAME) under the
+ * loader's pin root, so the data plane keeps its state with no Swift process
+ * alive; the C identifiers are the SL_MAP_* names of lb_shared.h. Keys and
+ * values are the structs of lb_shared.h and nothing else.
+ */
+#ifndef SLUICE_MAPS_H
+#define SLUICE_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "lb_shared.h"
+
+/* The services: (VIP address, port, protocol, family) -> service slot and M. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SL_MAX_VIPS);
+	__type(key, struct sl_vip_key);
+	__type(value, struct sl_vip);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_vips SEC(".maps");
+
+/* One Maglev lookup table: slot -> backend id (or SL_NO_BACKEND). The
+ * template only fixes the key and value sizes: BPF_F_INNER_MAP lets user space
+ * install arrays of any prime size M, made aside and switched in with one
+ * update of sl_maglev. */
+struct sl_maglev_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SL_MAGLEV_DEFAULT_SIZE);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+/* The Maglev tables: service slot -> that service's current table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SL_MAX_VIPS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct sl_maglev_table); /* must come last: a flexible array */
+} sl_maglev SEC(".maps");
+
+/* The backends, indexed by backend id; family 0 marks a slot never used. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SL_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct sl_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_backends SEC(".maps");
+
+/* Connection tracking: 5-tuple -> backend id. LRU, so a full table forgets
+ * its oldest flows; user space may resize it before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SL_CT_DEFAULT_SIZE);
+	__type(key, struct sl_flow_key);
+	__type(value, struct sl_ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_conntrack SEC(".maps");
+
+/* The node's settings (tunnel sources, next-hop MAC): an array of one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_config SEC(".maps");
+
+/* The node-wide counters, per CPU: verdicts, flows, drops by reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_stats SEC(".maps");
+
+/* Packets and bytes per service slot, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SL_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct sl_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_vip_stats SEC(".maps");
+
+/* Packets and bytes per backend id, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SL_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct sl_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_backend_stats SEC(".maps");
+
+/* Control-plane metadata per service slot (name, VIP, generation). The data
+ * plane never reads it; it is defined here so that it is created and pinned
+ * with the rest of the maps. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SL_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct sl_service_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_services SEC(".maps");
+
+#endif /* SLUICE_MAPS_H */
