@@ -20,6 +20,8 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/resource.h>
+#include <sys/statfs.h>
+#include <sys/mount.h>
 
 /* Swift's Glibc module does not declare setns(2) or CLONE_NEWNET. */
 int setns(int fd, int nstype);

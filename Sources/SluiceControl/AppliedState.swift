@@ -1,0 +1,65 @@
+// What the pinned maps say is being served, rebuilt as the Swift model plus the slot ids behind it.
+import CSluice
+import SluiceBPF
+import SluiceCore
+
+/// One backend slot of sl_backends that belongs to a service.
+public struct AppliedBackend: Sendable, Equatable {
+    public var id: UInt32
+    public var address: IPAddress
+    public var weight: Int
+}
+
+/// One service as the maps hold it.
+public struct AppliedService: Sendable {
+    public var slot: UInt32
+    public var service: Service
+    public var maglevSize: Int
+    public var generation: UInt32
+    public var backends: [AppliedBackend]
+}
+
+/// The data plane's configuration, read back from bpffs. Services and
+/// backends are read with batched lookups so this stays cheap at scale.
+public struct AppliedState: Sendable {
+    public var config: sl_config
+    public var services: [AppliedService]
+    /// Every backend slot ever written (family != 0), by id, in use or not.
+    public var backendSlots: [sl_backend]
+
+    public var serviceFile: ServiceFile {
+        let size = services.first?.maglevSize ?? Maglev.defaultTableSize
+        return ServiceFile(node: NodeConfig(sourceV4: config.sourceV4, sourceV6: config.sourceV6, maglevTableSize: size),
+                           services: services.map(\.service))
+    }
+
+    public func service(named name: String) -> AppliedService? { services.first { $0.service.name == name } }
+
+    public static func read(from dataplane: Dataplane) throws(ControlError) -> AppliedState {
+        do {
+            let config = try dataplane.config.lookup(UInt32(0), as: sl_config.self) ?? sl_config()
+            let infos = try dataplane.services.arrayValues(as: sl_service_info.self)
+            let slots = try dataplane.backends.arrayValues(as: sl_backend.self)
+            var byService: [UInt32: [AppliedBackend]] = [:]
+            let inUse = UInt8(SL_BACKEND_F_IN_USE.rawValue)
+            for (id, backend) in slots.enumerated() where backend.flags & inUse != 0 {
+                guard let address = IPAddress(words: backend.addr, family: backend.family) else { continue }
+                byService[backend.service_id, default: []].append(
+                    AppliedBackend(id: UInt32(id), address: address, weight: Int(backend.weight)))
+            }
+            var services: [AppliedService] = []
+            for (slot, info) in infos.enumerated() where info.name.0 != 0 {
+                guard let vip = info.vip.address, let proto = info.vip.l4Protocol else { continue }
+                let backends = byService[UInt32(slot)] ?? []
+                let service = Service(name: info.serviceName, vip: vip, port: info.vip.hostPort, proto: proto,
+                                      forwarding: .ipip,
+                                      backends: backends.map { Backend(address: $0.address, weight: $0.weight) })
+                services.append(AppliedService(slot: UInt32(slot), service: service, maglevSize: Int(info.maglev_size),
+                                               generation: info.generation, backends: backends))
+            }
+            return AppliedState(config: config, services: services, backendSlots: slots)
+        } catch {
+            throw .bpf(error, while: "reading the applied configuration from \(dataplane.pinPath)")
+        }
+    }
+}

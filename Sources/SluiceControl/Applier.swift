@@ -1,0 +1,205 @@
+// Turns a validated service file into map writes: plan every slot first, then write in an order
+// that never lets a packet see a half-built service.
+import CLibbpf
+import CSluice
+import SluiceBPF
+import SluiceCore
+
+public struct ApplyResult: Sendable {
+    public var diff: ConfigDiff
+    /// Maglev tables built and switched in.
+    public var tablesWritten: Int
+    /// Bytes written into maps (tables, backends, services, VIPs).
+    public var bytesWritten: Int
+}
+
+public enum Applier {
+    /// Applies `desired`. Nothing is written when the diff is empty or on a dry run.
+    public static func apply(_ desired: ServiceFile, to dataplane: Dataplane, dryRun: Bool = false) throws(ControlError) -> ApplyResult {
+        let state = try AppliedState.read(from: dataplane)
+        let diff = ConfigDiff.between(current: state.serviceFile, desired: desired)
+        guard !dryRun, !diff.isEmpty else { return ApplyResult(diff: diff, tablesWritten: 0, bytesWritten: 0) }
+        let plan = try Plan(state: state, desired: desired)
+        var writer = Writer(dataplane: dataplane)
+        do {
+            try writer.write(plan, state: state, desired: desired)
+        } catch {
+            throw .bpf(error, while: "applying the configuration to \(dataplane.pinPath)")
+        }
+        return ApplyResult(diff: diff, tablesWritten: writer.tables, bytesWritten: writer.bytes)
+    }
+}
+
+/// Slot and backend-id assignments for the desired set, decided before any write.
+struct Plan {
+    struct Entry {
+        var service: Service
+        var slot: UInt32
+        var backendIDs: [UInt32]          // parallel to service.backends
+        var newBackendIDs: Set<UInt32>
+        var needsTable: Bool
+        var isNewSlot: Bool
+        var previous: AppliedService?
+    }
+    var entries: [Entry] = []
+    var removedServices: [AppliedService] = []
+    var freedBackendIDs: [UInt32] = []
+
+    init(state: AppliedState, desired: ServiceFile) throws(ControlError) {
+        let size = desired.node.maglevTableSize
+        let desiredNames = Set(desired.services.map(\.name))
+        removedServices = state.services.filter { !desiredNames.contains($0.service.name) }
+
+        var usedSlots = Set(state.services.filter { desiredNames.contains($0.service.name) }.map(\.slot))
+        var freeSlots = (0..<UInt32(SL_MAX_VIPS)).lazy.filter { !usedSlots.contains($0) }.makeIterator()
+        var allocator = BackendAllocator(slots: state.backendSlots)
+
+        for service in desired.services {
+            let previous = state.service(named: service.name)
+            let slot: UInt32
+            if let previous { slot = previous.slot } else {
+                guard let free = freeSlots.next() else { throw .badInput("services: more than \(SL_MAX_VIPS) services") }
+                slot = free
+                usedSlots.insert(free)
+            }
+            let known = Dictionary(uniqueKeysWithValues: (previous?.backends ?? []).map { ($0.address, $0.id) })
+            var ids: [UInt32] = []
+            var fresh = Set<UInt32>()
+            for backend in service.backends {
+                if let id = known[backend.address] { ids.append(id); continue }
+                guard let id = allocator.next() else {
+                    throw .badInput("service \"\(service.name)\": no free backend slot (at most \(SL_MAX_BACKENDS))")
+                }
+                ids.append(id)
+                fresh.insert(id)
+            }
+            let keep = Set(service.backends.map(\.address))
+            freedBackendIDs += (previous?.backends ?? []).filter { !keep.contains($0.address) }.map(\.id)
+            let needsTable = previous.map { $0.service != service || $0.maglevSize != size } ?? true
+            entries.append(Entry(service: service, slot: slot, backendIDs: ids, newBackendIDs: fresh,
+                                 needsTable: needsTable, isNewSlot: previous == nil, previous: previous))
+        }
+        freedBackendIDs += removedServices.flatMap { $0.backends.map(\.id) }
+    }
+}
+
+/// Hands out backend ids, never-used slots first, so an id that established
+/// flows may still point at is reused as late as possible.
+struct BackendAllocator {
+    private var neverUsed: [UInt32]
+    private var released: [UInt32]
+
+    init(slots: [sl_backend]) {
+        let inUse = UInt8(SL_BACKEND_F_IN_USE.rawValue)
+        var never: [UInt32] = [], old: [UInt32] = []
+        for id in 0..<UInt32(SL_MAX_BACKENDS) {
+            let slot = Int(id) < slots.count ? slots[Int(id)] : sl_backend()
+            if slot.family == 0 { never.append(id) } else if slot.flags & inUse == 0 { old.append(id) }
+        }
+        neverUsed = never.reversed()
+        released = old.reversed()
+    }
+
+    mutating func next() -> UInt32? { neverUsed.popLast() ?? released.popLast() }
+}
+
+/// Performs a plan's writes and counts them.
+struct Writer {
+    let dataplane: Dataplane
+    var tables = 0
+    var bytes = 0
+
+    mutating func write(_ plan: Plan, state: AppliedState, desired: ServiceFile) throws(BPFError) {
+        let size = desired.node.maglevTableSize
+        var config = state.config
+        if config.sourceV4 != desired.node.sourceV4 || config.sourceV6 != desired.node.sourceV6 {
+            config.setSources(v4: desired.node.sourceV4, v6: desired.node.sourceV6)
+            try dataplane.config.update(UInt32(0), config)
+            bytes += MemoryLayout<sl_config>.size
+        }
+        for entry in plan.entries where entry.needsTable {
+            try writeBackends(entry)
+            if entry.isNewSlot {
+                try dataplane.vipStats.updatePerCPU(entry.slot, sl_counter())
+            }
+            let previousSize = entry.previous?.maglevSize ?? size
+            // The VIP's M and its table change in two writes; order them so every
+            // index a packet can compute stays inside the table it finds.
+            if size < previousSize { try writeVIP(entry, size: size) }
+            try switchTable(entry, size: size)
+            try writeServiceInfo(entry, size: size)
+            if size >= previousSize || entry.isNewSlot { try writeVIP(entry, size: size) }
+            if let previous = entry.previous, sl_vip_key(service: previous.service) != sl_vip_key(service: entry.service) {
+                try dataplane.vips.delete(sl_vip_key(service: previous.service))
+            }
+        }
+        for removed in plan.removedServices {
+            try dataplane.vips.delete(sl_vip_key(service: removed.service))
+            try dataplane.maglev.delete(removed.slot)
+            try dataplane.services.update(removed.slot, sl_service_info())
+            bytes += MemoryLayout<sl_service_info>.size
+        }
+        // Released backends keep their address so established flows still reach them.
+        for id in plan.freedBackendIDs {
+            var slot = state.backendSlots[Int(id)]
+            slot.flags &= ~UInt8(SL_BACKEND_F_IN_USE.rawValue)
+            try dataplane.backends.update(id, slot)
+            bytes += MemoryLayout<sl_backend>.size
+        }
+    }
+
+    private mutating func writeBackends(_ entry: Plan.Entry) throws(BPFError) {
+        for (backend, id) in zip(entry.service.backends, entry.backendIDs) {
+            var slot = sl_backend()
+            slot.addr = backend.address.words
+            slot.family = backend.address.family.rawValue
+            slot.flags = UInt8(SL_BACKEND_F_IN_USE.rawValue)
+            slot.weight = UInt16(backend.weight)
+            slot.service_id = entry.slot
+            if entry.newBackendIDs.contains(id) {
+                try dataplane.backendStats.updatePerCPU(id, sl_counter())
+            } else if entry.previous?.backends.first(where: { $0.id == id })?.weight == backend.weight {
+                continue
+            }
+            try dataplane.backends.update(id, slot)
+            bytes += MemoryLayout<sl_backend>.size
+        }
+    }
+
+    /// Builds the table aside in a new inner map and switches it in with one update.
+    private mutating func switchTable(_ entry: Plan.Entry, size: Int) throws(BPFError) {
+        let maglevBackends = entry.service.backends.map {
+            MaglevBackend(key: MaglevKey.forBackend($0.address), weight: $0.weight)
+        }
+        let table = Maglev.table(for: maglevBackends, size: size).map {
+            $0 == Maglev.noBackend ? SL_NO_BACKEND : entry.backendIDs[Int($0)]
+        }
+        let inner = try BPFMap.create(type: BPF_MAP_TYPE_ARRAY, name: "sl_maglev_\(entry.slot)", keySize: 4,
+                                      valueSize: 4, maxEntries: size, flags: UInt32(BPF_F_INNER_MAP))
+        try inner.updateBatch(keys: Array(0..<UInt32(size)), values: table)
+        try dataplane.maglev.update(entry.slot, innerMap: inner)
+        tables += 1
+        bytes += size * 4
+    }
+
+    private mutating func writeServiceInfo(_ entry: Plan.Entry, size: Int) throws(BPFError) {
+        var info = sl_service_info()
+        info.setName(entry.service.name)
+        info.vip = sl_vip_key(service: entry.service)
+        info.maglev_size = UInt32(size)
+        info.generation = (entry.previous?.generation ?? 0) &+ 1
+        try dataplane.services.update(entry.slot, info)
+        bytes += MemoryLayout<sl_service_info>.size
+    }
+
+    private mutating func writeVIP(_ entry: Plan.Entry, size: Int) throws(BPFError) {
+        try dataplane.vips.update(sl_vip_key(service: entry.service), sl_vip(id: entry.slot, maglev_size: UInt32(size)))
+        bytes += MemoryLayout<sl_vip>.size
+    }
+}
+
+extension sl_vip_key: @retroactive Equatable {
+    public static func == (lhs: sl_vip_key, rhs: sl_vip_key) -> Bool {
+        withUnsafeBytes(of: lhs) { l in withUnsafeBytes(of: rhs) { r in l.elementsEqual(r) } }
+    }
+}

@@ -1,0 +1,128 @@
+// The pinned data plane: loading the embedded balancer object, pinning it, and reopening the pins.
+import CLibbpf
+import CSluice
+import Glibc
+import SluiceBPF
+
+/// Handles on every map and the balancer program under one pin path.
+/// The maps are pinned by name (LIBBPF_PIN_BY_NAME), the program as
+/// `sl_balancer`, so any later lbctl process or the agent can pick them up.
+public final class Dataplane {
+    public static let defaultPinPath = "/sys/fs/bpf/sluice"
+
+    public let pinPath: String
+    public let program: BPFProgram
+    public let vips: BPFMap
+    public let maglev: BPFMap
+    public let backends: BPFMap
+    public let conntrack: BPFMap
+    public let config: BPFMap
+    public let stats: BPFMap
+    public let vipStats: BPFMap
+    public let backendStats: BPFMap
+    public let services: BPFMap
+    private let object: BPFObject?
+
+    private init(pinPath: String, program: BPFProgram, object: BPFObject?, map: (String) throws(BPFError) -> BPFMap) throws(BPFError) {
+        self.pinPath = pinPath
+        self.program = program
+        self.object = object
+        vips = try map(SL_MAP_VIPS)
+        maglev = try map(SL_MAP_MAGLEV)
+        backends = try map(SL_MAP_BACKENDS)
+        conntrack = try map(SL_MAP_CONNTRACK)
+        config = try map(SL_MAP_CONFIG)
+        stats = try map(SL_MAP_STATS)
+        vipStats = try map(SL_MAP_VIP_STATS)
+        backendStats = try map(SL_MAP_BACKEND_STATS)
+        services = try map(SL_MAP_SERVICES)
+    }
+
+    static func programPin(_ pinPath: String) -> String { "\(pinPath)/\(SL_PROG_BALANCER)" }
+
+    /// True when a balancer is pinned at `pinPath`.
+    public static func isPinned(at pinPath: String) -> Bool {
+        access(programPin(pinPath), F_OK) == 0
+    }
+
+    /// Opens what is pinned at `pinPath`.
+    public static func open(pinPath: String) throws(ControlError) -> Dataplane {
+        guard isPinned(at: pinPath) else {
+            throw .runtime("no Sluice data plane is pinned at \(pinPath) (run 'lbctl attach IFACE' first)")
+        }
+        do {
+            let program = try BPFProgram.openPinned(programPin(pinPath))
+            return try Dataplane(pinPath: pinPath, program: program, object: nil) { name throws(BPFError) in
+                try BPFMap.openPinned("\(pinPath)/\(name)")
+            }
+        } catch {
+            throw .bpf(error, while: "opening the data plane pinned at \(pinPath)")
+        }
+    }
+
+    /// Opens the pinned data plane, or loads the embedded object and pins it.
+    public static func openOrLoad(pinPath: String, conntrackSize: UInt32 = UInt32(SL_CT_DEFAULT_SIZE)) throws(ControlError) -> Dataplane {
+        if isPinned(at: pinPath) { return try open(pinPath: pinPath) }
+        try preparePinDirectory(pinPath)
+        LibbpfLog.warningsToStderr()
+        do {
+            let object = try BPFObject(elf: EmbeddedObjects.balancer, name: "sluice", pinRoot: pinPath)
+            try object.setMaxEntries(map: SL_MAP_CONNTRACK, conntrackSize)
+            try object.load()
+            let program = try object.program(named: SL_PROG_BALANCER)
+            try program.pin(at: programPin(pinPath))
+            return try Dataplane(pinPath: pinPath, program: program, object: object) { name throws(BPFError) in
+                try object.map(named: name)
+            }
+        } catch {
+            throw .bpf(error, while: "loading the balancer into \(pinPath)")
+        }
+    }
+
+    /// Removes every pin this data plane made, and the directory if it is then empty.
+    public static func removePins(at pinPath: String) {
+        let names = [SL_PROG_BALANCER, SL_MAP_VIPS, SL_MAP_MAGLEV, SL_MAP_BACKENDS, SL_MAP_CONNTRACK, SL_MAP_CONFIG,
+                     SL_MAP_STATS, SL_MAP_VIP_STATS, SL_MAP_BACKEND_STATS, SL_MAP_SERVICES]
+        for name in names { unlink("\(pinPath)/\(name)") }
+        rmdir(pinPath)
+    }
+
+    static let bpffsRoot = "/sys/fs/bpf"
+
+    static func isBPFFS(_ path: String) -> Bool {
+        var fs = statfs()
+        let bpfFSMagic = 0xcafe_4a11
+        return statfs(path, &fs) == 0 && Int(fs.f_type) == bpfFSMagic
+    }
+
+    /// The pin path must be a directory on bpffs; create it when it is not
+    /// there. Like systemd and Cilium, mount bpffs at /sys/fs/bpf when the
+    /// pin path is under it and nothing is mounted there yet.
+    private static func preparePinDirectory(_ pinPath: String) throws(ControlError) {
+        guard pinPath.hasPrefix("/") else { throw .badInput("--pin-path: \(pinPath) is not an absolute path") }
+        if pinPath.hasPrefix(bpffsRoot + "/"), !isBPFFS(bpffsRoot), access(bpffsRoot, F_OK) == 0,
+           mount("bpf", bpffsRoot, "bpf", 0, "mode=0700") != 0 {
+            throw .runtime("cannot mount bpffs at \(bpffsRoot): \(String(cString: strerror(errno)))")
+        }
+        var components: [String] = []
+        for part in pinPath.split(separator: "/") {
+            components.append(String(part))
+            let path = "/" + components.joined(separator: "/")
+            if mkdir(path, 0o700) != 0 && errno != EEXIST {
+                throw .runtime("cannot create the pin directory \(path): \(String(cString: strerror(errno)))")
+            }
+        }
+        guard isBPFFS(pinPath) else {
+            throw .runtime("--pin-path: \(pinPath) is not on a BPF filesystem (mount bpffs: mount -t bpf bpf /sys/fs/bpf)")
+        }
+    }
+}
+
+/// The BPF objects compiled into this binary by the Makefile.
+public enum EmbeddedObjects {
+    public static var balancer: [UInt8] {
+        var size = 0
+        let bytes = CSluice_balancer_object(&size)!
+        return Array(UnsafeBufferPointer(start: bytes, count: size))
+    }
+}

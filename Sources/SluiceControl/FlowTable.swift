@@ -1,0 +1,42 @@
+// The connection-tracking table, read back as flows with their service and backend.
+import CSluice
+import SluiceBPF
+import SluiceCore
+
+public struct FlowEntry: Sendable, Codable, Equatable {
+    public var `protocol`: String
+    public var source: String
+    public var sourcePort: UInt16
+    public var destination: String
+    public var destinationPort: UInt16
+    public var service: String?
+    public var backend: String?
+    public var backendID: UInt32
+
+    enum CodingKeys: String, CodingKey {
+        case `protocol`, source, destination, service, backend
+        case sourcePort = "source_port"
+        case destinationPort = "destination_port"
+        case backendID = "backend_id"
+    }
+
+    public static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> [FlowEntry] {
+        let serviceNames = Dictionary(state.services.map { (UInt32($0.slot), $0.service.name) }, uniquingKeysWith: { a, _ in a })
+        let entries: [(sl_flow_key, sl_ct_entry)]
+        do { entries = try dataplane.conntrack.hashEntries(key: sl_flow_key.self, value: sl_ct_entry.self) } catch {
+            throw .bpf(error, while: "reading the connection table")
+        }
+        return entries.compactMap { key, value in
+            guard let source = IPAddress(words: key.src, family: key.family),
+                  let destination = IPAddress(words: key.dst, family: key.family) else { return nil }
+            let id = Int(value.backend_id)
+            let slot = id < state.backendSlots.count ? state.backendSlots[id] : nil
+            let backend = slot.flatMap { IPAddress(words: $0.addr, family: $0.family) }
+            return FlowEntry(protocol: L4Protocol(number: key.proto)?.rawValue ?? String(key.proto),
+                             source: source.description, sourcePort: UInt16(bigEndian: key.sport),
+                             destination: destination.description, destinationPort: UInt16(bigEndian: key.dport),
+                             service: slot.flatMap { serviceNames[$0.service_id] }, backend: backend?.description,
+                             backendID: value.backend_id)
+        }.sorted { ($0.destination, $0.source, $0.sourcePort) < ($1.destination, $1.source, $1.sourcePort) }
+    }
+}

@@ -1,0 +1,31 @@
+// Interfaces of the current network namespace by name and index.
+import CLibbpf
+import Glibc
+
+public struct NetworkInterface: Sendable, Equatable {
+    public let name: String
+    public let index: Int32
+
+    /// The interface called `name`, or a bad-input error naming it.
+    public static func named(_ name: String) throws(ControlError) -> NetworkInterface {
+        guard !name.isEmpty, name.utf8.count < Int(IF_NAMESIZE) else {
+            throw .badInput("interface \"\(name)\": not a valid interface name")
+        }
+        let index = if_nametoindex(name)
+        guard index != 0 else { throw .badInput("interface \"\(name)\": no such interface") }
+        return NetworkInterface(name: name, index: Int32(index))
+    }
+
+    /// Every interface of this namespace.
+    public static func all() -> [NetworkInterface] {
+        guard let list = if_nameindex() else { return [] }
+        defer { if_freenameindex(list) }
+        var result: [NetworkInterface] = []
+        var entry = list
+        while entry.pointee.if_index != 0, let name = entry.pointee.if_name {
+            result.append(NetworkInterface(name: String(cString: name), index: Int32(entry.pointee.if_index)))
+            entry += 1
+        }
+        return result
+    }
+}

@@ -1,0 +1,73 @@
+// What `lbctl status` shows: interfaces running the balancer, the node settings and every service.
+import CSluice
+import SluiceBPF
+import SluiceCore
+
+public struct StatusReport: Sendable, Codable, Equatable {
+    public struct Interface: Sendable, Codable, Equatable {
+        public var name: String
+        public var mode: String
+    }
+    public struct Node: Sendable, Codable, Equatable {
+        public var sourceV4: String?
+        public var sourceV6: String?
+        public var gatewayMAC: String?
+        public var maglevTableSize: Int
+        enum CodingKeys: String, CodingKey {
+            case sourceV4 = "source_v4", sourceV6 = "source_v6", gatewayMAC = "gateway_mac"
+            case maglevTableSize = "maglev_table_size"
+        }
+    }
+    public struct BackendStatus: Sendable, Codable, Equatable {
+        public var address: String
+        public var weight: Int
+        /// "active" (in the Maglev table) or "drained" (weight 0: established flows only).
+        public var state: String
+        public var id: UInt32
+    }
+    public struct ServiceStatus: Sendable, Codable, Equatable {
+        public var name: String
+        public var vip: String
+        public var port: UInt16
+        public var `protocol`: String
+        public var forwarding: String
+        public var maglevTableSize: Int
+        public var generation: UInt32
+        public var backends: [BackendStatus]
+        enum CodingKeys: String, CodingKey {
+            case name, vip, port, `protocol`, forwarding, generation, backends
+            case maglevTableSize = "maglev_table_size"
+        }
+    }
+
+    public var pinPath: String
+    public var programID: UInt32
+    public var interfaces: [Interface]
+    public var node: Node
+    public var services: [ServiceStatus]
+
+    enum CodingKeys: String, CodingKey {
+        case interfaces, node, services
+        case pinPath = "pin_path"
+        case programID = "program_id"
+    }
+
+    public static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> StatusReport {
+        let id = try Attacher.programID(dataplane)
+        let file = state.serviceFile
+        return StatusReport(
+            pinPath: dataplane.pinPath, programID: id,
+            interfaces: Attacher.attachedInterfaces(programID: id).map { Interface(name: $0.name, mode: $0.mode.rawValue) },
+            node: Node(sourceV4: file.node.sourceV4?.description, sourceV6: file.node.sourceV6?.description,
+                       gatewayMAC: state.config.gateway?.description, maglevTableSize: file.node.maglevTableSize),
+            services: state.services.map { applied in
+                ServiceStatus(name: applied.service.name, vip: applied.service.vip.description, port: applied.service.port,
+                              protocol: applied.service.proto.rawValue, forwarding: applied.service.forwarding.rawValue,
+                              maglevTableSize: applied.maglevSize, generation: applied.generation,
+                              backends: applied.backends.map {
+                                  BackendStatus(address: $0.address.description, weight: $0.weight,
+                                                state: $0.weight > 0 ? "active" : "drained", id: $0.id)
+                              })
+            })
+    }
+}

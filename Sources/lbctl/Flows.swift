@@ -1,0 +1,21 @@
+// lbctl flows: the connection-tracking table.
+import ArgumentParser
+import SluiceControl
+
+struct Flows: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the connection-tracking table.")
+
+    @Flag(help: "Print JSON (stable; see the README).") var json = false
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let dataplane = try Dataplane.open(pinPath: global.pinPath)
+        let flows = try FlowEntry.read(from: dataplane, state: try AppliedState.read(from: dataplane))
+        if json { return try printJSON(flows) }
+        printTable(["PROTO", "SOURCE", "DESTINATION", "SERVICE", "BACKEND"], flows.map {
+            [$0.protocol, formatVIP($0.source, $0.sourcePort), formatVIP($0.destination, $0.destinationPort),
+             $0.service ?? "-", $0.backend ?? "#\($0.backendID)"]
+        })
+        print("\(flows.count) flows")
+    }
+}

@@ -1,0 +1,32 @@
+// lbctl stats: the data plane's counters, summed over CPUs.
+import ArgumentParser
+import SluiceControl
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the data plane's counters.")
+
+    @Flag(help: "Print JSON (stable; see the README).") var json = false
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let dataplane = try Dataplane.open(pinPath: global.pinPath)
+        let snapshot = try CounterSnapshot.read(from: dataplane, state: try AppliedState.read(from: dataplane))
+        if json { return try printJSON(snapshot) }
+        let verdicts = CounterSnapshot.verdictNames.map { "\($0) \(snapshot.verdicts[$0] ?? 0)" }.joined(separator: ", ")
+        let drops = CounterSnapshot.dropNames.map { "\($0) \(snapshot.drops[$0] ?? 0)" }.joined(separator: ", ")
+        print("verdicts:  \(verdicts)")
+        print("flows:     new \(snapshot.newFlows), conntrack hits \(snapshot.conntrackHits), misses \(snapshot.conntrackMisses)")
+        print("other:     fragments passed \(snapshot.fragments), ip options forwarded \(snapshot.ipOptions)")
+        print("drops:     \(drops)")
+        var rows: [[String]] = []
+        for service in snapshot.services {
+            rows.append([service.name, "\(formatVIP(service.vip, service.port))/\(service.protocol)", "*",
+                         String(service.packets), String(service.bytes)])
+            for backend in service.backends {
+                rows.append(["", "", backend.address, String(backend.packets), String(backend.bytes)])
+            }
+        }
+        print("")
+        printTable(["SERVICE", "VIP", "BACKEND", "PACKETS", "BYTES"], rows)
+    }
+}

@@ -1,0 +1,33 @@
+// lbctl status: interfaces, node settings, services and backends with their weights.
+import ArgumentParser
+import SluiceControl
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show interfaces, services and backends.")
+
+    @Flag(help: "Print JSON (stable; see the README).") var json = false
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let dataplane = try Dataplane.open(pinPath: global.pinPath)
+        let report = try StatusReport.read(from: dataplane, state: try AppliedState.read(from: dataplane))
+        if json { return try printJSON(report) }
+        let interfaces = report.interfaces.map { "\($0.name) (\($0.mode))" }.joined(separator: ", ")
+        print("pin path:   \(report.pinPath) (program id \(report.programID))")
+        print("interfaces: \(interfaces.isEmpty ? "none" : interfaces)")
+        print("node:       source_v4 \(report.node.sourceV4 ?? "-"), source_v6 \(report.node.sourceV6 ?? "-"), gateway \(report.node.gatewayMAC ?? "-"), maglev_table_size \(report.node.maglevTableSize)")
+        var rows: [[String]] = []
+        for service in report.services {
+            for backend in service.backends {
+                rows.append([service.name, "\(formatVIP(service.vip, service.port))/\(service.protocol)",
+                             backend.address, String(backend.weight), backend.state])
+            }
+        }
+        print("")
+        printTable(["SERVICE", "VIP", "BACKEND", "WEIGHT", "STATE"], rows)
+    }
+}
+
+func formatVIP(_ address: String, _ port: UInt16) -> String {
+    address.contains(":") ? "[\(address)]:\(port)" : "\(address):\(port)"
+}
