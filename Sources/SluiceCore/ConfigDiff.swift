@@ -1,0 +1,168 @@
+// What applying a desired service file changes on a node: services matched by
+// name, backends by address. Used by `apply --dry-run`, by the reconciler to
+// touch only what changed, and as JSON in API answers (snake_case keys).
+
+public struct ConfigDiff: Equatable, Sendable, Codable {
+    /// Names of services only in the desired file, sorted.
+    public var servicesAdded: [String]
+    /// The desired definitions of `servicesAdded`, same order.
+    public var addedServices: [Service]
+    /// Names of services only in the current file, sorted.
+    public var servicesRemoved: [String]
+    /// Services in both whose definition differs, sorted by name.
+    public var servicesChanged: [ServiceChange]
+    public var nodeChanged: Bool
+    /// The node settings that differ, in key order.
+    public var nodeChanges: [ValueChange]
+
+    public var isEmpty: Bool {
+        servicesAdded.isEmpty && servicesRemoved.isEmpty && servicesChanged.isEmpty && !nodeChanged
+    }
+
+    public static func between(current: ServiceFile, desired: ServiceFile) -> ConfigDiff {
+        let now = Dictionary(current.services.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let next = Dictionary(desired.services.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+
+        let added = next.keys.filter { now[$0] == nil }.sorted()
+        let removed = now.keys.filter { next[$0] == nil }.sorted()
+        let changed = next.keys.sorted().compactMap { name in
+            now[name].flatMap { ServiceChange.between(current: $0, desired: next[name]!) }
+        }
+        let nodeChanges = ValueChange.between(current.node, desired.node)
+        return ConfigDiff(servicesAdded: added, addedServices: added.map { next[$0]! },
+                          servicesRemoved: removed, servicesChanged: changed,
+                          nodeChanged: !nodeChanges.isEmpty, nodeChanges: nodeChanges)
+    }
+
+    /// One line per change, for people:
+    /// `+ service web 198.51.100.10:80/tcp (3 backends)`, `- service old`,
+    /// `~ service api: + backend 10.0.0.5 (weight 1), - backend 10.0.0.4, weight 10.0.0.3 1 -> 2`,
+    /// `~ node: source_v4 192.0.2.10 -> 192.0.2.11`.
+    public var lines: [String] {
+        var lines: [String] = []
+        if nodeChanged {
+            lines.append("~ node: " + nodeChanges.map(\.text).joined(separator: ", "))
+        }
+        for service in addedServices {
+            let count = service.backends.count
+            lines.append("+ service \(service.name) \(service.endpoint) (\(count) backend\(count == 1 ? "" : "s"))")
+        }
+        for name in servicesRemoved {
+            lines.append("- service \(name)")
+        }
+        for change in servicesChanged {
+            lines.append("~ service \(change.name): " + change.parts.joined(separator: ", "))
+        }
+        return lines
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case servicesAdded = "services_added"
+        case addedServices = "added_services"
+        case servicesRemoved = "services_removed"
+        case servicesChanged = "services_changed"
+        case nodeChanged = "node_changed"
+        case nodeChanges = "node_changes"
+    }
+}
+
+/// How one service, matched by name, differs.
+public struct ServiceChange: Equatable, Sendable, Codable {
+    public var name: String
+    /// The VIP, port, protocol or forwarding mode changed: the service moves.
+    public var vipChanged: Bool
+    /// Old and new endpoint (`198.51.100.10:80/tcp`) when `vipChanged`.
+    public var vipChange: ValueChange?
+    /// Sorted.
+    public var backendsAdded: [IPAddress]
+    /// The desired definitions of `backendsAdded`, same order.
+    public var addedBackends: [Backend]
+    /// Sorted.
+    public var backendsRemoved: [IPAddress]
+    /// Sorted by address.
+    public var weightsChanged: [WeightChange]
+
+    /// Nil when the two are the same (backend order does not count).
+    static func between(current: Service, desired: Service) -> ServiceChange? {
+        let vipChanged = current.vip != desired.vip || current.port != desired.port
+            || current.proto != desired.proto || current.forwarding != desired.forwarding
+        let now = Dictionary(current.backends.map { ($0.address, $0) }, uniquingKeysWith: { first, _ in first })
+        let next = Dictionary(desired.backends.map { ($0.address, $0) }, uniquingKeysWith: { first, _ in first })
+
+        let added = next.keys.filter { now[$0] == nil }.sorted()
+        let removed = now.keys.filter { next[$0] == nil }.sorted()
+        let weights = next.keys.sorted().compactMap { address -> WeightChange? in
+            guard let old = now[address]?.weight, let new = next[address]?.weight, old != new else { return nil }
+            return WeightChange(address: address, from: old, to: new)
+        }
+        guard vipChanged || !added.isEmpty || !removed.isEmpty || !weights.isEmpty else { return nil }
+        return ServiceChange(
+            name: desired.name, vipChanged: vipChanged,
+            vipChange: vipChanged ? ValueChange(field: "vip", from: current.endpoint, to: desired.endpoint) : nil,
+            backendsAdded: added, addedBackends: added.map { next[$0]! },
+            backendsRemoved: removed, weightsChanged: weights)
+    }
+
+    /// The pieces of this service's diff line, VIP first.
+    var parts: [String] {
+        var parts: [String] = []
+        if let vipChange { parts.append(vipChange.text) }
+        parts += addedBackends.map { "+ backend \($0.address) (weight \($0.weight))" }
+        parts += backendsRemoved.map { "- backend \($0)" }
+        parts += weightsChanged.map { "weight \($0.address) \($0.from) -> \($0.to)" }
+        return parts
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case name
+        case vipChanged = "vip_changed"
+        case vipChange = "vip_change"
+        case backendsAdded = "backends_added"
+        case addedBackends = "added_backends"
+        case backendsRemoved = "backends_removed"
+        case weightsChanged = "weights_changed"
+    }
+}
+
+public struct WeightChange: Equatable, Sendable, Codable {
+    public var address: IPAddress
+    public var from: Int
+    public var to: Int
+
+    public init(address: IPAddress, from: Int, to: Int) {
+        self.address = address
+        self.from = from
+        self.to = to
+    }
+}
+
+/// One setting's old and new value, as text (`none` when unset).
+public struct ValueChange: Equatable, Sendable, Codable {
+    public var field: String
+    public var from: String
+    public var to: String
+
+    public init(field: String, from: String, to: String) {
+        self.field = field
+        self.from = from
+        self.to = to
+    }
+
+    var text: String { "\(field) \(from) -> \(to)" }
+
+    static func between(_ current: NodeConfig, _ desired: NodeConfig) -> [ValueChange] {
+        func text(_ address: IPAddress?) -> String { address?.description ?? "none" }
+        var changes: [ValueChange] = []
+        if current.sourceV4 != desired.sourceV4 {
+            changes.append(ValueChange(field: "source_v4", from: text(current.sourceV4), to: text(desired.sourceV4)))
+        }
+        if current.sourceV6 != desired.sourceV6 {
+            changes.append(ValueChange(field: "source_v6", from: text(current.sourceV6), to: text(desired.sourceV6)))
+        }
+        if current.maglevTableSize != desired.maglevTableSize {
+            changes.append(ValueChange(field: "maglev_table_size", from: String(current.maglevTableSize),
+                                       to: String(desired.maglevTableSize)))
+        }
+        return changes
+    }
+}

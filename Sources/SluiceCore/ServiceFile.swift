@@ -1,0 +1,141 @@
+// The declarative service file: what the node should be serving. The same
+// model, with the same snake_case keys, is the JSON schema of the control API
+// and of `--json` output, so the coding keys below are a public contract.
+
+public struct ServiceFile: Equatable, Hashable, Sendable, Codable {
+    public var node: NodeConfig
+    public var services: [Service]
+
+    public init(node: NodeConfig = NodeConfig(), services: [Service]) {
+        self.node = node
+        self.services = services
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case node, services
+    }
+
+    // A missing node means "no sources, default table size", as in YAML.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        node = try container.decodeIfPresent(NodeConfig.self, forKey: .node) ?? NodeConfig()
+        services = try container.decode([Service].self, forKey: .services)
+    }
+}
+
+/// Settings of this balancer node that every service shares.
+public struct NodeConfig: Equatable, Hashable, Sendable, Codable {
+    /// Outer source address of IPv4 tunnels (4in4).
+    public var sourceV4: IPAddress?
+    /// Outer source address of IPv6 tunnels (6in6, 4in6).
+    public var sourceV6: IPAddress?
+    /// M of every service's Maglev table; a prime.
+    public var maglevTableSize: Int
+
+    public init(sourceV4: IPAddress? = nil, sourceV6: IPAddress? = nil,
+                maglevTableSize: Int = Maglev.defaultTableSize) {
+        self.sourceV4 = sourceV4
+        self.sourceV6 = sourceV6
+        self.maglevTableSize = maglevTableSize
+    }
+
+    /// The outer source for tunnels to a backend of `family`.
+    public func source(for family: IPAddress.Family) -> IPAddress? {
+        family == .v4 ? sourceV4 : sourceV6
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case sourceV4 = "source_v4"
+        case sourceV6 = "source_v6"
+        case maglevTableSize = "maglev_table_size"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        sourceV4 = try container.decodeIfPresent(IPAddress.self, forKey: .sourceV4)
+        sourceV6 = try container.decodeIfPresent(IPAddress.self, forKey: .sourceV6)
+        maglevTableSize = try container.decodeIfPresent(Int.self, forKey: .maglevTableSize) ?? Maglev.defaultTableSize
+    }
+}
+
+public enum L4Protocol: String, Hashable, Sendable, Codable, CaseIterable {
+    case tcp
+    case udp
+
+    /// IANA protocol number, as in the IP header and `sl_vip_key.proto`.
+    public var number: UInt8 {
+        switch self {
+        case .tcp: 6
+        case .udp: 17
+        }
+    }
+}
+
+/// How packets reach a backend. IP-in-IP is the only mode; the tunnel kind
+/// (4in4, 6in6, 4in6) follows from the VIP and backend families.
+public enum Forwarding: String, Hashable, Sendable, Codable, CaseIterable {
+    case ipip
+}
+
+public struct Backend: Equatable, Hashable, Sendable, Codable {
+    public var address: IPAddress
+    /// 0...65535; 0 drains the backend (no new flows, existing ones stay).
+    public var weight: Int
+
+    public init(address: IPAddress, weight: Int = 1) {
+        self.address = address
+        self.weight = weight
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case address, weight
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        address = try container.decode(IPAddress.self, forKey: .address)
+        weight = try container.decodeIfPresent(Int.self, forKey: .weight) ?? 1
+    }
+}
+
+/// One VIP: an (address, port, protocol) and the backends behind it.
+public struct Service: Equatable, Hashable, Sendable, Codable {
+    public var name: String
+    public var vip: IPAddress
+    public var port: UInt16
+    public var proto: L4Protocol
+    public var forwarding: Forwarding
+    public var backends: [Backend]
+
+    public init(name: String, vip: IPAddress, port: UInt16, proto: L4Protocol,
+                forwarding: Forwarding = .ipip, backends: [Backend]) {
+        self.name = name
+        self.vip = vip
+        self.port = port
+        self.proto = proto
+        self.forwarding = forwarding
+        self.backends = backends
+    }
+
+    /// `198.51.100.10:80/tcp`, `[2001:db8::1]:443/tcp`.
+    public var endpoint: String {
+        let host = vip.family == .v6 ? "[\(vip)]" : vip.description
+        return "\(host):\(port)/\(proto.rawValue)"
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case name, vip, port
+        case proto = "protocol"
+        case forwarding, backends
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        name = try container.decode(String.self, forKey: .name)
+        vip = try container.decode(IPAddress.self, forKey: .vip)
+        port = try container.decode(UInt16.self, forKey: .port)
+        proto = try container.decode(L4Protocol.self, forKey: .proto)
+        forwarding = try container.decodeIfPresent(Forwarding.self, forKey: .forwarding) ?? .ipip
+        backends = try container.decode([Backend].self, forKey: .backends)
+    }
+}

@@ -1,0 +1,206 @@
+// Reads a service file (YAML, or JSON, which is YAML too) into a ServiceFile.
+// The tree is walked by hand rather than decoded so that unknown keys are
+// rejected and every error names its line; the semantic rules that also apply
+// to a model built in code live in ServiceFileValidator.
+
+import Glibc
+import Yams
+
+public enum ServiceFileParser {
+    /// Caps that keep one file inside what the data plane's maps can hold.
+    public struct Limits: Sendable, Equatable {
+        public var maxServices: Int
+        /// Backends summed over all services.
+        public var maxBackends: Int
+        public var maxMaglevSize: Int
+
+        public init(maxServices: Int = 4096, maxBackends: Int = 65536, maxMaglevSize: Int = 4_000_037) {
+            self.maxServices = maxServices
+            self.maxBackends = maxBackends
+            self.maxMaglevSize = maxMaglevSize
+        }
+
+        public static let `default` = Limits()
+    }
+
+    static let topKeys = ["node", "services"]
+    static let nodeKeys = ["source_v4", "source_v6", "maglev_table_size"]
+    static let serviceKeys = ["name", "vip", "port", "protocol", "forwarding", "backends"]
+    static let backendKeys = ["address", "weight"]
+
+    /// Parses and validates `text`; `file` is only used in error messages.
+    public static func parse(_ text: String, file: String, limits: Limits = .default) throws(ConfigError) -> ServiceFile {
+        let root = try compose(text, file: file)
+        var reader = YAMLReader(file: file)
+        guard case .mapping = root else {
+            throw reader.error(at: root, field: nil,
+                               "the top level must be a mapping with keys \(topKeys.joined(separator: ", ")), found \(YAMLReader.kind(of: root))")
+        }
+        let top = try reader.mapping(root, path: nil, allowed: topKeys)
+        let node = try reader.optional(top, "node").map { (value: Node) throws(ConfigError) in
+            try parseNode(value, reader: &reader)
+        } ?? NodeConfig()
+
+        let items = try reader.sequence(try reader.required(top, "services"), field: "services")
+        // Checked before walking, so a huge file fails fast.
+        if items.count > limits.maxServices {
+            throw reader.error(at: nil, field: "services",
+                               "\(items.count) services exceed the limit of \(limits.maxServices)")
+        }
+        var services: [Service] = []
+        for (index, item) in items.enumerated() {
+            services.append(try parseService(item, index: index, reader: &reader))
+        }
+
+        let result = ServiceFile(node: node, services: services)
+        try ServiceFileValidator(file: file, limits: limits, lines: reader.lines).validate(result)
+        return result
+    }
+
+    /// Reads `path` and parses it; errors name the path as given.
+    public static func load(path: String, limits: Limits = .default) throws(ConfigError) -> ServiceFile {
+        try parse(try readFile(path), file: path, limits: limits)
+    }
+
+    private static func parseNode(_ value: Node, reader: inout YAMLReader) throws(ConfigError) -> NodeConfig {
+        let fields = try reader.mapping(value, path: "node", allowed: nodeKeys)
+        var node = NodeConfig()
+        if let source = reader.optional(fields, "source_v4") {
+            node.sourceV4 = try address(source, field: "node.source_v4", family: .v4, reader: reader)
+        }
+        if let source = reader.optional(fields, "source_v6") {
+            node.sourceV6 = try address(source, field: "node.source_v6", family: .v6, reader: reader)
+        }
+        if let size = reader.optional(fields, "maglev_table_size") {
+            let raw = try reader.scalar(size, field: "node.maglev_table_size")
+            guard let number = Int(raw) else {
+                throw reader.error(at: size, field: "node.maglev_table_size", Complaint.notATableSize(raw, limit: nil))
+            }
+            node.maglevTableSize = number
+        }
+        return node
+    }
+
+    private static func parseService(_ item: Node, index: Int, reader: inout YAMLReader) throws(ConfigError) -> Service {
+        // The name first, so that every later error can say which service it is in.
+        reader.serviceIndex = index
+        reader.serviceName = item.mapping?["name"]?.scalar?.string
+        reader.record(item, as: "services[\(index)]")
+        defer {
+            reader.serviceIndex = nil
+            reader.serviceName = nil
+        }
+
+        let fields = try reader.mapping(item, path: nil, allowed: serviceKeys)
+        let name = try reader.scalar(try reader.required(fields, "name"), field: "name")
+        let vip = try address(try reader.required(fields, "vip"), field: "vip", family: nil, reader: reader)
+
+        let portNode = try reader.required(fields, "port")
+        let rawPort = try reader.scalar(portNode, field: "port")
+        guard let port = Int(rawPort), (1...65535).contains(port) else {
+            throw reader.error(at: portNode, field: "port", Complaint.notAPort(rawPort))
+        }
+
+        let protoNode = try reader.required(fields, "protocol")
+        let rawProto = try reader.scalar(protoNode, field: "protocol")
+        guard let proto = L4Protocol(rawValue: rawProto) else {
+            throw reader.error(at: protoNode, field: "protocol", "\(ConfigError.show(rawProto)) is not a protocol (tcp, udp)")
+        }
+
+        var forwarding = Forwarding.ipip
+        if let node = reader.optional(fields, "forwarding") {
+            let raw = try reader.scalar(node, field: "forwarding")
+            guard let mode = Forwarding(rawValue: raw) else {
+                throw reader.error(at: node, field: "forwarding", "\(ConfigError.show(raw)) is not a forwarding mode (ipip)")
+            }
+            forwarding = mode
+        }
+
+        var backends: [Backend] = []
+        for (position, entry) in try reader.sequence(try reader.required(fields, "backends"), field: "backends").enumerated() {
+            backends.append(try parseBackend(entry, path: "backends[\(position)]", reader: &reader))
+        }
+        return Service(name: name, vip: vip, port: UInt16(port), proto: proto, forwarding: forwarding, backends: backends)
+    }
+
+    private static func parseBackend(_ entry: Node, path: String, reader: inout YAMLReader) throws(ConfigError) -> Backend {
+        reader.record(entry, as: reader.lineKey(path))
+        let fields = try reader.mapping(entry, path: path, allowed: backendKeys)
+        let address = try address(try reader.required(fields, "address"), field: fields.field("address"),
+                                  family: nil, reader: reader)
+        var weight = 1
+        if let node = reader.optional(fields, "weight") {
+            let raw = try reader.scalar(node, field: fields.field("weight"))
+            guard let value = Int(raw), (0...65535).contains(value) else {
+                throw reader.error(at: node, field: fields.field("weight"), Complaint.notAWeight(raw))
+            }
+            weight = value
+        }
+        return Backend(address: address, weight: weight)
+    }
+
+    private static func address(_ node: Node, field: String, family: IPAddress.Family?,
+                                reader: YAMLReader) throws(ConfigError) -> IPAddress {
+        let raw = try reader.scalar(node, field: field)
+        guard let address = IPAddress(raw), family == nil || address.family == family else {
+            throw reader.error(at: node, field: field, Complaint.notAnAddress(raw, family: family))
+        }
+        return address
+    }
+
+    /// Yams' composer, its errors turned into ConfigErrors with the line.
+    private static func compose(_ text: String, file: String) throws(ConfigError) -> Node {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw syntaxError(error, text: text, file: file)
+        } catch {
+            throw ConfigError(file: file, message: "invalid YAML: \(error)")
+        }
+        guard let root else {
+            throw ConfigError(file: file, message: "the file is empty; expected a mapping with keys \(topKeys.joined(separator: ", "))")
+        }
+        return root
+    }
+
+    private static func syntaxError(_ error: YamlError, text: String, file: String) -> ConfigError {
+        func context(_ context: YamlError.Context?) -> String {
+            context.map { " (\($0.text) at line \($0.mark.line))" } ?? ""
+        }
+        switch error {
+        case let .scanner(ctx, problem, mark, _), let .parser(ctx, problem, mark, _), let .composer(ctx, problem, mark, _):
+            return ConfigError(file: file, line: mark.line, message: "invalid YAML: \(problem)\(context(ctx))")
+        case let .reader(problem, offset, _, _):
+            let line = offset.map { text.prefix($0).reduce(1) { $1 == "\n" ? $0 + 1 : $0 } }
+            return ConfigError(file: file, line: line, message: "invalid YAML: \(problem)")
+        case let .duplicatedKeysInMapping(duplicates, ctx):
+            let keys = duplicates.map { String(reflecting: $0) }.joined(separator: ", ")
+            return ConfigError(file: file, line: ctx.mark.line, message: "key \(keys) appears more than once in one mapping")
+        default:
+            return ConfigError(file: file, message: "invalid YAML: \(error)")
+        }
+    }
+
+    /// The whole file as UTF-8 text, with errno's reason on failure.
+    private static func readFile(_ path: String) throws(ConfigError) -> String {
+        guard let stream = fopen(path, "rb") else {
+            throw ConfigError(file: path, message: "cannot open: \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(stream) }
+        var data: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, stream)
+            data += chunk[0..<count]
+            if count < chunk.count { break }
+        }
+        if ferror(stream) != 0 {
+            throw ConfigError(file: path, message: "cannot read: \(String(cString: strerror(errno)))")
+        }
+        guard let text = String(validating: data, as: UTF8.self) else {
+            throw ConfigError(file: path, message: "is not UTF-8 text")
+        }
+        return text
+    }
+}
