@@ -26,7 +26,7 @@ let package = Package(
             "SluiceControl", "SluiceCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .target(name: "SluiceTestSupport", dependencies: ["SluiceCore", "SluiceBPF", "CSluice", "CLibbpf"],
+        .target(name: "SluiceTestSupport", dependencies: ["SluiceCore", "SluiceBPF", "SluiceControl", "CSluice", "CLibbpf"],
                 path: "Tests/SluiceTestSupport"),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
         .testTarget(name: "SluiceDataplaneTests", dependencies: ["SluiceControl", "SluiceTestSupport", "SluiceCore", "SluiceBPF", "CSluice"]),

@@ -181,6 +181,78 @@ public final class BPFMap: @unchecked Sendable {
             values.withUnsafeBytes { v in bpf_map_update_batch(fd, k.baseAddress, v.baseAddress, &count, &opts) }
         }, "bpf_map_update_batch", name)
     }
+
+    /// Every slot of an array map, read with BPF_MAP_LOOKUP_BATCH (a few
+    /// syscalls instead of one per slot).
+    public func arrayValues<V>(as: V.Type = V.self) throws(BPFError) -> [V] {
+        precondition(info.keySize == 4 && MemoryLayout<V>.size == info.valueSize)
+        let total = info.maxEntries
+        var values = [UInt8](repeating: 0, count: total * info.valueSize)
+        var keys = [UInt32](repeating: 0, count: total)
+        var opts = bpf_map_batch_opts()
+        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+        var done = 0
+        var inBatch: UInt32 = 0
+        var outBatch: UInt32 = 0
+        var first = true
+        while done < total {
+            var count = UInt32(total - done)
+            let rc = keys.withUnsafeMutableBufferPointer { k in
+                values.withUnsafeMutableBytes { v in
+                    withUnsafeMutablePointer(to: &inBatch) { cursor in
+                        bpf_map_lookup_batch(fd, first ? nil : UnsafeMutableRawPointer(cursor), &outBatch, k.baseAddress! + done,
+                                             v.baseAddress! + done * info.valueSize, &count, &opts)
+                    }
+                }
+            }
+            done += Int(count)
+            if rc < 0 && (Glibc.errno == ENOENT || rc == -ENOENT) { break }
+            try check(rc, "bpf_map_lookup_batch", name)
+            inBatch = outBatch
+            first = false
+        }
+        return values.withUnsafeBytes { raw in
+            (0..<done).map { raw.loadUnaligned(fromByteOffset: $0 * info.valueSize, as: V.self) }
+        }
+    }
+
+    /// Every (key, value) of a hash map, read with BPF_MAP_LOOKUP_BATCH.
+    public func hashEntries<K, V>(key: K.Type = K.self, value: V.Type = V.self, chunk: Int = 8192) throws(BPFError) -> [(K, V)] {
+        checkSizes(K.self, V.self)
+        var result: [(K, V)] = []
+        var keys = [UInt8](repeating: 0, count: chunk * info.keySize)
+        var values = [UInt8](repeating: 0, count: chunk * info.valueSize)
+        var opts = bpf_map_batch_opts()
+        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+        // The batch cursor of hash maps is a bucket index (4 bytes).
+        var inBatch: UInt32 = 0
+        var outBatch: UInt32 = 0
+        var first = true
+        while true {
+            var count = UInt32(chunk)
+            let rc = keys.withUnsafeMutableBytes { k in
+                values.withUnsafeMutableBytes { v in
+                    withUnsafeMutablePointer(to: &inBatch) { cursor in
+                        bpf_map_lookup_batch(fd, first ? nil : UnsafeMutableRawPointer(cursor), &outBatch, k.baseAddress, v.baseAddress, &count, &opts)
+                    }
+                }
+            }
+            let ended = rc < 0 && (Glibc.errno == ENOENT || rc == -ENOENT)
+            if rc < 0 && !ended { try check(rc, "bpf_map_lookup_batch", name) }
+            keys.withUnsafeBytes { k in
+                values.withUnsafeBytes { v in
+                    for i in 0..<Int(count) {
+                        result.append((k.loadUnaligned(fromByteOffset: i * info.keySize, as: K.self),
+                                       v.loadUnaligned(fromByteOffset: i * info.valueSize, as: V.self)))
+                    }
+                }
+            }
+            if ended { break }
+            inBatch = outBatch
+            first = false
+        }
+        return result
+    }
 }
 
 /// An all-zero value of a C struct type (they have no Swift initialiser of that kind).
