@@ -6,6 +6,12 @@ import SluiceBPF
 import SluiceCore
 
 public struct ApplyResult: Sendable {
+    public init(diff: ConfigDiff, tablesWritten: Int, bytesWritten: Int) {
+        self.diff = diff
+        self.tablesWritten = tablesWritten
+        self.bytesWritten = bytesWritten
+    }
+
     public var diff: ConfigDiff
     /// Maglev tables built and switched in.
     public var tablesWritten: Int
@@ -50,7 +56,7 @@ struct Plan {
         let desiredNames = Set(desired.services.map(\.name))
         removedServices = state.services.filter { !desiredNames.contains($0.service.name) }
 
-        var usedSlots = Set(state.services.filter { desiredNames.contains($0.service.name) }.map(\.slot))
+        var usedSlots = Set(state.services.map(\.slot))  // a removed service's slot is cleared after the writes: not reusable yet
         var freeSlots = (0..<UInt32(SL_MAX_VIPS)).lazy.filter { !usedSlots.contains($0) }.makeIterator()
         var allocator = BackendAllocator(slots: state.backendSlots)
 
@@ -129,12 +135,16 @@ struct Writer {
             try switchTable(entry, size: size)
             try writeServiceInfo(entry, size: size)
             if size >= previousSize || entry.isNewSlot { try writeVIP(entry, size: size) }
-            if let previous = entry.previous, sl_vip_key(service: previous.service) != sl_vip_key(service: entry.service) {
-                try dataplane.vips.delete(sl_vip_key(service: previous.service))
-            }
+        }
+        // Withdraw every VIP no desired service owns any more (removed services,
+        // moved VIPs) before their tables go. A key that moved to another
+        // service, or whose service was renamed, was rewritten above and stays.
+        let desiredKeys = desired.services.map { sl_vip_key(service: $0) }
+        for applied in state.services {
+            let key = sl_vip_key(service: applied.service)
+            if !desiredKeys.contains(key) { try dataplane.vips.delete(key) }
         }
         for removed in plan.removedServices {
-            try dataplane.vips.delete(sl_vip_key(service: removed.service))
             try dataplane.maglev.delete(removed.slot)
             try dataplane.services.update(removed.slot, sl_service_info())
             bytes += MemoryLayout<sl_service_info>.size

@@ -20,6 +20,19 @@ public struct FlowEntry: Sendable, Codable, Equatable {
         case backendID = "backend_id"
     }
 
+    // Unset values are written as null, so scripts always find every key.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(`protocol`, forKey: .protocol)
+        try container.encode(source, forKey: .source)
+        try container.encode(sourcePort, forKey: .sourcePort)
+        try container.encode(destination, forKey: .destination)
+        try container.encode(destinationPort, forKey: .destinationPort)
+        try container.encode(service, forKey: .service)
+        try container.encode(backend, forKey: .backend)
+        try container.encode(backendID, forKey: .backendID)
+    }
+
     public static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> [FlowEntry] {
         let serviceNames = Dictionary(state.services.map { (UInt32($0.slot), $0.service.name) }, uniquingKeysWith: { a, _ in a })
         let entries: [(sl_flow_key, sl_ct_entry)]

@@ -17,6 +17,15 @@ public struct StatusReport: Sendable, Codable, Equatable {
             case sourceV4 = "source_v4", sourceV6 = "source_v6", gatewayMAC = "gateway_mac"
             case maglevTableSize = "maglev_table_size"
         }
+
+        // Unset values are written as null, so scripts always find every key.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(sourceV4, forKey: .sourceV4)
+            try container.encode(sourceV6, forKey: .sourceV6)
+            try container.encode(gatewayMAC, forKey: .gatewayMAC)
+            try container.encode(maglevTableSize, forKey: .maglevTableSize)
+        }
     }
     public struct BackendStatus: Sendable, Codable, Equatable {
         public var address: String

@@ -13,8 +13,13 @@ struct Apply: ParsableCommand {
 
     func run() throws {
         let desired = try ServiceFileParser.load(path: file)
-        let dataplane = try Dataplane.openOrLoad(pinPath: global.pinPath)
-        let result = try Applier.apply(desired, to: dataplane, dryRun: dryRun)
+        let result: ApplyResult
+        if dryRun && !Dataplane.isPinned(at: global.pinPath) {
+            // A dry run against nothing pinned shows the whole file as new and loads nothing.
+            result = ApplyResult(diff: .between(current: ServiceFile(services: []), desired: desired), tablesWritten: 0, bytesWritten: 0)
+        } else {
+            result = try Applier.apply(desired, to: try Dataplane.openOrLoad(pinPath: global.pinPath), dryRun: dryRun)
+        }
         if result.diff.isEmpty {
             print("no changes")
             return
