@@ -1,0 +1,169 @@
+// Service files and small helpers shared by the lbctl tests.
+import Foundation
+import SluiceTestSupport
+import Testing
+
+enum Fixtures {
+    static let gatewayMAC = "02:00:00:00:00:01"
+    static let sourceV4 = "10.0.0.1"
+    static let sourceV6 = "fd00::1"
+    static let webVIP = "192.0.2.10"
+    static let webBackends = ["10.1.0.1", "10.1.0.2"]
+    static let web6VIP = "2001:db8::10"
+    static let web6Backends = ["fd00:1::1", "fd00:1::2"]
+
+    static let node = """
+        node:
+          source_v4: \(sourceV4)
+          source_v6: \(sourceV6)
+        """
+
+    /// An IPv4 TCP VIP with two backends and an IPv6 TCP VIP with two IPv6 backends.
+    static let good = """
+        \(node)
+        services:
+          - name: web
+            vip: \(webVIP)
+            port: 80
+            protocol: tcp
+            backends:
+              - address: \(webBackends[0])
+              - address: \(webBackends[1])
+                weight: 2
+          - name: web6
+            vip: \(web6VIP)
+            port: 443
+            protocol: tcp
+            backends:
+              - address: \(web6Backends[0])
+              - address: \(web6Backends[1])
+
+        """
+
+    /// `good` with web changed (a backend added, one removed, a weight
+    /// changed), web6 removed and a UDP service added.
+    static let changed = """
+        \(node)
+        services:
+          - name: web
+            vip: \(webVIP)
+            port: 80
+            protocol: tcp
+            backends:
+              - address: \(webBackends[0])
+                weight: 3
+              - address: 10.1.0.3
+          - name: dns
+            vip: 192.0.2.53
+            port: 53
+            protocol: udp
+            backends:
+              - address: 10.1.0.9
+
+        """
+
+    /// A file lbctl must refuse, and what its message must say.
+    struct BadFile: CustomTestStringConvertible, Sendable {
+        var label: String
+        var text: String
+        /// Every one of these must appear on stderr (field names and values).
+        var mentions: [String]
+        var testDescription: String { label }
+    }
+
+    /// One service around `body` (the lines after `- name: web`).
+    private static func service(_ body: String, node: String = node) -> String {
+        "\(node)\nservices:\n  - name: web\n" + body.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n") + "\n"
+    }
+
+    static let bad: [BadFile] = [
+        BadFile(label: "a YAML syntax error",
+                text: service("vip: 192.0.2.10\nport: [80\nprotocol: tcp"),
+                mentions: ["invalid YAML", "line"]),
+        BadFile(label: "an unknown key",
+                text: service("vip: 192.0.2.10\nport: 80\nprotocol: tcp\ncolour: red\nbackends:\n  - address: 10.1.0.1"),
+                mentions: ["colour", "unknown key"]),
+        BadFile(label: "a bad address",
+                text: service("vip: 192.0.2.300\nport: 80\nprotocol: tcp\nbackends:\n  - address: 10.1.0.1"),
+                mentions: ["\"vip\"", "192.0.2.300"]),
+        BadFile(label: "port 70000",
+                text: service("vip: 192.0.2.10\nport: 70000\nprotocol: tcp\nbackends:\n  - address: 10.1.0.1"),
+                mentions: ["\"port\"", "70000"]),
+        BadFile(label: "a duplicate VIP",
+                text: """
+                    \(node)
+                    services:
+                      - name: web
+                        vip: 192.0.2.10
+                        port: 80
+                        protocol: tcp
+                        backends:
+                          - address: 10.1.0.1
+                      - name: web2
+                        vip: 192.0.2.10
+                        port: 80
+                        protocol: tcp
+                        backends:
+                          - address: 10.1.0.2
+
+                    """,
+                mentions: ["\"vip\"", "192.0.2.10:80/tcp", "web2"]),
+        BadFile(label: "a service with no backends",
+                text: service("vip: 192.0.2.10\nport: 80\nprotocol: tcp\nbackends: []"),
+                mentions: ["\"backends\"", "empty"]),
+        BadFile(label: "an IPv4 backend without node.source_v4",
+                text: service("vip: 192.0.2.10\nport: 80\nprotocol: tcp\nbackends:\n  - address: 10.1.0.1",
+                              node: "node:\n  source_v6: \(sourceV6)"),
+                mentions: ["node.source_v4", "10.1.0.1"]),
+        BadFile(label: "an IPv6 VIP with an IPv4 backend",
+                text: service("vip: 2001:db8::10\nport: 443\nprotocol: tcp\nbackends:\n  - address: 10.1.0.1"),
+                mentions: ["backends[0].address", "10.1.0.1", "2001:db8::10"]),
+    ]
+}
+
+/// A scratch directory for service files, removed on deinit.
+final class ScratchDirectory {
+    let path: String
+
+    init() throws {
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-test-files-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    /// Writes `text` to `name` in the directory and returns its path.
+    func write(_ name: String, _ text: String) throws -> String {
+        let file = "\(path)/\(name)"
+        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        return file
+    }
+}
+
+/// True when `path` is a mount point in this process's mount table.
+func isMounted(_ path: String) -> Bool {
+    let table = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+    return table.split(separator: "\n").contains { $0.split(separator: " ").dropFirst().first.map(String.init) == path }
+}
+
+/// The keys of `expected` that the JSON object `object` lacks (all of them
+/// when it is not an object).
+func missingKeys(_ object: Any?, _ expected: [String]) -> [String] {
+    guard let dictionary = object as? [String: Any] else { return expected }
+    return expected.filter { dictionary[$0] == nil }
+}
+
+/// Expects `object` to be a JSON object with every key of `expected`.
+func expectKeys(_ object: Any?, _ expected: [String], in what: String,
+                sourceLocation: SourceLocation = #_sourceLocation) {
+    let missing = missingKeys(object, expected)
+    #expect(missing.isEmpty, "\(what) lacks \(missing) in \(String(describing: object))", sourceLocation: sourceLocation)
+}
+
+extension Array where Element == UInt8 {
+    /// True when `needle` occurs anywhere in these bytes.
+    func containsBytes(_ needle: [UInt8]) -> Bool {
+        guard !needle.isEmpty, needle.count <= count else { return needle.isEmpty }
+        return (0...(count - needle.count)).contains { start in self[start..<(start + needle.count)].elementsEqual(needle) }
+    }
+}

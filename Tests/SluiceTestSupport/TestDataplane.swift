@@ -1,0 +1,433 @@
+// One balancer per test: the embedded object loaded into a private bpffs,
+// the gateway MAC set, a service file applied through the real Applier, and
+// frames run through BPF_PROG_TEST_RUN. Also the Swift model of where the data
+// plane must send a flow, the node counters as a Swift value, and the kernel's
+// BTF view of a map (for the one-definition layout checks).
+
+import CLibbpf
+import CSluice
+import Glibc
+import SluiceBPF
+import SluiceControl
+import SluiceCore
+
+/// XDP actions, as the kernel numbers them (enum xdp_action).
+public enum XDPVerdict: UInt32, CaseIterable, Sendable, CustomStringConvertible {
+    case aborted = 0, drop, pass, tx, redirect
+
+    public var description: String { CounterSnapshot.verdictNames[Int(rawValue)] }
+
+    /// The kernel header's values, in case order, for a test to compare.
+    public static var kernelValues: [UInt32] {
+        [XDP_ABORTED.rawValue, XDP_DROP.rawValue, XDP_PASS.rawValue, XDP_TX.rawValue, XDP_REDIRECT.rawValue]
+    }
+}
+
+/// enum sl_drop_reason.
+public enum DropReason: UInt32, CaseIterable, Sendable, CustomStringConvertible {
+    case malformed = 0, truncated, noBackend, noSource, noGateway, encap
+
+    public var description: String { CounterSnapshot.dropNames[Int(rawValue)] }
+}
+
+/// struct sl_stats summed over CPUs, as a Swift value that can be subtracted
+/// and compared: a test states the whole expected delta, so a counter that
+/// moves when it should not fails it too.
+public struct NodeStats: Equatable, Sendable, CustomStringConvertible {
+    public var verdicts = [UInt64](repeating: 0, count: Int(SL_VERDICTS))
+    public var newFlows: UInt64 = 0
+    public var ctHits: UInt64 = 0
+    public var ctMisses: UInt64 = 0
+    public var fragments: UInt64 = 0
+    public var ipOptions: UInt64 = 0
+    public var drops = [UInt64](repeating: 0, count: Int(SL_DROP__MAX.rawValue))
+
+    public init() {}
+
+    /// One packet's expected effect: its verdict (and drop reason), plus the flow counters named.
+    public init(_ verdict: XDPVerdict, drop: DropReason? = nil, newFlows: UInt64 = 0, ctHits: UInt64 = 0,
+                ctMisses: UInt64 = 0, fragments: UInt64 = 0, ipOptions: UInt64 = 0, packets: UInt64 = 1) {
+        verdicts[Int(verdict.rawValue)] = packets
+        if let drop { drops[Int(drop.rawValue)] = packets }
+        self.newFlows = newFlows
+        self.ctHits = ctHits
+        self.ctMisses = ctMisses
+        self.fragments = fragments
+        self.ipOptions = ipOptions
+    }
+
+    init(_ raw: sl_stats) {
+        var raw = raw
+        verdicts = withUnsafeBytes(of: &raw.verdicts) { Array($0.bindMemory(to: UInt64.self)) }
+        drops = withUnsafeBytes(of: &raw.drops) { Array($0.bindMemory(to: UInt64.self)) }
+        newFlows = raw.new_flows
+        ctHits = raw.ct_hits
+        ctMisses = raw.ct_misses
+        fragments = raw.fragments
+        ipOptions = raw.ip_options
+    }
+
+    public subscript(verdict: XDPVerdict) -> UInt64 { verdicts[Int(verdict.rawValue)] }
+    public subscript(drop reason: DropReason) -> UInt64 { drops[Int(reason.rawValue)] }
+
+    public static func - (lhs: NodeStats, rhs: NodeStats) -> NodeStats {
+        var out = NodeStats()
+        out.verdicts = zip(lhs.verdicts, rhs.verdicts).map { $0 &- $1 }
+        out.drops = zip(lhs.drops, rhs.drops).map { $0 &- $1 }
+        out.newFlows = lhs.newFlows &- rhs.newFlows
+        out.ctHits = lhs.ctHits &- rhs.ctHits
+        out.ctMisses = lhs.ctMisses &- rhs.ctMisses
+        out.fragments = lhs.fragments &- rhs.fragments
+        out.ipOptions = lhs.ipOptions &- rhs.ipOptions
+        return out
+    }
+
+    /// Only the non-zero counters, e.g. `tx=1 new_flows=1`.
+    public var description: String {
+        var parts: [String] = []
+        for v in XDPVerdict.allCases where self[v] != 0 { parts.append("\(v)=\(self[v])") }
+        for d in DropReason.allCases where self[drop: d] != 0 { parts.append("drop.\(d)=\(self[drop: d])") }
+        for (name, value) in [("new_flows", newFlows), ("ct_hits", ctHits), ("ct_misses", ctMisses),
+                              ("fragments", fragments), ("ip_options", ipOptions)] where value != 0 {
+            parts.append("\(name)=\(value)")
+        }
+        return parts.isEmpty ? "(nothing)" : parts.joined(separator: " ")
+    }
+}
+
+/// Where the data plane must place a new flow, computed from the service file
+/// alone: FlowHash -> slot -> the Maglev table built exactly as the Applier
+/// builds it (backends in file order, keyed by address, size from the node).
+public struct MaglevModel: Sendable {
+    private struct VIPKey: Hashable, Sendable {
+        var vip: IPAddress
+        var port: UInt16
+        var proto: UInt8
+    }
+
+    public let tableSize: Int
+    private let services: [VIPKey: (service: Service, table: [UInt32])]
+
+    public init(_ file: ServiceFile) {
+        tableSize = file.node.maglevTableSize
+        var services: [VIPKey: (service: Service, table: [UInt32])] = [:]
+        for service in file.services {
+            let backends = service.backends.map { MaglevBackend(key: MaglevKey.forBackend($0.address), weight: $0.weight) }
+            services[VIPKey(vip: service.vip, port: service.port, proto: service.proto.number)] =
+                (service, Maglev.table(for: backends, size: file.node.maglevTableSize))
+        }
+        self.services = services
+    }
+
+    /// The service whose VIP the flow is addressed to.
+    public func service(for flow: IPFlow) -> Service? {
+        services[VIPKey(vip: flow.destination, port: flow.destinationPort, proto: flow.protocolNumber)]?.service
+    }
+
+    /// The flow's Maglev slot.
+    public func slot(for flow: IPFlow) -> Int {
+        let hash = FlowHash.hash(source: flow.source, sourcePort: flow.sourcePort,
+                                 destinationPort: flow.destinationPort, protocolNumber: flow.protocolNumber)
+        return FlowHash.slot(hash: hash, tableSize: tableSize)
+    }
+
+    /// The backend Maglev gives a new flow; nil when the flow is for no VIP or
+    /// every backend of its service is drained.
+    public func backend(for flow: IPFlow) -> Backend? {
+        guard let entry = services[VIPKey(vip: flow.destination, port: flow.destinationPort, proto: flow.protocolNumber)]
+        else { return nil }
+        let index = entry.table[slot(for: flow)]
+        return index == Maglev.noBackend ? nil : entry.service.backends[Int(index)]
+    }
+
+    /// The service's table: slot -> index into its backends (or Maglev.noBackend).
+    public func table(vip: IPAddress, port: UInt16, proto: L4Protocol) -> [UInt32]? {
+        services[VIPKey(vip: vip, port: port, proto: proto.number)]?.table
+    }
+}
+
+public struct TestDataplaneError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+public final class TestDataplane {
+    /// The next-hop MAC every test data plane is configured with.
+    public static let gatewayMAC: [UInt8] = [0x02, 0x47, 0x57, 0x00, 0x00, 0x01]
+    public static let conntrackSize: UInt32 = 65536
+
+    public let mount: BPFFSMount
+    public let pinPath: String
+    public let dataplane: Dataplane
+    /// The last file applied (empty before the first apply).
+    public private(set) var serviceFile = ServiceFile(services: [])
+    /// The model of `serviceFile`.
+    public private(set) var model = MaglevModel(ServiceFile(services: []))
+    private var closed = false
+
+    /// Loads a fresh balancer into its own bpffs; sets the gateway MAC unless
+    /// `gateway` is nil; applies `yaml` if given.
+    public init(yaml: String? = nil, gateway: [UInt8]? = TestDataplane.gatewayMAC) throws {
+        let mount = try BPFFSMount()
+        self.mount = mount
+        pinPath = mount.path + "/lb"
+        do {
+            dataplane = try Dataplane.openOrLoad(pinPath: pinPath, conntrackSize: Self.conntrackSize)
+        } catch {
+            Dataplane.removePins(at: mount.path + "/lb")
+            mount.close()
+            throw error
+        }
+        if let gateway { try setGateway(gateway) }
+        if let yaml { try apply(yaml: yaml) }
+    }
+
+    deinit { close() }
+
+    /// Removes the pins and the private bpffs. Safe to call twice.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        Dataplane.removePins(at: pinPath)
+        mount.close()
+    }
+
+    /// Writes the next-hop MAC into sl_config, keeping the rest.
+    public func setGateway(_ mac: [UInt8]) throws {
+        precondition(mac.count == 6)
+        var config = try dataplane.config.lookup(UInt32(0), as: sl_config.self) ?? zeroed(sl_config.self)
+        withUnsafeMutableBytes(of: &config.gateway_mac) { raw in
+            for (i, byte) in mac.enumerated() { raw[i] = byte }
+        }
+        config.flags |= UInt8(SL_CFG_HAS_GATEWAY.rawValue)
+        try dataplane.config.update(UInt32(0), config)
+    }
+
+    /// Parses (and validates) `yaml` with ServiceFileParser and applies it.
+    @discardableResult
+    public func apply(yaml: String) throws -> ApplyResult {
+        try apply(ServiceFileParser.parse(yaml, file: "test.yaml"))
+    }
+
+    @discardableResult
+    public func apply(_ file: ServiceFile) throws -> ApplyResult {
+        let result = try Applier.apply(file, to: dataplane)
+        serviceFile = file
+        model = MaglevModel(file)
+        return result
+    }
+
+    /// One BPF_PROG_TEST_RUN pass of the balancer over `frame`.
+    public func run(_ frame: [UInt8]) throws -> (verdict: UInt32, output: [UInt8]) {
+        let result = try dataplane.program.testRun(frame)
+        return (result.verdict, result.output)
+    }
+
+    /// The node-wide counters, summed over CPUs.
+    public func nodeStats() throws -> NodeStats {
+        let perCPU = try dataplane.stats.lookupPerCPU(UInt32(0), as: sl_stats.self)
+        var total = NodeStats()
+        for cpu in perCPU.map(NodeStats.init) {
+            total.verdicts = zip(total.verdicts, cpu.verdicts).map { $0 &+ $1 }
+            total.drops = zip(total.drops, cpu.drops).map { $0 &+ $1 }
+            total.newFlows &+= cpu.newFlows
+            total.ctHits &+= cpu.ctHits
+            total.ctMisses &+= cpu.ctMisses
+            total.fragments &+= cpu.fragments
+            total.ipOptions &+= cpu.ipOptions
+        }
+        return total
+    }
+
+    public func appliedState() throws -> AppliedState {
+        try AppliedState.read(from: dataplane)
+    }
+
+    /// What `lbctl stats` reports: node, per-service and per-backend counters.
+    public func counters() throws -> CounterSnapshot {
+        try CounterSnapshot.read(from: dataplane, state: appliedState())
+    }
+
+    /// The id of the inner map sl_maglev holds for a service slot (nil if none).
+    public func maglevInnerMapID(slot: UInt32) throws -> UInt32? {
+        try dataplane.maglev.lookup(slot, as: UInt32.self)
+    }
+
+    /// Every slot of the BPF map with this id (an inner Maglev table).
+    public static func arrayContents(mapID: UInt32) throws -> [UInt32] {
+        let map = try MapByID(id: mapID)
+        return try map.contents()
+    }
+
+    /// Holds a reference to a map by id, e.g. an inner Maglev table that is
+    /// about to be replaced, so it can be read after the switch.
+    public final class MapByID {
+        public let fd: Int32
+        public init(id: UInt32) throws {
+            fd = bpf_map_get_fd_by_id(id)
+            guard fd >= 0 else { throw TestDataplaneError(description: "bpf_map_get_fd_by_id(\(id)): \(String(cString: strerror(errno)))") }
+        }
+        deinit { Glibc.close(fd) }
+
+        /// Slots 0..<max_entries of a u32 -> u32 array map.
+        public func contents() throws -> [UInt32] {
+            var info = bpf_map_info()
+            var len = UInt32(MemoryLayout<bpf_map_info>.size)
+            guard bpf_obj_get_info_by_fd(fd, &info, &len) == 0 else {
+                throw TestDataplaneError(description: "bpf_obj_get_info_by_fd: \(String(cString: strerror(errno)))")
+            }
+            var values: [UInt32] = []
+            values.reserveCapacity(Int(info.max_entries))
+            for index in 0..<info.max_entries {
+                var key = index
+                var value: UInt32 = 0
+                guard bpf_map_lookup_elem(fd, &key, &value) == 0 else {
+                    throw TestDataplaneError(description: "lookup of slot \(index): \(String(cString: strerror(errno)))")
+                }
+                values.append(value)
+            }
+            return values
+        }
+    }
+}
+
+// MARK: - The kernel's view of a map's key and value types (BTF)
+
+/// A BTF type as the kernel holds it for a loaded map: its resolved name and
+/// size and, for a struct, each member's name and byte offset.
+public struct BTFTypeLayout: Sendable, Equatable, CustomStringConvertible {
+    public var name: String
+    public var size: Int
+    public var members: [(name: String, offset: Int)]
+
+    public static func == (lhs: BTFTypeLayout, rhs: BTFTypeLayout) -> Bool {
+        lhs.name == rhs.name && lhs.size == rhs.size
+            && lhs.members.map(\.name) == rhs.members.map(\.name) && lhs.members.map(\.offset) == rhs.members.map(\.offset)
+    }
+
+    public var description: String {
+        "\(name) (\(size) bytes) { " + members.map { "\($0.name)@\($0.offset)" }.joined(separator: ", ") + " }"
+    }
+}
+
+/// Reads the BTF the kernel keeps for `map` and describes its key and value
+/// types (typedefs and qualifiers resolved). Nil for a side without BTF.
+public func mapBTFLayout(_ map: BPFMap) throws -> (key: BTFTypeLayout?, value: BTFTypeLayout?) {
+    func fail(_ what: String) -> TestDataplaneError {
+        TestDataplaneError(description: "\(map.name): \(what): \(String(cString: strerror(errno)))")
+    }
+    var info = bpf_map_info()
+    var len = UInt32(MemoryLayout<bpf_map_info>.size)
+    guard bpf_obj_get_info_by_fd(map.fd, &info, &len) == 0 else { throw fail("bpf_obj_get_info_by_fd") }
+    guard info.btf_id != 0 else { return (nil, nil) }
+    let btfFD = bpf_btf_get_fd_by_id(info.btf_id)
+    guard btfFD >= 0 else { throw fail("bpf_btf_get_fd_by_id") }
+    defer { Glibc.close(btfFD) }
+
+    var btfInfo = bpf_btf_info()
+    var btfLen = UInt32(MemoryLayout<bpf_btf_info>.size)
+    guard bpf_obj_get_info_by_fd(btfFD, &btfInfo, &btfLen) == 0 else { throw fail("BTF info") }
+    var raw = [UInt8](repeating: 0, count: Int(btfInfo.btf_size))
+    let size = btfInfo.btf_size
+    btfInfo = bpf_btf_info()
+    btfInfo.btf_size = size
+    let rc = raw.withUnsafeMutableBytes { buffer -> Int32 in
+        btfInfo.btf = UInt64(UInt(bitPattern: buffer.baseAddress))
+        return bpf_obj_get_info_by_fd(btfFD, &btfInfo, &btfLen)
+    }
+    guard rc == 0 else { throw fail("BTF data") }
+    let btf = try RawBTF(raw)
+    let keyID = info.btf_key_type_id, valueID = info.btf_value_type_id
+    return (keyID == 0 ? nil : try btf.layout(of: keyID), valueID == 0 ? nil : try btf.layout(of: valueID))
+}
+
+/// A minimal reader of the BTF wire format (linux/btf.h), enough to resolve
+/// typedefs and read struct members.
+struct RawBTF {
+    struct TypeEntry {
+        var nameOffset: UInt32
+        var kind: UInt32
+        var vlen: Int
+        var kindFlag: Bool
+        var sizeOrType: UInt32
+        var dataOffset: Int  // where the kind-specific data starts, in `bytes`
+    }
+
+    let bytes: [UInt8]
+    let strings: Int
+    var types: [TypeEntry] = []  // index = type id; 0 is void
+
+    init(_ bytes: [UInt8]) throws {
+        self.bytes = bytes
+        func u32(_ at: Int) -> UInt32 { bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt32.self) } }
+        guard bytes.count >= 24, bytes[0] == 0x9f, bytes[1] == 0xeb else {
+            throw TestDataplaneError(description: "BTF: bad magic")
+        }
+        let headerLength = Int(u32(4))
+        let typeOffset = headerLength + Int(u32(8)), typeLength = Int(u32(12))
+        strings = headerLength + Int(u32(16))
+        types.append(TypeEntry(nameOffset: 0, kind: 0, vlen: 0, kindFlag: false, sizeOrType: 0, dataOffset: 0))
+        var at = typeOffset
+        while at < typeOffset + typeLength {
+            let info = u32(at + 4)
+            let kind = (info >> 24) & 0x1f
+            let vlen = Int(info & 0xffff)
+            let entry = TypeEntry(nameOffset: u32(at), kind: kind, vlen: vlen, kindFlag: info >> 31 != 0,
+                                  sizeOrType: u32(at + 8), dataOffset: at + 12)
+            types.append(entry)
+            at += 12
+            switch kind {
+            case 1, 14, 17: at += 4               // INT, VAR, DECL_TAG
+            case 3: at += 12                      // ARRAY
+            case 4, 5, 15, 19: at += 12 * vlen    // STRUCT, UNION, DATASEC, ENUM64
+            case 6, 13: at += 8 * vlen            // ENUM, FUNC_PROTO
+            default: break                        // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+            }
+        }
+    }
+
+    private func u32(_ at: Int) -> UInt32 {
+        bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt32.self) }
+    }
+
+    func name(_ offset: UInt32) -> String {
+        let start = strings + Int(offset)
+        let end = bytes[start...].firstIndex(of: 0) ?? bytes.count
+        return String(decoding: bytes[start..<end], as: UTF8.self)
+    }
+
+    /// Skips typedefs and qualifiers (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG).
+    func resolve(_ id: UInt32) -> UInt32 {
+        var id = id
+        while Int(id) < types.count, [8, 9, 10, 11, 18].contains(types[Int(id)].kind) {
+            id = types[Int(id)].sizeOrType
+        }
+        return id
+    }
+
+    func size(of id: UInt32) throws -> Int {
+        let id = resolve(id)
+        let t = types[Int(id)]
+        switch t.kind {
+        case 1, 4, 5, 6, 19: return Int(t.sizeOrType)  // INT, STRUCT, UNION, ENUM, ENUM64
+        case 2: return 8                                // PTR
+        case 3:                                         // ARRAY: elem type, index type, nelems
+            return try size(of: u32(t.dataOffset)) * Int(u32(t.dataOffset + 8))
+        default: throw TestDataplaneError(description: "BTF: no size for kind \(t.kind)")
+        }
+    }
+
+    func layout(of id: UInt32) throws -> BTFTypeLayout {
+        let id = resolve(id)
+        let t = types[Int(id)]
+        var members: [(name: String, offset: Int)] = []
+        if t.kind == 4 || t.kind == 5 {
+            for i in 0..<t.vlen {
+                let at = t.dataOffset + 12 * i
+                let rawOffset = u32(at + 8)
+                let bitOffset = t.kindFlag ? rawOffset & 0xff_ffff : rawOffset
+                members.append((name(u32(at)), Int(bitOffset / 8)))
+            }
+        }
+        return BTFTypeLayout(name: name(t.nameOffset), size: try size(of: id), members: members)
+    }
+}
