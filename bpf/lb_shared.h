@@ -98,6 +98,7 @@ struct sl_config {
 	__u8 gateway_mac[6]; /* next hop for every tunnelled frame */
 	__u8 flags;          /* enum sl_config_flags */
 	__u8 pad;
+	__u32 maglev_size;   /* the node's M (control-plane bookkeeping; 0 = never applied) */
 };
 
 enum sl_config_flags {
@@ -133,7 +134,7 @@ struct sl_stats {
 	__u64 ct_hits;               /* packets of a known flow */
 	__u64 ct_misses;             /* non-SYN packets of a flow not in the table */
 	__u64 fragments;             /* IP fragments, passed to the kernel */
-	__u64 ip_options;            /* IPv4 packets to a VIP with options, forwarded */
+	__u64 ip_options;            /* IPv4 packets to a VIP that carry options */
 	__u64 drops[SL_DROP__MAX];   /* indexed by enum sl_drop_reason */
 };
 

@@ -28,7 +28,7 @@ public struct AppliedState: Sendable {
     public var backendSlots: [sl_backend]
 
     public var serviceFile: ServiceFile {
-        let size = services.first?.maglevSize ?? Maglev.defaultTableSize
+        let size = config.maglev_size == 0 ? Maglev.defaultTableSize : Int(config.maglev_size)
         return ServiceFile(node: NodeConfig(sourceV4: config.sourceV4, sourceV6: config.sourceV6, maglevTableSize: size),
                            services: services.map(\.service))
     }

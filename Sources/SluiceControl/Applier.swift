@@ -118,8 +118,10 @@ struct Writer {
     mutating func write(_ plan: Plan, state: AppliedState, desired: ServiceFile) throws(BPFError) {
         let size = desired.node.maglevTableSize
         var config = state.config
-        if config.sourceV4 != desired.node.sourceV4 || config.sourceV6 != desired.node.sourceV6 {
+        if config.sourceV4 != desired.node.sourceV4 || config.sourceV6 != desired.node.sourceV6
+            || config.maglev_size != UInt32(size) {
             config.setSources(v4: desired.node.sourceV4, v6: desired.node.sourceV6)
+            config.maglev_size = UInt32(size)
             try dataplane.config.update(UInt32(0), config)
             bytes += MemoryLayout<sl_config>.size
         }

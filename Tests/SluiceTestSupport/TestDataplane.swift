@@ -146,6 +146,9 @@ public struct MaglevModel: Sendable {
     }
 }
 
+/// BPF_MAP_TYPE_ARRAY_OF_MAPS, for comparing with `BPFMap.info.type.rawValue`.
+public let mapTypeArrayOfMaps = BPF_MAP_TYPE_ARRAY_OF_MAPS.rawValue
+
 public struct TestDataplaneError: Error, CustomStringConvertible {
     public let description: String
 }
@@ -298,6 +301,12 @@ public struct BTFTypeLayout: Sendable, Equatable, CustomStringConvertible {
     public var name: String
     public var size: Int
     public var members: [(name: String, offset: Int)]
+
+    public init(name: String, size: Int, members: [(name: String, offset: Int)]) {
+        self.name = name
+        self.size = size
+        self.members = members
+    }
 
     public static func == (lhs: BTFTypeLayout, rhs: BTFTypeLayout) -> Bool {
         lhs.name == rhs.name && lhs.size == rhs.size

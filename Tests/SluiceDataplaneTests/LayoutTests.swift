@@ -1,0 +1,109 @@
+// The one-definition check: every struct of lb_shared.h as Swift imports it
+// must have the size and field offsets the kernel recorded (in BTF) for the
+// maps of the loaded object, and the shared constants must agree with the
+// Swift model's copies.
+
+import CSluice
+import SluiceBPF
+import SluiceControl
+import SluiceCore
+import SluiceTestSupport
+import Testing
+
+/// The Swift view of a C struct, in the shape of the kernel's BTF view.
+private func swiftLayout<T>(_: T.Type, _ name: String, _ fields: KeyValuePairs<String, PartialKeyPath<T>>) -> BTFTypeLayout {
+    BTFTypeLayout(name: name, size: MemoryLayout<T>.size,
+                  members: fields.map { ($0.key, MemoryLayout<T>.offset(of: $0.value) ?? -1) })
+}
+
+private let vipKey = swiftLayout(sl_vip_key.self, "sl_vip_key",
+                                 ["addr": \.addr, "port": \.port, "proto": \.proto, "family": \.family])
+private let vip = swiftLayout(sl_vip.self, "sl_vip", ["id": \.id, "maglev_size": \.maglev_size])
+private let backend = swiftLayout(sl_backend.self, "sl_backend",
+                                  ["addr": \.addr, "family": \.family, "flags": \.flags, "weight": \.weight,
+                                   "service_id": \.service_id])
+private let flowKey = swiftLayout(sl_flow_key.self, "sl_flow_key",
+                                  ["src": \.src, "dst": \.dst, "sport": \.sport, "dport": \.dport, "proto": \.proto,
+                                   "family": \.family, "pad": \.pad])
+private let ctEntry = swiftLayout(sl_ct_entry.self, "sl_ct_entry", ["backend_id": \.backend_id, "flags": \.flags])
+private let config = swiftLayout(sl_config.self, "sl_config",
+                                 ["source_v4": \.source_v4, "source_v6": \.source_v6, "gateway_mac": \.gateway_mac,
+                                  "flags": \.flags, "pad": \.pad, "maglev_size": \.maglev_size])
+private let counter = swiftLayout(sl_counter.self, "sl_counter", ["packets": \.packets, "bytes": \.bytes])
+private let stats = swiftLayout(sl_stats.self, "sl_stats",
+                                ["verdicts": \.verdicts, "new_flows": \.new_flows, "ct_hits": \.ct_hits,
+                                 "ct_misses": \.ct_misses, "fragments": \.fragments, "ip_options": \.ip_options,
+                                 "drops": \.drops])
+private let serviceInfo = swiftLayout(sl_service_info.self, "sl_service_info",
+                                      ["name": \.name, "vip": \.vip, "maglev_size": \.maglev_size,
+                                       "generation": \.generation])
+
+@Suite(requiresRoot)
+struct LayoutTests {
+    @Test func theSharedStructsHaveTheSizesTheirCommentsPromise() {
+        #expect(MemoryLayout<sl_vip_key>.size == 20)
+        #expect(MemoryLayout<sl_vip>.size == 8)
+        #expect(MemoryLayout<sl_backend>.size == 24)
+        #expect(MemoryLayout<sl_flow_key>.size == 40)
+        #expect(MemoryLayout<sl_ct_entry>.size == 8)
+        #expect(MemoryLayout<sl_config>.size == 32)
+        #expect(MemoryLayout<sl_counter>.size == 16)
+        #expect(MemoryLayout<sl_stats>.size == 8 * (Int(SL_VERDICTS) + 5 + Int(SL_DROP__MAX.rawValue)))
+        #expect(MemoryLayout<sl_service_info>.size == Int(SL_SERVICE_NAME_LEN) + 20 + 4 + 4)
+    }
+
+    @Test func everyMapsKeyAndValueMatchTheSwiftStructsInSizeAndFieldOffsets() throws {
+        let lb = try TestDataplane()
+        let d = lb.dataplane
+        let u32 = 4
+        // (map, Swift key, Swift value): nil means a plain __u32.
+        let maps: [(BPFMap, BTFTypeLayout?, BTFTypeLayout?)] = [
+            (d.vips, vipKey, vip),
+            (d.backends, nil, backend),
+            (d.conntrack, flowKey, ctEntry),
+            (d.config, nil, config),
+            (d.stats, nil, stats),
+            (d.vipStats, nil, counter),
+            (d.backendStats, nil, counter),
+            (d.services, nil, serviceInfo),
+        ]
+        for (map, key, value) in maps {
+            #expect(map.info.keySize == (key?.size ?? u32), "\(map.name) key size")
+            #expect(map.info.valueSize == (value?.size ?? u32), "\(map.name) value size")
+            let kernel = try mapBTFLayout(map)
+            let kernelKey = try #require(kernel.key, "\(map.name) has key BTF")
+            let kernelValue = try #require(kernel.value, "\(map.name) has value BTF")
+            if let key {
+                #expect(kernelKey == key, "\(map.name) key: kernel \(kernelKey), Swift \(key)")
+            } else {
+                #expect(kernelKey.size == u32 && kernelKey.members.isEmpty, "\(map.name) key is a __u32: \(kernelKey)")
+            }
+            if let value {
+                #expect(kernelValue == value, "\(map.name) value: kernel \(kernelValue), Swift \(value)")
+            }
+        }
+        // The Maglev outer map: slot -> inner map; its inner tables are __u32 -> __u32.
+        #expect(d.maglev.info.keySize == u32 && d.maglev.info.valueSize == u32)
+        #expect(d.maglev.info.type.rawValue == mapTypeArrayOfMaps)
+        #expect(d.maglev.info.maxEntries == Int(SL_MAX_VIPS))
+        #expect(d.backends.info.maxEntries == Int(SL_MAX_BACKENDS))
+        #expect(d.vips.info.maxEntries == Int(SL_MAX_VIPS))
+        #expect(d.conntrack.info.maxEntries == Int(TestDataplane.conntrackSize), "conntrack resized before load")
+    }
+
+    @Test func theSwiftModelsConstantsAreTheDataPlanesConstants() {
+        #expect(FlowHash.seed == SL_HASH_SEED)
+        #expect(Maglev.noBackend == SL_NO_BACKEND)
+        #expect(Maglev.defaultTableSize == Int(SL_MAGLEV_DEFAULT_SIZE))
+        #expect(IPAddress.Family.v4.rawValue == UInt8(SL_FAMILY_V4.rawValue))
+        #expect(IPAddress.Family.v6.rawValue == UInt8(SL_FAMILY_V6.rawValue))
+        #expect(XDPVerdict.allCases.map(\.rawValue) == XDPVerdict.kernelValues)
+        #expect(Int(SL_VERDICTS) == XDPVerdict.allCases.count)
+        #expect(CounterSnapshot.verdictNames.count == Int(SL_VERDICTS))
+        #expect(DropReason.allCases.map(\.rawValue) ==
+                [SL_DROP_MALFORMED, SL_DROP_TRUNCATED, SL_DROP_NO_BACKEND, SL_DROP_NO_SOURCE, SL_DROP_NO_GATEWAY,
+                 SL_DROP_ENCAP].map(\.rawValue))
+        #expect(CounterSnapshot.dropNames.count == Int(SL_DROP__MAX.rawValue))
+        #expect(SL_OUTER_TTL == 64, "the tunnel checks expect TTL 64")
+    }
+}
