@@ -42,6 +42,14 @@
 #define SL_MAP_SERVICES "sl_services"
 #define SL_PROG_BALANCER "sl_balancer"
 
+/* The backend side (lbctl decap): its program and maps, pinned beside the
+ * balancer's under the same pin path. */
+#define SL_MAX_DECAP_ADDRS 1024
+#define SL_MAP_DECAP_LOCALS "sl_decap_locals"
+#define SL_MAP_DECAP_VIPS "sl_decap_vips"
+#define SL_MAP_DECAP_STATS "sl_decap_stats"
+#define SL_PROG_DECAP "sl_decap"
+
 enum sl_family {
 	SL_FAMILY_V4 = 4,
 	SL_FAMILY_V6 = 6,
@@ -146,6 +154,23 @@ struct sl_service_info {
 	struct sl_vip_key vip;
 	__u32 maglev_size;
 	__u32 generation;   /* bumped on each table switch */
+};
+
+/* Key of sl_decap_locals (outer destinations that are this host) and of
+ * sl_decap_vips (inner destinations that are VIPs served here). */
+struct sl_addr_key {
+	__u32 addr[4];   /* network order; IPv4 in addr[0] */
+	__u8 family;     /* enum sl_family */
+	__u8 pad[3];     /* always zero */
+};
+
+/* Value of sl_decap_stats (a per-CPU array of one). */
+struct sl_decap_stats {
+	__u64 decapsulated;   /* tunnel packets stripped and passed to the stack */
+	__u64 not_local;      /* tunnel packets for another host: left alone */
+	__u64 not_vip;        /* tunnel packets whose inner destination is no local VIP: left alone */
+	__u64 malformed;      /* tunnel packets with a bad or truncated inner header: dropped */
+	__u64 passed;         /* everything else (not a tunnel): passed untouched */
 };
 
 #endif /* SLUICE_LB_SHARED_H */
