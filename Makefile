@@ -13,7 +13,7 @@ BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -mcpu=v3 \
 APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev clang llvm bpftool iproute2 pkg-config xxd ethtool
 
 BPF_HEADERS := $(wildcard bpf/*.h)
-BPF_OBJECTS := bpf/build/lb.bpf.o
+BPF_OBJECTS := bpf/build/lb.bpf.o bpf/build/decap.bpf.o
 EMBEDDED := Sources/CSluice/generated_objects.c
 
 .PHONY: all deps bpf build release test install clean
@@ -34,7 +34,7 @@ bpf/build/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS)
 	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 $(EMBEDDED): $(BPF_OBJECTS) scripts/embed-objects.sh
-	scripts/embed-objects.sh $@ balancer=bpf/build/lb.bpf.o
+	scripts/embed-objects.sh $@ balancer=bpf/build/lb.bpf.o decap=bpf/build/decap.bpf.o
 
 bpf: deps $(EMBEDDED)
 

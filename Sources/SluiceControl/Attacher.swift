@@ -18,16 +18,10 @@ public enum Attacher {
     public static func attach(interface name: String, mode: XDPMode, gateway: MACAddress?, pinPath: String,
                               conntrackSize: UInt32) throws(ControlError) -> Outcome {
         let interface = try NetworkInterface.named(name)
-        let existing: XDP.Attachment?
-        do { existing = try XDP.query(ifindex: interface.index) } catch {
-            throw .bpf(error, while: "querying XDP on \(name)")
-        }
+        let existing = try XDPHook.query(interface)
         // Everything that can be refused is checked before anything is loaded or written.
         let pinned: UInt32? = Dataplane.isPinned(at: pinPath) ? try programID(try Dataplane.open(pinPath: pinPath)) : nil
-        if let existing, existing.programID != pinned {
-            let other = (try? BPFProgram.open(id: existing.programID).identity().name) ?? "?"
-            throw .runtime("\(name): another XDP program is already attached (id \(existing.programID), name \"\(other)\", \(existing.mode) mode); detach it first")
-        }
+        try XDPHook.refuseOther(existing, ours: pinned, on: interface)
         let mac: MACAddress
         if let gateway { mac = gateway } else { mac = try GatewayResolver.resolve(interface: name) }
         let dataplane = try Dataplane.openOrLoad(pinPath: pinPath, conntrackSize: conntrackSize)
@@ -42,16 +36,13 @@ public enum Attacher {
             return Outcome(interface: interface, mode: existing.mode, gateway: mac, alreadyAttached: true)
         }
         do {
-            try XDP.attach(dataplane.program, ifindex: interface.index, mode: mode)
+            try XDPHook.attach(dataplane.program, to: interface, mode: mode)
         } catch {
             // A balancer loaded just now for this attach is not left pinned behind.
             if pinned == nil {
                 Dataplane.removePins(at: pinPath)
             }
-            if error.errno == EOPNOTSUPP || error.errno == EINVAL, mode == .native {
-                throw .runtime("\(name): the driver refused native XDP (\(error)); try --mode generic")
-            }
-            throw .bpf(error, while: "attaching to \(name)")
+            throw error
         }
         return Outcome(interface: interface, mode: mode, gateway: mac, alreadyAttached: false)
     }
@@ -68,22 +59,7 @@ public enum Attacher {
     public static func detach(interface name: String, pinPath: String) throws(ControlError) -> DetachOutcome {
         let interface = try NetworkInterface.named(name)
         let ours: UInt32? = Dataplane.isPinned(at: pinPath) ? try programID(try Dataplane.open(pinPath: pinPath)) : nil
-        var wasAttached = false
-        do {
-            if let existing = try XDP.query(ifindex: interface.index) {
-                guard existing.programID == ours else {
-                    throw ControlError.runtime("\(name): the XDP program attached (id \(existing.programID)) is not the Sluice balancer pinned at \(pinPath); leaving it alone")
-                }
-                try XDP.detach(ifindex: interface.index, mode: existing.mode)
-                wasAttached = true
-            }
-        } catch let error as ControlError {
-            throw error
-        } catch let error as BPFError {
-            throw .bpf(error, while: "detaching from \(name)")
-        } catch {
-            throw .runtime("detaching from \(name): \(error)")
-        }
+        let wasAttached = try XDPHook.detach(interface, ours: ours, what: "the Sluice balancer pinned at \(pinPath)")
         let still = ours.map { id in attachedInterfaces(programID: id).map(\.name) } ?? []
         if ours != nil && still.isEmpty { Dataplane.removePins(at: pinPath) }
         return DetachOutcome(wasAttached: wasAttached, pinsRemoved: ours != nil && still.isEmpty, stillAttached: still)
@@ -91,15 +67,10 @@ public enum Attacher {
 
     /// Interfaces of this namespace whose XDP program is `programID`.
     public static func attachedInterfaces(programID: UInt32) -> [(name: String, mode: XDPMode)] {
-        NetworkInterface.all().compactMap { interface in
-            guard let attachment = try? XDP.query(ifindex: interface.index), attachment.programID == programID else { return nil }
-            return (interface.name, attachment.mode)
-        }
+        XDPHook.attachedInterfaces(programID: programID)
     }
 
     static func programID(_ dataplane: Dataplane) throws(ControlError) -> UInt32 {
-        do { return try dataplane.program.identity().id } catch {
-            throw .bpf(error, while: "reading the pinned program's id")
-        }
+        try XDPHook.programID(dataplane.program)
     }
 }

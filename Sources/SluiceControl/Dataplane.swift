@@ -63,7 +63,7 @@ public final class Dataplane {
     /// Opens the pinned data plane, or loads the embedded object and pins it.
     public static func openOrLoad(pinPath: String, conntrackSize: UInt32 = UInt32(SL_CT_DEFAULT_SIZE)) throws(ControlError) -> Dataplane {
         if isPinned(at: pinPath) { return try open(pinPath: pinPath) }
-        try preparePinDirectory(pinPath)
+        try PinDirectory.prepare(pinPath)
         LibbpfLog.warningsToStderr()
         do {
             let object = try BPFObject(elf: EmbeddedObjects.balancer, name: "sluice", pinRoot: pinPath)
@@ -83,38 +83,7 @@ public final class Dataplane {
     public static func removePins(at pinPath: String) {
         let names = [SL_PROG_BALANCER, SL_MAP_VIPS, SL_MAP_MAGLEV, SL_MAP_BACKENDS, SL_MAP_CONNTRACK, SL_MAP_CONFIG,
                      SL_MAP_STATS, SL_MAP_VIP_STATS, SL_MAP_BACKEND_STATS, SL_MAP_SERVICES]
-        for name in names { unlink("\(pinPath)/\(name)") }
-        rmdir(pinPath)
-    }
-
-    static let bpffsRoot = "/sys/fs/bpf"
-
-    static func isBPFFS(_ path: String) -> Bool {
-        var fs = statfs()
-        let bpfFSMagic = 0xcafe_4a11
-        return statfs(path, &fs) == 0 && Int(fs.f_type) == bpfFSMagic
-    }
-
-    /// The pin path must be a directory on bpffs; create it when it is not
-    /// there. Like systemd and Cilium, mount bpffs at /sys/fs/bpf when the
-    /// pin path is under it and nothing is mounted there yet.
-    private static func preparePinDirectory(_ pinPath: String) throws(ControlError) {
-        guard pinPath.hasPrefix("/") else { throw .badInput("--pin-path: \(pinPath) is not an absolute path") }
-        if pinPath.hasPrefix(bpffsRoot + "/"), !isBPFFS(bpffsRoot), access(bpffsRoot, F_OK) == 0,
-           mount("bpf", bpffsRoot, "bpf", 0, "mode=0700") != 0 {
-            throw .runtime("cannot mount bpffs at \(bpffsRoot): \(String(cString: strerror(errno)))")
-        }
-        var components: [String] = []
-        for part in pinPath.split(separator: "/") {
-            components.append(String(part))
-            let path = "/" + components.joined(separator: "/")
-            if mkdir(path, 0o700) != 0 && errno != EEXIST {
-                throw .runtime("cannot create the pin directory \(path): \(String(cString: strerror(errno)))")
-            }
-        }
-        guard isBPFFS(pinPath) else {
-            throw .runtime("--pin-path: \(pinPath) is not on a BPF filesystem (mount bpffs: mount -t bpf bpf /sys/fs/bpf)")
-        }
+        PinDirectory.unpin(names, at: pinPath)
     }
 }
 
@@ -123,6 +92,12 @@ public enum EmbeddedObjects {
     public static var balancer: [UInt8] {
         var size = 0
         let bytes = CSluice_balancer_object(&size)!
+        return Array(UnsafeBufferPointer(start: bytes, count: size))
+    }
+
+    public static var decap: [UInt8] {
+        var size = 0
+        let bytes = CSluice_decap_object(&size)!
         return Array(UnsafeBufferPointer(start: bytes, count: size))
     }
 }

@@ -9,7 +9,8 @@ struct Lbctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lbctl",
         abstract: "Sluice: an XDP Layer-4 load balancer (Maglev, connection tracking, IP-in-IP direct server return).",
-        subcommands: [Attach.self, Detach.self, Apply.self, Validate.self, Status.self, Stats.self, Flows.self])
+        subcommands: [Attach.self, Detach.self, Apply.self, Validate.self, Status.self, Stats.self, Flows.self,
+                      DecapCommand.self])
 
     /// Exit codes are a contract: 0 success, 1 runtime failure, 2 bad input.
     static func main() {
