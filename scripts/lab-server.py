@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""A lab backend: the real servers behind the Sluice VIPs (runs inside a backend namespace).
+
+lab-server.py NAME LOGFILE SPEC...   where SPEC is PROTO:ADDRESS:PORT (IPv6 in brackets)
+
+  tcp-http  answers every HTTP request with "NAME\\n"
+  udp       answers every datagram with "NAME <datagram>"
+  tcp-echo  answers every line with "NAME <line>" (a long-lived connection)
+
+Every request, datagram or connection appends "PROTO VIP:PORT CLIENT_ADDRESS" to LOGFILE:
+with direct server return the backend sees the client's real address.
+Python 3 standard library only (Debian's python3).
+"""
+import socket
+import sys
+import threading
+
+NAME, LOGFILE = sys.argv[1], sys.argv[2]
+log_lock = threading.Lock()
+
+
+def log(proto, local, peer):
+    with log_lock, open(LOGFILE, "a") as f:
+        f.write(f"{proto} {local[0]}:{local[1]} {peer[0]}\n")
+
+
+def parse(spec):
+    proto, rest = spec.split(":", 1)
+    host, port = rest.rsplit(":", 1)
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return proto, family, host, int(port)
+
+
+def listen(family, kind, host, port):
+    s = socket.socket(family, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((host, port))
+    if kind == socket.SOCK_STREAM:
+        s.listen(512)
+    return s
+
+
+def http_conn(conn, local, peer):
+    with conn:
+        conn.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        log("http", local, peer)
+        body = (NAME + "\n").encode()
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\nX-Backend: %s\r\n\r\n%s" % (len(body), NAME.encode(), body))
+
+
+def echo_conn(conn, local, peer):
+    log("echo", local, peer)
+    with conn, conn.makefile("rb") as lines:
+        for line in lines:
+            conn.sendall(NAME.encode() + b" " + line)
+
+
+def serve_tcp(sock, handler):
+    local = sock.getsockname()
+    while True:
+        conn, peer = sock.accept()
+        threading.Thread(target=handler, args=(conn, local, peer), daemon=True).start()
+
+
+def serve_udp(sock):
+    local = sock.getsockname()
+    while True:
+        data, peer = sock.recvfrom(2048)
+        log("udp", local, peer)
+        sock.sendto(NAME.encode() + b" " + data, peer)
+
+
+def main():
+    threads = []
+    for spec in sys.argv[3:]:
+        proto, family, host, port = parse(spec)
+        if proto == "udp":
+            target, args = serve_udp, (listen(family, socket.SOCK_DGRAM, host, port),)
+        else:
+            handler = http_conn if proto == "tcp-http" else echo_conn
+            target, args = serve_tcp, (listen(family, socket.SOCK_STREAM, host, port), handler)
+        threads.append(threading.Thread(target=target, args=args, daemon=True))
+    for t in threads:
+        t.start()
+    print(f"{NAME}: serving {' '.join(sys.argv[3:])}", flush=True)
+    for t in threads:
+        t.join()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# The Sluice namespace lab: a client, a router, the balancer and three backends,
+# each in its own network namespace, with real TCP and UDP servers behind the VIPs.
+#
+#   scripts/lab.sh up NAME            build the lab (cleans up after itself if that fails)
+#   scripts/lab.sh down NAME          remove everything of lab NAME (idempotent)
+#   scripts/lab.sh info NAME          key=value lines: addresses, interfaces, paths
+#   scripts/lab.sh services NAME [ECHO]  print a service file; ECHO = the echo service's
+#                                     backends as be1:1,be2:1 (the default)
+#   scripts/lab.sh apply NAME [ECHO]  write that service file and `lbctl apply` it on the lb
+#   scripts/lab.sh lbctl NAME ARGS... run lbctl in the lb namespace with the lab's pin path
+#   scripts/lab.sh client NAME ARGS.. run scripts/lab-client.py in the client namespace
+#   scripts/lab.sh exec NAME NODE CMD...  run CMD in NAME-NODE (client router lb be1 be2 be3)
+#
+# Topology (interface names are per namespace, addresses exist only inside the lab, so
+# several labs with different NAMEs run side by side):
+#
+#   NAME-client eth0 10.10.1.2 fd10:1::2
+#        |
+#   NAME-router r-client 10.10.1.1 fd10:1::1        routes the VIPs to the lb
+#               r-lb     10.10.2.1 fd10:2::1  ----  NAME-lb lb0 10.10.2.2 fd10:2::2 (balancer, XDP)
+#               br0      10.10.3.1 fd10:3::1  (bridge; ports r-be1..r-be3)
+#        |
+#   NAME-be1..3 eth0 10.10.3.1N fd10:3::1N (decap XDP), VIPs on lo, servers on the VIPs
+#
+# A client packet to a VIP goes client -> router -> lb; the lb tunnels it (IPIP, 6in6 or
+# 4in6) back to the router, which forwards it to the backend; the backend strips the
+# tunnel (lbctl decap) and answers the client straight through the router (direct
+# server return): replies never cross the lb.
+#
+# Environment: LBCTL (default .build/debug/lbctl of this repository), PYTHON (default
+# Debian's /usr/bin/python3), LAB_ROOT (default /tmp: the lab dir is $LAB_ROOT/sluice-lab-NAME).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LBCTL=${LBCTL:-$REPO/.build/debug/lbctl}
+[[ $LBCTL == /* ]] || LBCTL=$REPO/$LBCTL
+if [[ -z ${PYTHON:-} ]]; then
+    if [[ -x /usr/bin/python3 ]]; then PYTHON=/usr/bin/python3; else PYTHON=$(command -v python3); fi
+fi
+LAB_ROOT=${LAB_ROOT:-/tmp}
+
+# --- the plan: addresses and names ------------------------------------------------
+CLIENT_V4=10.10.1.2   CLIENT_V6=fd10:1::2
+ROUTER_CLIENT_V4=10.10.1.1 ROUTER_CLIENT_V6=fd10:1::1
+ROUTER_LB_V4=10.10.2.1 ROUTER_LB_V6=fd10:2::1
+LB_V4=10.10.2.2       LB_V6=fd10:2::2
+ROUTER_BE_V4=10.10.3.1 ROUTER_BE_V6=fd10:3::1
+BACKENDS=(be1 be2 be3)
+be_v4() { echo "10.10.3.1${1#be}"; }
+be_v6() { echo "fd10:3::1${1#be}"; }
+VIP4=198.51.100.10      # web (TCP 80, 4in4, weights 1:2:3), dns (UDP 53), echo (TCP 7)
+VIP6=2001:db8:100::10   # web6 (TCP 80, 6in6)
+VIP4IN6=198.51.100.20   # web4in6 (TCP 80, IPv4 VIP with IPv6 backends: 4in6)
+WEB_WEIGHTS=(1 2 3)
+NEVER_VIP=192.0.2.254   # for the router's decap program, which must never decapsulate
+TUNNEL_MTU=1600         # lb and backend segment: room for the 20/40-byte tunnel header
+
+die() { echo "lab.sh: $*" >&2; exit 2; }
+
+set_name() {
+    NAME=${1:-}
+    [[ $NAME =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$ ]] || die "NAME must be 1-40 of [A-Za-z0-9_-], got '${NAME}'"
+    DIR=$LAB_ROOT/sluice-lab-$NAME
+    BPFFS=$DIR/bpffs
+    LB_PIN=$BPFFS/lb
+    NODES=(client router lb "${BACKENDS[@]}")
+}
+ns() { echo "$NAME-$1"; }
+nx() { local node=$1; shift; ip netns exec "$(ns "$node")" "$@"; }
+sysctl_in() { local node=$1; shift; for kv in "$@"; do nx "$node" sysctl -qw "$kv" >/dev/null; done; }
+# lbctl needs the host's mounts (our bpffs), which `ip netns exec` hides: nsenter keeps them.
+lbctl_in() { local node=$1; shift; nsenter --net="/run/netns/$(ns "$node")" "$LBCTL" "$@"; }
+
+# --- down -------------------------------------------------------------------------
+cmd_down() {
+    local node n pid pids
+    for node in "${NODES[@]}"; do
+        n=$(ns "$node")
+        [[ -e /run/netns/$n ]] || continue
+        # Servers and clients this lab started run inside its namespaces; end them by pid.
+        pids=$(ip netns pids "$n" 2>/dev/null || true)
+        for pid in $pids; do kill "$pid" 2>/dev/null || true; done
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            pids=$(ip netns pids "$n" 2>/dev/null || true)
+            [[ -z $pids ]] && break
+            sleep 0.1
+        done
+        for pid in $pids; do kill -9 "$pid" 2>/dev/null || true; done
+        # Deleting the namespace removes its veths, the bridge and their XDP programs.
+        ip netns del "$n" 2>/dev/null || true
+    done
+    if mountpoint -q "$BPFFS" 2>/dev/null; then umount -l "$BPFFS"; fi
+    rm -rf "$DIR"
+}
+
+# --- up ---------------------------------------------------------------------------
+cmd_up() {
+    local node b i
+    for node in "${NODES[@]}"; do
+        [[ ! -e /run/netns/$(ns "$node") ]] || die "namespace $(ns "$node") exists: is lab $NAME up? (lab.sh down $NAME)"
+    done
+    [[ ! -e $DIR ]] || die "$DIR exists: is lab $NAME up? (lab.sh down $NAME)"
+    [[ -x $LBCTL ]] || die "no lbctl at $LBCTL (swift build, or set LBCTL)"
+    [[ -x $PYTHON ]] || die "no python3 (apt-get install python3)"
+
+    # From here on, a failure or an interrupt takes down whatever was built.
+    trap 'rc=$?; trap - EXIT ERR INT TERM; echo "lab.sh: bring-up of $NAME failed (line $LINENO), cleaning up" >&2; cmd_down; exit $((rc ? rc : 1))' ERR INT TERM
+    trap 'rc=$?; trap - EXIT ERR INT TERM; if ((rc)); then cmd_down; fi' EXIT
+
+    mkdir -p "$BPFFS"
+    mount -t bpf bpf "$BPFFS" -o mode=0700
+
+    for node in "${NODES[@]}"; do
+        ip netns add "$(ns "$node")"
+        nx "$node" ip link set lo up
+        # No DAD: addresses are usable at once.
+        sysctl_in "$node" net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+            net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+    done
+    sysctl_in router net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+
+    # Links: every veth is created inside the router namespace with its peer created
+    # directly in the other namespace; nothing touches the host's namespace.
+    local R; R=$(ns router)
+    ip -n "$R" link add r-client type veth peer name eth0 netns "$(ns client)"
+    ip -n "$R" link add r-lb mtu $TUNNEL_MTU type veth peer name lb0 mtu $TUNNEL_MTU netns "$(ns lb)"
+    ip -n "$R" link add br0 mtu $TUNNEL_MTU type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+    for b in "${BACKENDS[@]}"; do
+        ip -n "$R" link add "r-$b" mtu $TUNNEL_MTU type veth peer name eth0 mtu $TUNNEL_MTU netns "$(ns "$b")"
+        ip -n "$R" link set "r-$b" master br0 up
+    done
+
+    # Router.
+    ip -n "$R" addr add $ROUTER_CLIENT_V4/24 dev r-client
+    ip -n "$R" addr add $ROUTER_CLIENT_V6/64 dev r-client nodad
+    ip -n "$R" addr add $ROUTER_LB_V4/24 dev r-lb
+    ip -n "$R" addr add $ROUTER_LB_V6/64 dev r-lb nodad
+    ip -n "$R" addr add $ROUTER_BE_V4/24 dev br0
+    ip -n "$R" addr add $ROUTER_BE_V6/64 dev br0 nodad
+    for i in r-client r-lb br0; do ip -n "$R" link set "$i" up; done
+    # Replies come back from the backends with a VIP as source on br0, while the VIP routes
+    # point at r-lb: strict reverse-path filtering would drop them.
+    for i in r-client r-lb br0; do sysctl_in router "net.ipv4.conf.$i.rp_filter=0"; done
+    ip -n "$R" route add $VIP4/32 via $LB_V4
+    ip -n "$R" route add $VIP4IN6/32 via $LB_V4
+    ip -n "$R" -6 route add $VIP6/128 via $LB_V6
+
+    # Client.
+    ip -n "$(ns client)" addr add $CLIENT_V4/24 dev eth0
+    ip -n "$(ns client)" addr add $CLIENT_V6/64 dev eth0 nodad
+    ip -n "$(ns client)" link set eth0 up
+    # A veth hands its packets on with the TCP/UDP checksum still to be filled in
+    # (checksum offload); an XDP program that tunnels such a frame sends it on unfilled,
+    # and the backend drops it (TcpInCsumErrors). A real client's NIC puts finished
+    # checksums on the wire: make the lab's client do the same.
+    nx client ethtool -K eth0 tx off >/dev/null
+    ip -n "$(ns client)" route add default via $ROUTER_CLIENT_V4
+    ip -n "$(ns client)" -6 route add default via $ROUTER_CLIENT_V6
+
+    # Balancer: node addresses on lb0 (the tunnels' outer source), default route via the
+    # router, whose MAC `lbctl attach` resolves from the neighbour table by itself.
+    ip -n "$(ns lb)" addr add $LB_V4/24 dev lb0
+    ip -n "$(ns lb)" addr add $LB_V6/64 dev lb0 nodad
+    ip -n "$(ns lb)" link set lb0 up
+    ip -n "$(ns lb)" route add default via $ROUTER_LB_V4
+    ip -n "$(ns lb)" -6 route add default via $ROUTER_LB_V6
+
+    # Backends: every VIP on lo, no ARP/ND answers for them, default route via the router.
+    for b in "${BACKENDS[@]}"; do
+        local B; B=$(ns "$b")
+        ip -n "$B" addr add "$(be_v4 "$b")/24" dev eth0
+        ip -n "$B" addr add "$(be_v6 "$b")/64" dev eth0 nodad
+        ip -n "$B" addr add $VIP4/32 dev lo
+        ip -n "$B" addr add $VIP4IN6/32 dev lo
+        ip -n "$B" addr add $VIP6/128 dev lo nodad
+        ip -n "$B" link set eth0 up
+        ip -n "$B" route add default via $ROUTER_BE_V4
+        ip -n "$B" -6 route add default via $ROUTER_BE_V6
+        sysctl_in "$b" net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
+            net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2 \
+            net.ipv4.conf.eth0.rp_filter=0 net.ipv4.conf.lo.rp_filter=0
+        # The real servers, on the VIPs; each logs the client address it sees.
+        : >"$DIR/$b.log"
+        ip netns exec "$B" "$PYTHON" -u "$REPO/scripts/lab-server.py" "$b" "$DIR/$b.log" \
+            "tcp-http:$VIP4:80" "tcp-http:$VIP4IN6:80" "tcp-http:[$VIP6]:80" \
+            "udp:$VIP4:53" "tcp-echo:$VIP4:7" >"$DIR/$b.server.out" 2>&1 </dev/null &
+        echo $! >"$DIR/$b.server.pid"
+        # Backend side of the tunnel: XDP strips IPIP/6in6/4in6 for the VIPs on lo.
+        lbctl_in "$b" decap attach eth0 --pin-path "$BPFFS/$b" >"$DIR/$b.decap.out"
+    done
+
+    # XDP_TX on a veth only delivers when the peer veth runs an XDP program (PITFALLS.md):
+    # the lb's tunnelled frames go out of lb0 into the router's r-lb. Give r-lb the decap
+    # program with a VIP that never occurs, so it passes every packet to the router's
+    # stack unchanged (the tunnelled packets are addressed to the backends, not to the
+    # router); it is the one XDP object lbctl already ships.
+    lbctl_in router decap attach r-lb --vip $NEVER_VIP --pin-path "$BPFFS/router" >"$DIR/router.decap.out"
+
+    # The balancer, and its services.
+    lbctl_in lb attach lb0 --pin-path "$LB_PIN" >"$DIR/lb.attach.out"
+    render_services >"$DIR/services.yaml"
+    lbctl_in lb apply -f "$DIR/services.yaml" --pin-path "$LB_PIN" >"$DIR/lb.apply.out"
+
+    # Wait for every server to listen.
+    for b in "${BACKENDS[@]}"; do
+        for i in $(seq 50); do
+            grep -q serving "$DIR/$b.server.out" 2>/dev/null && break
+            kill -0 "$(cat "$DIR/$b.server.pid")" 2>/dev/null || { cat "$DIR/$b.server.out" >&2; false; }
+            sleep 0.1
+        done
+        grep -q serving "$DIR/$b.server.out" || { echo "lab.sh: $b's server did not start" >&2; false; }
+    done
+
+    # Warm up the neighbour tables along the way (router <-> backends, client, lb).
+    nx router ping -c1 -W1 -q "$CLIENT_V4" >/dev/null 2>&1 || true
+    for b in "${BACKENDS[@]}"; do
+        nx router ping -c1 -W1 -q "$(be_v4 "$b")" >/dev/null 2>&1 || true
+        nx router ping -6 -c1 -W1 -q "$(be_v6 "$b")" >/dev/null 2>&1 || true
+    done
+    nx router ping -6 -c1 -W1 -q "$LB_V6" >/dev/null 2>&1 || true
+    nx router ping -6 -c1 -W1 -q "$CLIENT_V6" >/dev/null 2>&1 || true
+
+    trap - EXIT ERR INT TERM
+    echo "lab $NAME is up: $DIR"
+}
+
+# --- the service file -------------------------------------------------------------
+backend_lines() { # FAMILY(v4|v6) weights...
+    local fam=$1; shift
+    local i=0 b
+    for b in "${BACKENDS[@]}"; do
+        echo "      - { address: \"$(be_$fam "$b")\", weight: ${1:-1} }"
+        shift || true
+        i=$((i + 1))
+    done
+}
+
+render_services() { # [ECHO spec: be1:1,be2:1]
+    local echo_spec=${1:-be1:1,be2:1} entry b w
+    cat <<EOF
+# Generated by scripts/lab.sh for lab $NAME.
+node:
+  source_v4: $LB_V4
+  source_v6: "$LB_V6"
+services:
+  - name: web
+    vip: $VIP4
+    port: 80
+    protocol: tcp
+    backends:
+$(backend_lines v4 "${WEB_WEIGHTS[@]}")
+  - name: dns
+    vip: $VIP4
+    port: 53
+    protocol: udp
+    backends:
+$(backend_lines v4)
+  - name: web6
+    vip: "$VIP6"
+    port: 80
+    protocol: tcp
+    backends:
+$(backend_lines v6)
+  - name: web4in6
+    vip: $VIP4IN6
+    port: 80
+    protocol: tcp
+    backends:
+$(backend_lines v6)
+  - name: echo
+    vip: $VIP4
+    port: 7
+    protocol: tcp
+    backends:
+EOF
+    IFS=, read -ra entries <<<"$echo_spec"
+    for entry in "${entries[@]}"; do
+        b=${entry%%:*} w=${entry#*:}
+        [[ $b =~ ^be[1-3]$ && $w =~ ^[0-9]+$ ]] || die "bad echo backend '$entry' (want be1:1,be2:0...)"
+        echo "      - { address: \"$(be_v4 "$b")\", weight: $w }"
+    done
+}
+
+cmd_info() {
+    local b
+    cat <<EOF
+name=$NAME
+dir=$DIR
+bpffs=$BPFFS
+pin_path=$LB_PIN
+lbctl=$LBCTL
+python=$PYTHON
+namespaces=$(for n in "${NODES[@]}"; do printf '%s ' "$(ns "$n")"; done)
+client_ns=$(ns client)
+router_ns=$(ns router)
+lb_ns=$(ns lb)
+lb_if=lb0
+router_lb_if=r-lb
+router_client_if=r-client
+client_v4=$CLIENT_V4
+client_v6=$CLIENT_V6
+lb_v4=$LB_V4
+lb_v6=$LB_V6
+vip4=$VIP4
+vip6=$VIP6
+vip4in6=$VIP4IN6
+web_weights=$(IFS=,; echo "${WEB_WEIGHTS[*]}")
+backends=$(IFS=,; echo "${BACKENDS[*]}")
+EOF
+    for b in "${BACKENDS[@]}"; do
+        echo "${b}_v4=$(be_v4 "$b")"
+        echo "${b}_v6=$(be_v6 "$b")"
+        echo "${b}_log=$DIR/$b.log"
+    done
+}
+
+cmd_apply() {
+    local file
+    file=$(mktemp "$DIR/services-XXXXXX.yaml")
+    render_services "${1:-}" >"$file"
+    lbctl_in lb apply -f "$file" --pin-path "$LB_PIN"
+}
+
+main() {
+    local cmd=${1:-}
+    [[ $# -ge 2 ]] || die "usage: lab.sh up|down|info|services|apply|lbctl|client|exec NAME [ARGS...]"
+    shift
+    set_name "$1"; shift
+    case $cmd in
+        up) cmd_up ;;
+        down) cmd_down ;;
+        info) cmd_info ;;
+        services) render_services "${1:-}" ;;
+        apply) cmd_apply "${1:-}" ;;
+        lbctl) lbctl_in lb "$@" --pin-path "$LB_PIN" ;;
+        client) nx client "$PYTHON" "$REPO/scripts/lab-client.py" "$@" ;;
+        exec) local node=${1:?node}; shift; nx "$node" "$@" ;;
+        *) die "unknown command '$cmd'" ;;
+    esac
+}
+
+main "$@"
