@@ -1,6 +1,7 @@
 # Sluice: builds the BPF data plane (clang) and the Swift control plane (SwiftPM).
 #   make          install missing Debian packages, build everything (release lbctl)
-#   make test     every test: pure Swift, BPF_PROG_TEST_RUN, CLI and veth tests (root)
+#   make demo     real TCP and UDP through a balancer in a namespace lab (root)
+#   make test     every test: pure Swift, BPF_PROG_TEST_RUN, CLI, veth and lab tests (root)
 #   make install  copy lbctl to $(PREFIX)/bin
 
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ BPF_HEADERS := $(wildcard bpf/*.h)
 BPF_OBJECTS := bpf/build/lb.bpf.o bpf/build/decap.bpf.o
 EMBEDDED := Sources/CSluice/generated_objects.c
 
-.PHONY: all deps bpf build release test install clean
+.PHONY: all deps bpf build release demo test install clean
 
 all: deps release
 
@@ -45,6 +46,9 @@ build: bpf
 release: bpf
 	$(SWIFT) build -c release
 	@echo "lbctl: $$($(SWIFT) build -c release --show-bin-path)/lbctl"
+
+demo: build
+	python3 scripts/demo.py
 
 test: build
 	$(SWIFT) test
