@@ -31,5 +31,7 @@ let package = Package(
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
         .testTarget(name: "SluiceDataplaneTests", dependencies: ["SluiceControl", "SluiceTestSupport", "SluiceCore", "SluiceBPF", "CSluice"]),
         .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore"]),
+        // End to end through scripts/lab.sh: namespaces, real TCP/UDP servers, DSR.
+        .testTarget(name: "LabTests", dependencies: ["SluiceTestSupport"]),
     ]
 )

@@ -132,7 +132,15 @@ def session(host, port, statefile, interval):
     return 0
 
 
+def take_signals():
+    """A parent may have left SIGTERM and SIGINT blocked (threads of Swift's runtime
+    do, and a child inherits the mask): `lab.sh down` and Ctrl-C must still end us."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv):
+    take_signals()
     mode = argv[1]
     host, port = argv[2], int(argv[3])
     if mode in ONCE:

@@ -11,6 +11,7 @@ Every request, datagram or connection appends "PROTO VIP:PORT CLIENT_ADDRESS" to
 with direct server return the backend sees the client's real address.
 Python 3 standard library only (Debian's python3).
 """
+import signal
 import socket
 import sys
 import threading
@@ -80,7 +81,15 @@ def serve_udp(sock):
         sock.sendto(NAME.encode() + b" " + data, peer)
 
 
+def take_signals():
+    """A parent may have left SIGTERM and SIGINT blocked (threads of Swift's runtime
+    do, and a child inherits the mask): `lab.sh down` and Ctrl-C must still end us."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main():
+    take_signals()
     threads = []
     for spec in sys.argv[3:]:
         proto, family, host, port = parse(spec)

@@ -58,6 +58,17 @@ TUNNEL_MTU=1600         # lb and backend segment: room for the 20/40-byte tunnel
 
 die() { echo "lab.sh: $*" >&2; exit 2; }
 
+# For a process `up` leaves running: close the descriptors a caller handed us (a test
+# runner's pipes, or the socket through which Foundation's Process learns that its child
+# has ended), so the servers never keep the caller waiting for an EOF.
+close_inherited_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+}
+
 set_name() {
     NAME=${1:-}
     [[ $NAME =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$ ]] || die "NAME must be 1-40 of [A-Za-z0-9_-], got '${NAME}'"
@@ -182,9 +193,9 @@ cmd_up() {
             net.ipv4.conf.eth0.rp_filter=0 net.ipv4.conf.lo.rp_filter=0
         # The real servers, on the VIPs; each logs the client address it sees.
         : >"$DIR/$b.log"
-        ip netns exec "$B" "$PYTHON" -u "$REPO/scripts/lab-server.py" "$b" "$DIR/$b.log" \
+        (close_inherited_fds; exec ip netns exec "$B" "$PYTHON" -u "$REPO/scripts/lab-server.py" "$b" "$DIR/$b.log" \
             "tcp-http:$VIP4:80" "tcp-http:$VIP4IN6:80" "tcp-http:[$VIP6]:80" \
-            "udp:$VIP4:53" "tcp-echo:$VIP4:7" >"$DIR/$b.server.out" 2>&1 </dev/null &
+            "udp:$VIP4:53" "tcp-echo:$VIP4:7") >"$DIR/$b.server.out" 2>&1 </dev/null &
         echo $! >"$DIR/$b.server.pid"
         # Backend side of the tunnel: XDP strips IPIP/6in6/4in6 for the VIPs on lo.
         lbctl_in "$b" decap attach eth0 --pin-path "$BPFFS/$b" >"$DIR/$b.decap.out"
@@ -334,7 +345,8 @@ main() {
         services) render_services "${1:-}" ;;
         apply) cmd_apply "${1:-}" ;;
         lbctl) lbctl_in lb "$@" --pin-path "$LB_PIN" ;;
-        client) nx client "$PYTHON" "$REPO/scripts/lab-client.py" "$@" ;;
+        # exec: a signal for the client (a long-lived session ends with SIGTERM) reaches it.
+        client) exec ip netns exec "$(ns client)" "$PYTHON" "$REPO/scripts/lab-client.py" "$@" ;;
         exec) local node=${1:?node}; shift; nx "$node" "$@" ;;
         *) die "unknown command '$cmd'" ;;
     esac

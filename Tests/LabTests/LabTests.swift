@@ -1,0 +1,234 @@
+// End to end through the namespace lab (scripts/lab.sh): real TCP and UDP
+// clients and servers in their own namespaces, the balancer in XDP on lb0,
+// backends decapsulating in XDP and answering the client directly. Every test
+// brings up its own lab under a unique name and takes it down however it ends,
+// so the tests run in parallel with each other and with the other suites.
+import Foundation
+import SluiceTestSupport
+import Testing
+
+@Suite("the namespace lab, end to end")
+struct LabTests {
+    static let vip4 = "198.51.100.10"
+    static let vip6 = "2001:db8:100::10"
+    static let vip4in6 = "198.51.100.20"
+    static let clientV4 = "10.10.1.2"
+    static let clientV6 = "fd10:1::2"
+    /// The client's interface in NAME-client (lab.sh's topology; not in `info`).
+    static let clientInterface = "eth0"
+
+    /// A fresh lab for `body`, taken down afterwards even when `body` throws.
+    func withLab(_ body: (Lab) async throws -> Void) async throws {
+        let lab = try Lab()
+        defer {
+            do { try lab.down() } catch { Issue.record(error, "lab \(lab.name) did not come down") }
+        }
+        try await body(lab)
+    }
+
+    /// Log lines of `backend` for requests to `local` (`VIP:PORT`).
+    func logged(_ lab: Lab, _ backend: String, proto: String, local: String) throws -> [Lab.LogLine] {
+        try lab.log(of: backend).filter { $0.proto == proto && $0.local == local }
+    }
+
+    @Test("300 new HTTP connections to web: all answered in the 1:2:3 weights, by backends that see the client, with no reply crossing the balancer")
+    func webWeightedDirectServerReturn() async throws {
+        try await withLab { lab in
+            let clientNS = try lab.info("client_ns"), lbNS = try lab.info("lb_ns"), lbIf = try lab.info("lb_if")
+            let count = 300
+            let clientBefore = try lab.linkCounters(namespace: clientNS, interface: Self.clientInterface)
+            let lbBefore = try lab.linkCounters(namespace: lbNS, interface: lbIf)
+            let statsBefore = try lab.stats()
+
+            let result = try lab.client(.http, Self.vip4, 80, count: count)
+
+            let clientAfter = try lab.linkCounters(namespace: clientNS, interface: Self.clientInterface)
+            let lbAfter = try lab.linkCounters(namespace: lbNS, interface: lbIf)
+            let statsAfter = try lab.stats()
+
+            try #require(result.ok == count && result.failed == 0, "HTTP burst failed:\n\(result.output)")
+
+            // Maglev shares follow the weights (info's web_weights, be1:be2:be3).
+            let weights = try lab.info("web_weights").split(separator: ",").compactMap { Int($0) }
+            try #require(weights.count == lab.backends.count, "web_weights: \(lab.info)")
+            let totalWeight = Double(weights.reduce(0, +))
+            for (backend, weight) in zip(lab.backends, weights) {
+                let share = Double(result.backends[backend] ?? 0) / Double(count)
+                let expected = Double(weight) / totalWeight
+                #expect(abs(share - expected) <= 0.10,
+                        "\(backend) got \(share * 100)% of the connections, its weight share is \(expected * 100)%: \(result.backends)")
+            }
+
+            // Direct server return keeps the client's address: every backend saw 10.10.1.2.
+            for backend in lab.backends {
+                let lines = try logged(lab, backend, proto: "http", local: "\(Self.vip4):80")
+                #expect(!lines.isEmpty, "\(backend) logged no HTTP request to \(Self.vip4):80")
+                #expect(lines.count == result.backends[backend] ?? 0,
+                        "\(backend) logged \(lines.count) requests but answered \(result.backends[backend] ?? 0)")
+                let clients = Set(lines.map(\.client))
+                #expect(clients == [Self.clientV4], "\(backend) saw clients \(clients), not only \(Self.clientV4)")
+            }
+
+            // Replies go backend -> router -> client: lb0 receives about what the client
+            // sends (plus ARP/ND), far less than the traffic in both directions.
+            let clientTx = clientAfter.tx.packets - clientBefore.tx.packets
+            let clientRx = clientAfter.rx.packets - clientBefore.rx.packets
+            let lbRx = lbAfter.rx.packets - lbBefore.rx.packets
+            let counters = "lb0 rx +\(lbRx), client eth0 tx +\(clientTx) rx +\(clientRx)"
+            #expect(clientTx >= count * 3 && clientRx >= count * 2, "the client's counters hardly moved: \(counters)")
+            #expect(lbRx <= clientTx + 20, "lb0 received more than the client sent: \(counters)")
+            #expect(lbRx < clientTx + clientRx / 2, "replies seem to cross the balancer: \(counters)")
+
+            // The balancer tunnels (XDP_TX) the client's packets and passes almost nothing.
+            let pass = statsAfter.verdicts.pass - statsBefore.verdicts.pass
+            let tx = statsAfter.verdicts.tx - statsBefore.verdicts.tx
+            let newFlows = statsAfter.newFlows - statsBefore.newFlows
+            let verdicts = "pass +\(pass), tx +\(tx), new_flows +\(newFlows)"
+            #expect(pass <= 20, "the balancer passed more than ARP/ND to its kernel: \(verdicts)")
+            #expect(tx >= count, "fewer packets tunnelled than SYNs sent: \(verdicts)")
+            #expect(newFlows >= count, "fewer new flows than connections: \(verdicts)")
+        }
+    }
+
+    @Test("300 UDP queries to dns: all answered, by every backend, which see the client")
+    func udpSpreadsOverBackends() async throws {
+        try await withLab { lab in
+            let result = try lab.client(.udp, Self.vip4, 53, count: 300)
+            try #require(result.ok == 300 && result.failed == 0, "UDP burst failed:\n\(result.output)")
+            for backend in lab.backends {
+                #expect((result.backends[backend] ?? 0) > 0, "\(backend) answered no query: \(result.backends)")
+                let clients = Set(try logged(lab, backend, proto: "udp", local: "\(Self.vip4):53").map(\.client))
+                #expect(clients == [Self.clientV4], "\(backend) saw clients \(clients)")
+            }
+        }
+    }
+
+    struct IPv6Case: Sendable, CustomTestStringConvertible {
+        var service: String
+        var vip: String
+        var client: String
+        /// How the server logs its local end: `VIP:PORT`, IPv6 unbracketed.
+        var local: String { "\(vip):80" }
+        var testDescription: String { "\(service) (\(vip) from \(client))" }
+    }
+
+    @Test("150 new HTTP connections over IPv6 tunnels: all answered by every backend, which see the client",
+          arguments: [
+              IPv6Case(service: "web6 6in6", vip: LabTests.vip6, client: LabTests.clientV6),
+              IPv6Case(service: "web4in6 4in6", vip: LabTests.vip4in6, client: LabTests.clientV4),
+          ])
+    func ipv6Tunnels(_ test: IPv6Case) async throws {
+        try await withLab { lab in
+            let result = try lab.client(.http, test.vip, 80, count: 150)
+            try #require(result.ok == 150 && result.failed == 0, "\(test.service) burst failed:\n\(result.output)")
+            for backend in lab.backends {
+                #expect((result.backends[backend] ?? 0) > 0, "\(backend) answered nothing: \(result.backends)")
+                let lines = try logged(lab, backend, proto: "http", local: test.local)
+                let clients = Set(lines.map(\.client))
+                #expect(!lines.isEmpty && clients == [test.client],
+                        "\(backend) logged \(lines.count) requests to \(test.local) from \(clients), want \(test.client)")
+            }
+        }
+    }
+
+    @Test("a long-lived TCP connection survives a backend change and its backend's drain; new connections avoid the drained one")
+    func sessionSurvivesChangeAndDrain() async throws {
+        try await withLab { lab in
+            let session = try lab.startSession(Self.vip4, 7, interval: 0.1)
+            defer { session.stop() }
+            func describe(_ state: Lab.Session.State?) -> String {
+                "state \(String(describing: state)); client output: \(session.output)"
+            }
+
+            let started = try await session.wait { $0.ok >= 3 }
+            let backend = try #require(started?.backend, "the session did not start: \(describe(started))")
+            try #require(started?.ok ?? 0 >= 3 && started?.failed == 0, "\(describe(started))")
+            let address = try lab.info("\(backend)_v4")
+
+            // A new set that keeps the session's backend: the flow stays where it is.
+            let others = lab.backends.filter { $0 != backend }
+            let grown = "be1:1,be2:1,be3:1"
+            try lab.applyEcho(grown)
+            let okBefore = session.state()?.ok ?? 0
+            let afterChange = try await session.wait { $0.ok >= okBefore + 3 }
+            #expect((afterChange?.ok ?? 0) >= okBefore + 3 && afterChange?.failed == 0 && afterChange?.closed == false,
+                    "after applying \(grown): \(describe(afterChange))")
+            #expect(afterChange?.backend == backend, "\(describe(afterChange))")
+
+            // Drain the session's backend: established flows stay, new ones go elsewhere.
+            let drain = ([backend + ":0"] + others.map { $0 + ":1" }).joined(separator: ",")
+            try lab.applyEcho(drain)
+            let okBeforeDrain = session.state()?.ok ?? 0
+            let afterDrain = try await session.wait { $0.ok >= okBeforeDrain + 3 }
+            #expect((afterDrain?.ok ?? 0) >= okBeforeDrain + 3 && afterDrain?.failed == 0 && afterDrain?.closed == false,
+                    "after draining with \(drain): \(describe(afterDrain))")
+            #expect(afterDrain?.backend == backend, "\(describe(afterDrain))")
+
+            let status = try lab.status()
+            let echo = try #require(status.service("echo"), "no echo service in status: \(status)")
+            let drained = echo.backends.first { $0.address == address }
+            #expect(drained?.state == "drained" && drained?.weight == 0,
+                    "\(backend) (\(address)) is not drained: \(echo.backends)")
+
+            let fresh = try lab.client(.echo, Self.vip4, 7, count: 30)
+            #expect(fresh.ok == 30 && fresh.failed == 0, "new echo connections failed:\n\(fresh.output)")
+            #expect(fresh.backends[backend] == nil, "new connections reached drained \(backend): \(fresh.backends)")
+
+            // SIGTERM ends the client cleanly, still without a failed exchange.
+            let status0 = session.stop()
+            let final = session.state()
+            #expect(status0 == 0 && final?.closed == true && final?.failed == 0,
+                    "session exit \(status0); \(describe(final))")
+        }
+    }
+
+    @Test("down removes the lab's namespaces, directory and bpffs, and may run twice")
+    func downCleansUp() async throws {
+        let lab = try Lab()
+        defer { try? lab.down() }
+        let namespaces = lab.namespaces, directory = lab.directory, bpffs = try lab.info("bpffs")
+        try #require(namespaces.count == 6, "namespaces in info: \(lab.info)")
+        try #require(Set(namespaces).isSubset(of: Set(TestNamespace.list())), "not every namespace exists: \(TestNamespace.list())")
+        try #require(Lab.isMounted(bpffs), "\(bpffs) is not mounted while the lab is up")
+
+        try lab.down()
+
+        let left = Set(namespaces).intersection(TestNamespace.list())
+        #expect(left.isEmpty, "namespaces left behind: \(left)")
+        #expect(!FileManager.default.fileExists(atPath: directory), "\(directory) is left behind")
+        #expect(!Lab.isMounted(bpffs), "\(bpffs) is still mounted")
+        let again = try Lab.run("down", lab.name)
+        #expect(again.status == 0, "a second down failed:\n\(again)")
+    }
+
+    @Test("a bring-up that fails midway exits non-zero and leaves nothing behind")
+    func failedBringUpCleansUp() async throws {
+        let name = Lab.uniqueName()
+        defer { _ = try? Lab.run("down", name) }
+        // The servers exit at once: lab.sh fails waiting for them, after the namespaces,
+        // veths, bpffs and XDP programs are in place.
+        let result = try Lab.run("up", name, environment: ["PYTHON": "/bin/false"])
+        #expect(result.status != 0, "lab.sh up with PYTHON=/bin/false succeeded:\n\(result)")
+        #expect(result.stderr.contains("cleaning up"), "no cleanup message:\n\(result)")
+
+        let left = TestNamespace.list().filter { $0.hasPrefix(name + "-") }
+        #expect(left.isEmpty, "namespaces left behind: \(left)\n\(result)")
+        let directory = "\(Lab.root)/sluice-lab-\(name)"
+        #expect(!FileManager.default.fileExists(atPath: directory), "\(directory) is left behind\n\(result)")
+        #expect(!Lab.isMounted(directory + "/bpffs"), "\(directory)/bpffs is still mounted")
+    }
+
+    @Test("two labs up at once both serve HTTP")
+    func twoLabsSideBySide() async throws {
+        try await withLab { first in
+            try await withLab { second in
+                #expect(first.name != second.name)
+                async let a = first.client(.http, Self.vip4, 80, count: 50)
+                async let b = second.client(.http, Self.vip4, 80, count: 50)
+                let (resultA, resultB) = try await (a, b)
+                #expect(resultA.ok == 50 && resultA.failed == 0, "lab \(first.name):\n\(resultA.output)")
+                #expect(resultB.ok == 50 && resultB.failed == 0, "lab \(second.name):\n\(resultB.output)")
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+// The namespace lab (scripts/lab.sh) as a test fixture: a client, a router, the
+// balancer and three backends with real servers, driven the way an operator
+// drives it, through the script. Each Lab has a unique name, so labs run side
+// by side (and beside the other suites), and is taken down on deinit, so a
+// failing test still leaves nothing behind.
+import Foundation
+import Glibc
+
+public final class Lab: @unchecked Sendable {
+    public static let script = Lbctl.packageRoot.appendingPathComponent("scripts/lab.sh").path
+    /// Where labs put their directory (`$LAB_ROOT/sluice-lab-NAME`).
+    public static let root = "/tmp"
+
+    /// `sl` and 6 hex digits: short, because the namespaces are `NAME-client` etc.
+    public static func uniqueName() -> String {
+        "sl" + String(format: "%06x", UInt32.random(in: 0..<0x100_0000))
+    }
+
+    /// Runs `lab.sh COMMAND NAME ARGS...` with the tests' lbctl and lab root;
+    /// `environment` adds or overrides variables (PYTHON=/bin/false...).
+    public static func run(_ command: String, _ name: String, _ arguments: [String] = [],
+                           environment: [String: String] = [:]) throws -> CommandResult {
+        var env = ["LBCTL": Lbctl.path, "LAB_ROOT": root]
+        env.merge(environment) { $1 }
+        // Through env(1): Command.run has no environment parameter of its own. lab.sh
+        // closes inherited descriptors and its Python unblocks SIGTERM/SIGINT itself,
+        // so servers left running neither hold Command.run's pipes nor ignore `down`.
+        let assignments = env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        return try Command.run("/usr/bin/env", assignments + [script, command, name] + arguments)
+    }
+
+    public let name: String
+    /// `lab.sh info`: addresses, namespaces, interfaces and paths.
+    public let info: [String: String]
+
+    private let lock = NSLock()
+    private var isDown = false
+
+    /// Brings up a new lab (about a second). lab.sh cleans up after a failed
+    /// bring-up itself; the thrown error carries its output.
+    public init(name: String = Lab.uniqueName()) throws {
+        self.name = name
+        try Self.checked(Self.run("up", name))
+        do {
+            info = try Self.parseInfo(Self.checked(Self.run("info", name)).stdout)
+        } catch {
+            _ = try? Self.run("down", name)
+            throw error
+        }
+    }
+
+    deinit { try? down() }
+
+    /// Removes the lab; later calls do nothing.
+    public func down() throws {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !isDown else { return }
+        isDown = true
+        try Self.checked(Self.run("down", name))
+    }
+
+    public static func parseInfo(_ text: String) -> [String: String] {
+        var values: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            guard let equals = line.firstIndex(of: "=") else { continue }
+            values[String(line[..<equals])] = String(line[line.index(after: equals)...])
+                .trimmingCharacters(in: .whitespaces)
+        }
+        return values
+    }
+
+    /// An info value that must exist.
+    public func info(_ key: String) throws -> String {
+        guard let value = info[key] else { throw CommandError("lab \(name): no '\(key)' in lab.sh info: \(info)") }
+        return value
+    }
+
+    public var directory: String { info["dir"] ?? "\(Self.root)/sluice-lab-\(name)" }
+    /// `NAME-client`, `NAME-router`, `NAME-lb`, `NAME-be1`...
+    public var namespaces: [String] { (info["namespaces"] ?? "").split(separator: " ").map(String.init) }
+    public var backends: [String] { (info["backends"] ?? "be1,be2,be3").split(separator: ",").map(String.init) }
+
+    // MARK: Traffic
+
+    public enum ClientKind: String, Sendable { case http, udp, echo }
+
+    /// What `lab-client.py http|udp|echo` prints.
+    public struct ClientResult: Decodable, Sendable {
+        public var sent: Int
+        public var ok: Int
+        public var failed: Int
+        /// Answers per backend name (be1...).
+        public var backends: [String: Int]
+        public var errors: [String]
+        /// The command's whole exchange, for failure messages.
+        public var output: String = ""
+
+        enum CodingKeys: String, CodingKey { case sent, ok, failed, backends, errors }
+    }
+
+    /// COUNT new connections (datagrams for udp) from the client to HOST:PORT.
+    /// The client exits 1 when some failed; that is in the result, not an error.
+    public func client(_ kind: ClientKind, _ host: String, _ port: Int, count: Int) throws -> ClientResult {
+        let result = try Self.run("client", name, [kind.rawValue, host, String(port), String(count)])
+        guard var decoded = try? JSONDecoder().decode(ClientResult.self, from: result.stdoutData) else {
+            throw CommandError("lab client printed no result:\n\(result)")
+        }
+        decoded.output = result.description
+        return decoded
+    }
+
+    /// Rewrites the echo service's backends (`be1:1,be2:0`) and applies them.
+    @discardableResult
+    public func applyEcho(_ spec: String) throws -> CommandResult {
+        try Self.checked(Self.run("apply", name, [spec]))
+    }
+
+    /// `lbctl ARGS... --pin-path <the lab's>` in the balancer's namespace.
+    public func lbctl(_ arguments: String...) throws -> CommandResult {
+        try Self.run("lbctl", name, arguments)
+    }
+
+    /// `lbctl stats --json`, decoded.
+    public func stats() throws -> Stats {
+        let result = try Self.checked(lbctl("stats", "--json"))
+        return try decode(Stats.self, result)
+    }
+
+    /// `lbctl status --json`, decoded.
+    public func status() throws -> Status {
+        let result = try Self.checked(lbctl("status", "--json"))
+        return try decode(Status.self, result)
+    }
+
+    /// The subset of `lbctl stats --json` the tests read.
+    public struct Stats: Decodable, Sendable {
+        public struct Verdicts: Decodable, Sendable { public var aborted, drop, pass, tx, redirect: Int }
+        public var verdicts: Verdicts
+        public var newFlows: Int
+        public var conntrackHits: Int
+        public var conntrackMisses: Int
+        enum CodingKeys: String, CodingKey {
+            case verdicts, newFlows = "new_flows", conntrackHits = "conntrack_hits", conntrackMisses = "conntrack_misses"
+        }
+    }
+
+    /// The subset of `lbctl status --json` the tests read.
+    public struct Status: Decodable, Sendable {
+        public struct Backend: Decodable, Sendable { public var address: String, weight: Int, state: String }
+        public struct Service: Decodable, Sendable {
+            public var name, vip, `protocol`: String
+            public var port: Int
+            public var backends: [Backend]
+        }
+        public var services: [Service]
+        public func service(_ name: String) -> Service? { services.first { $0.name == name } }
+    }
+
+    // MARK: Observation
+
+    /// Packet and byte counters of one interface.
+    public struct LinkCounters: Decodable, Sendable {
+        public struct Direction: Decodable, Sendable { public var packets: Int, bytes: Int }
+        public var rx: Direction
+        public var tx: Direction
+    }
+
+    /// `ip -n NS -j -s link show dev IF` → stats64.
+    public func linkCounters(namespace: String, interface: String) throws -> LinkCounters {
+        struct Link: Decodable { var stats64: LinkCounters }
+        let result = try Command.check("/usr/sbin/ip", ["-n", namespace, "-j", "-s", "link", "show", "dev", interface])
+        guard let link = try decode([Link].self, result).first else { throw CommandError("no link in:\n\(result)") }
+        return link.stats64
+    }
+
+    /// One request a backend's server logged: `PROTO VIP:PORT CLIENT_ADDRESS`.
+    public struct LogLine: Sendable, Equatable {
+        public var proto: String
+        /// The local address and port (`198.51.100.10:80`, `2001:db8:100::10:80`).
+        public var local: String
+        public var client: String
+    }
+
+    /// Everything backend `backend` (be1...) has logged so far.
+    public func log(of backend: String) throws -> [LogLine] {
+        let text = try String(contentsOfFile: info("\(backend)_log"), encoding: .utf8)
+        return text.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ").map(String.init)
+            return fields.count == 3 ? LogLine(proto: fields[0], local: fields[1], client: fields[2]) : nil
+        }
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ result: CommandResult) throws -> T {
+        do { return try JSONDecoder().decode(type, from: result.stdoutData) } catch {
+            throw CommandError("cannot decode \(type): \(error)\n\(result)")
+        }
+    }
+
+    @discardableResult
+    static func checked(_ result: CommandResult) throws -> CommandResult {
+        guard result.status == 0 else { throw CommandError("command failed:\n\(result)") }
+        return result
+    }
+
+    /// True when `path` is a mount point in this process's mount table.
+    public static func isMounted(_ path: String) -> Bool {
+        let table = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        return table.split(separator: "\n").contains { $0.split(separator: " ").dropFirst().first.map(String.init) == path }
+    }
+
+    // MARK: Long-lived sessions
+
+    /// A running `lab.sh client NAME session HOST PORT STATEFILE INTERVAL`.
+    public func startSession(_ host: String, _ port: Int, interval: Double = 0.1) throws -> Session {
+        try Session(lab: self, host: host, port: port, interval: interval)
+    }
+
+    public final class Session: @unchecked Sendable {
+        /// What the session client writes after every exchange.
+        public struct State: Decodable, Sendable {
+            public var backend: String?
+            public var ok: Int
+            public var failed: Int
+            public var lastError: String?
+            public var closed: Bool
+            enum CodingKeys: String, CodingKey { case backend, ok, failed, lastError = "last_error", closed }
+        }
+
+        public let stateFile: String
+        public let outputFile: String
+        private let process = Process()
+        private let exited = DispatchSemaphore(value: 0)
+
+        init(lab: Lab, host: String, port: Int, interval: Double) throws {
+            let base = "\(lab.directory)/session-\(UUID().uuidString.prefix(8))"
+            stateFile = base + ".json"
+            outputFile = base + ".out"
+            _ = FileManager.default.createFile(atPath: outputFile, contents: nil)
+            let output = try FileHandle(forWritingTo: URL(fileURLWithPath: outputFile))
+            defer { try? output.close() }
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["LBCTL=\(Lbctl.path)", "LAB_ROOT=\(Lab.root)", Lab.script, "client", lab.name,
+                                 "session", host, String(port), stateFile, String(interval)]
+            process.standardInput = FileHandle.nullDevice
+            process.standardOutput = output
+            process.standardError = output
+            let exited = exited, process = process
+            process.terminationHandler = { _ in exited.signal() }
+            try process.run()
+        }
+
+        deinit { _ = stop() }
+
+        /// The latest state, nil until the first exchange is done.
+        public func state() -> State? {
+            guard let data = FileManager.default.contents(atPath: stateFile) else { return nil }
+            return try? JSONDecoder().decode(State.self, from: data)
+        }
+
+        /// Polls until `condition` holds for the state (or the client exits, or
+        /// `timeout` passes) and returns the last state seen.
+        public func wait(timeout: Duration = .seconds(10), until condition: (State) -> Bool) async throws -> State? {
+            let deadline = ContinuousClock.now + timeout
+            while true {
+                let current = state()
+                if let current, condition(current) || current.closed { return current }
+                if ContinuousClock.now >= deadline || !process.isRunning { return state() }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+
+        /// Ends the client with SIGTERM (it then writes `closed`) and waits for it;
+        /// returns its exit status. Safe to call twice.
+        @discardableResult
+        public func stop(timeout: Double = 5) -> Int32 {
+            guard process.processIdentifier > 0 else { return -1 } // never started
+            // lab.sh execs the client (through ip netns exec): the process is the client.
+            if process.isRunning {
+                kill(process.processIdentifier, SIGTERM)
+                if exited.wait(timeout: .now() + timeout) == .timedOut {
+                    kill(process.processIdentifier, SIGKILL)
+                    exited.wait()
+                }
+            }
+            return process.terminationStatus
+        }
+
+        /// The output the client printed (errors, usually nothing).
+        public var output: String { (try? String(contentsOfFile: outputFile, encoding: .utf8)) ?? "" }
+    }
+}
