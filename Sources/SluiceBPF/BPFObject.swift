@@ -14,7 +14,7 @@ public final class BPFObject {
     public init(elf: [UInt8], name: String, pinRoot: String?) throws(BPFError) {
         let elfBytes = elf
         var opts = bpf_object_open_opts()
-        opts.sz = MemoryLayout<bpf_object_open_opts>.size
+        opts.sz = libbpfOptsSize(through: \bpf_object_open_opts.kernel_log_level)
         let object: OpaquePointer? = name.withCString { cName in
             withOptionalCString(pinRoot) { cPin in
                 opts.object_name = cName

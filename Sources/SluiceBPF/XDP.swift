@@ -17,7 +17,7 @@ public enum XDP {
 
     public static func query(ifindex: Int32) throws(BPFError) -> Attachment? {
         var opts = bpf_xdp_query_opts()
-        opts.sz = MemoryLayout<bpf_xdp_query_opts>.size
+        opts.sz = libbpfOptsSize(through: \bpf_xdp_query_opts.attach_mode)
         try check(bpf_xdp_query(ifindex, 0, &opts), "bpf_xdp_query", "ifindex \(ifindex)")
         if opts.drv_prog_id != 0 { return Attachment(programID: opts.drv_prog_id, mode: .native) }
         if opts.skb_prog_id != 0 { return Attachment(programID: opts.skb_prog_id, mode: .generic) }
@@ -31,7 +31,7 @@ public enum XDP {
                               replacing old: BPFProgram? = nil) throws(BPFError) {
         var flags = mode.flag
         var opts = bpf_xdp_attach_opts()
-        opts.sz = MemoryLayout<bpf_xdp_attach_opts>.size
+        opts.sz = libbpfOptsSize(through: \bpf_xdp_attach_opts.old_prog_fd)
         if let old {
             flags |= CLibbpf_XDP_FLAGS_REPLACE()
             opts.old_prog_fd = old.fd
