@@ -2,6 +2,7 @@
 #   make          install missing Debian packages, build everything (release lbctl)
 #   make demo     real TCP and UDP through a balancer in a namespace lab (root)
 #   make test     every test: pure Swift, BPF_PROG_TEST_RUN, CLI, veth and lab tests (root)
+#   make bench    the performance table (release build), also as JSON under bench/results/
 #   make install  copy lbctl to $(PREFIX)/bin
 
 SHELL := /bin/bash
@@ -16,9 +17,11 @@ APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev clang llvm bpftool iproute2 pkg
 
 BPF_HEADERS := $(wildcard bpf/*.h)
 BPF_OBJECTS := bpf/build/lb.bpf.o bpf/build/decap.bpf.o
+# Floors, the restore-and-tail-call wrapper, the live generator and sink: read from disk by sluice-bench, never shipped.
+BENCH_OBJECT := bpf/build/bench.bpf.o bpf/build/bench_live.bpf.o
 EMBEDDED := Sources/CSluice/generated_objects.c
 
-.PHONY: all deps bpf build release demo test install clean
+.PHONY: all deps bpf build release demo test bench install clean
 
 all: deps release
 
@@ -38,7 +41,7 @@ bpf/build/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS)
 $(EMBEDDED): $(BPF_OBJECTS) scripts/embed-objects.sh
 	scripts/embed-objects.sh $@ balancer=bpf/build/lb.bpf.o decap=bpf/build/decap.bpf.o
 
-bpf: deps $(EMBEDDED)
+bpf: deps $(EMBEDDED) $(BENCH_OBJECT)
 
 build: bpf
 	$(SWIFT) build
@@ -52,6 +55,10 @@ demo: build
 
 test: build
 	$(SWIFT) test
+
+bench: bpf
+	$(SWIFT) build -c release
+	"$$($(SWIFT) build -c release --show-bin-path)/sluice-bench" --objects bpf/build --out bench/results $(BENCH_ARGS)
 
 install: release
 	install -m 0755 "$$($(SWIFT) build -c release --show-bin-path)/lbctl" $(PREFIX)/bin/lbctl

@@ -26,6 +26,11 @@ let package = Package(
             "SluiceControl", "SluiceCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // make bench: per-packet cost against floors, forwarding rate, control-plane times, memory.
+        .executableTarget(name: "sluice-bench", dependencies: [
+            "SluiceControl", "SluiceCore", "SluiceBPF", "CSluice", "CLibbpf", "SluiceTestSupport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Benchmarks/SluiceBench"),
         .target(name: "SluiceTestSupport", dependencies: ["SluiceCore", "SluiceBPF", "SluiceControl", "CSluice", "CLibbpf"],
                 path: "Tests/SluiceTestSupport"),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),

@@ -1,0 +1,177 @@
+// The control plane's figures: Maglev table builds, `lbctl apply` of a large set
+// from nothing and of a one-backend change (wall time, map bytes written), and the
+// kernel's own accounting of the BPF maps' memory.
+import CLibbpf
+import Foundation
+import Glibc
+import SluiceBPF
+import SluiceControl
+import SluiceCore
+import SluiceTestSupport
+
+struct ControlPlaneBench {
+    var options: BenchOptions
+
+    func run(into report: inout BenchReport) throws {
+        BenchReport.printHeader("Control plane (\(isReleaseBuild ? "release" : "DEBUG: figures not representative") build)")
+        maglevBuilds(into: &report)
+        try applies(into: &report)
+    }
+
+    // MARK: Maglev
+
+    private func maglevBuilds(into report: inout BenchReport) {
+        let cases: [(m: Int, n: Int, limit: Double?)] = [(65537, 10, nil), (65537, 100, nil), (65537, 1000, 10), (655373, 1000, nil)]
+        for (m, n, limit) in cases {
+            let backends = (0..<n).map { i in
+                MaglevBackend(key: MaglevKey.forBackend(IPAddress("10.\(i / 65536).\(i / 256 % 256).\(i % 256)")!), weight: 1)
+            }
+            var times: [Double] = []
+            for _ in 0..<max(options.runs, 3) {
+                let start = ContinuousClock.now
+                let table = Maglev.table(for: backends, size: m)
+                times.append(milliseconds(since: start))
+                precondition(table.count == m)
+            }
+            report.add("controlplane.maglev_build.m\(m).n\(n)", group: "controlplane",
+                       "Maglev table build, M = \(m), N = \(n)", value: median(times), unit: "ms",
+                       limit: limit, target: limit.map { "< \(Int($0)) ms" },
+                       details: ["min": times.min()!, "max": times.max()!])
+        }
+    }
+
+    // MARK: lbctl apply
+
+    /// 256 services x 10 backends, applied by the real lbctl into a private bpffs:
+    /// once from nothing (load, pin, 256 tables), then one-backend changes back and forth.
+    private func applies(into report: inout BenchReport) throws {
+        let services = options.quick ? 32 : 256
+        let lbctl = try lbctlPath()
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-bench-\(getpid())")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let base = scratch.appendingPathComponent("base.yaml").path
+        let changed = scratch.appendingPathComponent("changed.yaml").path
+        try serviceFile(services: services, changedBackend: false).write(toFile: base, atomically: true, encoding: .utf8)
+        try serviceFile(services: services, changedBackend: true).write(toFile: changed, atomically: true, encoding: .utf8)
+
+        var fromNothing: [(ms: Double, outcome: ApplyOutcome)] = []
+        var oneChange: [(ms: Double, outcome: ApplyOutcome)] = []
+        var memory: [String: Double] = [:]
+        for run in 0..<max(options.runs, 1) {
+            let mount = try BPFFSMount()
+            defer { mount.close() }
+            let pinPath = mount.path + "/lb"
+            fromNothing.append(try timedApply(lbctl, file: base, pinPath: pinPath))
+            for step in 0..<3 {
+                oneChange.append(try timedApply(lbctl, file: step % 2 == 0 ? changed : base, pinPath: pinPath))
+            }
+            if run == 0 { memory = try mapMemory(pinPath: pinPath) }
+        }
+
+        let first = fromNothing[0].outcome
+        report.add("controlplane.apply.\(services)x10.from_nothing", group: "controlplane",
+                   "lbctl apply, \(services) services x 10 backends, from nothing", value: median(fromNothing.map(\.ms)),
+                   unit: "ms", details: ["tables_written": Double(first.tables), "bytes_written": Double(first.bytes),
+                                         "min": fromNothing.map(\.ms).min()!, "max": fromNothing.map(\.ms).max()!])
+        let tables = Set(oneChange.map(\.outcome.tables)), bytes = oneChange.map(\.outcome.bytes).max()!
+        let onlyOneTable = tables == [1]
+        report.add("controlplane.apply.\(services)x10.one_backend_change", group: "controlplane",
+                   "lbctl apply, one backend changed in that set\(onlyOneTable ? "" : " (MORE THAN ONE TABLE WRITTEN)")",
+                   value: median(oneChange.map(\.ms)), unit: "ms", limit: onlyOneTable ? 200 : 0,
+                   target: "< 200 ms, 1 table",
+                   details: ["tables_written": Double(tables.max()!), "bytes_written": Double(bytes),
+                             "min": oneChange.map(\.ms).min()!, "max": oneChange.map(\.ms).max()!])
+        report.add("controlplane.apply.\(services)x10.one_backend_change.bytes", group: "controlplane",
+                   "  map bytes written by that change", value: Double(bytes), unit: "bytes")
+
+        BenchReport.printHeader("Memory of the BPF maps (kernel accounting, default sizes, \(services) services applied)")
+        for (name, bytes) in memory.sorted(by: { $0.value > $1.value }) {
+            report.add("memory.\(name)", group: "memory", name, value: bytes / 1_048_576, unit: "MiB")
+        }
+        report.add("memory.total", group: "memory", "total", value: memory.values.reduce(0, +) / 1_048_576, unit: "MiB")
+    }
+
+    struct ApplyOutcome { var tables: Int; var bytes: Int }
+
+    private func timedApply(_ lbctl: String, file: String, pinPath: String) throws -> (ms: Double, outcome: ApplyOutcome) {
+        let start = ContinuousClock.now
+        let result = try Command.run(lbctl, ["apply", "-f", file, "--pin-path", pinPath])
+        let ms = milliseconds(since: start)
+        guard result.status == 0 else { throw CommandError("lbctl apply failed:\n\(result)") }
+        // "applied: N Maglev table(s) switched, B bytes written"
+        guard let line = result.stdout.split(separator: "\n").last(where: { $0.hasPrefix("applied:") }) else {
+            throw CommandError("lbctl apply printed no 'applied:' line:\n\(result)")
+        }
+        let numbers = line.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+        guard numbers.count == 2 else { throw CommandError("unexpected line from lbctl apply: \(line)") }
+        return (ms, ApplyOutcome(tables: numbers[0], bytes: numbers[1]))
+    }
+
+    /// `services` services of 10 backends each; `changedBackend` swaps the last
+    /// backend of service 0 for another address.
+    private func serviceFile(services: Int, changedBackend: Bool) -> String {
+        var yaml = "node:\n  source_v4: 192.0.2.10\nservices:\n"
+        for s in 0..<services {
+            yaml += "  - name: svc\(s)\n    vip: 198.18.\(s / 256).\(s % 256)\n    port: 443\n    protocol: tcp\n    backends:\n"
+            for b in 0..<10 {
+                let host = (s == 0 && b == 9 && changedBackend) ? 200 : b + 1
+                yaml += "      - { address: 10.\(s / 256).\(s % 256).\(host), weight: 1 }\n"
+            }
+        }
+        return yaml
+    }
+
+    /// The release lbctl beside this binary (`swift build -c release` builds both).
+    private func lbctlPath() throws -> String {
+        let me = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+        let path = URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("lbctl").path
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw CommandError("no lbctl beside \(me): build every product (swift build -c release)")
+        }
+        return path
+    }
+
+    // MARK: Memory
+
+    /// Bytes the kernel charges for each pinned map (`memlock` in fdinfo, what
+    /// `bpftool map show` prints), with every service's inner Maglev table summed
+    /// under `maglev_tables`.
+    private func mapMemory(pinPath: String) throws -> [String: Double] {
+        let dataplane = try Dataplane.open(pinPath: pinPath)
+        var bytes: [String: Double] = [:]
+        for map in [dataplane.vips, dataplane.maglev, dataplane.backends, dataplane.conntrack, dataplane.config,
+                    dataplane.stats, dataplane.vipStats, dataplane.backendStats, dataplane.services] {
+            bytes[URL(fileURLWithPath: map.name).lastPathComponent] = Double(try memlock(fd: map.fd))
+        }
+        var tables = 0.0
+        for (_, innerID) in try dataplane.maglev.entries(key: UInt32.self, value: UInt32.self) {
+            let fd = bpf_map_get_fd_by_id(innerID)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            tables += Double(try memlock(fd: fd))
+        }
+        bytes["maglev_tables"] = tables
+        return bytes
+    }
+
+    private func memlock(fd: Int32) throws -> Int {
+        let text = try String(contentsOfFile: "/proc/self/fdinfo/\(fd)", encoding: .utf8)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("memlock:") }),
+              let value = Int(line.dropFirst("memlock:".count).trimmingCharacters(in: .whitespaces)) else {
+            throw CommandError("no memlock in /proc/self/fdinfo/\(fd)")
+        }
+        return value
+    }
+}
+
+func milliseconds(since start: ContinuousClock.Instant) -> Double {
+    let d = ContinuousClock.now - start
+    return Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+}
+
+#if DEBUG
+let isReleaseBuild = false
+#else
+let isReleaseBuild = true
+#endif

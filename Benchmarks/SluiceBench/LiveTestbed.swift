@@ -1,0 +1,239 @@
+// The live benchmark's two namespaces: a generator namespace and a balancer
+// namespace joined by one veth pair, the sink on the generator's end, the
+// balancer (or the MAC-swap floor) on the other.
+import CLibbpf
+import CSluice
+import Foundation
+import Glibc
+import SluiceBPF
+import SluiceControl
+import SluiceCore
+import SluiceTestSupport
+
+/// struct sl_stats summed over CPUs: the balancer's own count of what it did.
+struct LiveBalancerStats {
+    var verdicts = [UInt64](repeating: 0, count: Int(SL_VERDICTS))
+    var newFlows: UInt64 = 0
+    var ctHits: UInt64 = 0
+    var ctMisses: UInt64 = 0
+    var drops: UInt64 = 0
+
+    var tx: UInt64 { verdicts[Int(XDP_TX.rawValue)] }
+    /// Every frame the program ran on, whatever its verdict.
+    var seen: UInt64 { verdicts.reduce(0, &+) }
+
+    static func - (lhs: Self, rhs: Self) -> Self {
+        var out = Self()
+        out.verdicts = zip(lhs.verdicts, rhs.verdicts).map { $0 &- $1 }
+        out.newFlows = lhs.newFlows &- rhs.newFlows
+        out.ctHits = lhs.ctHits &- rhs.ctHits
+        out.ctMisses = lhs.ctMisses &- rhs.ctMisses
+        out.drops = lhs.drops &- rhs.drops
+        return out
+    }
+}
+
+/// Shared with the signal handler's queue, which only calls close() (locked).
+final class LiveTestbed: @unchecked Sendable {
+    /// The service the balancer serves: one IPv4 VIP, TCP, ten backends.
+    static let vip = "198.51.100.10"
+    static let port: UInt16 = 80
+    /// Clients come from the benchmarking range (RFC 2544).
+    static let client = "198.18.0.1"
+    static let clientPort: UInt16 = 10000
+    static let serviceFile = """
+        node:
+          source_v4: 192.0.2.10
+        services:
+          - name: bench
+            vip: \(vip)
+            port: \(port)
+            protocol: tcp
+            backends:
+        \((1...10).map { "      - { address: 10.1.0.\($0) }" }.joined(separator: "\n"))
+
+        """
+
+    enum Forwarder { case balancer, swap }
+
+    let programs: LivePrograms
+    let generatorNamespace: TestNamespace
+    let balancerNamespace: TestNamespace
+    let bpffs: BPFFSMount
+    /// Interface names carry a random tag, so the NAPI threads (`napi/NAME-ID`)
+    /// of this run can be told from other runs'.
+    let generatorInterface: String
+    let balancerInterface: String
+    var pinPath: String { bpffs.path + "/lb" }
+    private(set) var generatorIndex: UInt32 = 0
+    private(set) var balancerIndex: Int32 = 0
+    private(set) var generatorMAC: [UInt8] = []
+    private(set) var balancerMAC: [UInt8] = []
+    private(set) var dataplane: Dataplane?
+    private(set) var forwarder: Forwarder?
+    private let lock = NSLock()
+    private var closed = false
+
+    init(programs: LivePrograms) throws {
+        self.programs = programs
+        let tag = String(format: "%04x", UInt32.random(in: 0...0xffff))
+        generatorInterface = "slg\(tag)"
+        balancerInterface = "slb\(tag)"
+        generatorNamespace = try TestNamespace(prefix: "slbench-gen")
+        do {
+            balancerNamespace = try TestNamespace(prefix: "slbench-lb")
+        } catch {
+            generatorNamespace.remove()
+            throw error
+        }
+        do {
+            bpffs = try BPFFSMount()
+        } catch {
+            generatorNamespace.remove()
+            balancerNamespace.remove()
+            throw error
+        }
+        do {
+            try setUp()
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    deinit { close() }
+
+    /// Removes both namespaces (with them the veths and their XDP programs),
+    /// the balancer's pins and the private bpffs. Safe to call twice, and from
+    /// a signal handler's queue.
+    func close() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !closed else { return }
+        closed = true
+        generatorNamespace.remove()
+        balancerNamespace.remove()
+        Dataplane.removePins(at: pinPath)
+        bpffs.close()
+    }
+
+    /// Names left behind, if any (for the caller's check).
+    var leftovers: [String] {
+        [generatorNamespace.name, balancerNamespace.name].filter(TestNamespace.exists)
+    }
+
+    private func setUp() throws {
+        try generatorNamespace.ip("link", "add", generatorInterface, "type", "veth",
+                                  "peer", "name", balancerInterface, "netns", balancerNamespace.name)
+        try generatorNamespace.ip("link", "set", generatorInterface, "up")
+        try balancerNamespace.ip("link", "set", balancerInterface, "up")
+        generatorMAC = try generatorNamespace.macAddress(of: generatorInterface)
+        balancerMAC = try balancerNamespace.macAddress(of: balancerInterface)
+
+        // The sink: counts and drops what comes back; also what lets the
+        // balancer's XDP_TX frames into the generator's veth at all.
+        let sink = programs.sink, generatorName = generatorInterface
+        generatorIndex = try inGenerator {
+            let index = if_nametoindex(generatorName)
+            guard index != 0 else { throw LiveError("no interface \(generatorName)") }
+            try XDP.attach(sink, ifindex: Int32(index), mode: .native)
+            return index
+        }
+
+        // The balancer, attached as lbctl attaches it, its next hop the generator.
+        let balancerName = balancerInterface, pin = pinPath
+        let gateway = MACAddress(bytes: generatorMAC)
+        balancerIndex = try inBalancer {
+            _ = try Attacher.attach(interface: balancerName, mode: .native, gateway: gateway, pinPath: pin,
+                                    conntrackSize: UInt32(SL_CT_DEFAULT_SIZE))
+            return Int32(if_nametoindex(balancerName))
+        }
+        forwarder = .balancer
+        let dataplane = try Dataplane.open(pinPath: pinPath)
+        _ = try Applier.apply(ServiceFileParser.parse(Self.serviceFile, file: "live-bench.yaml"), to: dataplane)
+        self.dataplane = dataplane
+    }
+
+    func inGenerator<T>(cpu: Int? = nil, _ body: @escaping () throws -> T) throws -> T {
+        try LiveSystem.run(inNamespace: generatorNamespace.path, cpu: cpu, body)
+    }
+
+    func inBalancer<T>(_ body: @escaping () throws -> T) throws -> T {
+        try LiveSystem.run(inNamespace: balancerNamespace.path, body)
+    }
+
+    /// Puts the balancer or the MAC-swap floor on the balancer's veth, by an
+    /// atomic replace (the veth keeps its NAPI context and thread).
+    func use(_ wanted: Forwarder) throws {
+        guard wanted != forwarder, let current = forwarder, let dataplane else { return }
+        let program = { (f: Forwarder) in f == .balancer ? dataplane.program : self.programs.swap }
+        let new = program(wanted), old = program(current), index = balancerIndex
+        try inBalancer { try XDP.attach(new, ifindex: index, mode: .native, replacing: old) }
+        forwarder = wanted
+    }
+
+    func balancerStats() throws -> LiveBalancerStats {
+        guard let dataplane else { return LiveBalancerStats() }
+        var total = LiveBalancerStats()
+        for var cpu in try dataplane.stats.lookupPerCPU(UInt32(0), as: sl_stats.self) {
+            let verdicts = withUnsafeBytes(of: &cpu.verdicts) { Array($0.bindMemory(to: UInt64.self)) }
+            total.verdicts = zip(total.verdicts, verdicts).map { $0 &+ $1 }
+            total.newFlows &+= cpu.new_flows
+            total.ctHits &+= cpu.ct_hits
+            total.ctMisses &+= cpu.ct_misses
+            total.drops &+= withUnsafeBytes(of: &cpu.drops) { $0.bindMemory(to: UInt64.self).reduce(0, &+) }
+        }
+        return total
+    }
+
+    /// Fills the connection table to capacity with flows no generated frame
+    /// belongs to (clients 10.128.0.0/12 to the VIP), as a node that has run a
+    /// while has it: the balancer never deletes entries, so a new flow then
+    /// evicts the least recently used one. Returns how many were written.
+    func fillConntrack() throws -> Int {
+        guard let dataplane else { return 0 }
+        let count = dataplane.conntrack.info.maxEntries
+        precondition(dataplane.conntrack.info.keySize == MemoryLayout<sl_flow_key>.size
+                     && dataplane.conntrack.info.valueSize == MemoryLayout<sl_ct_entry>.size)
+        guard let vip = IPAddress(Self.vip)?.words.0 else { throw LiveError("bad VIP \(Self.vip)") }
+        var keys = [sl_flow_key](repeating: sl_flow_key(), count: count)
+        var values = [sl_ct_entry](repeating: sl_ct_entry(), count: count)
+        for i in 0..<count {
+            keys[i].src.0 = (UInt32(0x0a80_0000) + UInt32(i)).bigEndian
+            keys[i].dst.0 = vip
+            keys[i].sport = UInt16(40000).bigEndian
+            keys[i].dport = Self.port.bigEndian
+            keys[i].proto = 6
+            keys[i].family = UInt8(SL_FAMILY_V4.rawValue)
+            values[i].backend_id = UInt32(i % 10)
+        }
+        var done = 0
+        let chunk = 65536
+        while done < count {
+            var n = UInt32(min(chunk, count - done))
+            var opts = bpf_map_batch_opts()
+            opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+            opts.elem_flags = UInt64(BPF_ANY)
+            let rc = keys.withUnsafeBytes { k in
+                values.withUnsafeBytes { v in
+                    bpf_map_update_batch(dataplane.conntrack.fd, k.baseAddress! + done * MemoryLayout<sl_flow_key>.stride,
+                                         v.baseAddress! + done * MemoryLayout<sl_ct_entry>.stride, &n, &opts)
+                }
+            }
+            guard rc == 0 else { throw LiveError("filling sl_conntrack: \(String(cString: strerror(errno)))") }
+            done += Int(n)
+        }
+        return done
+    }
+
+    /// The 64-byte frame the generator sends: TCP from the client to the VIP,
+    /// addressed from the generator's veth to the balancer's.
+    func frame(flags: Set<TCPFlag>) -> [UInt8] {
+        var builder = PacketBuilder()
+        builder.sourceMAC = generatorMAC
+        builder.destinationMAC = balancerMAC
+        let headers = 14 + 20 + 20
+        return builder.tcp(from: Self.client, Self.clientPort, to: Self.vip, Self.port, flags: flags,
+                           payload: [UInt8](repeating: 0x5a, count: LivePrograms.frameLength - headers))
+    }
+}

@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * This file contains the programs `make bench` measures the balancer against
+ * with BPF_PROG_TEST_RUN; they are never attached or shipped.
+ *
+ *   bench_pass     XDP_PASS: the cost of a pass itself (the XDP_PASS floor)
+ *   bench_swap_tx  swaps the MACs and returns XDP_TX (the forwarding floor)
+ *   bench_encap    grows the head by an outer IPv4 header, writes a fixed
+ *                  Ethernet + outer IPv4 header and returns XDP_TX: the least
+ *                  work any tunnelling balancer must do (the encapsulation floor)
+ *   bench_wrapper  restores the frame, then tail-calls the program under test
+ *
+ * With repeat > 1 the kernel runs the program again on the frame the previous
+ * pass left behind, so an encapsulating program would see its own output.
+ * bench_wrapper undoes that before every pass: it moves the head back to the
+ * template's length, copies the template's bytes over the frame, and
+ * tail-calls slot 0 of bench_target (a floor, or the real sl_balancer). Every
+ * figure is taken through it, floors included, so its cost is the same in all.
+ * Before the copy it writes a pass counter into the template at vary_off: at
+ * the TCP source port a pass is a new flow, anywhere unread by the program
+ * under test it only keeps the work the same.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "parse.h"
+
+/* The largest frame the wrapper restores. */
+#define BENCH_FRAME_MAX 128
+
+/* The frame every pass starts from. User space writes len, vary_off and data
+ * (seq is the wrapper's). */
+struct bench_frame {
+	__u32 len;                   /* bytes of data used: 14..BENCH_FRAME_MAX */
+	__u32 vary_off;              /* where the 16-bit pass counter is written in data */
+	__u32 seq;                   /* the pass counter */
+	__u32 pad;
+	__u8 data[BENCH_FRAME_MAX];
+};
+
+/* The template frame: an array of one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_frame);
+} bench_template SEC(".maps");
+
+/* The program under test, in slot 0. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} bench_target SEC(".maps");
+
+SEC("xdp")
+int bench_wrapper(struct xdp_md *ctx)
+{
+	struct bench_frame *tpl;
+	__u32 zero = 0, len, off;
+	__u64 cur;
+
+	tpl = bpf_map_lookup_elem(&bench_template, &zero);
+	if (!tpl)
+		return XDP_ABORTED;
+	len = tpl->len;
+	off = tpl->vary_off;
+	if (len < ETH_HLEN || len > BENCH_FRAME_MAX || off > BENCH_FRAME_MAX - sizeof(__u16))
+		return XDP_ABORTED;
+	*(__u16 *)&tpl->data[off] = (__u16)tpl->seq++;
+
+	/* The previous pass may have grown the head: move it back. The empty
+	 * asm keeps clang from folding the length into 32-bit pointer
+	 * arithmetic, which the verifier refuses. */
+	cur = (void *)(long)ctx->data_end - (void *)(long)ctx->data;
+	asm volatile("" : "+r"(cur));
+	if (cur != len && bpf_xdp_adjust_head(ctx, (int)cur - (int)len))
+		return XDP_ABORTED;
+	if (bpf_xdp_store_bytes(ctx, 0, tpl->data, len))
+		return XDP_ABORTED;
+
+	bpf_tail_call(ctx, &bench_target, 0);
+	return XDP_ABORTED; /* slot 0 empty */
+}
+
+SEC("xdp")
+int bench_pass(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
+SEC("xdp")
+int bench_swap_tx(struct xdp_md *ctx)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct sl_eth *eth = (void *)(long)ctx->data;
+	__u16 *dst, *src, tmp;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	dst = (__u16 *)eth->dst;
+	src = (__u16 *)eth->src;
+	tmp = dst[0]; dst[0] = src[0]; src[0] = tmp;
+	tmp = dst[1]; dst[1] = src[1]; src[1] = tmp;
+	tmp = dst[2]; dst[2] = src[2]; src[2] = tmp;
+	return XDP_TX;
+}
+
+SEC("xdp")
+int bench_encap(struct xdp_md *ctx)
+{
+	void *data, *data_end;
+
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + ETH_HLEN + sizeof(struct iphdr) > data_end)
+		return XDP_DROP;
+	/* A fixed header, nothing computed: Ethernet 02:47:57:00:00:01 <-
+	 * 02:00:00:00:00:bb, IPv4; IPv4 192.0.2.10 -> 10.1.0.21, protocol 4,
+	 * DF, TTL 64, total length 60 (the 40-byte inner packet of the bench
+	 * frame) and its checksum. Word stores: clang 14 drops the stores
+	 * before a struct copy from a constant here. */
+	*(__be32 *)(data + 0) = bpf_htonl(0x02475700);
+	*(__be32 *)(data + 4) = bpf_htonl(0x00010200);
+	*(__be32 *)(data + 8) = bpf_htonl(0x000000bb);
+	*(__be32 *)(data + 12) = bpf_htonl(0x08004500);  /* ethertype, version+IHL, TOS */
+	*(__be32 *)(data + 16) = bpf_htonl(0x003c0000);  /* total length, ID */
+	*(__be32 *)(data + 20) = bpf_htonl(0x40004004);  /* DF, TTL, protocol */
+	*(__be32 *)(data + 24) = bpf_htonl(0x6e9ec000);  /* checksum, source */
+	*(__be32 *)(data + 28) = bpf_htonl(0x020a0a01);  /* source, destination */
+	*(__be16 *)(data + 32) = bpf_htons(0x0015);
+	return XDP_TX;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
