@@ -25,11 +25,12 @@ struct {
 /* One Maglev lookup table: slot -> backend id (or SL_NO_BACKEND). The
  * template only fixes the key and value sizes: BPF_F_INNER_MAP lets user space
  * install arrays of any prime size M, made aside and switched in with one
- * update of sl_maglev. */
+ * update of sl_maglev. BPF_F_MMAPABLE lets user space fill a new table with
+ * one copy through a mapping instead of a syscall's work per slot. */
 struct sl_maglev_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, SL_MAGLEV_DEFAULT_SIZE);
-	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u32);
 };

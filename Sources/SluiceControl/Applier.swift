@@ -125,18 +125,22 @@ struct Writer {
             try dataplane.config.update(UInt32(0), config)
             bytes += MemoryLayout<sl_config>.size
         }
-        for entry in plan.entries where entry.needsTable {
+        let changed = plan.entries.filter(\.needsTable)
+        // The VIP's M and its table change in two writes; order them so every
+        // index a packet can compute stays inside the table it finds: a shrinking
+        // M is published before its table, a growing (or new) one after.
+        let shrinking = { (entry: Plan.Entry) in size < (entry.previous?.maglevSize ?? size) }
+        for entry in changed {
             try writeBackends(entry)
             if entry.isNewSlot {
                 try dataplane.vipStats.updatePerCPU(entry.slot, sl_counter())
             }
-            let previousSize = entry.previous?.maglevSize ?? size
-            // The VIP's M and its table change in two writes; order them so every
-            // index a packet can compute stays inside the table it finds.
-            if size < previousSize { try writeVIP(entry, size: size) }
-            try switchTable(entry, size: size)
+            if shrinking(entry) { try writeVIP(entry, size: size) }
+        }
+        try switchTables(changed, size: size)
+        for entry in changed {
             try writeServiceInfo(entry, size: size)
-            if size >= previousSize || entry.isNewSlot { try writeVIP(entry, size: size) }
+            if !shrinking(entry) || entry.isNewSlot { try writeVIP(entry, size: size) }
         }
         // Withdraw every VIP no desired service owns any more (removed services,
         // moved VIPs) before their tables go. A key that moved to another
@@ -178,20 +182,28 @@ struct Writer {
         }
     }
 
-    /// Builds the table aside in a new inner map and switches it in with one update.
-    private mutating func switchTable(_ entry: Plan.Entry, size: Int) throws(BPFError) {
-        let maglevBackends = entry.service.backends.map {
-            MaglevBackend(key: MaglevKey.forBackend($0.address), weight: $0.weight)
+    /// Builds each table aside in a new inner map and switches them all in with one
+    /// batched update of sl_maglev: each slot still changes in one step, and the kernel
+    /// waits out running programs (an RCU grace period, ~10-20 ms here) once per
+    /// update call of a map of maps, not once per service.
+    private mutating func switchTables(_ entries: [Plan.Entry], size: Int) throws(BPFError) {
+        var inners: [BPFMap] = []
+        for entry in entries {
+            let maglevBackends = entry.service.backends.map {
+                MaglevBackend(key: MaglevKey.forBackend($0.address), weight: $0.weight)
+            }
+            let table = Maglev.table(for: maglevBackends, size: size).map {
+                $0 == Maglev.noBackend ? SL_NO_BACKEND : entry.backendIDs[Int($0)]
+            }
+            // The flags must match sl_maglev's template (bpf/maps.h).
+            let inner = try BPFMap.create(type: BPF_MAP_TYPE_ARRAY, name: "sl_maglev_\(entry.slot)", keySize: 4,
+                                          valueSize: 4, maxEntries: size, flags: UInt32(BPF_F_INNER_MAP | BPF_F_MMAPABLE))
+            try inner.writeMapped(table)
+            inners.append(inner)
+            bytes += size * 4
         }
-        let table = Maglev.table(for: maglevBackends, size: size).map {
-            $0 == Maglev.noBackend ? SL_NO_BACKEND : entry.backendIDs[Int($0)]
-        }
-        let inner = try BPFMap.create(type: BPF_MAP_TYPE_ARRAY, name: "sl_maglev_\(entry.slot)", keySize: 4,
-                                      valueSize: 4, maxEntries: size, flags: UInt32(BPF_F_INNER_MAP))
-        try inner.updateBatch(keys: Array(0..<UInt32(size)), values: table)
-        try dataplane.maglev.update(entry.slot, innerMap: inner)
-        tables += 1
-        bytes += size * 4
+        try dataplane.maglev.updateBatch(keys: entries.map(\.slot), values: inners.map { UInt32(bitPattern: $0.fd) })
+        tables += entries.count
     }
 
     private mutating func writeServiceInfo(_ entry: Plan.Entry, size: Int) throws(BPFError) {
