@@ -69,7 +69,7 @@ struct Subject {
     var checkOutput: (_ output: [UInt8], _ input: [UInt8]) throws -> Void
     /// The balancer whose counters must move, and by how much for `n` passes.
     var balancer: BenchBalancer? = nil
-    var expected: ((UInt64) -> BalancerCounters)? = nil
+    var expected: ((UInt64) -> NodeStats)? = nil
 }
 
 /// One figure's runs.
@@ -118,7 +118,7 @@ struct Meter {
         let before = try s.balancer?.counters()
         let result = try programs.wrapper.testRun(s.frame, repetitions: 1)
         guard result.verdict == s.verdict else {
-            throw DataplaneBenchError("\(name): one pass gave \(result.verdictName), expected \(BalancerCounters.verdictNames[Int(s.verdict)])")
+            throw DataplaneBenchError("\(name): one pass gave \(result.verdictName), expected \(XDPVerdict(rawValue: s.verdict).map(\.description) ?? "verdict \(s.verdict)")")
         }
         let (input, passes) = try programs.readFrame()
         guard passes == 1 else { throw DataplaneBenchError("\(name): the wrapper counted \(passes) passes for one") }
@@ -128,7 +128,7 @@ struct Meter {
         try checkCounters(s, name, since: before, passes: 1)
     }
 
-    private func checkCounters(_ s: Subject, _ name: String, since before: BalancerCounters?, passes: UInt64) throws {
+    private func checkCounters(_ s: Subject, _ name: String, since before: NodeStats?, passes: UInt64) throws {
         guard let balancer = s.balancer, let expected = s.expected, let before else { return }
         let delta = try balancer.counters() - before
         guard delta == expected(passes) else {
@@ -378,7 +378,7 @@ struct ConfigRun {
         let before = try balancer.counters()
         let result = try balancer.program.testRun(synFrame)
         let delta = try balancer.counters() - before
-        guard result.verdict == 3, delta == BalancerCounters(verdict: 3, packets: 1, newFlows: 1) else {
+        guard result.verdict == 3, delta == NodeStats(.tx, newFlows: 1) else {
             throw DataplaneBenchError("\(name): recording the flow: \(result.verdictName), counters \(delta)")
         }
     }
@@ -387,8 +387,7 @@ struct ConfigRun {
     private func recordUDP(_ frame: [UInt8], _ name: String) throws {
         let before = try balancer.counters()
         let result = try balancer.program.testRun(frame)
-        var expected = BalancerCounters(verdict: 3, packets: 1, newFlows: 1)
-        expected.ctMisses = 1
+        let expected = NodeStats(.tx, newFlows: 1, ctMisses: 1)
         let delta = try balancer.counters() - before
         guard result.verdict == 3, delta == expected else {
             throw DataplaneBenchError("\(name): recording the flow: \(result.verdictName), counters \(delta)")
@@ -398,7 +397,7 @@ struct ConfigRun {
     private func established(_ kind: ServiceKind, frame: [UInt8], family: IPAddress.Family, proto: UInt8, varyOffset: Int) -> Subject {
         Subject(program: balancer.program, frame: frame, varyOffset: varyOffset, verdict: 3,
                 checkOutput: tunnel(kind, family: family, proto: proto), balancer: balancer,
-                expected: { BalancerCounters(verdict: 3, packets: $0, ctHits: $0) })
+                expected: { NodeStats(.tx, ctHits: $0, packets: $0) })
     }
 
     /// SYNs to the IPv4 VIP: with `distinct`, the pass counter is the source
@@ -407,7 +406,7 @@ struct ConfigRun {
         Subject(program: balancer.program, frame: Frames.syn4,
                 varyOffset: distinct ? Frames.sourcePortOffset(Frames.syn4) : Frames.tcpSequenceOffset(Frames.syn4), verdict: 3,
                 checkOutput: tunnel(.tcp4, family: .v4, proto: 4), balancer: balancer,
-                expected: { BalancerCounters(verdict: 3, packets: $0, newFlows: $0) })
+                expected: { NodeStats(.tx, newFlows: $0, packets: $0) })
     }
 
     private enum Target {
@@ -450,7 +449,7 @@ struct ConfigRun {
         let noVIP = Subject(program: balancer.program, frame: Frames.noVIP4, varyOffset: Frames.tcpSequenceOffset(Frames.noVIP4),
                             verdict: 2, checkOutput: { output, input in
                                 guard output == input else { throw DataplaneBenchError("the packet for no VIP was changed") }
-                            }, balancer: balancer, expected: { BalancerCounters(verdict: 2, packets: $0) })
+                            }, balancer: balancer, expected: { NodeStats(.pass, packets: $0) })
         _ = try figure("no_vip", "no VIP (pass-through)", noVIP, target: .pass(2, "<= 2x pass floor"), into: &report)
 
         try record(Frames.syn(of: Frames.established4), "established_v4")

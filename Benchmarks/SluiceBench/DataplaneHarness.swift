@@ -95,73 +95,6 @@ final class BenchPrograms {
     }
 }
 
-/// The node-wide counters of sl_stats, summed over CPUs.
-struct BalancerCounters: Equatable, CustomStringConvertible {
-    var verdicts: [UInt64] = [0, 0, 0, 0, 0]  // aborted, drop, pass, tx, redirect
-    var newFlows: UInt64 = 0
-    var ctHits: UInt64 = 0
-    var ctMisses: UInt64 = 0
-    var fragments: UInt64 = 0
-    var ipOptions: UInt64 = 0
-    var drops: UInt64 = 0
-
-    static let verdictNames = ["aborted", "drop", "pass", "tx", "redirect"]
-
-    init() {}
-
-    /// What `packets` passes of one kind must add: `verdict` each, plus the flow counters named.
-    init(verdict: Int, packets: UInt64, newFlows: UInt64 = 0, ctHits: UInt64 = 0) {
-        verdicts[verdict] = packets
-        self.newFlows = newFlows
-        self.ctHits = ctHits
-    }
-
-    init(_ raw: sl_stats) {
-        var raw = raw
-        verdicts = withUnsafeBytes(of: &raw.verdicts) { Array($0.bindMemory(to: UInt64.self)) }
-        drops = withUnsafeBytes(of: &raw.drops) { $0.bindMemory(to: UInt64.self).reduce(0, &+) }
-        newFlows = raw.new_flows
-        ctHits = raw.ct_hits
-        ctMisses = raw.ct_misses
-        fragments = raw.fragments
-        ipOptions = raw.ip_options
-    }
-
-    static func - (lhs: Self, rhs: Self) -> Self {
-        var out = Self()
-        out.verdicts = zip(lhs.verdicts, rhs.verdicts).map { $0 &- $1 }
-        out.newFlows = lhs.newFlows &- rhs.newFlows
-        out.ctHits = lhs.ctHits &- rhs.ctHits
-        out.ctMisses = lhs.ctMisses &- rhs.ctMisses
-        out.fragments = lhs.fragments &- rhs.fragments
-        out.ipOptions = lhs.ipOptions &- rhs.ipOptions
-        out.drops = lhs.drops &- rhs.drops
-        return out
-    }
-
-    static func + (lhs: Self, rhs: Self) -> Self {
-        var out = Self()
-        out.verdicts = zip(lhs.verdicts, rhs.verdicts).map { $0 &+ $1 }
-        out.newFlows = lhs.newFlows &+ rhs.newFlows
-        out.ctHits = lhs.ctHits &+ rhs.ctHits
-        out.ctMisses = lhs.ctMisses &+ rhs.ctMisses
-        out.fragments = lhs.fragments &+ rhs.fragments
-        out.ipOptions = lhs.ipOptions &+ rhs.ipOptions
-        out.drops = lhs.drops &+ rhs.drops
-        return out
-    }
-
-    var description: String {
-        var parts: [String] = []
-        for (name, value) in zip(Self.verdictNames, verdicts) where value != 0 { parts.append("\(name)=\(value)") }
-        for (name, value) in [("new_flows", newFlows), ("ct_hits", ctHits), ("ct_misses", ctMisses),
-                              ("fragments", fragments), ("ip_options", ipOptions), ("drops", drops)] where value != 0 {
-            parts.append("\(name)=\(value)")
-        }
-        return parts.isEmpty ? "(nothing)" : parts.joined(separator: " ")
-    }
-}
-
 /// The real balancer (the object lbctl embeds), loaded into a private bpffs
 /// with the default connection-table size, a gateway MAC, and a service file
 /// applied through the real Applier.
@@ -209,8 +142,8 @@ final class BenchBalancer {
         _ = try Applier.apply(file, to: dataplane)
     }
 
-    func counters() throws -> BalancerCounters {
-        try dataplane.stats.lookupPerCPU(UInt32(0), as: sl_stats.self).map(BalancerCounters.init).reduce(BalancerCounters(), +)
+    func counters() throws -> NodeStats {
+        try NodeStats.read(dataplane.stats)
     }
 
     /// Inserts `count` distinct TCP flows to `vip`:`port` (sources 10.128.0.0
@@ -299,6 +232,6 @@ final class BenchBalancer {
 extension BPFProgram.TestRun {
     /// The XDP action's name, for messages.
     var verdictName: String {
-        Int(verdict) < BalancerCounters.verdictNames.count ? BalancerCounters.verdictNames[Int(verdict)] : "verdict \(verdict)"
+        XDPVerdict(rawValue: verdict).map(\.description) ?? "verdict \(verdict)"
     }
 }

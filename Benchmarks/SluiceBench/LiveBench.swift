@@ -218,8 +218,8 @@ struct LiveBench {
 
         let isBalancer = c.forwarder == .balancer
         return Sample(seconds: burst.activeSeconds, wallSeconds: burst.wallSeconds, offered: burst.frames,
-                      reached: isBalancer ? balancer.seen : swap.packets,
-                      forwarded: isBalancer ? balancer.tx : swap.packets,
+                      reached: isBalancer ? balancer.verdicts.reduce(0, &+) : swap.packets,
+                      forwarded: isBalancer ? balancer[.tx] : swap.packets,
                       sunk: sink.packets, tunnels: sink.ipip, newFlows: balancer.newFlows, ctHits: balancer.ctHits,
                       napi: napiTimes)
     }

@@ -10,29 +10,6 @@ import SluiceControl
 import SluiceCore
 import SluiceTestSupport
 
-/// struct sl_stats summed over CPUs: the balancer's own count of what it did.
-struct LiveBalancerStats {
-    var verdicts = [UInt64](repeating: 0, count: Int(SL_VERDICTS))
-    var newFlows: UInt64 = 0
-    var ctHits: UInt64 = 0
-    var ctMisses: UInt64 = 0
-    var drops: UInt64 = 0
-
-    var tx: UInt64 { verdicts[Int(XDP_TX.rawValue)] }
-    /// Every frame the program ran on, whatever its verdict.
-    var seen: UInt64 { verdicts.reduce(0, &+) }
-
-    static func - (lhs: Self, rhs: Self) -> Self {
-        var out = Self()
-        out.verdicts = zip(lhs.verdicts, rhs.verdicts).map { $0 &- $1 }
-        out.newFlows = lhs.newFlows &- rhs.newFlows
-        out.ctHits = lhs.ctHits &- rhs.ctHits
-        out.ctMisses = lhs.ctMisses &- rhs.ctMisses
-        out.drops = lhs.drops &- rhs.drops
-        return out
-    }
-}
-
 /// Shared with the signal handler's queue, which only calls close() (locked).
 final class LiveTestbed: @unchecked Sendable {
     /// The service the balancer serves: one IPv4 VIP, TCP, ten backends.
@@ -172,18 +149,10 @@ final class LiveTestbed: @unchecked Sendable {
         forwarder = wanted
     }
 
-    func balancerStats() throws -> LiveBalancerStats {
-        guard let dataplane else { return LiveBalancerStats() }
-        var total = LiveBalancerStats()
-        for var cpu in try dataplane.stats.lookupPerCPU(UInt32(0), as: sl_stats.self) {
-            let verdicts = withUnsafeBytes(of: &cpu.verdicts) { Array($0.bindMemory(to: UInt64.self)) }
-            total.verdicts = zip(total.verdicts, verdicts).map { $0 &+ $1 }
-            total.newFlows &+= cpu.new_flows
-            total.ctHits &+= cpu.ct_hits
-            total.ctMisses &+= cpu.ct_misses
-            total.drops &+= withUnsafeBytes(of: &cpu.drops) { $0.bindMemory(to: UInt64.self).reduce(0, &+) }
-        }
-        return total
+    /// The balancer's own count of what it did (zero before it is loaded).
+    func balancerStats() throws -> NodeStats {
+        guard let dataplane else { return NodeStats() }
+        return try NodeStats.read(dataplane.stats)
     }
 
     /// Fills the connection table to capacity with flows no generated frame

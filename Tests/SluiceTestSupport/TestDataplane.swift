@@ -67,6 +67,21 @@ public struct NodeStats: Equatable, Sendable, CustomStringConvertible {
         ipOptions = raw.ip_options
     }
 
+    /// sl_stats (a per-CPU map) summed over CPUs.
+    public static func read(_ stats: BPFMap) throws -> NodeStats {
+        try stats.lookupPerCPU(UInt32(0), as: sl_stats.self).map(NodeStats.init).reduce(NodeStats()) { total, cpu in
+            var sum = total
+            sum.verdicts = zip(total.verdicts, cpu.verdicts).map { $0 &+ $1 }
+            sum.drops = zip(total.drops, cpu.drops).map { $0 &+ $1 }
+            sum.newFlows &+= cpu.newFlows
+            sum.ctHits &+= cpu.ctHits
+            sum.ctMisses &+= cpu.ctMisses
+            sum.fragments &+= cpu.fragments
+            sum.ipOptions &+= cpu.ipOptions
+            return sum
+        }
+    }
+
     public subscript(verdict: XDPVerdict) -> UInt64 { verdicts[Int(verdict.rawValue)] }
     public subscript(drop reason: DropReason) -> UInt64 { drops[Int(reason.rawValue)] }
 
@@ -227,18 +242,7 @@ public final class TestDataplane {
 
     /// The node-wide counters, summed over CPUs.
     public func nodeStats() throws -> NodeStats {
-        let perCPU = try dataplane.stats.lookupPerCPU(UInt32(0), as: sl_stats.self)
-        var total = NodeStats()
-        for cpu in perCPU.map(NodeStats.init) {
-            total.verdicts = zip(total.verdicts, cpu.verdicts).map { $0 &+ $1 }
-            total.drops = zip(total.drops, cpu.drops).map { $0 &+ $1 }
-            total.newFlows &+= cpu.newFlows
-            total.ctHits &+= cpu.ctHits
-            total.ctMisses &+= cpu.ctMisses
-            total.fragments &+= cpu.fragments
-            total.ipOptions &+= cpu.ipOptions
-        }
-        return total
+        try NodeStats.read(dataplane.stats)
     }
 
     public func appliedState() throws -> AppliedState {
