@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * This file contains the balancer's XDP entry point, sl_balancer, and the
- * dispatch between its stages: parse the frame, look the destination up in
- * sl_vips (anything else passes to the kernel untouched), find the flow's
+ * dispatch between its stages: parse the frame, test the destination against
+ * the VIP prefilter and look it up in sl_vips (anything else passes to the
+ * kernel untouched), find the flow's
  * backend (conntrack, else Maglev), count the packet, and tunnel it to the
  * backend with XDP_TX. The stages live in the headers named after their
  * concern and follow the return-code convention of verdict.h; every packet
@@ -14,6 +15,7 @@
 #include "verdict.h"
 #include "maps.h"
 #include "parse.h"
+#include "prefilter.h"
 #include "stats.h"
 #include "conntrack.h"
 #include "maglev.h"
@@ -41,7 +43,8 @@ static __always_inline int sl_pick_backend(const struct sl_packet *pkt,
 /* One packet, stage by stage, in the documented order: a packet for a VIP is
  * counted for its VIP and backend once the backend is known, before the
  * tunnel header is written (so a later NO_SOURCE or ENCAP drop is counted
- * there too). A packet for no VIP costs only the parse and one lookup. */
+ * there too). A packet for no VIP costs only the parse and, unless its
+ * prefilter bit collides with a VIP's, one inlined array lookup. */
 static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 {
 	struct sl_packet pkt;
@@ -57,6 +60,8 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 		return rc;
 
 	sl_vip_key_build(&pkt, &vip_key);
+	if (!sl_vip_filter_test(&vip_key))
+		return XDP_PASS;
 	vip = bpf_map_lookup_elem(&sl_vips, &vip_key);
 	if (!vip)
 		return XDP_PASS;

@@ -27,6 +27,16 @@
 /* Seed of the flow hash. The Swift model (SluiceCore.FlowHash) uses the same. */
 #define SL_HASH_SEED 0x5111ce00u
 
+/* The VIP prefilter (sl_vip_filter): a bitmap of 2^SL_VIP_FILTER_BITS bits in
+ * 64-bit words. A VIP key's bit is the top SL_VIP_FILTER_BITS bits of
+ * (addr[0] ^ addr[1] ^ addr[2] ^ addr[3] ^ port ^ proto << 16) *
+ * SL_VIP_FILTER_MULT, every field as it sits in struct sl_vip_key (network
+ * order). The Swift model (SluiceCore.VIPFilter) computes the same bit. */
+#define SL_VIP_FILTER_BITS 16
+#define SL_VIP_FILTER_WORD_BITS 64
+#define SL_VIP_FILTER_WORDS 1024 /* 2^SL_VIP_FILTER_BITS / SL_VIP_FILTER_WORD_BITS (a literal, so Swift imports it) */
+#define SL_VIP_FILTER_MULT 0x9e3779b1u
+
 /* Outer TTL / hop limit of tunnelled packets. */
 #define SL_OUTER_TTL 64
 
@@ -40,6 +50,7 @@
 #define SL_MAP_VIP_STATS "sl_vip_stats"
 #define SL_MAP_BACKEND_STATS "sl_backend_stats"
 #define SL_MAP_SERVICES "sl_services"
+#define SL_MAP_VIP_FILTER "sl_vip_filter"
 #define SL_PROG_BALANCER "sl_balancer"
 
 /* The backend side (lbctl decap): its program and maps, pinned beside the

@@ -22,6 +22,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_vips SEC(".maps");
 
+/* The VIP prefilter: a bitmap over sl_vip_filter_bit() of every VIP key
+ * (hash.h), so that a packet for no VIP passes after one inlined array lookup
+ * instead of a hash-map lookup. A set bit only means "maybe a VIP": sl_vips
+ * decides. The control plane sets a VIP's bit before it publishes the VIP and
+ * clears bits only after the VIPs that needed them are withdrawn, so a clear
+ * bit is never a VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SL_VIP_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_vip_filter SEC(".maps");
+
 /* One Maglev lookup table: slot -> backend id (or SL_NO_BACKEND). The
  * template only fixes the key and value sizes: BPF_F_INNER_MAP lets user space
  * install arrays of any prime size M, made aside and switched in with one

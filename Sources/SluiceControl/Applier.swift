@@ -125,6 +125,13 @@ struct Writer {
             try dataplane.config.update(UInt32(0), config)
             bytes += MemoryLayout<sl_config>.size
         }
+        // The prefilter must never hide a VIP, not even for one packet: every
+        // desired VIP's bit is set before any VIP is published, and bits only
+        // removed VIPs needed are cleared after those are withdrawn (below).
+        let current = VIPFilter(words: try dataplane.vipFilter.arrayValues(as: UInt64.self))
+        let desiredFilter = VIPFilter(services: desired.services)
+        let widened = current.union(desiredFilter)
+        try writeFilter(widened, over: current)
         for entry in plan.entries where entry.needsTable {
             try writeBackends(entry)
             if entry.isNewSlot {
@@ -146,6 +153,7 @@ struct Writer {
             let key = sl_vip_key(service: applied.service)
             if !desiredKeys.contains(key) { try dataplane.vips.delete(key) }
         }
+        try writeFilter(desiredFilter, over: widened)
         for removed in plan.removedServices {
             try dataplane.maglev.delete(removed.slot)
             try dataplane.services.update(removed.slot, sl_service_info())
@@ -158,6 +166,13 @@ struct Writer {
             try dataplane.backends.update(id, slot)
             bytes += MemoryLayout<sl_backend>.size
         }
+    }
+
+    /// Writes the words of `filter` that differ from `old` (what the map holds).
+    private mutating func writeFilter(_ filter: VIPFilter, over old: VIPFilter) throws(BPFError) {
+        let changed = filter.words.indices.filter { filter.words[$0] != old.words[$0] }
+        try dataplane.vipFilter.updateBatch(keys: changed.map { UInt32($0) }, values: changed.map { filter.words[$0] })
+        bytes += changed.count * MemoryLayout<UInt64>.size
     }
 
     private mutating func writeBackends(_ entry: Plan.Entry) throws(BPFError) {

@@ -89,6 +89,9 @@ struct LayoutTests {
         #expect(d.backends.info.maxEntries == Int(SL_MAX_BACKENDS))
         #expect(d.vips.info.maxEntries == Int(SL_MAX_VIPS))
         #expect(d.conntrack.info.maxEntries == Int(TestDataplane.conntrackSize), "conntrack resized before load")
+        // The prefilter: __u32 word index -> __u64 of bits.
+        #expect(d.vipFilter.info.keySize == u32 && d.vipFilter.info.valueSize == MemoryLayout<UInt64>.size)
+        #expect(d.vipFilter.info.maxEntries == Int(SL_VIP_FILTER_WORDS))
     }
 
     @Test func theSwiftModelsConstantsAreTheDataPlanesConstants() {
@@ -105,5 +108,9 @@ struct LayoutTests {
                  SL_DROP_ENCAP].map(\.rawValue))
         #expect(CounterSnapshot.dropNames.count == Int(SL_DROP__MAX.rawValue))
         #expect(SL_OUTER_TTL == 64, "the tunnel checks expect TTL 64")
+        #expect(VIPFilter.bits == Int(SL_VIP_FILTER_BITS))
+        #expect(VIPFilter.wordBits == Int(SL_VIP_FILTER_WORD_BITS))
+        #expect(VIPFilter.wordCount == Int(SL_VIP_FILTER_WORDS))
+        #expect(VIPFilter.multiplier == SL_VIP_FILTER_MULT)
     }
 }
