@@ -51,6 +51,7 @@
 #define SL_MAP_BACKEND_STATS "sl_backend_stats"
 #define SL_MAP_SERVICES "sl_services"
 #define SL_MAP_VIP_FILTER "sl_vip_filter"
+#define SL_MAP_VIP_EPOCHS "sl_vip_epochs"
 #define SL_PROG_BALANCER "sl_balancer"
 
 /* The backend side (lbctl decap): its program and maps, pinned beside the
@@ -104,10 +105,14 @@ struct sl_flow_key {
 	__u8 pad[2];   /* always zero */
 };
 
-/* Value of sl_conntrack. */
+/* Value of sl_conntrack. A hit is trusted only while sl_vip_epochs still
+ * holds `epoch` (its low 16 bits) for `service_id`: the control plane bumps a
+ * slot's epoch when it frees the slot or gives it another VIP key, which
+ * retires every flow recorded for the old one at once. */
 struct sl_ct_entry {
 	__u32 backend_id;
-	__u32 flags;   /* reserved, zero */
+	__u16 service_id;  /* service slot the flow was placed for (< SL_MAX_VIPS) */
+	__u16 epoch;       /* low 16 bits of sl_vip_epochs[service_id] when recorded */
 };
 
 /* Value of sl_config (an array of one). Written by lbctl attach and apply. */

@@ -114,6 +114,8 @@ struct Writer {
     let dataplane: Dataplane
     var tables = 0
     var bytes = 0
+    /// The tables switched in by this apply, by slot.
+    var installed: [UInt32: BPFMap] = [:]
 
     mutating func write(_ plan: Plan, state: AppliedState, desired: ServiceFile) throws(BPFError) {
         let size = desired.node.maglevTableSize
@@ -154,10 +156,32 @@ struct Writer {
             if !desiredKeys.contains(key) { try dataplane.vips.delete(key) }
         }
         try writeFilter(desiredFilter, over: widened)
+        // A delete from sl_maglev (a map-in-map) returns only once every
+        // program that was running has finished (the kernel's
+        // synchronize_rcu), so no packet that found a withdrawn VIP is still
+        // in flight after it: the epoch bumps below come after that wait.
+        var waited = false
         for removed in plan.removedServices {
-            try dataplane.maglev.delete(removed.slot)
+            if try dataplane.maglev.delete(removed.slot) { waited = true }
             try dataplane.services.update(removed.slot, sl_service_info())
             bytes += MemoryLayout<sl_service_info>.size
+        }
+        // Retire the conntrack entries of every freed slot and of every slot
+        // whose VIP key changed: their epoch moves, so a hit recorded for the
+        // old VIP is stale and goes through sl_vips (where that VIP is gone).
+        // Backend and weight changes keep the epoch, so established flows
+        // stay on their backends.
+        let rekeyed = plan.entries.filter { entry in
+            entry.previous.map { sl_vip_key(service: $0.service) != sl_vip_key(service: entry.service) } ?? false
+        }.map(\.slot)
+        let retired = plan.removedServices.map(\.slot) + rekeyed
+        if !retired.isEmpty {
+            if !waited { try waitForRunningPrograms(retired: retired) }
+            for slot in retired {
+                let epoch = try dataplane.vipEpochs.lookup(slot, as: UInt32.self) ?? 0
+                try dataplane.vipEpochs.update(slot, epoch &+ 1)
+                bytes += MemoryLayout<UInt32>.size
+            }
         }
         // Released backends keep their address so established flows still reach them.
         for id in plan.freedBackendIDs {
@@ -166,6 +190,23 @@ struct Writer {
             try dataplane.backends.update(id, slot)
             bytes += MemoryLayout<sl_backend>.size
         }
+    }
+
+    /// Returns once every program that was running has finished: an update
+    /// of sl_maglev (a map-in-map) waits for them in the kernel. A slot whose
+    /// VIP key changed got its table in this apply, and installing it again
+    /// changes nothing; a freed slot is published by no VIP, so a scratch
+    /// table may come and go there.
+    private mutating func waitForRunningPrograms(retired: [UInt32]) throws(BPFError) {
+        if let slot = retired.first(where: { installed[$0] != nil }), let table = installed[slot] {
+            try dataplane.maglev.update(slot, innerMap: table)
+            return
+        }
+        guard let slot = retired.first else { return }
+        let scratch = try BPFMap.create(type: BPF_MAP_TYPE_ARRAY, name: "sl_maglev_sync", keySize: 4, valueSize: 4,
+                                        maxEntries: 1, flags: UInt32(BPF_F_INNER_MAP))
+        try dataplane.maglev.update(slot, innerMap: scratch)
+        try dataplane.maglev.delete(slot)
     }
 
     /// Writes the words of `filter` that differ from `old` (what the map holds).
@@ -205,6 +246,7 @@ struct Writer {
                                       valueSize: 4, maxEntries: size, flags: UInt32(BPF_F_INNER_MAP))
         try inner.updateBatch(keys: Array(0..<UInt32(size)), values: table)
         try dataplane.maglev.update(entry.slot, innerMap: inner)
+        installed[entry.slot] = inner
         tables += 1
         bytes += size * 4
     }

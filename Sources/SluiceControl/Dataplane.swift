@@ -22,6 +22,7 @@ public final class Dataplane {
     public let backendStats: BPFMap
     public let services: BPFMap
     public let vipFilter: BPFMap
+    public let vipEpochs: BPFMap
     private let object: BPFObject?
 
     private init(pinPath: String, program: BPFProgram, object: BPFObject?, map: (String) throws(BPFError) -> BPFMap) throws(BPFError) {
@@ -38,6 +39,7 @@ public final class Dataplane {
         backendStats = try map(SL_MAP_BACKEND_STATS)
         services = try map(SL_MAP_SERVICES)
         vipFilter = try map(SL_MAP_VIP_FILTER)
+        vipEpochs = try map(SL_MAP_VIP_EPOCHS)
     }
 
     static func programPin(_ pinPath: String) -> String { "\(pinPath)/\(SL_PROG_BALANCER)" }
@@ -84,7 +86,8 @@ public final class Dataplane {
     /// Removes every pin this data plane made, and the directory if it is then empty.
     public static func removePins(at pinPath: String) {
         let names = [SL_PROG_BALANCER, SL_MAP_VIPS, SL_MAP_MAGLEV, SL_MAP_BACKENDS, SL_MAP_CONNTRACK, SL_MAP_CONFIG,
-                     SL_MAP_STATS, SL_MAP_VIP_STATS, SL_MAP_BACKEND_STATS, SL_MAP_SERVICES, SL_MAP_VIP_FILTER]
+                     SL_MAP_STATS, SL_MAP_VIP_STATS, SL_MAP_BACKEND_STATS, SL_MAP_SERVICES, SL_MAP_VIP_FILTER,
+                     SL_MAP_VIP_EPOCHS]
         PinDirectory.unpin(names, at: pinPath)
     }
 }
