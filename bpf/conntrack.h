@@ -19,6 +19,8 @@
 #include "lb_shared.h"
 #include "maps.h"
 
+_Static_assert(SL_MAX_VIPS <= 1 << 16, "a service slot fits sl_ct_entry.service_id");
+
 /* What a trusted conntrack entry says about a flow. */
 struct sl_ct_flow {
 	__u32 backend_id;
