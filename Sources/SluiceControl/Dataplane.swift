@@ -49,6 +49,15 @@ public final class Dataplane {
         access(programPin(pinPath), F_OK) == 0
     }
 
+    /// The id of the balancer program pinned at `pinPath`, reading no map.
+    public static func pinnedProgramID(at pinPath: String) throws(ControlError) -> UInt32 {
+        let program: BPFProgram
+        do { program = try BPFProgram.openPinned(programPin(pinPath)) } catch {
+            throw .bpf(error, while: "opening the balancer pinned at \(pinPath)")
+        }
+        return try XDPHook.programID(program)
+    }
+
     /// Opens what is pinned at `pinPath`.
     public static func open(pinPath: String) throws(ControlError) -> Dataplane {
         guard isPinned(at: pinPath) else {
