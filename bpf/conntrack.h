@@ -1,11 +1,15 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * This file contains connection tracking: the lookup of a flow's backend in
- * sl_conntrack and the record of a flow Maglev has just placed. The table is
- * an LRU hash shared by all CPUs; a lookup refreshes the entry, and a full
- * table evicts its least recently used flows. A hit keeps the flow on the
- * backend it recorded even when that backend has since been removed or
- * drained, so established connections survive a change of the backend set.
+ * This file contains connection tracking: the lookup of a flow's backend and
+ * service slot in sl_conntrack and the record of a flow Maglev has just
+ * placed. The table is an LRU hash shared by all CPUs; a lookup refreshes the
+ * entry, and a full table evicts its least recently used flows. A hit keeps
+ * the flow on the backend it recorded even when that backend has since been
+ * removed or drained, so established connections survive a change of the
+ * backend set. It does not outlive its service: each entry carries the epoch
+ * its slot had when it was recorded, and the control plane bumps the epoch
+ * when the slot is freed or given another VIP, after which the entry is
+ * stale and the packet goes through sl_vips again.
  */
 #ifndef SLUICE_CONNTRACK_H
 #define SLUICE_CONNTRACK_H
@@ -15,29 +19,47 @@
 #include "lb_shared.h"
 #include "maps.h"
 
-/* Sets *backend_id and returns 1 if the flow is known, else returns 0. Counts
- * the hit or the miss. */
-static __always_inline int sl_ct_lookup(const struct sl_flow_key *key, struct sl_stats *st,
-					__u32 *backend_id)
+_Static_assert(SL_MAX_VIPS <= 1 << 16, "a service slot fits sl_ct_entry.service_id");
+
+/* What a trusted conntrack entry says about a flow. */
+struct sl_ct_flow {
+	__u32 backend_id;
+	__u32 service_id;
+};
+
+/* Returns 1 and fills *flow if the flow is known and its entry is current
+ * (its slot's epoch has not moved since it was recorded); 0 for an unknown
+ * flow or a stale entry. Counts nothing: whether a miss is counted depends on
+ * whether the packet turns out to be for a VIP at all. */
+static __always_inline int sl_ct_lookup(const struct sl_flow_key *key, struct sl_ct_flow *flow)
 {
 	struct sl_ct_entry *ct = bpf_map_lookup_elem(&sl_conntrack, key);
+	__u32 service, *epoch;
 
-	if (!ct) {
-		st->ct_misses++;
+	if (!ct)
 		return 0;
-	}
-	st->ct_hits++;
-	*backend_id = ct->backend_id;
+	service = ct->service_id;
+	epoch = bpf_map_lookup_elem(&sl_vip_epochs, &service);
+	if (!epoch || (__u16)*epoch != ct->epoch)
+		return 0;
+	flow->backend_id = ct->backend_id;
+	flow->service_id = service;
 	return 1;
 }
 
-/* Records (or replaces) the flow's backend and counts a new flow. Should the
- * update fail, the packet is still forwarded: its next packet goes through
- * Maglev again and most likely lands on the same backend. */
+/* Records (or replaces) the flow's backend under its service slot's current
+ * epoch, and counts a new flow. Should the update fail, the packet is still
+ * forwarded: its next packet goes through Maglev again and most likely lands
+ * on the same backend. */
 static __always_inline void sl_ct_record(const struct sl_flow_key *key, __u32 backend_id,
-					 struct sl_stats *st)
+					 __u32 service_id, struct sl_stats *st)
 {
-	struct sl_ct_entry entry = { .backend_id = backend_id, .flags = 0 };
+	__u32 *epoch = bpf_map_lookup_elem(&sl_vip_epochs, &service_id);
+	struct sl_ct_entry entry = {
+		.backend_id = backend_id,
+		.service_id = service_id,
+		.epoch = epoch ? *epoch : 0,
+	};
 
 	bpf_map_update_elem(&sl_conntrack, key, &entry, BPF_ANY);
 	st->new_flows++;

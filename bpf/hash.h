@@ -78,4 +78,19 @@ static __always_inline __u32 sl_flow_hash(const struct sl_flow_key *key)
 	return jhash_3words(a, b, key->proto, SL_HASH_SEED);
 }
 
+/*
+ * The bit of a VIP key in the prefilter sl_vip_filter: the key's words folded
+ * by XOR (port and protocol side by side in one word), then Fibonacci hashing
+ * (one multiply; the top bits depend on every input bit). Cheap on purpose:
+ * it runs for every TCP/UDP packet, and a collision only costs the lookups
+ * the prefilter would have saved. SluiceCore.VIPFilter models it.
+ */
+static __always_inline __u32 sl_vip_filter_bit(const struct sl_vip_key *key)
+{
+	__u32 x = key->addr[0] ^ key->addr[1] ^ key->addr[2] ^ key->addr[3] ^
+		  ((__u32)key->port | ((__u32)key->proto << SL_PORT_BITS));
+
+	return (x * SL_VIP_FILTER_MULT) >> (32 - SL_VIP_FILTER_BITS);
+}
+
 #endif /* SLUICE_HASH_H */

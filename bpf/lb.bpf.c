@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * This file contains the balancer's XDP entry point, sl_balancer, and the
- * dispatch between its stages: parse the frame, look the destination up in
- * sl_vips (anything else passes to the kernel untouched), find the flow's
- * backend (conntrack, else Maglev), count the packet, and tunnel it to the
- * backend with XDP_TX. The stages live in the headers named after their
- * concern and follow the return-code convention of verdict.h; every packet
- * leaves through record_action(), which counts its verdict.
+ * dispatch between its stages: parse the frame, test the destination against
+ * the VIP prefilter (anything else passes to the kernel untouched), find the
+ * flow's service and backend (a current conntrack entry, else sl_vips and
+ * Maglev), count the packet, and tunnel it to the backend with XDP_TX. The
+ * stages live in the headers named after their concern and follow the
+ * return-code convention of verdict.h; every packet leaves through
+ * record_action(), which counts its verdict.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -14,52 +15,74 @@
 #include "verdict.h"
 #include "maps.h"
 #include "parse.h"
+#include "prefilter.h"
 #include "stats.h"
 #include "conntrack.h"
 #include "maglev.h"
 #include "encap.h"
 
-/* The flow's backend: the one conntrack recorded, else Maglev's choice, which
- * is then recorded. A TCP SYN opens a new connection and skips conntrack. */
-static __always_inline int sl_pick_backend(const struct sl_packet *pkt,
-					   const struct sl_vip *vip, struct sl_stats *st,
-					   __u32 *backend_id)
+/* Where a packet goes: its service slot and backend. */
+struct sl_target {
+	__u32 service_id;
+	__u32 backend_id;
+};
+
+/* Places a flow conntrack did not vouch for (a SYN, an unknown flow, a stale
+ * entry) with Maglev and records it. A non-SYN packet here is a conntrack
+ * miss. */
+static __always_inline int sl_place_flow(const struct sl_packet *pkt, const struct sl_vip *vip,
+					 const struct sl_flow_key *key, struct sl_stats *st,
+					 struct sl_target *target)
 {
-	struct sl_flow_key key;
 	int rc;
 
-	sl_flow_key_build(pkt, &key);
-	if (!pkt->tcp_syn && sl_ct_lookup(&key, st, backend_id))
-		return SL_CONTINUE;
-	rc = sl_maglev_pick(vip, &key, backend_id);
+	if (!pkt->tcp_syn)
+		st->ct_misses++;
+	rc = sl_maglev_pick(vip, key, &target->backend_id);
 	if (rc != SL_CONTINUE)
 		return rc;
-	sl_ct_record(&key, *backend_id, st);
+	target->service_id = vip->id;
+	sl_ct_record(key, target->backend_id, target->service_id, st);
 	return SL_CONTINUE;
 }
 
-/* One packet, stage by stage, in the documented order: a packet for a VIP is
- * counted for its VIP and backend once the backend is known, before the
- * tunnel header is written (so a later NO_SOURCE or ENCAP drop is counted
- * there too). A packet for no VIP costs only the parse and one lookup. */
+/* One packet, stage by stage, in the documented order. A packet whose
+ * prefilter bit is clear is for no VIP and passes at once. Every other
+ * packet but a SYN asks conntrack first: a current entry names the service
+ * slot and the backend, so an established flow costs one hash lookup and
+ * never touches sl_vips. A SYN, an unknown flow or a stale entry is looked up
+ * in sl_vips (no VIP: pass, counting nothing else) and placed by Maglev. A
+ * packet for a VIP is counted for its VIP and backend once the backend is
+ * known, before the tunnel header is written (so a later NO_SOURCE or ENCAP
+ * drop is counted there too). */
 static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 {
 	struct sl_packet pkt;
 	struct sl_vip_key vip_key;
+	struct sl_flow_key flow_key;
+	struct sl_ct_flow known;
+	struct sl_target target;
 	struct sl_backend *be;
 	struct sl_config *cfg;
-	struct sl_vip *vip;
-	__u32 zero = 0, backend_id;
-	int rc;
+	struct sl_vip *vip = NULL;
+	__u32 zero = 0;
+	int rc, hit;
 
 	rc = sl_parse_packet(ctx, &pkt, st);
 	if (rc != SL_CONTINUE)
 		return rc;
 
 	sl_vip_key_build(&pkt, &vip_key);
-	vip = bpf_map_lookup_elem(&sl_vips, &vip_key);
-	if (!vip)
+	if (!sl_vip_filter_test(&vip_key))
 		return XDP_PASS;
+
+	sl_flow_key_build(&pkt, &flow_key);
+	hit = !pkt.tcp_syn && sl_ct_lookup(&flow_key, &known);
+	if (!hit) {
+		vip = bpf_map_lookup_elem(&sl_vips, &vip_key);
+		if (!vip)
+			return XDP_PASS;
+	}
 	if (pkt.ip_options)
 		st->ip_options++;
 
@@ -67,14 +90,20 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 	if (!cfg || !(cfg->flags & SL_CFG_HAS_GATEWAY))
 		return SL_RC_DROP(SL_DROP_NO_GATEWAY);
 
-	rc = sl_pick_backend(&pkt, vip, st, &backend_id);
-	if (rc != SL_CONTINUE)
-		return rc;
-	be = bpf_map_lookup_elem(&sl_backends, &backend_id);
+	if (hit) {
+		st->ct_hits++;
+		target.service_id = known.service_id;
+		target.backend_id = known.backend_id;
+	} else {
+		rc = sl_place_flow(&pkt, vip, &flow_key, st, &target);
+		if (rc != SL_CONTINUE)
+			return rc;
+	}
+	be = bpf_map_lookup_elem(&sl_backends, &target.backend_id);
 	if (!be || !be->family)
 		return SL_RC_DROP(SL_DROP_NO_BACKEND);
 
-	sl_count_traffic(vip->id, backend_id, pkt.frame_len);
+	sl_count_traffic(target.service_id, target.backend_id, pkt.frame_len);
 	return sl_encap(ctx, &pkt, cfg, be);
 }
 

@@ -27,6 +27,16 @@
 /* Seed of the flow hash. The Swift model (SluiceCore.FlowHash) uses the same. */
 #define SL_HASH_SEED 0x5111ce00u
 
+/* The VIP prefilter (sl_vip_filter): a bitmap of 2^SL_VIP_FILTER_BITS bits in
+ * 64-bit words. A VIP key's bit is the top SL_VIP_FILTER_BITS bits of
+ * (addr[0] ^ addr[1] ^ addr[2] ^ addr[3] ^ port ^ proto << 16) *
+ * SL_VIP_FILTER_MULT, every field as it sits in struct sl_vip_key (network
+ * order). The Swift model (SluiceCore.VIPFilter) computes the same bit. */
+#define SL_VIP_FILTER_BITS 16
+#define SL_VIP_FILTER_WORD_BITS 64
+#define SL_VIP_FILTER_WORDS 1024 /* 2^SL_VIP_FILTER_BITS / SL_VIP_FILTER_WORD_BITS (a literal, so Swift imports it) */
+#define SL_VIP_FILTER_MULT 0x9e3779b1u
+
 /* Outer TTL / hop limit of tunnelled packets. */
 #define SL_OUTER_TTL 64
 
@@ -40,6 +50,8 @@
 #define SL_MAP_VIP_STATS "sl_vip_stats"
 #define SL_MAP_BACKEND_STATS "sl_backend_stats"
 #define SL_MAP_SERVICES "sl_services"
+#define SL_MAP_VIP_FILTER "sl_vip_filter"
+#define SL_MAP_VIP_EPOCHS "sl_vip_epochs"
 #define SL_PROG_BALANCER "sl_balancer"
 
 /* The backend side (lbctl decap): its program and maps, pinned beside the
@@ -93,10 +105,14 @@ struct sl_flow_key {
 	__u8 pad[2];   /* always zero */
 };
 
-/* Value of sl_conntrack. */
+/* Value of sl_conntrack. A hit is trusted only while sl_vip_epochs still
+ * holds `epoch` (its low 16 bits) for `service_id`: the control plane bumps a
+ * slot's epoch when it frees the slot or gives it another VIP key, which
+ * retires every flow recorded for the old one at once. */
 struct sl_ct_entry {
 	__u32 backend_id;
-	__u32 flags;   /* reserved, zero */
+	__u16 service_id;  /* service slot the flow was placed for (< SL_MAX_VIPS) */
+	__u16 epoch;       /* low 16 bits of sl_vip_epochs[service_id] when recorded */
 };
 
 /* Value of sl_config (an array of one). Written by lbctl attach and apply. */

@@ -22,6 +22,32 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_vips SEC(".maps");
 
+/* The VIP prefilter: a bitmap over sl_vip_filter_bit() of every VIP key
+ * (hash.h), so that a packet for no VIP passes after one inlined array lookup
+ * instead of a hash-map lookup. A set bit only means "maybe a VIP": sl_vips
+ * decides. The control plane sets a VIP's bit before it publishes the VIP and
+ * clears bits only after the VIPs that needed them are withdrawn, so a clear
+ * bit is never a VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SL_VIP_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_vip_filter SEC(".maps");
+
+/* The epoch of each service slot: bumped by the control plane when the slot
+ * is freed or its VIP key changes (never for a backend or weight change), so
+ * conntrack entries recorded under an older epoch stop being trusted without
+ * a walk of the table. An array, so the lookup is inlined. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SL_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_vip_epochs SEC(".maps");
+
 /* One Maglev lookup table: slot -> backend id (or SL_NO_BACKEND). The
  * template only fixes the key and value sizes: BPF_F_INNER_MAP lets user space
  * install arrays of any prime size M, made aside and switched in with one
@@ -53,8 +79,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_backends SEC(".maps");
 
-/* Connection tracking: 5-tuple -> backend id. LRU, so a full table forgets
- * its oldest flows; user space may resize it before load. */
+/* Connection tracking: 5-tuple -> backend id, service slot and the slot's
+ * epoch. LRU, so a full table forgets its oldest flows; user space may resize
+ * it before load. Looked up before sl_vips for every packet but a SYN, so an
+ * established flow costs one hash lookup, not two. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SL_CT_DEFAULT_SIZE);

@@ -148,12 +148,14 @@ final class BenchBalancer {
 
     /// Inserts `count` distinct TCP flows to `vip`:`port` (sources 10.128.0.0
     /// upwards) with BPF_MAP_UPDATE_BATCH, or one update at a time if the
-    /// kernel refuses batches on this map. Returns how it was done.
+    /// kernel refuses batches on this map. Returns how it was done. The entries
+    /// are filler no measured frame belongs to, so their service slot and
+    /// epoch (0 and 0) do not matter.
     func fillConntrack(count: Int, vip: IPAddress, port: UInt16, backendID: UInt32) throws -> String {
         precondition(vip.family == .v4)
         let chunk = 65536
         var keys = [sl_flow_key](repeating: zeroed(sl_flow_key.self), count: chunk)
-        let values = [sl_ct_entry](repeating: sl_ct_entry(backend_id: backendID, flags: 0), count: chunk)
+        let values = [sl_ct_entry](repeating: sl_ct_entry(backend_id: backendID, service_id: 0, epoch: 0), count: chunk)
         let dst = vip.words.0
         var batched = true
         var start = 0

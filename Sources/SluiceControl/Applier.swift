@@ -114,6 +114,8 @@ struct Writer {
     let dataplane: Dataplane
     var tables = 0
     var bytes = 0
+    /// The tables switched in by this apply, by slot.
+    var installed: [UInt32: BPFMap] = [:]
 
     mutating func write(_ plan: Plan, state: AppliedState, desired: ServiceFile) throws(BPFError) {
         let size = desired.node.maglevTableSize
@@ -125,6 +127,13 @@ struct Writer {
             try dataplane.config.update(UInt32(0), config)
             bytes += MemoryLayout<sl_config>.size
         }
+        // The prefilter must never hide a VIP, not even for one packet: every
+        // desired VIP's bit is set before any VIP is published, and bits only
+        // removed VIPs needed are cleared after those are withdrawn (below).
+        let current = VIPFilter(words: try dataplane.vipFilter.arrayValues(as: UInt64.self))
+        let desiredFilter = VIPFilter(services: desired.services)
+        let widened = current.union(desiredFilter)
+        try writeFilter(widened, over: current)
         let changed = plan.entries.filter(\.needsTable)
         // The VIP's M and its table change in two writes; order them so every
         // index a packet can compute stays inside the table it finds: a shrinking
@@ -150,10 +159,33 @@ struct Writer {
             let key = sl_vip_key(service: applied.service)
             if !desiredKeys.contains(key) { try dataplane.vips.delete(key) }
         }
+        try writeFilter(desiredFilter, over: widened)
+        // A delete from sl_maglev (a map-in-map) returns only once every
+        // program that was running has finished (the kernel's
+        // synchronize_rcu), so no packet that found a withdrawn VIP is still
+        // in flight after it: the epoch bumps below come after that wait.
+        var waited = false
         for removed in plan.removedServices {
-            try dataplane.maglev.delete(removed.slot)
+            if try dataplane.maglev.delete(removed.slot) { waited = true }
             try dataplane.services.update(removed.slot, sl_service_info())
             bytes += MemoryLayout<sl_service_info>.size
+        }
+        // Retire the conntrack entries of every freed slot and of every slot
+        // whose VIP key changed: their epoch moves, so a hit recorded for the
+        // old VIP is stale and goes through sl_vips (where that VIP is gone).
+        // Backend and weight changes keep the epoch, so established flows
+        // stay on their backends.
+        let rekeyed = plan.entries.filter { entry in
+            entry.previous.map { sl_vip_key(service: $0.service) != sl_vip_key(service: entry.service) } ?? false
+        }.map(\.slot)
+        let retired = plan.removedServices.map(\.slot) + rekeyed
+        if !retired.isEmpty {
+            if !waited { try waitForRunningPrograms(retired: retired) }
+            for slot in retired {
+                let epoch = try dataplane.vipEpochs.lookup(slot, as: UInt32.self) ?? 0
+                try dataplane.vipEpochs.update(slot, epoch &+ 1)
+                bytes += MemoryLayout<UInt32>.size
+            }
         }
         // Released backends keep their address so established flows still reach them.
         for id in plan.freedBackendIDs {
@@ -162,6 +194,31 @@ struct Writer {
             try dataplane.backends.update(id, slot)
             bytes += MemoryLayout<sl_backend>.size
         }
+    }
+
+    /// Returns once every program that was running has finished: an update
+    /// of sl_maglev (a map-in-map) waits for them in the kernel. A slot whose
+    /// VIP key changed got its table in this apply, and installing it again
+    /// changes nothing; a freed slot is published by no VIP, so a scratch
+    /// table may come and go there.
+    private mutating func waitForRunningPrograms(retired: [UInt32]) throws(BPFError) {
+        if let slot = retired.first(where: { installed[$0] != nil }), let table = installed[slot] {
+            try dataplane.maglev.update(slot, innerMap: table)
+            return
+        }
+        guard let slot = retired.first else { return }
+        // The flags must match sl_maglev's template (bpf/maps.h).
+        let scratch = try BPFMap.create(type: BPF_MAP_TYPE_ARRAY, name: "sl_maglev_sync", keySize: 4, valueSize: 4,
+                                        maxEntries: 1, flags: UInt32(BPF_F_INNER_MAP | BPF_F_MMAPABLE))
+        try dataplane.maglev.update(slot, innerMap: scratch)
+        try dataplane.maglev.delete(slot)
+    }
+
+    /// Writes the words of `filter` that differ from `old` (what the map holds).
+    private mutating func writeFilter(_ filter: VIPFilter, over old: VIPFilter) throws(BPFError) {
+        let changed = filter.words.indices.filter { filter.words[$0] != old.words[$0] }
+        try dataplane.vipFilter.updateBatch(keys: changed.map { UInt32($0) }, values: changed.map { filter.words[$0] })
+        bytes += changed.count * MemoryLayout<UInt64>.size
     }
 
     private mutating func writeBackends(_ entry: Plan.Entry) throws(BPFError) {
@@ -203,6 +260,7 @@ struct Writer {
             bytes += size * 4
         }
         try dataplane.maglev.updateBatch(keys: entries.map(\.slot), values: inners.map { UInt32(bitPattern: $0.fd) })
+        for (entry, inner) in zip(entries, inners) { installed[entry.slot] = inner }
         tables += entries.count
     }
 

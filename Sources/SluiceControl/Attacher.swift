@@ -58,7 +58,9 @@ public enum Attacher {
     /// namespace still runs it, removes its pins.
     public static func detach(interface name: String, pinPath: String) throws(ControlError) -> DetachOutcome {
         let interface = try NetworkInterface.named(name)
-        let ours: UInt32? = Dataplane.isPinned(at: pinPath) ? try programID(try Dataplane.open(pinPath: pinPath)) : nil
+        // Only the program pin is read: a balancer pinned by an older lbctl
+        // may lack maps this one has, and must still be detachable.
+        let ours: UInt32? = Dataplane.isPinned(at: pinPath) ? try Dataplane.pinnedProgramID(at: pinPath) : nil
         let wasAttached = try XDPHook.detach(interface, ours: ours, what: "the Sluice balancer pinned at \(pinPath)")
         let still = ours.map { id in attachedInterfaces(programID: id).map(\.name) } ?? []
         if ours != nil && still.isEmpty { Dataplane.removePins(at: pinPath) }

@@ -21,6 +21,8 @@ public final class Dataplane {
     public let vipStats: BPFMap
     public let backendStats: BPFMap
     public let services: BPFMap
+    public let vipFilter: BPFMap
+    public let vipEpochs: BPFMap
     private let object: BPFObject?
 
     private init(pinPath: String, program: BPFProgram, object: BPFObject?, map: (String) throws(BPFError) -> BPFMap) throws(BPFError) {
@@ -36,6 +38,8 @@ public final class Dataplane {
         vipStats = try map(SL_MAP_VIP_STATS)
         backendStats = try map(SL_MAP_BACKEND_STATS)
         services = try map(SL_MAP_SERVICES)
+        vipFilter = try map(SL_MAP_VIP_FILTER)
+        vipEpochs = try map(SL_MAP_VIP_EPOCHS)
     }
 
     static func programPin(_ pinPath: String) -> String { "\(pinPath)/\(SL_PROG_BALANCER)" }
@@ -43,6 +47,15 @@ public final class Dataplane {
     /// True when a balancer is pinned at `pinPath`.
     public static func isPinned(at pinPath: String) -> Bool {
         access(programPin(pinPath), F_OK) == 0
+    }
+
+    /// The id of the balancer program pinned at `pinPath`, reading no map.
+    public static func pinnedProgramID(at pinPath: String) throws(ControlError) -> UInt32 {
+        let program: BPFProgram
+        do { program = try BPFProgram.openPinned(programPin(pinPath)) } catch {
+            throw .bpf(error, while: "opening the balancer pinned at \(pinPath)")
+        }
+        return try XDPHook.programID(program)
     }
 
     /// Opens what is pinned at `pinPath`.
@@ -82,7 +95,8 @@ public final class Dataplane {
     /// Removes every pin this data plane made, and the directory if it is then empty.
     public static func removePins(at pinPath: String) {
         let names = [SL_PROG_BALANCER, SL_MAP_VIPS, SL_MAP_MAGLEV, SL_MAP_BACKENDS, SL_MAP_CONNTRACK, SL_MAP_CONFIG,
-                     SL_MAP_STATS, SL_MAP_VIP_STATS, SL_MAP_BACKEND_STATS, SL_MAP_SERVICES]
+                     SL_MAP_STATS, SL_MAP_VIP_STATS, SL_MAP_BACKEND_STATS, SL_MAP_SERVICES, SL_MAP_VIP_FILTER,
+                     SL_MAP_VIP_EPOCHS]
         PinDirectory.unpin(names, at: pinPath)
     }
 }

@@ -198,3 +198,119 @@ struct ConntrackTests {
         #expect(try lb.nodeStats() - before == NodeStats(.tx, ctHits: UInt64(clients.count), packets: UInt64(clients.count)))
     }
 }
+
+/// Conntrack is asked before sl_vips, so a hit must not outlive its service:
+/// entries carry their slot's epoch, which apply moves when the slot is freed
+/// or its VIP key changes, and never for a backend change.
+@Suite(requiresRoot)
+struct ConntrackEpochTests {
+    private let web = Connection(client: "198.18.9.1", port: 40_001, vip: "198.51.100.40", vipPort: 80)
+    private let web6 = Connection(client: "2001:db8:c::9", port: 40_002, vip: "2001:db8::40", vipPort: 443)
+
+    /// Opens the connection and returns its backend.
+    private func open(_ c: Connection, _ lb: TestDataplane) throws -> IPAddress {
+        let (verdict, output) = try lb.run(c.packet([.syn]))
+        try #require(verdict == XDPVerdict.tx.rawValue)
+        let backend = try TunnelFrame(output).outerDestination
+        #expect(try lb.run(c.packet([.ack])).output.isEmpty == false)
+        return backend
+    }
+
+    /// Checks twice: with the prefilter as apply left it (the old VIP's bit is
+    /// clear, so the packet never reaches conntrack), then with every bit set,
+    /// as when the old VIP's bit collides with a current VIP's: then only the
+    /// epoch keeps the stale entry from forwarding. Restores the filter.
+    private func expectPassesUntouched(_ c: Connection, _ lb: TestDataplane, _ why: Comment,
+                                       sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let frame = c.packet([.ack])
+        let applied = try lb.dataplane.vipFilter.arrayValues(as: UInt64.self)
+        let words = (0..<UInt32(applied.count)).map { $0 }
+        for filter in [applied, [UInt64](repeating: .max, count: applied.count)] {
+            try lb.dataplane.vipFilter.updateBatch(keys: words, values: filter)
+            let before = try lb.nodeStats()
+            let (verdict, output) = try lb.run(frame)
+            let bits = filter == applied ? "applied prefilter" : "every prefilter bit set"
+            #expect(verdict == XDPVerdict.pass.rawValue, "\(why) (\(bits))", sourceLocation: sourceLocation)
+            #expect(output == frame, "untouched (\(bits))", sourceLocation: sourceLocation)
+            #expect(try lb.nodeStats() - before == NodeStats(.pass), "\(why) (\(bits))", sourceLocation: sourceLocation)
+        }
+        try lb.dataplane.vipFilter.updateBatch(keys: words, values: applied)
+    }
+
+    @Test func anEstablishedFlowOfARemovedServiceIsNoLongerForwarded() throws {
+        let lb = try TestDataplane(yaml: initial)
+        _ = try open(web, lb)
+        _ = try open(web6, lb)
+        var file = lb.serviceFile
+        file.services.removeAll { $0.name == "app" }
+        try lb.apply(file)
+        try expectPassesUntouched(web, lb, "app was removed: its VIP is no VIP any more")
+        // The other service's established flow is untouched by the removal.
+        let before = try lb.nodeStats()
+        #expect(try lb.run(web6.packet([.ack])).verdict == XDPVerdict.tx.rawValue)
+        #expect(try lb.nodeStats() - before == NodeStats(.tx, ctHits: 1))
+
+        // A new service on a freed slot does not inherit the old entries either.
+        file.services.append(Service(name: "other", vip: IPAddress("198.51.100.77")!, port: 80, proto: .tcp, forwarding: .ipip,
+                                     backends: [Backend(address: IPAddress("10.3.0.9")!)]))
+        try lb.apply(file)
+        try expectPassesUntouched(web, lb, "still no VIP after its slot is reused")
+    }
+
+    @Test func anEstablishedFlowOfAServiceWhoseVIPMovedIsNoLongerForwarded() throws {
+        let lb = try TestDataplane(yaml: initial)
+        let slot = try #require(lb.appliedState().service(named: "app")).slot
+        _ = try open(web, lb)
+        _ = try open(web6, lb)
+        var file = lb.serviceFile
+        file.services[file.services.firstIndex { $0.name == "app" }!].vip = IPAddress("198.51.100.41")!
+        file.services[file.services.firstIndex { $0.name == "app6" }!].port = 8443
+        try lb.apply(file)
+        #expect(try lb.appliedState().service(named: "app")?.slot == slot, "same service, same slot, another VIP")
+        try expectPassesUntouched(web, lb, "the VIP moved to another address")
+        try expectPassesUntouched(web6, lb, "the VIP moved to another port")
+
+        // The moved service serves its new VIP, flows and all.
+        let moved = Connection(client: web.client, port: web.port, vip: "198.51.100.41", vipPort: 80)
+        let backend = try open(moved, lb)
+        #expect(backend == lb.model.backend(for: moved.flow)?.address)
+        let before = try lb.nodeStats()
+        #expect(try TunnelFrame(lb.run(moved.packet([.ack])).output).outerDestination == backend)
+        #expect(try lb.nodeStats() - before == NodeStats(.tx, ctHits: 1))
+    }
+
+    @Test func aFlowRecordedForAServiceWhoseVIPNowBelongsToAnotherSlotIsPlacedAgain() throws {
+        let lb = try TestDataplane(yaml: initial)
+        _ = try open(web, lb)
+        // Renamed: the old service goes (its slot is freed), the same VIP comes back in a new slot.
+        var file = lb.serviceFile
+        let index = file.services.firstIndex { $0.name == "app" }!
+        file.services[index].name = "app-renamed"
+        try lb.apply(file)
+        let slot = try #require(lb.appliedState().service(named: "app-renamed")).slot
+
+        let before = try lb.nodeStats()
+        let vipBefore = try lb.counters()
+        let (verdict, output) = try lb.run(web.packet([.ack]))
+        #expect(verdict == XDPVerdict.tx.rawValue)
+        #expect(try TunnelFrame(output).outerDestination == lb.model.backend(for: web.flow)?.address)
+        #expect(try lb.nodeStats() - before == NodeStats(.tx, newFlows: 1, ctMisses: 1), "a stale entry is a miss")
+        let packets = { (c: CounterSnapshot) in c.services.first { $0.name == "app-renamed" }?.packets ?? 0 }
+        #expect(try packets(lb.counters()) - packets(vipBefore) == 1, "counted for the service in slot \(slot)")
+    }
+
+    @Test func anEstablishedFlowSurvivesABackendChangeAndADrainWithItsEpoch() throws {
+        let lb = try TestDataplane(yaml: initial)
+        let epochs = { try lb.dataplane.vipEpochs.arrayValues(as: UInt32.self) }
+        let placed = try open(web, lb)
+        let start = try epochs()
+        try lb.apply(yaml: grown)
+        let drainedFile = initial.replacingOccurrences(of: "{address: \(placed)}", with: "{address: \(placed), weight: 0}")
+        try #require(drainedFile != initial)
+        try lb.apply(yaml: drainedFile)
+        #expect(try epochs() == start, "backend and weight changes keep every epoch")
+        let before = try lb.nodeStats()
+        #expect(try TunnelFrame(lb.run(web.packet([.ack])).output).outerDestination == placed)
+        #expect(try lb.nodeStats() - before == NodeStats(.tx, ctHits: 1))
+    }
+}

@@ -25,7 +25,8 @@ private let backend = swiftLayout(sl_backend.self, "sl_backend",
 private let flowKey = swiftLayout(sl_flow_key.self, "sl_flow_key",
                                   ["src": \.src, "dst": \.dst, "sport": \.sport, "dport": \.dport, "proto": \.proto,
                                    "family": \.family, "pad": \.pad])
-private let ctEntry = swiftLayout(sl_ct_entry.self, "sl_ct_entry", ["backend_id": \.backend_id, "flags": \.flags])
+private let ctEntry = swiftLayout(sl_ct_entry.self, "sl_ct_entry",
+                                  ["backend_id": \.backend_id, "service_id": \.service_id, "epoch": \.epoch])
 private let config = swiftLayout(sl_config.self, "sl_config",
                                  ["source_v4": \.source_v4, "source_v6": \.source_v6, "gateway_mac": \.gateway_mac,
                                   "flags": \.flags, "pad": \.pad, "maglev_size": \.maglev_size])
@@ -89,6 +90,13 @@ struct LayoutTests {
         #expect(d.backends.info.maxEntries == Int(SL_MAX_BACKENDS))
         #expect(d.vips.info.maxEntries == Int(SL_MAX_VIPS))
         #expect(d.conntrack.info.maxEntries == Int(TestDataplane.conntrackSize), "conntrack resized before load")
+        // The prefilter: __u32 word index -> __u64 of bits.
+        #expect(d.vipFilter.info.keySize == u32 && d.vipFilter.info.valueSize == MemoryLayout<UInt64>.size)
+        #expect(d.vipFilter.info.maxEntries == Int(SL_VIP_FILTER_WORDS))
+        // The epochs: service slot -> __u32, of which conntrack keeps the low 16 bits.
+        #expect(d.vipEpochs.info.keySize == u32 && d.vipEpochs.info.valueSize == u32)
+        #expect(d.vipEpochs.info.maxEntries == Int(SL_MAX_VIPS))
+        #expect(Int(SL_MAX_VIPS) <= Int(UInt16.max) + 1, "a service slot fits sl_ct_entry.service_id")
     }
 
     @Test func theSwiftModelsConstantsAreTheDataPlanesConstants() {
@@ -105,5 +113,9 @@ struct LayoutTests {
                  SL_DROP_ENCAP].map(\.rawValue))
         #expect(CounterSnapshot.dropNames.count == Int(SL_DROP__MAX.rawValue))
         #expect(SL_OUTER_TTL == 64, "the tunnel checks expect TTL 64")
+        #expect(VIPFilter.bits == Int(SL_VIP_FILTER_BITS))
+        #expect(VIPFilter.wordBits == Int(SL_VIP_FILTER_WORD_BITS))
+        #expect(VIPFilter.wordCount == Int(SL_VIP_FILTER_WORDS))
+        #expect(VIPFilter.multiplier == SL_VIP_FILTER_MULT)
     }
 }
