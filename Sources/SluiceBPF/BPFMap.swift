@@ -242,6 +242,35 @@ public final class BPFMap: @unchecked Sendable {
         }
     }
 
+    /// How many entries a hash map holds, counted with BPF_MAP_LOOKUP_BATCH (the kernel keeps
+    /// no count it would tell us); costs a copy of the whole map through a chunk-sized buffer.
+    public func countEntries(chunk: Int = 8192) throws(BPFError) -> Int {
+        var keys = [UInt8](repeating: 0, count: chunk * info.keySize)
+        var values = [UInt8](repeating: 0, count: chunk * info.valueSize)
+        var opts = bpf_map_batch_opts()
+        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+        var inBatch: UInt32 = 0
+        var outBatch: UInt32 = 0
+        var first = true
+        var total = 0
+        while true {
+            var count = UInt32(chunk)
+            let rc = keys.withUnsafeMutableBytes { k in
+                values.withUnsafeMutableBytes { v in
+                    withUnsafeMutablePointer(to: &inBatch) { cursor in
+                        bpf_map_lookup_batch(fd, first ? nil : UnsafeMutableRawPointer(cursor), &outBatch, k.baseAddress, v.baseAddress, &count, &opts)
+                    }
+                }
+            }
+            let ended = rc < 0 && (Glibc.errno == ENOENT || rc == -ENOENT)
+            if rc < 0 && !ended { try check(rc, "bpf_map_lookup_batch", name) }
+            total += Int(count)
+            if ended { return total }
+            inBatch = outBatch
+            first = false
+        }
+    }
+
     /// Every (key, value) of a hash map, read with BPF_MAP_LOOKUP_BATCH.
     public func hashEntries<K, V>(key: K.Type = K.self, value: V.Type = V.self, chunk: Int = 8192) throws(BPFError) -> [(K, V)] {
         checkSizes(K.self, V.self)
