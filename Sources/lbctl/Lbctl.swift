@@ -26,6 +26,9 @@ struct Lbctl: AsyncParsableCommand {
         } catch let error as ControlError {
             FileHandle.standardError.write(Data("lbctl: error: \(error.message)\n".utf8))
             Foundation.exit(error.kind == .badInput ? 2 : 1)
+        } catch let error as RemoteError {
+            FileHandle.standardError.write(Data("lbctl: error: \(error.message)\n".utf8))
+            Foundation.exit(error.isBadInput ? 2 : 1)
         } catch let error as ConfigError {
             FileHandle.standardError.write(Data("lbctl: error: \(error)\n".utf8))
             Foundation.exit(2)

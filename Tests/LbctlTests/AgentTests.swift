@@ -230,6 +230,41 @@ struct AgentTests {
         #expect(after[#"sluice_xdp_verdicts_total{verdict="tx"}"#] == 15, "counters survive an agent restart")
     }
 
+    @Test("lbctl apply --server pushes a file through the agent; --dry-run shows the diff and writes nothing")
+    func lbctlApplyThroughTheAgent() async throws {
+        let fixture = try AgentFixture()
+        let changed = try fixture.files.write("changed.yaml", Fixtures.changed)
+        let expected = ConfigDiff.between(current: try ServiceFileParser.parse(Fixtures.good, file: "good"),
+                                          desired: try ServiceFileParser.parse(Fixtures.changed, file: "changed")).lines
+        let server = fixture.agent.baseURL
+
+        let dry = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath, "--dry-run"])
+        #expect(dry.status == 0, "\(dry)")
+        #expect(dry.stdout == (expected + ["dry run: nothing applied"]).joined(separator: "\n") + "\n", "\(dry)")
+        #expect(try fixture.serviceNames() == ["web", "web6"])
+
+        let wrongToken = try fixture.files.write("wrong-token", "nope\n")
+        let refused = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", wrongToken])
+        #expect(refused.status == 2 && refused.stderr.contains("401") && refused.stderr.contains("token"), "\(refused)")
+
+        let bad = try fixture.files.write("bad.yaml", Fixtures.bad[3].text)
+        let badApply = try Lbctl.run(["apply", "-f", bad, "--server", server, "--token-file", fixture.tokenPath])
+        #expect(badApply.status == 2 && badApply.stderr.contains("400") && badApply.stderr.contains("\"port\""), "\(badApply)")
+        #expect(try fixture.serviceNames() == ["web", "web6"])
+
+        let applied = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath])
+        #expect(applied.status == 0, "\(applied)")
+        #expect(applied.stdout.hasPrefix(expected.joined(separator: "\n") + "\napplied: "), "\(applied)")
+        #expect(try fixture.serviceNames() == ["dns", "web"])
+        let again = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath])
+        #expect(again.status == 0 && again.stdout == "no changes\n", "\(again)")
+
+        // Nothing listens there any more: a connection failure is a runtime failure (exit 1).
+        _ = fixture.agent.stop()
+        let down = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath])
+        #expect(down.status == 1 && down.stderr.contains("lbctl: error:"), "\(down)")
+    }
+
     @Test("SIGTERM and SIGINT stop the agent promptly with exit 0, and the data plane keeps forwarding",
           arguments: [SIGTERM, SIGINT])
     func signalStopsCleanly(_ signal: Int32) async throws {
