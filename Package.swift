@@ -40,14 +40,14 @@ let package = Package(
         ]),
         // make bench: per-packet cost against floors, forwarding rate, control-plane times, memory.
         .executableTarget(name: "sluice-bench", dependencies: [
-            "SluiceControl", "SluiceCore", "SluiceBPF", "CSluice", "CLibbpf", "SluiceTestSupport",
+            "SluiceAgent", "SluiceControl", "SluiceCore", "SluiceBPF", "CSluice", "CLibbpf", "SluiceTestSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Benchmarks/SluiceBench"),
         .target(name: "SluiceTestSupport", dependencies: ["SluiceCore", "SluiceBPF", "SluiceControl", "CSluice", "CLibbpf"],
                 path: "Tests/SluiceTestSupport"),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
         .testTarget(name: "SluiceDataplaneTests", dependencies: ["SluiceControl", "SluiceTestSupport", "SluiceCore", "SluiceBPF", "CSluice"]),
-        .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore"]),
+        .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceAgent", "SluiceControl"]),
         // End to end through scripts/lab.sh: namespaces, real TCP/UDP servers, DSR.
         .testTarget(name: "LabTests", dependencies: ["SluiceTestSupport"]),
     ]

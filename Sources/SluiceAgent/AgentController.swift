@@ -170,19 +170,14 @@ public actor AgentController {
                              tablesWritten: result.tablesWritten, bytesWritten: result.bytesWritten)
     }
 
-    public func metrics() throws -> String {
-        let input: MetricsInput
-        do {
-            let state = try AppliedState.read(from: dataplane)
-            input = MetricsInput(counters: try CounterSnapshot.read(from: dataplane, state: state), services: state.services,
-                                 conntrackEntries: try countConntrack(), conntrackCapacity: dataplane.conntrack.info.maxEntries,
-                                 lastApply: lastApply, version: AgentBuild.version)
-        } catch let error as ControlError {
-            throw APIError(error)
-        } catch {
-            throw APIError(status: 500, "reading the connection table: \(error)")
+    public func metrics() throws -> [UInt8] {
+        let entries: Int
+        do { entries = try countConntrack() } catch {
+            throw APIError(status: 500, "counting the connection table: \(error)")
         }
-        return MetricsRenderer.render(input)
+        do {
+            return MetricsRenderer.render(try MetricsInput.read(from: dataplane, conntrackEntries: entries, lastApply: lastApply))
+        } catch { throw APIError(error) }
     }
 
     private func countConntrack() throws -> Int {

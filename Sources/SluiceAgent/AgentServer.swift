@@ -21,7 +21,7 @@ public enum AgentServer {
             do {
                 let text = try await controller.metrics()
                 return Response(status: .ok, headers: [.contentType: MetricsRenderer.contentType],
-                                body: .init(byteBuffer: ByteBuffer(string: text)))
+                                body: .init(byteBuffer: ByteBuffer(bytes: text)))
             } catch { return failure(error) }
         }
         router.get("/v1/status") { _, _ in
