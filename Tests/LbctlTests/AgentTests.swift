@@ -19,7 +19,8 @@ final class AgentFixture {
     let servicesPath: String
     private(set) var agent: AgentProcess
 
-    init(applied yaml: String? = Fixtures.good, persisted: String? = nil) throws {
+    /// With `tls`, a self-signed certificate for 127.0.0.1 is made (openssl) and the agent serves HTTPS.
+    init(applied yaml: String? = Fixtures.good, persisted: String? = nil, tls: Bool = false) throws {
         files = try ScratchDirectory()
         dataplane = try TestDataplane(yaml: yaml)
         tokenPath = try files.write("token", Self.token + "\n")
@@ -28,12 +29,20 @@ final class AgentFixture {
             try FileManager.default.createDirectory(atPath: files.path + "/state", withIntermediateDirectories: true)
             try persisted.write(toFile: servicesPath, atomically: true, encoding: .utf8)
         }
+        var tlsKeys = ""
+        if tls {
+            let made = try Command.run("/usr/bin/openssl", [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", files.path + "/key.pem", "-out", files.path + "/cert.pem"])
+            try #require(made.status == 0, "\(made)")
+            tlsKeys = "tls:\n  cert: \(files.path)/cert.pem\n  key: \(files.path)/key.pem\n"
+        }
         configPath = try files.write("agent.yaml", """
             listen: 127.0.0.1:0
             pin_path: \(dataplane.pinPath)
             token_file: \(tokenPath)
             services_file: \(servicesPath)
-
+            \(tlsKeys)
             """)
         agent = try AgentProcess(configPath: configPath)
     }
@@ -276,6 +285,24 @@ struct AgentTests {
         #expect(stopped.elapsed < .seconds(5), "took \(stopped.elapsed)")
         let frame = PacketBuilder().tcp(from: "203.0.113.7", 40000, to: Fixtures.webVIP, 80)
         #expect(try fixture.dataplane.run(frame).verdict == XDPVerdict.tx.rawValue, "the pinned program still forwards")
+    }
+
+    @Test("with tls.cert and tls.key the agent serves HTTPS (and not plain HTTP)")
+    func servesTLS() throws {
+        let fixture = try AgentFixture(tls: true)
+        let base = fixture.agent.baseURL
+        #expect(base.hasPrefix("https://127.0.0.1:"), "\(base)")
+        let cert = fixture.files.path + "/cert.pem"
+        let health = try Command.run("/usr/bin/curl", ["-sS", "--cacert", cert, base + "/healthz"])
+        #expect(health.status == 0 && health.stdout.contains("\"ok\""), "\(health)")
+        let body = try fixture.files.write("changed.yaml", Fixtures.changed)
+        let put = try Command.run("/usr/bin/curl", ["-sS", "--fail-with-body", "--cacert", cert, "-X", "PUT",
+                                                    "-H", "Authorization: Bearer \(AgentFixture.token)",
+                                                    "--data-binary", "@" + body, base + "/v1/services"])
+        #expect(put.status == 0 && put.stdout.contains("\"applied\" : true"), "\(put)")
+        #expect(try fixture.serviceNames() == ["dns", "web"])
+        let plain = try Command.run("/usr/bin/curl", ["-sS", "--max-time", "5", base.replacingOccurrences(of: "https://", with: "http://") + "/healthz"])
+        #expect(plain.status != 0 || !plain.stdout.contains("\"ok\""), "plain HTTP must not be served\n\(plain)")
     }
 
     @Test("a bad agent configuration exits 2 and names the key")
