@@ -4,6 +4,7 @@
 import CLibbpf
 import Foundation
 import Glibc
+import SluiceAgent
 import SluiceBPF
 import SluiceControl
 import SluiceCore
@@ -16,6 +17,7 @@ struct ControlPlaneBench {
         BenchReport.printHeader("Control plane (\(isReleaseBuild ? "release" : "DEBUG: figures not representative") build)")
         maglevBuilds(into: &report)
         try applies(into: &report)
+        try metricsScrape(into: &report)
     }
 
     // MARK: Maglev
@@ -90,6 +92,52 @@ struct ControlPlaneBench {
             report.add("memory.\(name)", group: "memory", name, value: bytes / 1_048_576, unit: "MiB")
         }
         report.add("memory.total", group: "memory", "total", value: memory.values.reduce(0, +) / 1_048_576, unit: "MiB")
+    }
+
+    // MARK: /metrics
+
+    /// The agent's /metrics over 1,000 services x 10 backends in a private bpffs: the whole
+    /// scrape (applied state and per-CPU counters read from the maps, then rendered) and the
+    /// rendering alone. Maglev tables of M = 1021 keep the set's kernel memory small; M does
+    /// not enter the scrape. The connection table is counted separately (cached by the agent).
+    private func metricsScrape(into report: inout BenchReport) throws {
+        let services = 1000
+        let mount = try BPFFSMount()
+        defer { mount.close() }
+        let pinPath = mount.path + "/lb"
+        defer { Dataplane.removePins(at: pinPath) }
+        let dataplane = try Dataplane.openOrLoad(pinPath: pinPath)
+        let yaml = serviceFile(services: services, changedBackend: false)
+            .replacingOccurrences(of: "node:\n", with: "node:\n  maglev_table_size: 1021\n")
+        _ = try Applier.apply(try ServiceFileParser.parse(yaml, file: "bench"), to: dataplane)
+
+        var scrapes: [Double] = [], renders: [Double] = [], bytes = 0
+        for _ in 0..<max(options.runs, 3) {
+            let start = ContinuousClock.now
+            let input = try MetricsInput.read(from: dataplane, conntrackEntries: 0, lastApply: 0)
+            let text = MetricsRenderer.render(input)
+            scrapes.append(milliseconds(since: start))
+            let renderStart = ContinuousClock.now
+            bytes = MetricsRenderer.render(input).count
+            renders.append(milliseconds(since: renderStart))
+            precondition(text.count == bytes)
+        }
+        let series = services * 10
+        report.add("controlplane.metrics.\(services)x10.scrape", group: "controlplane",
+                   "/metrics scrape, \(services) services x 10 backends (read maps + render)", value: median(scrapes),
+                   unit: "ms", limit: 100, target: "< 100 ms",
+                   details: ["min": scrapes.min()!, "max": scrapes.max()!, "backend_series": Double(series)])
+        report.add("controlplane.metrics.\(services)x10.render", group: "controlplane",
+                   "  of which rendering the text", value: median(renders), unit: "ms",
+                   details: ["min": renders.min()!, "max": renders.max()!])
+        report.add("controlplane.metrics.\(services)x10.bytes", group: "controlplane",
+                   "  size of the exposition text", value: Double(bytes), unit: "bytes")
+
+        let countStart = ContinuousClock.now
+        _ = try dataplane.conntrack.countEntries()
+        report.add("controlplane.metrics.conntrack_count.empty", group: "controlplane",
+                   "  counting an empty connection table (\(dataplane.conntrack.info.maxEntries) slots)",
+                   value: milliseconds(since: countStart), unit: "ms")
     }
 
     struct ApplyOutcome { var tables: Int; var bytes: Int }
