@@ -81,9 +81,8 @@ public actor AgentController {
     private let dataplane: Dataplane
     private let token: [UInt8]
     private var lastApply: Double = 0
-    private var conntrackCount: (entries: Int, at: ContinuousClock.Instant)?
-    /// The connection table is counted by reading it whole; at most this often.
-    static let conntrackCountInterval: Duration = .seconds(5)
+    /// Counts the connection table in the background; run it as a service beside the server.
+    public nonisolated let conntrackCounter: ConntrackCounter
     /// Request bodies larger than this are refused (a 4096-service file is ~1 MB).
     public static let maxBody = 16 << 20
 
@@ -94,6 +93,7 @@ public actor AgentController {
         self.config = config
         token = Array(try config.readToken().utf8)
         dataplane = try Dataplane.openOrLoad(pinPath: config.pinPath)
+        conntrackCounter = ConntrackCounter(map: dataplane.conntrack)
         if let attributes = try? FileManager.default.attributesOfItem(atPath: config.servicesFile),
            let modified = attributes[.modificationDate] as? Date {
             lastApply = modified.timeIntervalSince1970
@@ -171,21 +171,10 @@ public actor AgentController {
     }
 
     public func metrics() throws -> [UInt8] {
-        let entries: Int
-        do { entries = try countConntrack() } catch {
-            throw APIError(status: 500, "counting the connection table: \(error)")
-        }
         do {
-            return MetricsRenderer.render(try MetricsInput.read(from: dataplane, conntrackEntries: entries, lastApply: lastApply))
+            return MetricsRenderer.render(try MetricsInput.read(from: dataplane, conntrackEntries: conntrackCounter.entries,
+                                                                lastApply: lastApply))
         } catch { throw APIError(error) }
-    }
-
-    private func countConntrack() throws -> Int {
-        let now = ContinuousClock.now
-        if let cached = conntrackCount, now - cached.at < Self.conntrackCountInterval { return cached.entries }
-        let entries = try dataplane.conntrack.countEntries()
-        conntrackCount = (entries, now)
-        return entries
     }
 
     private func parse(_ body: String) throws(APIError) -> ServiceFile {

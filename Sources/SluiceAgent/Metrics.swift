@@ -100,7 +100,7 @@ public enum MetricsRenderer {
         out.family("sluice_conntrack_misses_total", .counter, "Non-SYN packets of a flow missing from the connection table.")
         out.sample("sluice_conntrack_misses_total", "", counters.conntrackMisses)
         if let entries = input.conntrackEntries {
-            out.family("sluice_conntrack_entries", .gauge, "Flows in the connection table (counted at most every few seconds).")
+            out.family("sluice_conntrack_entries", .gauge, "Flows in the connection table (counted in the background every 10 s).")
             out.sample("sluice_conntrack_entries", "", UInt64(entries))
         }
         out.family("sluice_conntrack_capacity_entries", .gauge, "Size of the connection table (LRU: the oldest flows go when full).")

@@ -225,7 +225,7 @@ struct AgentTests {
         #expect(samples[#"sluice_xdp_verdicts_total{verdict="tx"}"#] == 15)
         #expect(samples[#"sluice_xdp_verdicts_total{verdict="pass"}"#] == 2)
         #expect(samples[#"sluice_drops_total{reason="no_backend"}"#] == 0)
-        #expect(samples["sluice_conntrack_entries"] == 15)
+        #expect(samples["sluice_conntrack_entries"] != nil, "counted in the background: 0 when the agent started")
         #expect(samples["sluice_conntrack_capacity_entries"] == Double(TestDataplane.conntrackSize))
         #expect(samples[#"sluice_build_info{version="\#(AgentVersion.expected)"}"#] == 1)
         for family in ["sluice_packets_total", "sluice_bytes_total", "sluice_drops_total", "sluice_config_generation",
@@ -237,6 +237,7 @@ struct AgentTests {
         try fixture.restart()
         let after = parseSamples(try await fixture.agent.request("GET", "/metrics").text)
         #expect(after[#"sluice_xdp_verdicts_total{verdict="tx"}"#] == 15, "counters survive an agent restart")
+        #expect(after["sluice_conntrack_entries"] == 15, "the connection table is counted when the agent starts")
     }
 
     @Test("lbctl apply --server pushes a file through the agent; --dry-run shows the diff and writes nothing")
