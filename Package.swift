@@ -10,6 +10,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // libbpf, through pkg-config; shim.h covers what its macros hide from Swift.
@@ -22,20 +25,29 @@ let package = Package(
         .target(name: "SluiceBPF", dependencies: ["CLibbpf"]),
         // The data plane as lbctl and the agent drive it: attach, apply, read state.
         .target(name: "SluiceControl", dependencies: ["SluiceCore", "SluiceBPF", "CSluice", "CLibbpf"]),
-        .executableTarget(name: "lbctl", dependencies: [
+        // lbctl agent: the HTTP control API and /metrics over the pinned data plane (Hummingbird 2).
+        .target(name: "SluiceAgent", dependencies: [
             "SluiceControl", "SluiceCore",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdTLS", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        .executableTarget(name: "lbctl", dependencies: [
+            "SluiceControl", "SluiceCore", "SluiceAgent",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // make bench: per-packet cost against floors, forwarding rate, control-plane times, memory.
         .executableTarget(name: "sluice-bench", dependencies: [
-            "SluiceControl", "SluiceCore", "SluiceBPF", "CSluice", "CLibbpf", "SluiceTestSupport",
+            "SluiceAgent", "SluiceControl", "SluiceCore", "SluiceBPF", "CSluice", "CLibbpf", "SluiceTestSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Benchmarks/SluiceBench"),
         .target(name: "SluiceTestSupport", dependencies: ["SluiceCore", "SluiceBPF", "SluiceControl", "CSluice", "CLibbpf"],
                 path: "Tests/SluiceTestSupport"),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
         .testTarget(name: "SluiceDataplaneTests", dependencies: ["SluiceControl", "SluiceTestSupport", "SluiceCore", "SluiceBPF", "CSluice"]),
-        .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore"]),
+        .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceAgent", "SluiceControl"]),
         // End to end through scripts/lab.sh: namespaces, real TCP/UDP servers, DSR.
         .testTarget(name: "LabTests", dependencies: ["SluiceTestSupport"]),
     ]

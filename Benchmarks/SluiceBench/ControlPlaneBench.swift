@@ -2,8 +2,10 @@
 // from nothing and of a one-backend change (wall time, map bytes written), and the
 // kernel's own accounting of the BPF maps' memory.
 import CLibbpf
+import CSluice
 import Foundation
 import Glibc
+import SluiceAgent
 import SluiceBPF
 import SluiceControl
 import SluiceCore
@@ -16,6 +18,7 @@ struct ControlPlaneBench {
         BenchReport.printHeader("Control plane (\(isReleaseBuild ? "release" : "DEBUG: figures not representative") build)")
         maglevBuilds(into: &report)
         try applies(into: &report)
+        try metricsScrape(into: &report)
     }
 
     // MARK: Maglev
@@ -90,6 +93,92 @@ struct ControlPlaneBench {
             report.add("memory.\(name)", group: "memory", name, value: bytes / 1_048_576, unit: "MiB")
         }
         report.add("memory.total", group: "memory", "total", value: memory.values.reduce(0, +) / 1_048_576, unit: "MiB")
+    }
+
+    // MARK: /metrics
+
+    /// The agent's /metrics over 1,000 services x 10 backends in a private bpffs: the whole
+    /// scrape (applied state and per-CPU counters read from the maps, then rendered) and the
+    /// rendering alone. Maglev tables of M = 1021 keep the set's kernel memory small; M does
+    /// not enter the scrape. The connection table is counted separately (cached by the agent).
+    private func metricsScrape(into report: inout BenchReport) throws {
+        let services = 1000
+        let mount = try BPFFSMount()
+        defer { mount.close() }
+        let pinPath = mount.path + "/lb"
+        defer { Dataplane.removePins(at: pinPath) }
+        let dataplane = try Dataplane.openOrLoad(pinPath: pinPath)
+        let yaml = serviceFile(services: services, changedBackend: false)
+            .replacingOccurrences(of: "node:\n", with: "node:\n  maglev_table_size: 1021\n")
+        _ = try Applier.apply(try ServiceFileParser.parse(yaml, file: "bench"), to: dataplane)
+
+        var scrapes: [Double] = [], renders: [Double] = [], bytes = 0
+        for _ in 0..<max(options.runs, 3) {
+            let start = ContinuousClock.now
+            let input = try MetricsInput.read(from: dataplane, conntrackEntries: 0, lastApply: 0)
+            let text = MetricsRenderer.render(input)
+            scrapes.append(milliseconds(since: start))
+            let renderStart = ContinuousClock.now
+            bytes = MetricsRenderer.render(input).count
+            renders.append(milliseconds(since: renderStart))
+            precondition(text.count == bytes)
+        }
+        let series = services * 10
+        report.add("controlplane.metrics.\(services)x10.scrape", group: "controlplane",
+                   "/metrics scrape, \(services) services x 10 backends (read maps + render)", value: median(scrapes),
+                   unit: "ms", limit: 100, target: "< 100 ms",
+                   details: ["min": scrapes.min()!, "max": scrapes.max()!, "backend_series": Double(series)])
+        report.add("controlplane.metrics.\(services)x10.render", group: "controlplane",
+                   "  of which rendering the text", value: median(renders), unit: "ms",
+                   details: ["min": renders.min()!, "max": renders.max()!])
+        report.add("controlplane.metrics.\(services)x10.bytes", group: "controlplane",
+                   "  size of the exposition text", value: Double(bytes), unit: "bytes")
+
+        let countStart = ContinuousClock.now
+        _ = try dataplane.conntrack.countEntries()
+        report.add("controlplane.metrics.conntrack_count.empty", group: "controlplane",
+                   "  counting an empty connection table (\(dataplane.conntrack.info.maxEntries) slots)",
+                   value: milliseconds(since: countStart), unit: "ms")
+
+        // The agent counts the table at most every 5 s; this is what such a scrape adds when it is full.
+        let flows = try fillConntrack(dataplane.conntrack)
+        var counts: [Double] = [], counted = 0
+        for _ in 0..<max(min(options.runs, 3), 1) {
+            let start = ContinuousClock.now
+            counted = try dataplane.conntrack.countEntries()
+            counts.append(milliseconds(since: start))
+        }
+        report.add("controlplane.metrics.conntrack_count.full", group: "controlplane",
+                   "  counting a full connection table (\(counted) flows)", value: median(counts), unit: "ms",
+                   details: ["flows": Double(counted), "inserted": Double(flows)])
+    }
+
+    /// Writes a flow into every slot of the connection table with batched updates; returns how many.
+    private func fillConntrack(_ map: BPFMap) throws -> Int {
+        let total = map.info.maxEntries, chunk = 65536
+        let values = [sl_ct_entry](repeating: zeroed(sl_ct_entry.self), count: chunk)
+        var keys: [sl_flow_key] = []
+        keys.reserveCapacity(chunk)
+        for first in stride(from: 0, to: total, by: chunk) {
+            keys.removeAll(keepingCapacity: true)
+            for index in first..<min(first + chunk, total) {
+                var key = zeroed(sl_flow_key.self)
+                key.src.0 = UInt32(index).bigEndian
+                key.sport = UInt16(40000).bigEndian
+                key.dport = UInt16(443).bigEndian
+                key.proto = 6
+                key.family = 4
+                keys.append(key)
+            }
+            var count = UInt32(keys.count)
+            var opts = bpf_map_batch_opts()
+            opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+            let rc = keys.withUnsafeBytes { k in
+                values.withUnsafeBytes { v in bpf_map_update_batch(map.fd, k.baseAddress, v.baseAddress, &count, &opts) }
+            }
+            guard rc == 0 else { throw CommandError("bpf_map_update_batch on the connection table: \(rc)") }
+        }
+        return total
     }
 
     struct ApplyOutcome { var tables: Int; var bytes: Int }

@@ -242,6 +242,74 @@ public final class BPFMap: @unchecked Sendable {
         }
     }
 
+    /// Slots `0..<count` of a per-CPU array map, read with BPF_MAP_LOOKUP_BATCH (a few
+    /// syscalls instead of one per slot); `values[slot * cpus + cpu]`.
+    public func perCPUArrayValues<V>(count: Int, as: V.Type = V.self) throws(BPFError) -> (cpus: Int, values: [V]) {
+        checkSizes(UInt32.self, V.self, perCPU: true)
+        let cpus = Int(try check(libbpf_num_possible_cpus(), "libbpf_num_possible_cpus"))
+        let total = min(count, info.maxEntries)
+        guard total > 0 else { return (cpus, []) }
+        // The kernel rounds each per-CPU value up to 8 bytes.
+        let stride = (MemoryLayout<V>.size + 7) & ~7
+        var buffer = [UInt8](repeating: 0, count: total * cpus * stride)
+        var keys = [UInt32](repeating: 0, count: total)
+        var opts = bpf_map_batch_opts()
+        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+        var done = 0
+        var inBatch: UInt32 = 0
+        var outBatch: UInt32 = 0
+        var first = true
+        while done < total {
+            var batch = UInt32(total - done)
+            let rc = keys.withUnsafeMutableBufferPointer { k in
+                buffer.withUnsafeMutableBytes { v in
+                    withUnsafeMutablePointer(to: &inBatch) { cursor in
+                        bpf_map_lookup_batch(fd, first ? nil : UnsafeMutableRawPointer(cursor), &outBatch, k.baseAddress! + done,
+                                             v.baseAddress! + done * cpus * stride, &batch, &opts)
+                    }
+                }
+            }
+            done += Int(batch)
+            if rc < 0 && (Glibc.errno == ENOENT || rc == -ENOENT) { break }
+            try check(rc, "bpf_map_lookup_batch", name)
+            inBatch = outBatch
+            first = false
+        }
+        let values = buffer.withUnsafeBytes { raw in
+            (0..<(done * cpus)).map { raw.loadUnaligned(fromByteOffset: $0 * stride, as: V.self) }
+        }
+        return (cpus, values)
+    }
+
+    /// How many entries a hash map holds, counted with BPF_MAP_LOOKUP_BATCH (the kernel keeps
+    /// no count it would tell us); costs a copy of the whole map through a chunk-sized buffer.
+    public func countEntries(chunk: Int = 8192) throws(BPFError) -> Int {
+        var keys = [UInt8](repeating: 0, count: chunk * info.keySize)
+        var values = [UInt8](repeating: 0, count: chunk * info.valueSize)
+        var opts = bpf_map_batch_opts()
+        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+        var inBatch: UInt32 = 0
+        var outBatch: UInt32 = 0
+        var first = true
+        var total = 0
+        while true {
+            var count = UInt32(chunk)
+            let rc = keys.withUnsafeMutableBytes { k in
+                values.withUnsafeMutableBytes { v in
+                    withUnsafeMutablePointer(to: &inBatch) { cursor in
+                        bpf_map_lookup_batch(fd, first ? nil : UnsafeMutableRawPointer(cursor), &outBatch, k.baseAddress, v.baseAddress, &count, &opts)
+                    }
+                }
+            }
+            let ended = rc < 0 && (Glibc.errno == ENOENT || rc == -ENOENT)
+            if rc < 0 && !ended { try check(rc, "bpf_map_lookup_batch", name) }
+            total += Int(count)
+            if ended { return total }
+            inBatch = outBatch
+            first = false
+        }
+    }
+
     /// Every (key, value) of a hash map, read with BPF_MAP_LOOKUP_BATCH.
     public func hashEntries<K, V>(key: K.Type = K.self, value: V.Type = V.self, chunk: Int = 8192) throws(BPFError) -> [(K, V)] {
         checkSizes(K.self, V.self)

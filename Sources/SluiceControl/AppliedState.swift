@@ -8,6 +8,12 @@ public struct AppliedBackend: Sendable, Equatable {
     public var id: UInt32
     public var address: IPAddress
     public var weight: Int
+
+    public init(id: UInt32, address: IPAddress, weight: Int) {
+        self.id = id
+        self.address = address
+        self.weight = weight
+    }
 }
 
 /// One service as the maps hold it.
@@ -17,6 +23,14 @@ public struct AppliedService: Sendable {
     public var maglevSize: Int
     public var generation: UInt32
     public var backends: [AppliedBackend]
+
+    public init(slot: UInt32, service: Service, maglevSize: Int, generation: UInt32, backends: [AppliedBackend]) {
+        self.slot = slot
+        self.service = service
+        self.maglevSize = maglevSize
+        self.generation = generation
+        self.backends = backends
+    }
 }
 
 /// The data plane's configuration, read back from bpffs. Services and

@@ -52,12 +52,16 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
             for cpu in try dataplane.stats.lookupPerCPU(UInt32(0), as: sl_stats.self) { total.add(cpu) }
             let verdicts = withUnsafeBytes(of: total.verdicts) { Array($0.bindMemory(to: UInt64.self)) }
             let drops = withUnsafeBytes(of: total.drops) { Array($0.bindMemory(to: UInt64.self)) }
+            // One batched read of the slots in use (ids and slots are handed out lowest first),
+            // not one lookup per VIP and backend: 11,000 syscalls at 1,000 x 10.
+            let vipStats = try PerCPUTotals(dataplane.vipStats, slots: state.services.map(\.slot))
+            let backendStats = try PerCPUTotals(dataplane.backendStats, slots: state.services.flatMap { $0.backends.map(\.id) })
             var services: [ServiceTraffic] = []
             for applied in state.services {
-                let vip = try sum(dataplane.vipStats.lookupPerCPU(applied.slot, as: sl_counter.self))
+                let vip = vipStats[applied.slot]
                 var backends: [BackendTraffic] = []
                 for backend in applied.backends {
-                    let traffic = try sum(dataplane.backendStats.lookupPerCPU(backend.id, as: sl_counter.self))
+                    let traffic = backendStats[backend.id]
                     backends.append(BackendTraffic(address: backend.address.description, packets: traffic.packets, bytes: traffic.bytes))
                 }
                 services.append(ServiceTraffic(name: applied.service.name, vip: applied.service.vip.description,
@@ -74,8 +78,30 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         }
     }
 
-    private static func sum(_ values: [sl_counter]) -> Traffic {
-        Traffic(packets: values.reduce(0) { $0 &+ $1.packets }, bytes: values.reduce(0) { $0 &+ $1.bytes })
+}
+
+/// A per-CPU sl_counter array summed over CPUs, for the slots up to the highest one asked for.
+private struct PerCPUTotals {
+    private var totals: [CounterSnapshot.Traffic] = []
+
+    init(_ map: BPFMap, slots: [UInt32]) throws(BPFError) {
+        guard let highest = slots.max() else { return }
+        let (cpus, values) = try map.perCPUArrayValues(count: Int(highest) + 1, as: sl_counter.self)
+        totals.reserveCapacity(values.count / max(cpus, 1))
+        var index = 0
+        while index + cpus <= values.count {
+            var packets: UInt64 = 0, bytes: UInt64 = 0
+            for cpu in 0..<cpus {
+                packets &+= values[index + cpu].packets
+                bytes &+= values[index + cpu].bytes
+            }
+            totals.append(CounterSnapshot.Traffic(packets: packets, bytes: bytes))
+            index += cpus
+        }
+    }
+
+    subscript(slot: UInt32) -> CounterSnapshot.Traffic {
+        Int(slot) < totals.count ? totals[Int(slot)] : CounterSnapshot.Traffic(packets: 0, bytes: 0)
     }
 }
 

@@ -1,17 +1,34 @@
-// lbctl apply -f FILE: validate a service file, show the change, and write it into the data plane.
+// lbctl apply -f FILE: validate a service file, show the change, and write it into the data plane,
+// here or (with --server) through an agent's control API.
 import ArgumentParser
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import SluiceAgent
 import SluiceControl
 import SluiceCore
 
-struct Apply: ParsableCommand {
+struct Apply: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Apply a service file: print what changes, then switch it in (all or nothing).")
+        abstract: "Apply a service file: print what changes, then switch it in (all or nothing).",
+        discussion: "With --server, the file is sent to an agent (PUT /v1/services, or POST /v1/services/validate for --dry-run) and the agent's diff is printed.")
 
     @Option(name: .shortAndLong, help: ArgumentHelp("The service file (YAML).", valueName: "FILE")) var file: String
     @Flag(help: "Print what would change, write nothing.") var dryRun = false
+    @Option(help: ArgumentHelp("An agent's base URL, e.g. https://lb1:9300: apply through its control API.", valueName: "URL"))
+    var server: String?
+    @Option(help: ArgumentHelp("File holding the agent's bearer token (with --server).", valueName: "FILE"))
+    var tokenFile: String?
     @OptionGroup var global: GlobalOptions
 
-    func run() throws {
+    func validate() throws {
+        if server != nil && tokenFile == nil { throw ValidationError("--server needs --token-file") }
+        if server == nil && tokenFile != nil { throw ValidationError("--token-file is only used with --server") }
+    }
+
+    func run() async throws {
+        if let server, let tokenFile { return try await remote(server: server, tokenFile: tokenFile) }
         let desired = try ServiceFileParser.load(path: file)
         let result: ApplyResult
         if dryRun && !Dataplane.isPinned(at: global.pinPath) {
@@ -20,15 +37,66 @@ struct Apply: ParsableCommand {
         } else {
             result = try Applier.apply(desired, to: try Dataplane.openOrLoad(pinPath: global.pinPath), dryRun: dryRun)
         }
-        if result.diff.isEmpty {
+        report(lines: result.diff.lines, applied: !dryRun, tables: result.tablesWritten, bytes: result.bytesWritten)
+    }
+
+    private func report(lines: [String], applied: Bool, tables: Int, bytes: Int) {
+        if lines.isEmpty {
             print("no changes")
             return
         }
-        for line in result.diff.lines { print(line) }
-        if dryRun {
-            print("dry run: nothing applied")
+        for line in lines { print(line) }
+        if applied {
+            print("applied: \(tables) Maglev table(s) switched, \(bytes) bytes written")
         } else {
-            print("applied: \(result.tablesWritten) Maglev table(s) switched, \(result.bytesWritten) bytes written")
+            print("dry run: nothing applied")
         }
     }
+
+    /// Sends the file as it is (the agent parses and validates it) and prints the agent's answer.
+    private func remote(server: String, tokenFile: String) async throws {
+        let body: Data
+        do { body = try Data(contentsOf: URL(fileURLWithPath: file)) } catch {
+            throw ControlError.badInput("\(file): cannot read it: \(error.localizedDescription)")
+        }
+        let token: String
+        do {
+            token = try String(contentsOfFile: tokenFile, encoding: .utf8)
+                .split(whereSeparator: \.isNewline).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+        } catch {
+            throw ControlError.badInput("\(tokenFile): cannot read the token: \(error.localizedDescription)")
+        }
+        let base = server.hasSuffix("/") ? String(server.dropLast()) : server
+        guard let url = URL(string: base + (dryRun ? "/v1/services/validate" : "/v1/services")),
+              url.scheme == "http" || url.scheme == "https", url.host != nil else {
+            throw ControlError.badInput("--server \(String(reflecting: server)) is not an http:// or https:// URL")
+        }
+        var request = URLRequest(url: url, timeoutInterval: 60)
+        request.httpMethod = dryRun ? "POST" : "PUT"
+        request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+        request.setValue(file.hasSuffix(".json") ? "application/json" : "application/yaml", forHTTPHeaderField: "Content-Type")
+        request.httpBody = body
+
+        let data: Data, response: URLResponse
+        do { (data, response) = try await URLSession.shared.data(for: request) } catch {
+            throw RemoteError(message: "\(url): \(error.localizedDescription)", isBadInput: false)
+        }
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        guard status == 200 else {
+            let message = (try? JSONDecoder().decode(APIError.ErrorBody.self, from: data))?.error
+                ?? String(decoding: data.prefix(500), as: UTF8.self)
+            throw RemoteError(message: "\(url): \(status): \(message)", isBadInput: (400..<500).contains(status))
+        }
+        guard let answer = try? JSONDecoder().decode(ApplyResponse.self, from: data) else {
+            throw RemoteError(message: "\(url): the answer is not an apply result: \(String(decoding: data.prefix(500), as: UTF8.self))",
+                              isBadInput: false)
+        }
+        report(lines: answer.changes, applied: answer.applied, tables: answer.tablesWritten, bytes: answer.bytesWritten)
+    }
+}
+
+/// An agent refused the request (4xx: bad input, exit 2) or could not be reached or failed (exit 1).
+struct RemoteError: Error {
+    var message: String
+    var isBadInput: Bool
 }

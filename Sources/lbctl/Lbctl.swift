@@ -1,25 +1,34 @@
 // The lbctl command tree and the one place where errors become exit codes.
 import ArgumentParser
 import Foundation
+import SluiceAgent
 import SluiceControl
 import SluiceCore
 
 @main
-struct Lbctl: ParsableCommand {
+struct Lbctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lbctl",
         abstract: "Sluice: an XDP Layer-4 load balancer (Maglev, connection tracking, IP-in-IP direct server return).",
+        version: AgentBuild.version,
         subcommands: [Attach.self, Detach.self, Apply.self, Validate.self, Status.self, Stats.self, Flows.self,
-                      DecapCommand.self])
+                      DecapCommand.self, Agent.self])
 
     /// Exit codes are a contract: 0 success, 1 runtime failure, 2 bad input.
-    static func main() {
+    static func main() async {
         do {
             var command = try parseAsRoot()
-            try command.run()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
         } catch let error as ControlError {
             FileHandle.standardError.write(Data("lbctl: error: \(error.message)\n".utf8))
             Foundation.exit(error.kind == .badInput ? 2 : 1)
+        } catch let error as RemoteError {
+            FileHandle.standardError.write(Data("lbctl: error: \(error.message)\n".utf8))
+            Foundation.exit(error.isBadInput ? 2 : 1)
         } catch let error as ConfigError {
             FileHandle.standardError.write(Data("lbctl: error: \(error)\n".utf8))
             Foundation.exit(2)

@@ -34,6 +34,7 @@ struct BenchSmokeTests {
                      "dataplane.established_4in6.vips1.backends10", "dataplane.no_vip.vips1.backends10",
                      "live.floor.swap_tx", "live.established_v4", "live.syn_v4",
                      "controlplane.maglev_build.m65537.n1000", "controlplane.apply.32x10.one_backend_change",
+                     "controlplane.metrics.1000x10.scrape", "controlplane.metrics.1000x10.bytes",
                      "memory.sl_conntrack", "memory.total"] {
             let value = values[name]
             #expect(value != nil && value! > 0, "no positive figure named \(name) in the report: \(values.keys.sorted())")

@@ -1,0 +1,111 @@
+// The agent's configuration file (`lbctl agent --config FILE`): where to listen, which
+// data plane to drive, the token that guards writes and the file the desired set lives in.
+// Unknown keys are errors, as in the service file, so a typo never goes unnoticed.
+import Foundation
+import SluiceControl
+import Yams
+
+public struct AgentConfig: Sendable, Equatable {
+    public static let defaultListen = "127.0.0.1:9300"
+    public static let defaultServicesFile = "/var/lib/sluice/services.yaml"
+
+    /// Host and port to listen on; the port may be 0 (the kernel picks one; the agent prints it).
+    public var host: String
+    public var port: Int
+    public var pinPath: String
+    public var tokenFile: String
+    public var servicesFile: String
+    public var tlsCertificate: String?
+    public var tlsKey: String?
+
+    public init(host: String = "127.0.0.1", port: Int = 9300, pinPath: String = Dataplane.defaultPinPath,
+                tokenFile: String, servicesFile: String = AgentConfig.defaultServicesFile,
+                tlsCertificate: String? = nil, tlsKey: String? = nil) {
+        self.host = host
+        self.port = port
+        self.pinPath = pinPath
+        self.tokenFile = tokenFile
+        self.servicesFile = servicesFile
+        self.tlsCertificate = tlsCertificate
+        self.tlsKey = tlsKey
+    }
+
+    static let keys = ["listen", "pin_path", "token_file", "services_file", "tls"]
+    static let tlsKeys = ["cert", "key"]
+
+    /// Reads and checks `path`. Every error names the file and the key (ControlError.badInput: exit 2).
+    public static func load(path: String) throws(ControlError) -> AgentConfig {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw .badInput("\(path): cannot read the agent configuration: \(error.localizedDescription)")
+        }
+        return try parse(text, file: path)
+    }
+
+    public static func parse(_ text: String, file: String) throws(ControlError) -> AgentConfig {
+        func bad(_ key: String?, _ message: String) -> ControlError {
+            .badInput("\(file): " + (key.map { "field \"\($0)\": " } ?? "") + message)
+        }
+        let root: Any?
+        do { root = try Yams.load(yaml: text) } catch { throw bad(nil, "not valid YAML: \(error)") }
+        guard let top = root as? [String: Any] else {
+            throw bad(nil, "the top level must be a mapping with keys \(keys.joined(separator: ", "))")
+        }
+        if let unknown = top.keys.sorted().first(where: { !keys.contains($0) }) {
+            throw bad(unknown, "unknown key (known: \(keys.joined(separator: ", ")))")
+        }
+        func string(_ value: Any?, _ key: String) throws(ControlError) -> String? {
+            guard let value else { return nil }
+            guard let text = value as? String, !text.isEmpty else { throw bad(key, "must be a non-empty string") }
+            return text
+        }
+        guard let tokenFile = try string(top["token_file"], "token_file") else {
+            throw bad("token_file", "missing: writes to the control API need a bearer token")
+        }
+        var config = AgentConfig(tokenFile: tokenFile)
+        if let listen = try string(top["listen"], "listen") {
+            guard let (host, port) = splitHostPort(listen) else {
+                throw bad("listen", "\(String(reflecting: listen)) is not HOST:PORT (e.g. 127.0.0.1:9300 or [::1]:9300)")
+            }
+            config.host = host
+            config.port = port
+        }
+        if let pinPath = try string(top["pin_path"], "pin_path") { config.pinPath = pinPath }
+        if let services = try string(top["services_file"], "services_file") { config.servicesFile = services }
+        if let tls = top["tls"] {
+            guard let table = tls as? [String: Any] else { throw bad("tls", "must be a mapping with keys cert, key") }
+            if let unknown = table.keys.sorted().first(where: { !tlsKeys.contains($0) }) {
+                throw bad("tls.\(unknown)", "unknown key (known: cert, key)")
+            }
+            guard let cert = try string(table["cert"], "tls.cert") else { throw bad("tls.cert", "missing") }
+            guard let key = try string(table["key"], "tls.key") else { throw bad("tls.key", "missing") }
+            config.tlsCertificate = cert
+            config.tlsKey = key
+        }
+        return config
+    }
+
+    /// `127.0.0.1:9300`, `[::1]:9300`, `localhost:0`.
+    static func splitHostPort(_ text: String) -> (String, Int)? {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        var host = String(text[..<colon])
+        guard let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        if host.hasPrefix("[") && host.hasSuffix("]") {
+            host = String(host.dropFirst().dropLast())
+        } else if host.contains(":") {
+            return nil  // an IPv6 address needs brackets
+        }
+        return host.isEmpty ? nil : (host, port)
+    }
+
+    /// The bearer token: the token file's first line, without surrounding whitespace.
+    public func readToken() throws(ControlError) -> String {
+        let text: String
+        do { text = try String(contentsOfFile: tokenFile, encoding: .utf8) } catch {
+            throw .badInput("token_file \(tokenFile): cannot read it: \(error.localizedDescription)")
+        }
+        let token = text.split(whereSeparator: \.isNewline).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+        guard !token.isEmpty else { throw .badInput("token_file \(tokenFile): the file is empty") }
+        return token
+    }
+}

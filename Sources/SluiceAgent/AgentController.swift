@@ -1,0 +1,199 @@
+// What the control API and /metrics do, apart from HTTP: one actor owns the pinned
+// data plane, so applies and reads never interleave.
+import Foundation
+import Glibc
+import SluiceBPF
+import SluiceControl
+import SluiceCore
+
+/// The agent's version, shown by `lbctl --version` and in `sluice_build_info`.
+public enum AgentBuild {
+    public static let version = "0.1.0"
+}
+
+/// A request the agent refuses, with the HTTP status and the JSON error body.
+public struct APIError: Error, Sendable {
+    public var status: Int
+    public var body: ErrorBody
+
+    public struct ErrorBody: Codable, Sendable, Equatable {
+        public var error: String
+        /// For a bad document: the service, its index, the field and the line, when known.
+        public var service: String?
+        public var serviceIndex: Int?
+        public var field: String?
+        public var line: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case error, service, field, line
+            case serviceIndex = "service_index"
+        }
+
+        // Unset values are written as null, so clients always find every key.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(error, forKey: .error)
+            try container.encode(service, forKey: .service)
+            try container.encode(serviceIndex, forKey: .serviceIndex)
+            try container.encode(field, forKey: .field)
+            try container.encode(line, forKey: .line)
+        }
+    }
+
+    public init(status: Int, _ message: String) {
+        self.status = status
+        body = ErrorBody(error: message)
+    }
+
+    public init(_ error: ConfigError) {
+        status = 400
+        body = ErrorBody(error: error.description, service: error.service, serviceIndex: error.serviceIndex,
+                         field: error.field, line: error.line)
+    }
+
+    public init(_ error: ControlError) {
+        self.init(status: error.kind == .badInput ? 400 : 500, error.message)
+    }
+
+    public static let unauthorized = APIError(status: 401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+}
+
+/// The answer to PUT /v1/services and POST /v1/services/validate.
+public struct ApplyResponse: Codable, Sendable, Equatable {
+    /// False for validate (a dry run): nothing was written.
+    public var applied: Bool
+    public var changed: Bool
+    /// One line per change, as `lbctl apply` prints them.
+    public var changes: [String]
+    public var diff: ConfigDiff
+    public var tablesWritten: Int
+    public var bytesWritten: Int
+
+    enum CodingKeys: String, CodingKey {
+        case applied, changed, changes, diff
+        case tablesWritten = "tables_written"
+        case bytesWritten = "bytes_written"
+    }
+}
+
+public actor AgentController {
+    public let config: AgentConfig
+    private let dataplane: Dataplane
+    private let token: [UInt8]
+    private var lastApply: Double = 0
+    /// Counts the connection table in the background; run it as a service beside the server.
+    public nonisolated let conntrackCounter: ConntrackCounter
+    /// Request bodies larger than this are refused (a 4096-service file is ~1 MB).
+    public static let maxBody = 16 << 20
+
+    /// Adopts what is pinned at the configured pin path (loading and pinning the balancer only
+    /// when nothing is; it never attaches or reattaches anything), then re-applies the persisted
+    /// desired set if there is one.
+    public init(config: AgentConfig) throws(ControlError) {
+        self.config = config
+        token = Array(try config.readToken().utf8)
+        dataplane = try Dataplane.openOrLoad(pinPath: config.pinPath)
+        conntrackCounter = ConntrackCounter(map: dataplane.conntrack)
+        if let attributes = try? FileManager.default.attributesOfItem(atPath: config.servicesFile),
+           let modified = attributes[.modificationDate] as? Date {
+            lastApply = modified.timeIntervalSince1970
+        }
+    }
+
+    /// Re-applies the persisted desired set, if any. Returns the diff (empty when the
+    /// pinned maps already hold it, as after a restart of the agent alone).
+    public func restore() throws -> ConfigDiff? {
+        guard FileManager.default.fileExists(atPath: config.servicesFile) else { return nil }
+        let desired = try ServiceFileParser.load(path: config.servicesFile)
+        return try Applier.apply(desired, to: dataplane).diff
+    }
+
+    /// Compares the bearer token in constant time (for a given token length).
+    public nonisolated func isAuthorized(_ header: String?) -> Bool {
+        guard let header, header.hasPrefix("Bearer ") else { return false }
+        let given = Array(header.dropFirst("Bearer ".count).trimmingCharacters(in: .whitespaces).utf8)
+        var difference = UInt8(given.count == token.count ? 0 : 1)
+        for i in 0..<token.count {
+            difference |= token[i] ^ (i < given.count ? given[i] : 0)
+        }
+        return difference == 0
+    }
+
+    public func status() throws -> StatusReport {
+        do {
+            return try StatusReport.read(from: dataplane, state: try AppliedState.read(from: dataplane))
+        } catch { throw APIError(error) }
+    }
+
+    /// The applied set, read back from the maps, in the service-file schema.
+    public func services() throws -> ServiceFile {
+        do { return try AppliedState.read(from: dataplane).serviceFile } catch { throw APIError(error) }
+    }
+
+    /// Parses `body` and diffs it against what is applied; writes nothing.
+    public func validate(_ body: String) throws -> ApplyResponse {
+        let desired = try parse(body)
+        let result: ApplyResult
+        do { result = try Applier.apply(desired, to: dataplane, dryRun: true) } catch { throw APIError(error) }
+        return ApplyResponse(applied: false, changed: !result.diff.isEmpty, changes: result.diff.lines, diff: result.diff,
+                             tablesWritten: 0, bytesWritten: 0)
+    }
+
+    /// Replaces the whole desired set: all or nothing. The document is written beside the
+    /// services file first, applied, then renamed over it, so a failure at any step leaves
+    /// both the data plane and the persisted set as they were.
+    public func replace(_ body: String) throws -> ApplyResponse {
+        let desired = try parse(body)
+        let path = config.servicesFile
+        let staged = path + ".new"
+        do {
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
+                                                    withIntermediateDirectories: true)
+            try Self.writeDurably(body, to: staged)
+        } catch {
+            throw APIError(status: 500, "writing \(staged): \(error.localizedDescription)")
+        }
+        let result: ApplyResult
+        do {
+            result = try Applier.apply(desired, to: dataplane)
+        } catch {
+            unlink(staged)
+            throw APIError(error)
+        }
+        guard rename(staged, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(staged)
+            throw APIError(status: 500, "applied, but persisting it to \(path) failed: \(reason)")
+        }
+        if !result.diff.isEmpty { lastApply = Date().timeIntervalSince1970 }
+        return ApplyResponse(applied: true, changed: !result.diff.isEmpty, changes: result.diff.lines, diff: result.diff,
+                             tablesWritten: result.tablesWritten, bytesWritten: result.bytesWritten)
+    }
+
+    public func metrics() throws -> [UInt8] {
+        do {
+            return MetricsRenderer.render(try MetricsInput.read(from: dataplane, conntrackEntries: conntrackCounter.entries,
+                                                                lastApply: lastApply))
+        } catch { throw APIError(error) }
+    }
+
+    private func parse(_ body: String) throws(APIError) -> ServiceFile {
+        do { return try ServiceFileParser.parse(body, file: "request body") } catch { throw APIError(error) }
+    }
+
+    /// Writes `text` to `path` and fsyncs it, so a rename after it publishes whole contents.
+    static func writeDurably(_ text: String, to path: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        var written = 0
+        while written < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, bytes.count - written) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+            written += n
+        }
+        guard fsync(fd) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+    }
+}

@@ -1,0 +1,114 @@
+// The agent's HTTP server (Hummingbird 2): routes, bearer-token checks, JSON answers,
+// and the run loop that shuts down gracefully on SIGTERM or SIGINT (swift-service-lifecycle).
+import Foundation
+import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
+import Logging
+import ServiceLifecycle
+import SluiceControl
+import SluiceCore
+
+public enum AgentServer {
+    /// Builds the routes over `controller`. Reads (GET) are open; writes (PUT, POST) need
+    /// the bearer token, are checked before the body is read and change nothing when refused.
+    public static func router(_ controller: AgentController) -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/healthz") { _, _ in
+            json(200, ["status": "ok"])
+        }
+        router.get("/metrics") { _, _ in
+            do {
+                let text = try await controller.metrics()
+                return Response(status: .ok, headers: [.contentType: MetricsRenderer.contentType],
+                                body: .init(byteBuffer: ByteBuffer(bytes: text)))
+            } catch { return failure(error) }
+        }
+        router.get("/v1/status") { _, _ in
+            do { return json(200, try await controller.status()) } catch { return failure(error) }
+        }
+        router.get("/v1/services") { _, _ in
+            do { return json(200, try await controller.services()) } catch { return failure(error) }
+        }
+        router.put("/v1/services") { request, _ in
+            await write(request, controller) { body in try await controller.replace(body) }
+        }
+        router.post("/v1/services/validate") { request, _ in
+            await write(request, controller) { body in try await controller.validate(body) }
+        }
+        return router
+    }
+
+    private static func write(_ request: Request, _ controller: AgentController,
+                              _ action: (String) async throws -> ApplyResponse) async -> Response {
+        guard controller.isAuthorized(request.headers[.authorization]) else { return failure(APIError.unauthorized) }
+        var request = request
+        let buffer: ByteBuffer
+        do { buffer = try await request.collectBody(upTo: AgentController.maxBody) } catch {
+            return failure(APIError(status: 413, "the request body is larger than \(AgentController.maxBody) bytes"))
+        }
+        guard let body = buffer.getString(at: buffer.readerIndex, length: buffer.readableBytes),
+              body.utf8.count == buffer.readableBytes else {
+            return failure(APIError(status: 400, "the request body is not UTF-8"))
+        }
+        do { return json(200, try await action(body)) } catch { return failure(error) }
+    }
+
+    private static func failure(_ error: any Error) -> Response {
+        let apiError = (error as? APIError) ?? APIError(status: 500, "\(error)")
+        return json(apiError.status, apiError.body)
+    }
+
+    static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }()
+
+    private static func json(_ status: Int, _ value: some Encodable) -> Response {
+        var data = (try? encoder.encode(value)) ?? Data(#"{"error": "encoding the answer failed"}"#.utf8)
+        data.append(UInt8(ascii: "\n"))
+        return Response(status: .init(code: status), headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// Runs the agent until SIGTERM or SIGINT: adopts the pinned data plane, re-applies the
+    /// persisted set, serves, and returns once in-flight requests are done.
+    public static func run(config: AgentConfig, logger: Logger) async throws {
+        let controller = try AgentController(config: config)
+        if let diff = try await controller.restore() {
+            logger.info("re-applied \(config.servicesFile)", metadata: ["changes": .stringConvertible(diff.lines.count)])
+            for line in diff.lines { logger.info("\(line)") }
+        }
+        let server: HTTPServerBuilder
+        let scheme: String
+        if let cert = config.tlsCertificate, let key = config.tlsKey {
+            let tls: TLSConfiguration
+            do {
+                tls = TLSConfiguration.makeServerConfiguration(
+                    certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
+                    privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+            } catch {
+                throw ControlError.badInput("tls: cannot load \(cert) and \(key): \(error)")
+            }
+            server = try .tls(.http1(), tlsConfiguration: tls)
+            scheme = "https"
+        } else {
+            server = .http1()
+            scheme = "http"
+        }
+        let app = Application(
+            router: router(controller), server: server,
+            configuration: .init(address: .hostname(config.host, port: config.port), serverName: "sluice"),
+            services: [controller.conntrackCounter],
+            onServerRunning: { channel in
+                // Tests and scripts wait for this line; with port 0 it is how they learn the port.
+                let port = channel.localAddress?.port ?? config.port
+                let host = config.host.contains(":") ? "[\(config.host)]" : config.host
+                let line = "lbctl agent: listening on \(scheme)://\(host):\(port) (pin path \(config.pinPath))\n"
+                FileHandle.standardOutput.write(Data(line.utf8))
+            },
+            logger: logger)
+        try await app.runService()  // graceful shutdown on SIGTERM and SIGINT
+    }
+}

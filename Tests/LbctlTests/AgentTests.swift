@@ -1,0 +1,349 @@
+// lbctl agent as an operator runs it: a separate process on a loopback port the kernel
+// picks, over a data plane pinned in the test's own bpffs. The control API's refusals
+// (401, 400) change nothing; a good PUT changes the maps and is persisted; /metrics is
+// valid Prometheus text (promtool) with the kernel's counters; SIGTERM stops it cleanly
+// and the data plane keeps forwarding.
+import Foundation
+import SluiceControl
+import SluiceCore
+import SluiceTestSupport
+import Testing
+
+/// A data plane in a private bpffs, a token, a config and a running agent over them.
+final class AgentFixture {
+    static let token = "s3cret-token-for-tests"
+    let files: ScratchDirectory
+    let dataplane: TestDataplane
+    let configPath: String
+    let tokenPath: String
+    let servicesPath: String
+    private(set) var agent: AgentProcess
+
+    /// With `tls`, a self-signed certificate for 127.0.0.1 is made (openssl) and the agent serves HTTPS.
+    init(applied yaml: String? = Fixtures.good, persisted: String? = nil, tls: Bool = false) throws {
+        files = try ScratchDirectory()
+        dataplane = try TestDataplane(yaml: yaml)
+        tokenPath = try files.write("token", Self.token + "\n")
+        servicesPath = files.path + "/state/services.yaml"
+        if let persisted {
+            try FileManager.default.createDirectory(atPath: files.path + "/state", withIntermediateDirectories: true)
+            try persisted.write(toFile: servicesPath, atomically: true, encoding: .utf8)
+        }
+        var tlsKeys = ""
+        if tls {
+            let made = try Command.run("/usr/bin/openssl", [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", files.path + "/key.pem", "-out", files.path + "/cert.pem"])
+            try #require(made.status == 0, "\(made)")
+            tlsKeys = "tls:\n  cert: \(files.path)/cert.pem\n  key: \(files.path)/key.pem\n"
+        }
+        configPath = try files.write("agent.yaml", """
+            listen: 127.0.0.1:0
+            pin_path: \(dataplane.pinPath)
+            token_file: \(tokenPath)
+            services_file: \(servicesPath)
+            \(tlsKeys)
+            """)
+        agent = try AgentProcess(configPath: configPath)
+    }
+
+    deinit {
+        agent.stop(signal: SIGKILL)
+        dataplane.close()
+    }
+
+    func restart() throws {
+        let stopped = agent.stop()
+        try #require(stopped.status == 0, "the agent exits 0 on SIGTERM\n\(agent.stderr)")
+        agent = try AgentProcess(configPath: configPath)
+    }
+
+    func lbctl(_ arguments: String...) throws -> CommandResult {
+        try Lbctl.run(arguments + ["--pin-path", dataplane.pinPath])
+    }
+
+    /// `lbctl status --json`, the applied state as a user reads it.
+    func status() throws -> Data {
+        let result = try lbctl("status", "--json")
+        try #require(result.status == 0, "\(result)")
+        return result.stdoutData
+    }
+
+    /// The services of `lbctl status --json`, without per-apply fields.
+    func serviceNames() throws -> [String] {
+        let object = try JSONSerialization.jsonObject(with: try status()) as? [String: Any]
+        return ((object?["services"] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String }.sorted()
+    }
+}
+
+@Suite("lbctl agent")
+struct AgentTests {
+    @Test("GET /healthz, /v1/status and /v1/services answer JSON about the adopted data plane")
+    func readsAnswer() async throws {
+        let fixture = try AgentFixture()
+        let health = try await fixture.agent.request("GET", "/healthz")
+        #expect(health.status == 200 && health.contentType == "application/json", "\(health)")
+        #expect(try health.json()["status"] as? String == "ok")
+
+        let status = try await fixture.agent.request("GET", "/v1/status")
+        #expect(status.status == 200, "\(status)")
+        let fromAgent = try status.json(), fromLbctl = try JSONSerialization.jsonObject(with: try fixture.status()) as? [String: Any]
+        #expect((fromAgent["services"] as? [Any])?.count == 2)
+        #expect(fromAgent["program_id"] as? Int == fromLbctl?["program_id"] as? Int, "the agent adopted the pinned program")
+
+        let services = try await fixture.agent.request("GET", "/v1/services")
+        #expect(services.status == 200, "\(services)")
+        let file = try JSONDecoder().decode(ServiceFile.self, from: services.body)
+        #expect(file == (try ServiceFileParser.parse(Fixtures.good, file: "good")), "GET /v1/services is the applied set")
+    }
+
+    @Test("a write without a token, or with a wrong one, is refused with 401 and changes nothing")
+    func writesNeedTheToken() async throws {
+        let fixture = try AgentFixture()
+        let before = try fixture.status()
+        let attempts: [(String, String, String?)] = [
+            ("PUT", "/v1/services", nil), ("PUT", "/v1/services", "wrong"), ("PUT", "/v1/services", AgentFixture.token + "x"),
+            ("PUT", "/v1/services", String(AgentFixture.token.dropLast())), ("POST", "/v1/services/validate", nil),
+            ("POST", "/v1/services/validate", "wrong"),
+        ]
+        for (method, path, token) in attempts {
+            let reply = try await fixture.agent.request(method, path, body: Fixtures.changed, token: token)
+            #expect(reply.status == 401, "\(method) \(path) token \(token ?? "none"): \(reply)")
+            #expect((try reply.json()["error"] as? String)?.contains("token") == true, "\(reply)")
+        }
+        #expect(try fixture.status() == before, "a refused write changed the data plane")
+        #expect(!FileManager.default.fileExists(atPath: fixture.servicesPath), "a refused write persisted something")
+    }
+
+    @Test("a bad document is refused with 400 naming the field, and nothing changes", arguments: Fixtures.bad)
+    func badDocumentIsRefused(_ bad: Fixtures.BadFile) async throws {
+        let fixture = try AgentFixture()
+        let before = try fixture.status()
+        for (method, path) in [("POST", "/v1/services/validate"), ("PUT", "/v1/services")] {
+            let reply = try await fixture.agent.request(method, path, body: bad.text, token: AgentFixture.token)
+            #expect(reply.status == 400, "\(method) \(path): \(reply)")
+            let message = try reply.json()["error"] as? String ?? ""
+            for mention in bad.mentions where mention != "line" {
+                #expect(message.contains(mention), "\(method) \(path): the error names \(mention): \(message)")
+            }
+        }
+        #expect(try fixture.status() == before, "a refused document changed the data plane")
+        #expect(!FileManager.default.fileExists(atPath: fixture.servicesPath), "a refused document was persisted")
+    }
+
+    @Test("a good PUT answers the diff, changes the data plane and persists the set; validate changes nothing")
+    func goodPutApplies() async throws {
+        let fixture = try AgentFixture()
+        let expected = ConfigDiff.between(current: try ServiceFileParser.parse(Fixtures.good, file: "good"),
+                                          desired: try ServiceFileParser.parse(Fixtures.changed, file: "changed"))
+        let before = try fixture.status()
+        let dry = try await fixture.agent.request("POST", "/v1/services/validate", body: Fixtures.changed, token: AgentFixture.token)
+        #expect(dry.status == 200, "\(dry)")
+        #expect(try dry.json()["changes"] as? [String] == expected.lines)
+        #expect(try dry.json()["applied"] as? Bool == false)
+        #expect(try fixture.status() == before, "validate changed the data plane")
+
+        let put = try await fixture.agent.request("PUT", "/v1/services", body: Fixtures.changed, token: AgentFixture.token)
+        #expect(put.status == 200, "\(put)")
+        let answer = try put.json()
+        #expect(answer["changes"] as? [String] == expected.lines)
+        #expect(answer["applied"] as? Bool == true && answer["changed"] as? Bool == true)
+        expectKeys(answer["diff"], ["services_added", "services_removed", "services_changed", "node_changed"], in: "diff")
+        #expect(try fixture.serviceNames() == ["dns", "web"], "lbctl status shows the new set")
+        #expect(try String(contentsOfFile: fixture.servicesPath, encoding: .utf8) == Fixtures.changed)
+
+        let again = try await fixture.agent.request("PUT", "/v1/services", body: Fixtures.changed, token: AgentFixture.token)
+        #expect(again.status == 200, "\(again)")
+        #expect(try again.json()["changes"] as? [String] == [], "re-applying the same set changes nothing\n\(again)")
+    }
+
+    @Test("a JSON document is accepted as well as YAML")
+    func jsonDocument() async throws {
+        let fixture = try AgentFixture()
+        let file = try ServiceFileParser.parse(Fixtures.changed, file: "changed")
+        let json = String(decoding: try JSONEncoder().encode(file), as: UTF8.self)
+        let put = try await fixture.agent.request("PUT", "/v1/services", body: json, token: AgentFixture.token)
+        #expect(put.status == 200, "\(put)")
+        #expect(try fixture.serviceNames() == ["dns", "web"])
+    }
+
+    @Test("the persisted set is re-applied when the agent starts; a restart keeps the pinned program")
+    func persistedSetSurvivesRestart() async throws {
+        let fixture = try AgentFixture()
+        let put = try await fixture.agent.request("PUT", "/v1/services", body: Fixtures.changed, token: AgentFixture.token)
+        try #require(put.status == 200, "\(put)")
+        let programBefore = (try JSONSerialization.jsonObject(with: try fixture.status()) as? [String: Any])?["program_id"] as? Int
+
+        // While the agent is down, someone applies another set locally; the agent restores its own.
+        _ = fixture.agent.stop()
+        let local = try fixture.lbctl("apply", "-f", try fixture.files.write("good.yaml", Fixtures.good))
+        try #require(local.status == 0, "\(local)")
+        #expect(try fixture.serviceNames() == ["web", "web6"])
+        try fixture.restart()
+        #expect(try fixture.serviceNames() == ["dns", "web"], "the persisted set is back\n\(fixture.agent.stderr)")
+        let programAfter = (try JSONSerialization.jsonObject(with: try fixture.status()) as? [String: Any])?["program_id"] as? Int
+        #expect(programAfter == programBefore, "the agent reused the pinned program")
+    }
+
+    @Test("/metrics passes promtool check metrics and shows the counters lbctl stats shows")
+    func metricsAreValidAndMatchStats() async throws {
+        let fixture = try AgentFixture()
+        // Traffic through the real program: 12 new flows to web, 3 to web6, 2 packets not for a VIP.
+        let builder = PacketBuilder()
+        for port in 0..<12 {
+            _ = try fixture.dataplane.run(builder.tcp(from: "203.0.113.7", UInt16(40000 + port), to: Fixtures.webVIP, 80))
+        }
+        for port in 0..<3 {
+            _ = try fixture.dataplane.run(builder.tcp(from: "2001:db8:99::7", UInt16(40000 + port), to: Fixtures.web6VIP, 443))
+        }
+        for port in 0..<2 { _ = try fixture.dataplane.run(builder.udp(from: "203.0.113.7", UInt16(50000 + port), to: "192.0.2.99", 9)) }
+
+        let reply = try await fixture.agent.request("GET", "/metrics")
+        #expect(reply.status == 200, "\(reply)")
+        #expect(reply.contentType?.hasPrefix("text/plain; version=0.0.4") == true, "\(reply.contentType ?? "-")")
+        let check = try promtoolCheck(reply.body)
+        #expect(check.status == 0, "promtool check metrics:\n\(check)\n\(reply.text)")
+        #expect(check.stdout.isEmpty && check.stderr.isEmpty, "promtool has lint remarks:\n\(check)")
+
+        let stats = try fixture.lbctl("stats", "--json")
+        let snapshot = try JSONDecoder().decode(CounterSnapshot.self, from: stats.stdoutData)
+        let samples = parseSamples(reply.text)
+        var backendSeries = 0
+        for service in snapshot.services {
+            #expect(samples[#"sluice_vip_packets_total{service="\#(service.name)",vip="\#(service.vip)"}"#] == Double(service.packets))
+            for backend in service.backends {
+                let labels = #"{service="\#(service.name)",vip="\#(service.vip)",backend="\#(backend.address)"}"#
+                #expect(samples["sluice_packets_total" + labels] == Double(backend.packets), "packets \(labels)")
+                #expect(samples["sluice_bytes_total" + labels] == Double(backend.bytes), "bytes \(labels)")
+                #expect(samples["sluice_backend_weight" + labels] != nil, "weight \(labels)")
+                backendSeries += 1
+            }
+        }
+        #expect(backendSeries == 4)
+        #expect(snapshot.services.reduce(0) { $0 + $1.packets } == 15, "the traffic was counted\n\(stats.stdout)")
+        #expect(samples["sluice_new_flows_total"] == Double(snapshot.newFlows) && snapshot.newFlows == 15)
+        #expect(samples[#"sluice_xdp_verdicts_total{verdict="tx"}"#] == 15)
+        #expect(samples[#"sluice_xdp_verdicts_total{verdict="pass"}"#] == 2)
+        #expect(samples[#"sluice_drops_total{reason="no_backend"}"#] == 0)
+        #expect(samples["sluice_conntrack_entries"] != nil, "counted in the background: 0 when the agent started")
+        #expect(samples["sluice_conntrack_capacity_entries"] == Double(TestDataplane.conntrackSize))
+        #expect(samples[#"sluice_build_info{version="\#(AgentVersion.expected)"}"#] == 1)
+        for family in ["sluice_packets_total", "sluice_bytes_total", "sluice_drops_total", "sluice_config_generation",
+                       "sluice_last_apply_timestamp_seconds", "sluice_conntrack_hits_total", "sluice_conntrack_misses_total"] {
+            #expect(reply.text.contains("# HELP \(family) ") && reply.text.contains("# TYPE \(family) "), "\(family) has HELP and TYPE")
+        }
+
+        // Counters come from the kernel: a restarted agent shows the same totals.
+        try fixture.restart()
+        let after = parseSamples(try await fixture.agent.request("GET", "/metrics").text)
+        #expect(after[#"sluice_xdp_verdicts_total{verdict="tx"}"#] == 15, "counters survive an agent restart")
+        #expect(after["sluice_conntrack_entries"] == 15, "the connection table is counted when the agent starts")
+    }
+
+    @Test("lbctl apply --server pushes a file through the agent; --dry-run shows the diff and writes nothing")
+    func lbctlApplyThroughTheAgent() async throws {
+        let fixture = try AgentFixture()
+        let changed = try fixture.files.write("changed.yaml", Fixtures.changed)
+        let expected = ConfigDiff.between(current: try ServiceFileParser.parse(Fixtures.good, file: "good"),
+                                          desired: try ServiceFileParser.parse(Fixtures.changed, file: "changed")).lines
+        let server = fixture.agent.baseURL
+
+        let dry = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath, "--dry-run"])
+        #expect(dry.status == 0, "\(dry)")
+        #expect(dry.stdout == (expected + ["dry run: nothing applied"]).joined(separator: "\n") + "\n", "\(dry)")
+        #expect(try fixture.serviceNames() == ["web", "web6"])
+
+        let wrongToken = try fixture.files.write("wrong-token", "nope\n")
+        let refused = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", wrongToken])
+        #expect(refused.status == 2 && refused.stderr.contains("401") && refused.stderr.contains("token"), "\(refused)")
+
+        let bad = try fixture.files.write("bad.yaml", Fixtures.bad[3].text)
+        let badApply = try Lbctl.run(["apply", "-f", bad, "--server", server, "--token-file", fixture.tokenPath])
+        #expect(badApply.status == 2 && badApply.stderr.contains("400") && badApply.stderr.contains("\"port\""), "\(badApply)")
+        #expect(try fixture.serviceNames() == ["web", "web6"])
+
+        let applied = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath])
+        #expect(applied.status == 0, "\(applied)")
+        #expect(applied.stdout.hasPrefix(expected.joined(separator: "\n") + "\napplied: "), "\(applied)")
+        #expect(try fixture.serviceNames() == ["dns", "web"])
+        let again = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath])
+        #expect(again.status == 0 && again.stdout == "no changes\n", "\(again)")
+
+        // Nothing listens there any more: a connection failure is a runtime failure (exit 1).
+        _ = fixture.agent.stop()
+        let down = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath])
+        #expect(down.status == 1 && down.stderr.contains("lbctl: error:"), "\(down)")
+    }
+
+    @Test("SIGTERM and SIGINT stop the agent promptly with exit 0, and the data plane keeps forwarding",
+          arguments: [SIGTERM, SIGINT])
+    func signalStopsCleanly(_ signal: Int32) async throws {
+        let fixture = try AgentFixture()
+        let reply = try await fixture.agent.request("GET", "/healthz")
+        #expect(reply.status == 200)
+        let stopped = fixture.agent.stop(signal: signal)
+        #expect(stopped.status == 0, "exit status \(String(describing: stopped.status))\n\(fixture.agent.stderr)")
+        #expect(stopped.elapsed < .seconds(5), "took \(stopped.elapsed)")
+        let frame = PacketBuilder().tcp(from: "203.0.113.7", 40000, to: Fixtures.webVIP, 80)
+        #expect(try fixture.dataplane.run(frame).verdict == XDPVerdict.tx.rawValue, "the pinned program still forwards")
+    }
+
+    @Test("with tls.cert and tls.key the agent serves HTTPS (and not plain HTTP)")
+    func servesTLS() throws {
+        let fixture = try AgentFixture(tls: true)
+        let base = fixture.agent.baseURL
+        #expect(base.hasPrefix("https://127.0.0.1:"), "\(base)")
+        let cert = fixture.files.path + "/cert.pem"
+        let health = try Command.run("/usr/bin/curl", ["-sS", "--cacert", cert, base + "/healthz"])
+        #expect(health.status == 0 && health.stdout.contains("\"ok\""), "\(health)")
+        let body = try fixture.files.write("changed.yaml", Fixtures.changed)
+        let put = try Command.run("/usr/bin/curl", ["-sS", "--fail-with-body", "--cacert", cert, "-X", "PUT",
+                                                    "-H", "Authorization: Bearer \(AgentFixture.token)",
+                                                    "--data-binary", "@" + body, base + "/v1/services"])
+        #expect(put.status == 0 && put.stdout.contains("\"applied\" : true"), "\(put)")
+        #expect(try fixture.serviceNames() == ["dns", "web"])
+        let plain = try Command.run("/usr/bin/curl", ["-sS", "--max-time", "5", base.replacingOccurrences(of: "https://", with: "http://") + "/healthz"])
+        #expect(plain.status != 0 || !plain.stdout.contains("\"ok\""), "plain HTTP must not be served\n\(plain)")
+    }
+
+    @Test("a bad agent configuration exits 2 and names the key")
+    func badConfiguration() throws {
+        let files = try ScratchDirectory()
+        let token = try files.write("token", "t\n")
+        let cases: [(String, String)] = [
+            ("listen: 127.0.0.1:0\ntoken_file: \(token)\ncolour: red\n", "colour"),
+            ("listen: 127.0.0.1:0\n", "token_file"),
+            ("listen: nowhere\ntoken_file: \(token)\n", "listen"),
+            ("listen: 127.0.0.1:0\ntoken_file: \(token)\ntls: { cert: /nonexistent.pem }\n", "tls.key"),
+        ]
+        for (index, (text, key)) in cases.enumerated() {
+            let config = try files.write("agent\(index).yaml", text)
+            let result = try Lbctl.run(["agent", "--config", config])
+            #expect(result.status == 2 && result.stderr.contains("\"\(key)\""), "\(result)")
+        }
+    }
+}
+
+enum AgentVersion {
+    /// The version lbctl reports (`lbctl --version`).
+    static let expected: String = {
+        (try? Lbctl.run(["--version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? "?"
+    }()
+}
+
+/// `promtool check metrics` over `text` (stdin).
+func promtoolCheck(_ text: Data) throws -> CommandResult {
+    let files = try ScratchDirectory()
+    let path = try files.write("metrics.txt", String(decoding: text, as: UTF8.self))
+    return try Command.run("/bin/sh", ["-c", "promtool check metrics < '\(path)'"])
+}
+
+/// Sample lines of the exposition text by `name{labels}` (as written), to their values.
+func parseSamples(_ text: String) -> [String: Double] {
+    var samples: [String: Double] = [:]
+    for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+        guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+        samples[String(line[..<space])] = value
+    }
+    return samples
+}

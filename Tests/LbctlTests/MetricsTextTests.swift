@@ -1,0 +1,90 @@
+// The exposition text itself, without a kernel: a golden rendering of a small node, label
+// escaping, and configuration parsing of the agent.
+import Foundation
+import SluiceAgent
+import SluiceControl
+import SluiceCore
+import Testing
+
+@Suite("agent: metrics text and configuration")
+struct MetricsTextTests {
+    @Test("label values escape backslash, double quote and line feed; plain values are untouched")
+    func labelEscaping() {
+        #expect(PrometheusText.labels(["a": #"x\y"#, "b": #"say "hi""#, "c": "two\nlines"])
+                == #"{a="x\\y",b="say \"hi\"",c="two\nlines"}"#)
+        #expect(PrometheusText.labels(["service": "web", "vip": "2001:db8::10"]) == #"{service="web",vip="2001:db8::10"}"#)
+    }
+
+    @Test("a node with one service renders every family with HELP and TYPE and the snapshot's values")
+    func goldenRendering() throws {
+        let counters = try JSONDecoder().decode(CounterSnapshot.self, from: Data("""
+            {"verdicts": {"aborted": 0, "drop": 1, "pass": 2, "tx": 7, "redirect": 0},
+             "new_flows": 5, "conntrack_hits": 2, "conntrack_misses": 1, "fragments": 3, "ip_options": 4,
+             "drops": {"malformed": 1, "truncated": 0, "no_backend": 0, "no_source": 0, "no_gateway": 0, "encap": 0},
+             "services": [{"name": "web", "vip": "192.0.2.10", "port": 80, "protocol": "tcp", "packets": 7, "bytes": 700,
+                           "backends": [{"address": "10.1.0.1", "packets": 7, "bytes": 700},
+                                        {"address": "10.1.0.2", "packets": 18446744073709551615, "bytes": 0}]}]}
+            """.utf8))
+        let service = Service(name: "web", vip: IPAddress("192.0.2.10")!, port: 80, proto: .tcp,
+                              backends: [Backend(address: IPAddress("10.1.0.1")!, weight: 3),
+                                         Backend(address: IPAddress("10.1.0.2")!, weight: 0)])
+        let applied = AppliedService(slot: 0, service: service, maglevSize: 251, generation: 2, backends: [
+            AppliedBackend(id: 0, address: IPAddress("10.1.0.1")!, weight: 3),
+            AppliedBackend(id: 1, address: IPAddress("10.1.0.2")!, weight: 0),
+        ])
+        let text = String(decoding: MetricsRenderer.render(MetricsInput(
+            counters: counters, services: [applied], conntrackEntries: 9, conntrackCapacity: 1024,
+            lastApply: 1_764_000_000.5, version: "1.2.3")), as: UTF8.self)
+        let lines = Set(text.split(separator: "\n").map(String.init))
+        for expected in [
+            #"sluice_build_info{version="1.2.3"} 1"#,
+            #"sluice_vip_packets_total{service="web",vip="192.0.2.10"} 7"#,
+            #"sluice_vip_bytes_total{service="web",vip="192.0.2.10"} 700"#,
+            #"sluice_packets_total{service="web",vip="192.0.2.10",backend="10.1.0.1"} 7"#,
+            #"sluice_packets_total{service="web",vip="192.0.2.10",backend="10.1.0.2"} 18446744073709551615"#,
+            #"sluice_bytes_total{service="web",vip="192.0.2.10",backend="10.1.0.1"} 700"#,
+            #"sluice_backend_weight{service="web",vip="192.0.2.10",backend="10.1.0.1"} 3"#,
+            #"sluice_backend_active{service="web",vip="192.0.2.10",backend="10.1.0.2"} 0"#,
+            #"sluice_config_generation{service="web",vip="192.0.2.10"} 2"#,
+            "sluice_new_flows_total 5", "sluice_conntrack_hits_total 2", "sluice_conntrack_misses_total 1",
+            "sluice_conntrack_entries 9", "sluice_conntrack_capacity_entries 1024",
+            "sluice_fragments_passed_total 3", "sluice_ip_options_packets_total 4",
+            #"sluice_drops_total{reason="malformed"} 1"#, #"sluice_xdp_verdicts_total{verdict="tx"} 7"#,
+            "sluice_services 1", "sluice_last_apply_timestamp_seconds 1764000000.5",
+            "# TYPE sluice_packets_total counter", "# TYPE sluice_backend_weight gauge",
+        ] {
+            #expect(lines.contains(expected), "missing: \(expected)\n\(text)")
+        }
+        let types = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count
+        let helps = text.split(separator: "\n").filter { $0.hasPrefix("# HELP ") }.count
+        #expect(types == 19 && helps == 19, "every family has HELP and TYPE (\(types), \(helps))")
+        #expect(text.hasSuffix("\n"))
+    }
+
+    @Test("the agent configuration: defaults, every key, and refusals that name the key")
+    func configuration() throws {
+        let minimal = try AgentConfig.parse("token_file: /t\n", file: "a.yaml")
+        #expect(minimal == AgentConfig(tokenFile: "/t"))
+        #expect(minimal.host == "127.0.0.1" && minimal.port == 9300 && minimal.pinPath == "/sys/fs/bpf/sluice")
+        let full = try AgentConfig.parse("""
+            listen: "[::1]:9400"
+            pin_path: /sys/fs/bpf/lb2
+            token_file: /t
+            services_file: /s.yaml
+            tls: { cert: /c.pem, key: /k.pem }
+            """, file: "a.yaml")
+        #expect(full == AgentConfig(host: "::1", port: 9400, pinPath: "/sys/fs/bpf/lb2", tokenFile: "/t",
+                                    servicesFile: "/s.yaml", tlsCertificate: "/c.pem", tlsKey: "/k.pem"))
+        for (text, key) in [("token_file: /t\nlisten: ::1:80\n", "listen"), ("token_file: /t\nlisten: 1.2.3.4:70000\n", "listen"),
+                            ("token_file: 3\n", "token_file"), ("token_file: /t\ntls: { cert: /c }\n", "tls.key"),
+                            ("token_file: /t\ntls: { cert: /c, key: /k, ca: /x }\n", "tls.ca"), ("- a\n", nil)] {
+            do {
+                _ = try AgentConfig.parse(text, file: "a.yaml")
+                Issue.record("accepted: \(text)")
+            } catch {
+                #expect(error.kind == .badInput && error.message.hasPrefix("a.yaml: "), "\(error.message)")
+                if let key { #expect(error.message.contains("field \"\(key)\""), "\(error.message)") }
+            }
+        }
+    }
+}
