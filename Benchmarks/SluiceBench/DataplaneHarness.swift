@@ -197,37 +197,9 @@ final class BenchBalancer {
         return batched ? "bpf_map_update_batch" : "bpf_map_update_elem"
     }
 
-    /// Entries in sl_conntrack, counted with BPF_MAP_LOOKUP_BATCH.
+    /// Entries in sl_conntrack.
     func conntrackCount() throws -> Int {
-        let fd = dataplane.conntrack.fd
-        let chunk = 65536
-        var keys = [sl_flow_key](repeating: zeroed(sl_flow_key.self), count: chunk)
-        var values = [sl_ct_entry](repeating: zeroed(sl_ct_entry.self), count: chunk)
-        var opts = bpf_map_batch_opts()
-        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
-        var inBatch: UInt32 = 0, outBatch: UInt32 = 0
-        var first = true
-        var total = 0
-        while true {
-            var count = UInt32(chunk)
-            let rc = keys.withUnsafeMutableBytes { k in
-                values.withUnsafeMutableBytes { v in
-                    withUnsafeMutablePointer(to: &inBatch) { cursor in
-                        bpf_map_lookup_batch(fd, first ? nil : UnsafeMutableRawPointer(cursor), &outBatch,
-                                             k.baseAddress, v.baseAddress, &count, &opts)
-                    }
-                }
-            }
-            total += Int(count)
-            if rc < 0 {
-                let code = rc == -1 ? errno : -rc
-                if code == ENOENT { break }
-                try checked(rc, "sl_conntrack: bpf_map_lookup_batch")
-            }
-            inBatch = outBatch
-            first = false
-        }
-        return total
+        try dataplane.conntrack.countEntries(chunk: 65536)
     }
 }
 
