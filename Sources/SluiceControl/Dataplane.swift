@@ -68,6 +68,11 @@ public final class Dataplane {
             return try Dataplane(pinPath: pinPath, program: program, object: nil) { name throws(BPFError) in
                 try BPFMap.openPinned("\(pinPath)/\(name)")
             }
+        } catch where error.isNotFound {
+            // The program is pinned (checked above) but one of today's maps is not:
+            // an older lbctl loaded it.
+            throw .runtime("the balancer pinned at \(pinPath) was loaded by an older lbctl (\(error.context) is missing): "
+                           + "run 'lbctl detach IFACE' and 'lbctl attach IFACE' to load this version")
         } catch {
             throw .bpf(error, while: "opening the data plane pinned at \(pinPath)")
         }
