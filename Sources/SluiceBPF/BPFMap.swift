@@ -212,34 +212,12 @@ public final class BPFMap: @unchecked Sendable {
     /// syscalls instead of one per slot).
     public func arrayValues<V>(as: V.Type = V.self) throws(BPFError) -> [V] {
         precondition(info.keySize == 4 && MemoryLayout<V>.size == info.valueSize)
-        let total = info.maxEntries
-        var values = [UInt8](repeating: 0, count: total * info.valueSize)
-        var keys = [UInt32](repeating: 0, count: total)
-        var opts = bpf_map_batch_opts()
-        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
-        var done = 0
-        var inBatch: UInt32 = 0
-        var outBatch: UInt32 = 0
-        var first = true
-        while done < total {
-            var count = UInt32(total - done)
-            let rc = keys.withUnsafeMutableBufferPointer { k in
-                values.withUnsafeMutableBytes { v in
-                    withUnsafeMutablePointer(to: &inBatch) { cursor in
-                        bpf_map_lookup_batch(fd, first ? nil : UnsafeMutableRawPointer(cursor), &outBatch, k.baseAddress! + done,
-                                             v.baseAddress! + done * info.valueSize, &count, &opts)
-                    }
-                }
-            }
-            done += Int(count)
-            if rc < 0 && (Glibc.errno == ENOENT || rc == -ENOENT) { break }
-            try check(rc, "bpf_map_lookup_batch", name)
-            inBatch = outBatch
-            first = false
+        var result: [V] = []
+        result.reserveCapacity(info.maxEntries)
+        try forEachBatch(chunk: info.maxEntries, valueStride: info.valueSize) { _, values, count in
+            for i in 0..<count { result.append(values.loadUnaligned(fromByteOffset: i * info.valueSize, as: V.self)) }
         }
-        return values.withUnsafeBytes { raw in
-            (0..<done).map { raw.loadUnaligned(fromByteOffset: $0 * info.valueSize, as: V.self) }
-        }
+        return result
     }
 
     /// Slots `0..<count` of a per-CPU array map, read with BPF_MAP_LOOKUP_BATCH (a few
@@ -251,101 +229,69 @@ public final class BPFMap: @unchecked Sendable {
         guard total > 0 else { return (cpus, []) }
         // The kernel rounds each per-CPU value up to 8 bytes.
         let stride = (MemoryLayout<V>.size + 7) & ~7
-        var buffer = [UInt8](repeating: 0, count: total * cpus * stride)
-        var keys = [UInt32](repeating: 0, count: total)
-        var opts = bpf_map_batch_opts()
-        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
-        var done = 0
-        var inBatch: UInt32 = 0
-        var outBatch: UInt32 = 0
-        var first = true
-        while done < total {
-            var batch = UInt32(total - done)
-            let rc = keys.withUnsafeMutableBufferPointer { k in
-                buffer.withUnsafeMutableBytes { v in
-                    withUnsafeMutablePointer(to: &inBatch) { cursor in
-                        bpf_map_lookup_batch(fd, first ? nil : UnsafeMutableRawPointer(cursor), &outBatch, k.baseAddress! + done,
-                                             v.baseAddress! + done * cpus * stride, &batch, &opts)
-                    }
-                }
-            }
-            done += Int(batch)
-            if rc < 0 && (Glibc.errno == ENOENT || rc == -ENOENT) { break }
-            try check(rc, "bpf_map_lookup_batch", name)
-            inBatch = outBatch
-            first = false
+        var result: [V] = []
+        result.reserveCapacity(total * cpus)
+        try forEachBatch(chunk: total, valueStride: cpus * stride, limit: total) { _, values, batch in
+            for i in 0..<(batch * cpus) { result.append(values.loadUnaligned(fromByteOffset: i * stride, as: V.self)) }
         }
-        let values = buffer.withUnsafeBytes { raw in
-            (0..<(done * cpus)).map { raw.loadUnaligned(fromByteOffset: $0 * stride, as: V.self) }
-        }
-        return (cpus, values)
+        return (cpus, result)
     }
 
     /// How many entries a hash map holds, counted with BPF_MAP_LOOKUP_BATCH (the kernel keeps
     /// no count it would tell us); costs a copy of the whole map through a chunk-sized buffer.
     public func countEntries(chunk: Int = 8192) throws(BPFError) -> Int {
-        var keys = [UInt8](repeating: 0, count: chunk * info.keySize)
-        var values = [UInt8](repeating: 0, count: chunk * info.valueSize)
-        var opts = bpf_map_batch_opts()
-        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
-        var inBatch: UInt32 = 0
-        var outBatch: UInt32 = 0
-        var first = true
         var total = 0
-        while true {
-            var count = UInt32(chunk)
-            let rc = keys.withUnsafeMutableBytes { k in
-                values.withUnsafeMutableBytes { v in
-                    withUnsafeMutablePointer(to: &inBatch) { cursor in
-                        bpf_map_lookup_batch(fd, first ? nil : UnsafeMutableRawPointer(cursor), &outBatch, k.baseAddress, v.baseAddress, &count, &opts)
-                    }
-                }
-            }
-            let ended = rc < 0 && (Glibc.errno == ENOENT || rc == -ENOENT)
-            if rc < 0 && !ended { try check(rc, "bpf_map_lookup_batch", name) }
-            total += Int(count)
-            if ended { return total }
-            inBatch = outBatch
-            first = false
-        }
+        try forEachBatch(chunk: chunk, valueStride: info.valueSize) { _, _, count in total += count }
+        return total
     }
 
-    /// Every (key, value) of a hash map, read with BPF_MAP_LOOKUP_BATCH.
+    /// Every (key, value) of a hash map, read with BPF_MAP_LOOKUP_BATCH, `chunk`
+    /// entries per call (a few syscalls for the whole connection table).
     public func hashEntries<K, V>(key: K.Type = K.self, value: V.Type = V.self, chunk: Int = 8192) throws(BPFError) -> [(K, V)] {
         checkSizes(K.self, V.self)
         var result: [(K, V)] = []
+        try forEachBatch(chunk: chunk, valueStride: info.valueSize) { keys, values, count in
+            for i in 0..<count {
+                result.append((keys.loadUnaligned(fromByteOffset: i * info.keySize, as: K.self),
+                               values.loadUnaligned(fromByteOffset: i * info.valueSize, as: V.self)))
+            }
+        }
+        return result
+    }
+
+    /// Walks the map with BPF_MAP_LOOKUP_BATCH, at most `chunk` entries (and `limit` in
+    /// all) per call, handing each batch's keys and values (`valueStride` bytes apart) to
+    /// `body`. The batch cursor is 4 bytes for arrays (an index) and hash maps (a bucket).
+    private func forEachBatch(chunk: Int, valueStride: Int, limit: Int = .max,
+                              _ body: (_ keys: UnsafeRawBufferPointer, _ values: UnsafeRawBufferPointer, _ count: Int) -> Void)
+        throws(BPFError) {
         var keys = [UInt8](repeating: 0, count: chunk * info.keySize)
-        var values = [UInt8](repeating: 0, count: chunk * info.valueSize)
+        var values = [UInt8](repeating: 0, count: chunk * valueStride)
         var opts = bpf_map_batch_opts()
         opts.sz = MemoryLayout<bpf_map_batch_opts>.size
-        // The batch cursor of hash maps is a bucket index (4 bytes).
         var inBatch: UInt32 = 0
         var outBatch: UInt32 = 0
         var first = true
-        while true {
-            var count = UInt32(chunk)
+        var done = 0
+        while done < limit {
+            var count = UInt32(min(chunk, limit - done))
             let rc = keys.withUnsafeMutableBytes { k in
                 values.withUnsafeMutableBytes { v in
                     withUnsafeMutablePointer(to: &inBatch) { cursor in
-                        bpf_map_lookup_batch(fd, first ? nil : UnsafeMutableRawPointer(cursor), &outBatch, k.baseAddress, v.baseAddress, &count, &opts)
+                        bpf_map_lookup_batch(fd, first ? nil : UnsafeMutableRawPointer(cursor), &outBatch,
+                                             k.baseAddress, v.baseAddress, &count, &opts)
                     }
                 }
             }
+            // ENOENT: the walk is over; `count` still says what this last call read.
             let ended = rc < 0 && (Glibc.errno == ENOENT || rc == -ENOENT)
             if rc < 0 && !ended { try check(rc, "bpf_map_lookup_batch", name) }
-            keys.withUnsafeBytes { k in
-                values.withUnsafeBytes { v in
-                    for i in 0..<Int(count) {
-                        result.append((k.loadUnaligned(fromByteOffset: i * info.keySize, as: K.self),
-                                       v.loadUnaligned(fromByteOffset: i * info.valueSize, as: V.self)))
-                    }
-                }
-            }
-            if ended { break }
+            keys.withUnsafeBytes { k in values.withUnsafeBytes { v in body(k, v, Int(count)) } }
+            done += Int(count)
+            if ended { return }
             inBatch = outBatch
             first = false
         }
-        return result
     }
 }
 
