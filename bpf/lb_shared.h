@@ -90,8 +90,14 @@ struct sl_backend {
 	__u32 service_id;  /* owning service slot */
 };
 
+/* The data plane reads none of these: they record for every lbctl process
+ * what the control plane decided, and why a backend is or is not in its
+ * service's Maglev table. */
 enum sl_backend_flags {
-	SL_BACKEND_F_IN_USE = 1 << 0,  /* part of the applied configuration */
+	SL_BACKEND_F_IN_USE = 1 << 0,   /* part of the applied configuration */
+	SL_BACKEND_F_CHECKED = 1 << 1,  /* an agent health-checks it */
+	SL_BACKEND_F_DOWN = 1 << 2,     /* its health check failed (`fall` times in a row) */
+	SL_BACKEND_F_EXCLUDED = 1 << 3, /* left out of the Maglev table because it is down */
 };
 
 /* Key of sl_conntrack: the 5-tuple as seen on the wire. */

@@ -11,6 +11,8 @@
 #   scripts/lab.sh lbctl NAME ARGS... run lbctl in the lb namespace with the lab's pin path
 #   scripts/lab.sh client NAME ARGS.. run scripts/lab-client.py in the client namespace
 #   scripts/lab.sh exec NAME NODE CMD...  run CMD in NAME-NODE (client router lb be1 be2 be3)
+#   scripts/lab.sh server-stop NAME BE    stop backend BE's servers (as a crash would)
+#   scripts/lab.sh server-start NAME BE   start them again and wait until they listen
 #
 # Topology (interface names are per namespace, addresses exist only inside the lab, so
 # several labs with different NAMEs run side by side):
@@ -22,6 +24,7 @@
 #               br0      10.10.3.1 fd10:3::1  (bridge; ports r-be1..r-be3)
 #        |
 #   NAME-be1..3 eth0 10.10.3.1N fd10:3::1N (decap XDP), VIPs on lo, servers on the VIPs
+#               (and, for health checks, HTTP :8080 and UDP :53 on 10.10.3.1N)
 #
 # A client packet to a VIP goes client -> router -> lb; the lb tunnels it (IPIP, 6in6 or
 # 4in6) back to the router, which forwards it to the backend; the backend strips the
@@ -103,6 +106,43 @@ cmd_down() {
     done
     if mountpoint -q "$BPFFS" 2>/dev/null; then umount -l "$BPFFS"; fi
     rm -rf "$DIR"
+}
+
+# --- the backends' servers ---------------------------------------------------------
+# The real servers, on the VIPs, each logging the client address it sees; plus, on the
+# backend's own address, what health checks probe: HTTP on 8080 and a UDP echo on 53.
+start_server() { # BACKEND
+    local b=$1 v4; v4=$(be_v4 "$1")
+    : >>"$DIR/$b.log"
+    : >"$DIR/$b.server.out"
+    (close_inherited_fds; exec ip netns exec "$(ns "$b")" "$PYTHON" -u "$REPO/scripts/lab-server.py" "$b" "$DIR/$b.log" \
+        "tcp-http:$VIP4:80" "tcp-http:$VIP4IN6:80" "tcp-http:[$VIP6]:80" \
+        "udp:$VIP4:53" "tcp-echo:$VIP4:7" "tcp-http:$v4:8080" "udp:$v4:53") >"$DIR/$b.server.out" 2>&1 </dev/null &
+    echo $! >"$DIR/$b.server.pid"
+}
+
+wait_server() { # BACKEND
+    local b=$1 i
+    for i in $(seq 50); do
+        grep -q serving "$DIR/$b.server.out" 2>/dev/null && return 0
+        kill -0 "$(cat "$DIR/$b.server.pid")" 2>/dev/null || { cat "$DIR/$b.server.out" >&2; false; }
+        sleep 0.1
+    done
+    echo "lab.sh: $b's server did not start" >&2
+    false
+}
+
+stop_server() { # BACKEND: as a crashed server: nothing listens on its ports any more
+    local b=$1 pid
+    [[ -f $DIR/$b.server.pid ]] || die "no server pid for $b"
+    pid=$(cat "$DIR/$b.server.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+check_backend() { # BACKEND
+    [[ " ${BACKENDS[*]} " == *" $1 "* ]] || die "unknown backend '$1' (${BACKENDS[*]})"
 }
 
 # --- up ---------------------------------------------------------------------------
@@ -191,12 +231,7 @@ cmd_up() {
         sysctl_in "$b" net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
             net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2 \
             net.ipv4.conf.eth0.rp_filter=0 net.ipv4.conf.lo.rp_filter=0
-        # The real servers, on the VIPs; each logs the client address it sees.
-        : >"$DIR/$b.log"
-        (close_inherited_fds; exec ip netns exec "$B" "$PYTHON" -u "$REPO/scripts/lab-server.py" "$b" "$DIR/$b.log" \
-            "tcp-http:$VIP4:80" "tcp-http:$VIP4IN6:80" "tcp-http:[$VIP6]:80" \
-            "udp:$VIP4:53" "tcp-echo:$VIP4:7") >"$DIR/$b.server.out" 2>&1 </dev/null &
-        echo $! >"$DIR/$b.server.pid"
+        start_server "$b"
         # Backend side of the tunnel: XDP strips IPIP/6in6/4in6 for the VIPs on lo.
         lbctl_in "$b" decap attach eth0 --pin-path "$BPFFS/$b" >"$DIR/$b.decap.out"
     done
@@ -213,15 +248,7 @@ cmd_up() {
     render_services >"$DIR/services.yaml"
     lbctl_in lb apply -f "$DIR/services.yaml" --pin-path "$LB_PIN" >"$DIR/lb.apply.out"
 
-    # Wait for every server to listen.
-    for b in "${BACKENDS[@]}"; do
-        for i in $(seq 50); do
-            grep -q serving "$DIR/$b.server.out" 2>/dev/null && break
-            kill -0 "$(cat "$DIR/$b.server.pid")" 2>/dev/null || { cat "$DIR/$b.server.out" >&2; false; }
-            sleep 0.1
-        done
-        grep -q serving "$DIR/$b.server.out" || { echo "lab.sh: $b's server did not start" >&2; false; }
-    done
+    for b in "${BACKENDS[@]}"; do wait_server "$b"; done
 
     # Warm up the neighbour tables along the way (router <-> backends, client, lb).
     nx router ping -c1 -W1 -q "$CLIENT_V4" >/dev/null 2>&1 || true
@@ -335,7 +362,7 @@ cmd_apply() {
 
 main() {
     local cmd=${1:-}
-    [[ $# -ge 2 ]] || die "usage: lab.sh up|down|info|services|apply|lbctl|client|exec NAME [ARGS...]"
+    [[ $# -ge 2 ]] || die "usage: lab.sh up|down|info|services|apply|lbctl|client|exec|server-stop|server-start NAME [ARGS...]"
     shift
     set_name "$1"; shift
     case $cmd in
@@ -348,6 +375,8 @@ main() {
         # exec: a signal for the client (a long-lived session ends with SIGTERM) reaches it.
         client) exec ip netns exec "$(ns client)" "$PYTHON" "$REPO/scripts/lab-client.py" "$@" ;;
         exec) local node=${1:?node}; shift; nx "$node" "$@" ;;
+        server-stop) check_backend "${1:?backend}"; stop_server "$1" ;;
+        server-start) check_backend "${1:?backend}"; start_server "$1"; wait_server "$1" ;;
         *) die "unknown command '$cmd'" ;;
     esac
 }

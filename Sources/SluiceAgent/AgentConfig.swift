@@ -3,6 +3,7 @@
 // Unknown keys are errors, as in the service file, so a typo never goes unnoticed.
 import Foundation
 import SluiceControl
+import SluiceCore
 import Yams
 
 public struct AgentConfig: Sendable, Equatable {
@@ -17,10 +18,12 @@ public struct AgentConfig: Sendable, Equatable {
     public var servicesFile: String
     public var tlsCertificate: String?
     public var tlsKey: String?
+    /// Timings of every health check that does not set its own.
+    public var healthDefaults: HealthCheckDefaults
 
     public init(host: String = "127.0.0.1", port: Int = 9300, pinPath: String = Dataplane.defaultPinPath,
                 tokenFile: String, servicesFile: String = AgentConfig.defaultServicesFile,
-                tlsCertificate: String? = nil, tlsKey: String? = nil) {
+                tlsCertificate: String? = nil, tlsKey: String? = nil, healthDefaults: HealthCheckDefaults = .builtIn) {
         self.host = host
         self.port = port
         self.pinPath = pinPath
@@ -28,10 +31,12 @@ public struct AgentConfig: Sendable, Equatable {
         self.servicesFile = servicesFile
         self.tlsCertificate = tlsCertificate
         self.tlsKey = tlsKey
+        self.healthDefaults = healthDefaults
     }
 
-    static let keys = ["listen", "pin_path", "token_file", "services_file", "tls"]
+    static let keys = ["listen", "pin_path", "token_file", "services_file", "tls", "healthcheck_defaults"]
     static let tlsKeys = ["cert", "key"]
+    static let healthKeys = ["interval", "timeout", "rise", "fall"]
 
     /// Reads and checks `path`. Every error names the file and the key (ControlError.badInput: exit 2).
     public static func load(path: String) throws(ControlError) -> AgentConfig {
@@ -82,7 +87,41 @@ public struct AgentConfig: Sendable, Equatable {
             config.tlsCertificate = cert
             config.tlsKey = key
         }
+        if let health = top["healthcheck_defaults"] {
+            config.healthDefaults = try parseHealthDefaults(health, bad: bad)
+        }
         return config
+    }
+
+    private static func parseHealthDefaults(_ value: Any, bad: (String?, String) -> ControlError) throws(ControlError) -> HealthCheckDefaults {
+        guard let table = value as? [String: Any] else {
+            throw bad("healthcheck_defaults", "must be a mapping with keys \(healthKeys.joined(separator: ", "))")
+        }
+        if let unknown = table.keys.sorted().first(where: { !healthKeys.contains($0) }) {
+            throw bad("healthcheck_defaults.\(unknown)", "unknown key (known: \(healthKeys.joined(separator: ", ")))")
+        }
+        var defaults = HealthCheckDefaults.builtIn
+        func duration(_ key: String, _ range: ClosedRange<Int>) throws(ControlError) -> Int? {
+            guard let raw = table[key] else { return nil }
+            let text = "\(raw)"
+            guard let value = HealthCheck.parseDuration(text), range.contains(value) else {
+                throw bad("healthcheck_defaults.\(key)", "\(String(reflecting: text)) is not a duration from \(HealthCheck.formatDuration(range.lowerBound)) to \(HealthCheck.formatDuration(range.upperBound)) (e.g. 500ms, 2s, 1m)")
+            }
+            return value
+        }
+        if let interval = try duration("interval", HealthCheck.intervalRange) { defaults.intervalMilliseconds = interval }
+        if let timeout = try duration("timeout", HealthCheck.timeoutRange) { defaults.timeoutMilliseconds = timeout }
+        guard defaults.timeoutMilliseconds <= defaults.intervalMilliseconds else {
+            throw bad("healthcheck_defaults.timeout", "\(HealthCheck.formatDuration(defaults.timeoutMilliseconds)) is longer than the interval (\(HealthCheck.formatDuration(defaults.intervalMilliseconds)))")
+        }
+        for key in ["rise", "fall"] {
+            guard let raw = table[key] else { continue }
+            guard let count = raw as? Int, HealthCheck.countRange.contains(count) else {
+                throw bad("healthcheck_defaults.\(key)", "\(String(reflecting: "\(raw)")) is not a count from 1 to 100")
+            }
+            if key == "rise" { defaults.rise = count } else { defaults.fall = count }
+        }
+        return defaults
     }
 
     /// `127.0.0.1:9300`, `[::1]:9300`, `localhost:0`.

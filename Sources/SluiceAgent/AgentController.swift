@@ -2,6 +2,7 @@
 // data plane, so applies and reads never interleave.
 import Foundation
 import Glibc
+import Logging
 import SluiceBPF
 import SluiceControl
 import SluiceCore
@@ -81,19 +82,26 @@ public actor AgentController {
     private let dataplane: Dataplane
     private let token: [UInt8]
     private var lastApply: Double = 0
+    /// The desired set this agent applies, health checks included (nil until one is restored or PUT).
+    private var desired: ServiceFile?
+    private let logger: Logger
     /// Counts the connection table in the background; run it as a service beside the server.
     public nonisolated let conntrackCounter: ConntrackCounter
+    /// Runs the services' health checks; run it as a service beside the server.
+    public nonisolated let health: HealthMonitor
     /// Request bodies larger than this are refused (a 4096-service file is ~1 MB).
     public static let maxBody = 16 << 20
 
     /// Adopts what is pinned at the configured pin path (loading and pinning the balancer only
     /// when nothing is; it never attaches or reattaches anything), then re-applies the persisted
     /// desired set if there is one.
-    public init(config: AgentConfig) throws(ControlError) {
+    public init(config: AgentConfig, logger: Logger = Logger(label: "sluice.agent")) throws(ControlError) {
         self.config = config
+        self.logger = logger
         token = Array(try config.readToken().utf8)
         dataplane = try Dataplane.openOrLoad(pinPath: config.pinPath)
         conntrackCounter = ConntrackCounter(map: dataplane.conntrack)
+        health = HealthMonitor(defaults: config.healthDefaults, logger: logger)
         if let attributes = try? FileManager.default.attributesOfItem(atPath: config.servicesFile),
            let modified = attributes[.modificationDate] as? Date {
             lastApply = modified.timeIntervalSince1970
@@ -102,10 +110,50 @@ public actor AgentController {
 
     /// Re-applies the persisted desired set, if any. Returns the diff (empty when the
     /// pinned maps already hold it, as after a restart of the agent alone).
+    /// Health verdicts start from what the maps recorded, so a restart neither brings a down
+    /// backend back early nor takes anything out.
     public func restore() throws -> ConfigDiff? {
+        health.setOnChange { [weak self] in await self?.reconcileHealth() }
         guard FileManager.default.fileExists(atPath: config.servicesFile) else { return nil }
         let desired = try ServiceFileParser.load(path: config.servicesFile)
-        return try Applier.apply(desired, to: dataplane).diff
+        let state = try AppliedState.read(from: dataplane)
+        let down = state.services.flatMap { applied in
+            applied.backends.filter { $0.isChecked && $0.isDown }.map { HealthMonitor.Key(service: applied.service.name, backend: $0.address) }
+        }
+        health.update(desired, down: Set(down))
+        let result = try Applier.apply(desired, to: dataplane, health: HealthVerdicts(down: health.verdicts(for: desired)))
+        self.desired = desired
+        return result.diff
+    }
+
+    /// Re-applies the desired set with the current health verdicts (after a backend's flips).
+    func reconcileHealth() {
+        guard let desired else { return }
+        do {
+            let verdicts = health.verdicts(for: desired)
+            let result = try Applier.apply(desired, to: dataplane, health: HealthVerdicts(down: verdicts))
+            if result.tablesWritten > 0 {
+                logger.notice("health: \(result.tablesWritten) Maglev table(s) rebuilt")
+            }
+            for service in desired.services {
+                let candidates = service.backends.filter { $0.weight > 0 }.map(\.address)
+                if let down = verdicts[service.name], !candidates.isEmpty, candidates.allSatisfy(down.contains) {
+                    logger.warning("health: every backend of service \(service.name) is down: its last Maglev table stays in place")
+                }
+            }
+        } catch {
+            logger.error("health: applying the verdicts failed: \(error.message)")
+        }
+    }
+
+    /// What is applied, in the service-file schema, with the health checks this agent runs.
+    private func current() throws(ControlError) -> ServiceFile {
+        var file = try AppliedState.read(from: dataplane).serviceFile
+        let checks = Dictionary((desired?.services ?? []).map { ($0.name, $0.healthCheck) }, uniquingKeysWith: { a, _ in a })
+        for index in file.services.indices {
+            file.services[index].healthCheck = checks[file.services[index].name] ?? nil
+        }
+        return file
     }
 
     /// Compares the bearer token in constant time (for a given token length).
@@ -127,15 +175,18 @@ public actor AgentController {
 
     /// The applied set, read back from the maps, in the service-file schema.
     public func services() throws -> ServiceFile {
-        do { return try AppliedState.read(from: dataplane).serviceFile } catch { throw APIError(error) }
+        do { return try current() } catch { throw APIError(error) }
     }
 
     /// Parses `body` and diffs it against what is applied; writes nothing.
     public func validate(_ body: String) throws -> ApplyResponse {
         let desired = try parse(body)
-        let result: ApplyResult
-        do { result = try Applier.apply(desired, to: dataplane, dryRun: true) } catch { throw APIError(error) }
-        return ApplyResponse(applied: false, changed: !result.diff.isEmpty, changes: result.diff.lines, diff: result.diff,
+        let diff: ConfigDiff
+        do {
+            _ = try Applier.apply(desired, to: dataplane, dryRun: true)
+            diff = ConfigDiff.between(current: try current(), desired: desired)
+        } catch { throw APIError(error) }
+        return ApplyResponse(applied: false, changed: !diff.isEmpty, changes: diff.lines, diff: diff,
                              tablesWritten: 0, bytesWritten: 0)
     }
 
@@ -144,6 +195,8 @@ public actor AgentController {
     /// both the data plane and the persisted set as they were.
     public func replace(_ body: String) throws -> ApplyResponse {
         let desired = try parse(body)
+        let before: ServiceFile
+        do { before = try current() } catch { throw APIError(error) }
         let path = config.servicesFile
         let staged = path + ".new"
         do {
@@ -155,7 +208,7 @@ public actor AgentController {
         }
         let result: ApplyResult
         do {
-            result = try Applier.apply(desired, to: dataplane)
+            result = try Applier.apply(desired, to: dataplane, health: HealthVerdicts(down: health.verdicts(for: desired)))
         } catch {
             unlink(staged)
             throw APIError(error)
@@ -165,8 +218,11 @@ public actor AgentController {
             unlink(staged)
             throw APIError(status: 500, "applied, but persisting it to \(path) failed: \(reason)")
         }
-        if !result.diff.isEmpty { lastApply = Date().timeIntervalSince1970 }
-        return ApplyResponse(applied: true, changed: !result.diff.isEmpty, changes: result.diff.lines, diff: result.diff,
+        self.desired = desired
+        health.update(desired)
+        let diff = ConfigDiff.between(current: before, desired: desired)
+        if !diff.isEmpty { lastApply = Date().timeIntervalSince1970 }
+        return ApplyResponse(applied: true, changed: !diff.isEmpty, changes: diff.lines, diff: diff,
                              tablesWritten: result.tablesWritten, bytesWritten: result.bytesWritten)
     }
 

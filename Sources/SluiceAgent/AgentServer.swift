@@ -75,7 +75,7 @@ public enum AgentServer {
     /// Runs the agent until SIGTERM or SIGINT: adopts the pinned data plane, re-applies the
     /// persisted set, serves, and returns once in-flight requests are done.
     public static func run(config: AgentConfig, logger: Logger) async throws {
-        let controller = try AgentController(config: config)
+        let controller = try AgentController(config: config, logger: logger)
         if let diff = try await controller.restore() {
             logger.info("re-applied \(config.servicesFile)", metadata: ["changes": .stringConvertible(diff.lines.count)])
             for line in diff.lines { logger.info("\(line)") }
@@ -100,7 +100,7 @@ public enum AgentServer {
         let app = Application(
             router: router(controller), server: server,
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: "sluice"),
-            services: [controller.conntrackCounter],
+            services: [controller.conntrackCounter, controller.health],
             onServerRunning: { channel in
                 // Tests and scripts wait for this line; with port 0 it is how they learn the port.
                 let port = channel.localAddress?.port ?? config.port

@@ -83,9 +83,16 @@ public enum MetricsRenderer {
         for (a, labels) in zip(input.services, backendLabels) {
             for (b, label) in zip(a.backends, labels) { out.sample("sluice_backend_weight", label, UInt64(b.weight)) }
         }
-        out.family("sluice_backend_active", .gauge, "1 if a backend takes new flows (weight > 0), 0 if drained.")
+        out.family("sluice_backend_active", .gauge,
+                   "1 if a backend takes new flows (in its Maglev table), 0 if drained or left out for failing its health check.")
         for (a, labels) in zip(input.services, backendLabels) {
-            for (b, label) in zip(a.backends, labels) { out.sample("sluice_backend_active", label, UInt64(b.weight > 0 ? 1 : 0)) }
+            for (b, label) in zip(a.backends, labels) { out.sample("sluice_backend_active", label, UInt64(b.takesNewFlows ? 1 : 0)) }
+        }
+        out.family("sluice_backend_up", .gauge, "1 if a health-checked backend passes its check, 0 if it fails it (health-checked backends only).")
+        for (a, labels) in zip(input.services, backendLabels) {
+            for (b, label) in zip(a.backends, labels) where b.isChecked {
+                out.sample("sluice_backend_up", label, UInt64(b.isDown ? 0 : 1))
+            }
         }
         out.family("sluice_config_generation", .gauge, "Times a service's Maglev table was switched (kept in the kernel).")
         for a in input.services {

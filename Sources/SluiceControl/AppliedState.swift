@@ -8,12 +8,24 @@ public struct AppliedBackend: Sendable, Equatable {
     public var id: UInt32
     public var address: IPAddress
     public var weight: Int
+    /// sl_backend.flags: in use, and what health checks decided (enum sl_backend_flags).
+    public var flags: UInt8
 
-    public init(id: UInt32, address: IPAddress, weight: Int) {
+    public init(id: UInt32, address: IPAddress, weight: Int, flags: UInt8 = UInt8(SL_BACKEND_F_IN_USE.rawValue)) {
         self.id = id
         self.address = address
         self.weight = weight
+        self.flags = flags
     }
+
+    /// An agent health-checks it.
+    public var isChecked: Bool { flags & UInt8(SL_BACKEND_F_CHECKED.rawValue) != 0 }
+    /// Its health check failed.
+    public var isDown: Bool { flags & UInt8(SL_BACKEND_F_DOWN.rawValue) != 0 }
+    /// Left out of the Maglev table because it is down.
+    public var isExcluded: Bool { flags & UInt8(SL_BACKEND_F_EXCLUDED.rawValue) != 0 }
+    /// In the Maglev table: new flows may go to it.
+    public var takesNewFlows: Bool { weight > 0 && !isExcluded }
 }
 
 /// One service as the maps hold it.
@@ -59,7 +71,7 @@ public struct AppliedState: Sendable {
             for (id, backend) in slots.enumerated() where backend.flags & inUse != 0 {
                 guard let address = IPAddress(words: backend.addr, family: backend.family) else { continue }
                 byService[backend.service_id, default: []].append(
-                    AppliedBackend(id: UInt32(id), address: address, weight: Int(backend.weight)))
+                    AppliedBackend(id: UInt32(id), address: address, weight: Int(backend.weight), flags: backend.flags))
             }
             var services: [AppliedService] = []
             for (slot, info) in infos.enumerated() where info.name.0 != 0 {

@@ -6,33 +6,55 @@ import SluiceBPF
 import SluiceCore
 
 public struct ApplyResult: Sendable {
-    public init(diff: ConfigDiff, tablesWritten: Int, bytesWritten: Int) {
+    public init(diff: ConfigDiff, tablesWritten: Int, bytesWritten: Int, healthChanged: Bool = false) {
         self.diff = diff
         self.tablesWritten = tablesWritten
         self.bytesWritten = bytesWritten
+        self.healthChanged = healthChanged
     }
 
+    /// What changes in the data plane's configuration (health checks are not part of it).
     public var diff: ConfigDiff
+    /// A backend's health state, or whether it is left out of its table for it, changes.
+    public var healthChanged: Bool
     /// Maglev tables built and switched in.
     public var tablesWritten: Int
     /// Bytes written into maps (tables, backends, services, VIPs).
     public var bytesWritten: Int
 }
 
+/// What an agent's health checks found, handed to `Applier.apply`.
+public struct HealthVerdicts: Sendable, Equatable {
+    /// Every service the agent checks, by name, with the addresses of its backends found down.
+    public var down: [String: Set<IPAddress>]
+
+    public init(down: [String: Set<IPAddress>]) {
+        self.down = down
+    }
+}
+
 public enum Applier {
-    /// Applies `desired`. Nothing is written when the diff is empty or on a dry run.
-    public static func apply(_ desired: ServiceFile, to dataplane: Dataplane, dryRun: Bool = false) throws(ControlError) -> ApplyResult {
+    /// Applies `desired` (its health checks aside: the maps keep none). With `health`, the
+    /// backends' health flags are set from it and down backends are left out of their tables
+    /// (HealthPolicy); without, the flags the maps hold are kept. Nothing is written when
+    /// nothing changes or on a dry run.
+    public static func apply(_ desired: ServiceFile, to dataplane: Dataplane, dryRun: Bool = false,
+                             health: HealthVerdicts? = nil) throws(ControlError) -> ApplyResult {
         let state = try AppliedState.read(from: dataplane)
-        let diff = ConfigDiff.between(current: state.serviceFile, desired: desired)
-        guard !dryRun, !diff.isEmpty else { return ApplyResult(diff: diff, tablesWritten: 0, bytesWritten: 0) }
-        let plan = try Plan(state: state, desired: desired)
+        let target = desired.withoutHealthChecks
+        let diff = ConfigDiff.between(current: state.serviceFile, desired: target)
+        let plan = try Plan(state: state, desired: target, health: health)
+        guard !dryRun, !diff.isEmpty || plan.healthChanged else {
+            return ApplyResult(diff: diff, tablesWritten: 0, bytesWritten: 0, healthChanged: plan.healthChanged)
+        }
         var writer = Writer(dataplane: dataplane)
         do {
-            try writer.write(plan, state: state, desired: desired)
+            try writer.write(plan, state: state, desired: target)
         } catch {
             throw .bpf(error, while: "applying the configuration to \(dataplane.pinPath)")
         }
-        return ApplyResult(diff: diff, tablesWritten: writer.tables, bytesWritten: writer.bytes)
+        return ApplyResult(diff: diff, tablesWritten: writer.tables, bytesWritten: writer.bytes,
+                           healthChanged: plan.healthChanged)
     }
 }
 
@@ -42,6 +64,7 @@ struct Plan {
         var service: Service
         var slot: UInt32
         var backendIDs: [UInt32]          // parallel to service.backends
+        var flags: [UInt8]                // parallel to service.backends: sl_backend.flags
         var newBackendIDs: Set<UInt32>
         var needsTable: Bool
         var isNewSlot: Bool
@@ -50,8 +73,10 @@ struct Plan {
     var entries: [Entry] = []
     var removedServices: [AppliedService] = []
     var freedBackendIDs: [UInt32] = []
+    /// A kept backend's flags change (new backends are in the diff anyway).
+    var healthChanged = false
 
-    init(state: AppliedState, desired: ServiceFile) throws(ControlError) {
+    init(state: AppliedState, desired: ServiceFile, health: HealthVerdicts?) throws(ControlError) {
         let size = desired.node.maglevTableSize
         let desiredNames = Set(desired.services.map(\.name))
         removedServices = state.services.filter { !desiredNames.contains($0.service.name) }
@@ -81,11 +106,44 @@ struct Plan {
             }
             let keep = Set(service.backends.map(\.address))
             freedBackendIDs += (previous?.backends ?? []).filter { !keep.contains($0.address) }.map(\.id)
-            let needsTable = previous.map { $0.service != service || $0.maglevSize != size } ?? true
-            entries.append(Entry(service: service, slot: slot, backendIDs: ids, newBackendIDs: fresh,
+            let flags = Self.flags(service, previous: previous, health: health)
+            let excludedBefore = Set((previous?.backends ?? []).filter(\.isExcluded).map(\.address))
+            let excluded = Set(zip(service.backends, flags).filter { $1 & Self.excludedFlag != 0 }.map(\.0.address))
+            let needsTable = previous.map { $0.service != service || $0.maglevSize != size || excludedBefore != excluded } ?? true
+            let before = Dictionary((previous?.backends ?? []).map { ($0.address, $0.flags) }, uniquingKeysWith: { a, _ in a })
+            healthChanged = healthChanged || zip(service.backends, flags).contains { backend, new in
+                before[backend.address].map { $0 != new } ?? false
+            }
+            entries.append(Entry(service: service, slot: slot, backendIDs: ids, flags: flags, newBackendIDs: fresh,
                                  needsTable: needsTable, isNewSlot: previous == nil, previous: previous))
         }
         freedBackendIDs += removedServices.flatMap { $0.backends.map(\.id) }
+    }
+
+    static let excludedFlag = UInt8(SL_BACKEND_F_EXCLUDED.rawValue)
+
+    /// Each backend's sl_backend.flags: from the verdicts when given, else as the maps hold them
+    /// (a new backend is unchecked and up); then HealthPolicy says which are left out.
+    static func flags(_ service: Service, previous: AppliedService?, health: HealthVerdicts?) -> [UInt8] {
+        let known = Dictionary((previous?.backends ?? []).map { ($0.address, $0) }, uniquingKeysWith: { a, _ in a })
+        let checked: [Bool], down: Set<IPAddress>
+        if let health {
+            let verdict = health.down[service.name]
+            checked = service.backends.map { _ in verdict != nil }
+            down = verdict ?? []
+        } else {
+            checked = service.backends.map { known[$0.address]?.isChecked ?? false }
+            down = Set(service.backends.filter { known[$0.address]?.isDown ?? false }.map(\.address))
+        }
+        let excludedNow = Set(service.backends.filter { known[$0.address]?.isExcluded ?? false }.map(\.address))
+        let excluded = HealthPolicy.excluded(service.backends, down: down, excludedNow: excludedNow)
+        return zip(service.backends, checked).map { backend, checked in
+            var flags = UInt8(SL_BACKEND_F_IN_USE.rawValue)
+            if checked { flags |= UInt8(SL_BACKEND_F_CHECKED.rawValue) }
+            if down.contains(backend.address) { flags |= UInt8(SL_BACKEND_F_DOWN.rawValue) }
+            if excluded.contains(backend.address) { flags |= excludedFlag }
+            return flags
+        }
     }
 }
 
@@ -146,6 +204,8 @@ struct Writer {
             }
             if shrinking(entry) { try writeVIP(entry, size: size) }
         }
+        // Health flags of services whose table stays: bookkeeping only, written any time.
+        for entry in plan.entries where !entry.needsTable { try writeBackends(entry) }
         try switchTables(changed, size: size)
         for entry in changed {
             try writeServiceInfo(entry, size: size)
@@ -221,17 +281,19 @@ struct Writer {
         bytes += changed.count * MemoryLayout<UInt64>.size
     }
 
+    /// Writes the backends that are new or whose weight or flags change.
     private mutating func writeBackends(_ entry: Plan.Entry) throws(BPFError) {
-        for (backend, id) in zip(entry.service.backends, entry.backendIDs) {
+        let previous = Dictionary((entry.previous?.backends ?? []).map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        for ((backend, id), flags) in zip(zip(entry.service.backends, entry.backendIDs), entry.flags) {
             var slot = sl_backend()
             slot.addr = backend.address.words
             slot.family = backend.address.family.rawValue
-            slot.flags = UInt8(SL_BACKEND_F_IN_USE.rawValue)
+            slot.flags = flags
             slot.weight = UInt16(backend.weight)
             slot.service_id = entry.slot
             if entry.newBackendIDs.contains(id) {
                 try dataplane.backendStats.updatePerCPU(id, sl_counter())
-            } else if entry.previous?.backends.first(where: { $0.id == id })?.weight == backend.weight {
+            } else if let old = previous[id], old.weight == backend.weight, old.flags == flags {
                 continue
             }
             try dataplane.backends.update(id, slot)
@@ -246,8 +308,10 @@ struct Writer {
     private mutating func switchTables(_ entries: [Plan.Entry], size: Int) throws(BPFError) {
         var inners: [BPFMap] = []
         for entry in entries {
-            let maglevBackends = entry.service.backends.map {
-                MaglevBackend(key: MaglevKey.forBackend($0.address), weight: $0.weight)
+            // A backend left out for its health check counts as weight 0: no new flows.
+            let maglevBackends = zip(entry.service.backends, entry.flags).map { backend, flags in
+                MaglevBackend(key: MaglevKey.forBackend(backend.address),
+                              weight: flags & Plan.excludedFlag != 0 ? 0 : backend.weight)
             }
             let table = Maglev.table(for: maglevBackends, size: size).map {
                 $0 == Maglev.noBackend ? SL_NO_BACKEND : entry.backendIDs[Int($0)]

@@ -30,9 +30,20 @@ public struct StatusReport: Sendable, Codable, Equatable {
     public struct BackendStatus: Sendable, Codable, Equatable {
         public var address: String
         public var weight: Int
-        /// "active" (in the Maglev table) or "drained" (weight 0: established flows only).
+        /// "active" (in the Maglev table), "drained" (weight 0) or "down" (left out for failing
+        /// its health check); the last two keep their established flows.
         public var state: String
+        /// "up" or "down" as the agent's health check last found it; "unchecked" without one.
+        public var health: String
         public var id: UInt32
+
+        init(_ backend: AppliedBackend) {
+            address = backend.address.description
+            weight = backend.weight
+            state = backend.weight == 0 ? "drained" : backend.isExcluded ? "down" : "active"
+            health = backend.isChecked ? (backend.isDown ? "down" : "up") : "unchecked"
+            id = backend.id
+        }
     }
     public struct ServiceStatus: Sendable, Codable, Equatable {
         public var name: String
@@ -73,10 +84,7 @@ public struct StatusReport: Sendable, Codable, Equatable {
                 ServiceStatus(name: applied.service.name, vip: applied.service.vip.description, port: applied.service.port,
                               protocol: applied.service.proto.rawValue, forwarding: applied.service.forwarding.rawValue,
                               maglevTableSize: applied.maglevSize, generation: applied.generation,
-                              backends: applied.backends.map {
-                                  BackendStatus(address: $0.address.description, weight: $0.weight,
-                                                state: $0.weight > 0 ? "active" : "drained", id: $0.id)
-                              })
+                              backends: applied.backends.map(BackendStatus.init))
             })
     }
 }

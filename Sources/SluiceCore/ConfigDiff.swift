@@ -81,6 +81,8 @@ public struct ServiceChange: Equatable, Sendable, Codable {
     public var backendsRemoved: [IPAddress]
     /// Sorted by address.
     public var weightsChanged: [WeightChange]
+    /// Old and new health check (`none` when unset), when it changed.
+    public var healthCheckChange: ValueChange?
 
     /// Nil when the two are the same (backend order does not count).
     static func between(current: Service, desired: Service) -> ServiceChange? {
@@ -95,12 +97,17 @@ public struct ServiceChange: Equatable, Sendable, Codable {
             guard let old = now[address]?.weight, let new = next[address]?.weight, old != new else { return nil }
             return WeightChange(address: address, from: old, to: new)
         }
-        guard vipChanged || !added.isEmpty || !removed.isEmpty || !weights.isEmpty else { return nil }
+        let healthChanged = current.healthCheck != desired.healthCheck
+        guard vipChanged || !added.isEmpty || !removed.isEmpty || !weights.isEmpty || healthChanged else { return nil }
         return ServiceChange(
             name: desired.name, vipChanged: vipChanged,
             vipChange: vipChanged ? ValueChange(field: "vip", from: current.endpoint, to: desired.endpoint) : nil,
             backendsAdded: added, addedBackends: added.map { next[$0]! },
-            backendsRemoved: removed, weightsChanged: weights)
+            backendsRemoved: removed, weightsChanged: weights,
+            healthCheckChange: healthChanged
+                ? ValueChange(field: "healthcheck", from: current.healthCheck?.summary ?? "none",
+                              to: desired.healthCheck?.summary ?? "none")
+                : nil)
     }
 
     /// The pieces of this service's diff line, VIP first.
@@ -110,6 +117,7 @@ public struct ServiceChange: Equatable, Sendable, Codable {
         parts += addedBackends.map { "+ backend \($0.address) (weight \($0.weight))" }
         parts += backendsRemoved.map { "- backend \($0)" }
         parts += weightsChanged.map { "weight \($0.address) \($0.from) -> \($0.to)" }
+        if let healthCheckChange { parts.append(healthCheckChange.text) }
         return parts
     }
 
@@ -121,6 +129,7 @@ public struct ServiceChange: Equatable, Sendable, Codable {
         case addedBackends = "added_backends"
         case backendsRemoved = "backends_removed"
         case weightsChanged = "weights_changed"
+        case healthCheckChange = "healthcheck_change"
     }
 }
 

@@ -11,6 +11,11 @@ public struct ServiceFile: Equatable, Hashable, Sendable, Codable {
         self.services = services
     }
 
+    /// This file as the data plane holds it: no health checks (the agent runs those).
+    public var withoutHealthChecks: ServiceFile {
+        ServiceFile(node: node, services: services.map(\.withoutHealthCheck))
+    }
+
     private enum CodingKeys: String, CodingKey {
         case node, services
     }
@@ -106,15 +111,25 @@ public struct Service: Equatable, Hashable, Sendable, Codable {
     public var proto: L4Protocol
     public var forwarding: Forwarding
     public var backends: [Backend]
+    /// Run by the agent; the data plane never sees it.
+    public var healthCheck: HealthCheck?
 
     public init(name: String, vip: IPAddress, port: UInt16, proto: L4Protocol,
-                forwarding: Forwarding = .ipip, backends: [Backend]) {
+                forwarding: Forwarding = .ipip, backends: [Backend], healthCheck: HealthCheck? = nil) {
         self.name = name
         self.vip = vip
         self.port = port
         self.proto = proto
         self.forwarding = forwarding
         self.backends = backends
+        self.healthCheck = healthCheck
+    }
+
+    /// This service as the data plane holds it (the maps keep no health check).
+    public var withoutHealthCheck: Service {
+        var copy = self
+        copy.healthCheck = nil
+        return copy
     }
 
     /// `198.51.100.10:80/tcp`, `[2001:db8::1]:443/tcp`.
@@ -127,6 +142,7 @@ public struct Service: Equatable, Hashable, Sendable, Codable {
         case name, vip, port
         case proto = "protocol"
         case forwarding, backends
+        case healthCheck = "healthcheck"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -137,5 +153,6 @@ public struct Service: Equatable, Hashable, Sendable, Codable {
         proto = try container.decode(L4Protocol.self, forKey: .proto)
         forwarding = try container.decodeIfPresent(Forwarding.self, forKey: .forwarding) ?? .ipip
         backends = try container.decode([Backend].self, forKey: .backends)
+        healthCheck = try container.decodeIfPresent(HealthCheck.self, forKey: .healthCheck)
     }
 }

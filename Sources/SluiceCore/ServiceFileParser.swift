@@ -25,7 +25,7 @@ public enum ServiceFileParser {
 
     static let topKeys = ["node", "services"]
     static let nodeKeys = ["source_v4", "source_v6", "maglev_table_size"]
-    static let serviceKeys = ["name", "vip", "port", "protocol", "forwarding", "backends"]
+    static let serviceKeys = ["name", "vip", "port", "protocol", "forwarding", "backends", "healthcheck"]
     static let backendKeys = ["address", "weight"]
 
     /// Parses and validates `text`; `file` is only used in error messages.
@@ -120,7 +120,11 @@ public enum ServiceFileParser {
         for (position, entry) in try reader.sequence(try reader.required(fields, "backends"), field: "backends").enumerated() {
             backends.append(try parseBackend(entry, path: "backends[\(position)]", reader: &reader))
         }
-        return Service(name: name, vip: vip, port: UInt16(port), proto: proto, forwarding: forwarding, backends: backends)
+        let healthCheck = try reader.optional(fields, "healthcheck").map { (node: Node) throws(ConfigError) in
+            try HealthCheckParser.parse(node, reader: &reader)
+        }
+        return Service(name: name, vip: vip, port: UInt16(port), proto: proto, forwarding: forwarding, backends: backends,
+                       healthCheck: healthCheck)
     }
 
     private static func parseBackend(_ entry: Node, path: String, reader: inout YAMLReader) throws(ConfigError) -> Backend {

@@ -30,10 +30,15 @@ struct Apply: AsyncParsableCommand {
     func run() async throws {
         if let server, let tokenFile { return try await remote(server: server, tokenFile: tokenFile) }
         let desired = try ServiceFileParser.load(path: file)
+        let checked = desired.services.filter { $0.healthCheck != nil }.map(\.name)
+        if !checked.isEmpty {
+            FileHandle.standardError.write(Data("lbctl: note: health checks (of \(checked.joined(separator: ", "))) are run by the agent (lbctl agent, or --server); applied here they are only validated, and the health verdicts the maps hold are kept\n".utf8))
+        }
         let result: ApplyResult
         if dryRun && !Dataplane.isPinned(at: global.pinPath) {
             // A dry run against nothing pinned shows the whole file as new and loads nothing.
-            result = ApplyResult(diff: .between(current: ServiceFile(services: []), desired: desired), tablesWritten: 0, bytesWritten: 0)
+            result = ApplyResult(diff: .between(current: ServiceFile(services: []), desired: desired.withoutHealthChecks),
+                                 tablesWritten: 0, bytesWritten: 0)
         } else {
             result = try Applier.apply(desired, to: try Dataplane.openOrLoad(pinPath: global.pinPath), dryRun: dryRun)
         }

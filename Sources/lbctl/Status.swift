@@ -1,4 +1,4 @@
-// lbctl status: interfaces, node settings, services and backends with their weights.
+// lbctl status: interfaces, node settings, services and backends with their weights and health.
 import ArgumentParser
 import SluiceControl
 
@@ -20,11 +20,11 @@ struct Status: ParsableCommand {
         for service in report.services {
             for backend in service.backends {
                 rows.append([service.name, "\(formatVIP(service.vip, service.port))/\(service.protocol)",
-                             backend.address, String(backend.weight), backend.state])
+                             backend.address, String(backend.weight), backend.state, backend.health])
             }
         }
         print("")
-        printTable(["SERVICE", "VIP", "BACKEND", "WEIGHT", "STATE"], rows)
+        printTable(["SERVICE", "VIP", "BACKEND", "WEIGHT", "STATE", "HEALTH"], rows)
     }
 }
 

@@ -29,8 +29,9 @@ struct MetricsTextTests {
                               backends: [Backend(address: IPAddress("10.1.0.1")!, weight: 3),
                                          Backend(address: IPAddress("10.1.0.2")!, weight: 0)])
         let applied = AppliedService(slot: 0, service: service, maglevSize: 251, generation: 2, backends: [
-            AppliedBackend(id: 0, address: IPAddress("10.1.0.1")!, weight: 3),
-            AppliedBackend(id: 1, address: IPAddress("10.1.0.2")!, weight: 0),
+            // Flags (enum sl_backend_flags): in use + checked (3), and in use + checked + down (7).
+            AppliedBackend(id: 0, address: IPAddress("10.1.0.1")!, weight: 3, flags: 3),
+            AppliedBackend(id: 1, address: IPAddress("10.1.0.2")!, weight: 0, flags: 7),
         ])
         let text = String(decoding: MetricsRenderer.render(MetricsInput(
             counters: counters, services: [applied], conntrackEntries: 9, conntrackCapacity: 1024,
@@ -45,6 +46,8 @@ struct MetricsTextTests {
             #"sluice_bytes_total{service="web",vip="192.0.2.10",backend="10.1.0.1"} 700"#,
             #"sluice_backend_weight{service="web",vip="192.0.2.10",backend="10.1.0.1"} 3"#,
             #"sluice_backend_active{service="web",vip="192.0.2.10",backend="10.1.0.2"} 0"#,
+            #"sluice_backend_up{service="web",vip="192.0.2.10",backend="10.1.0.1"} 1"#,
+            #"sluice_backend_up{service="web",vip="192.0.2.10",backend="10.1.0.2"} 0"#,
             #"sluice_config_generation{service="web",vip="192.0.2.10"} 2"#,
             "sluice_new_flows_total 5", "sluice_conntrack_hits_total 2", "sluice_conntrack_misses_total 1",
             "sluice_conntrack_entries 9", "sluice_conntrack_capacity_entries 1024",
@@ -57,7 +60,7 @@ struct MetricsTextTests {
         }
         let types = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count
         let helps = text.split(separator: "\n").filter { $0.hasPrefix("# HELP ") }.count
-        #expect(types == 19 && helps == 19, "every family has HELP and TYPE (\(types), \(helps))")
+        #expect(types == 20 && helps == 20, "every family has HELP and TYPE (\(types), \(helps))")
         #expect(text.hasSuffix("\n"))
     }
 
@@ -72,12 +75,21 @@ struct MetricsTextTests {
             token_file: /t
             services_file: /s.yaml
             tls: { cert: /c.pem, key: /k.pem }
+            healthcheck_defaults: { interval: 5s, timeout: 1500ms, rise: 3, fall: 4 }
             """, file: "a.yaml")
         #expect(full == AgentConfig(host: "::1", port: 9400, pinPath: "/sys/fs/bpf/lb2", tokenFile: "/t",
-                                    servicesFile: "/s.yaml", tlsCertificate: "/c.pem", tlsKey: "/k.pem"))
+                                    servicesFile: "/s.yaml", tlsCertificate: "/c.pem", tlsKey: "/k.pem",
+                                    healthDefaults: HealthCheckDefaults(intervalMilliseconds: 5000, timeoutMilliseconds: 1500,
+                                                                        rise: 3, fall: 4)))
+        #expect(minimal.healthDefaults == .builtIn)
         for (text, key) in [("token_file: /t\nlisten: ::1:80\n", "listen"), ("token_file: /t\nlisten: 1.2.3.4:70000\n", "listen"),
                             ("token_file: 3\n", "token_file"), ("token_file: /t\ntls: { cert: /c }\n", "tls.key"),
-                            ("token_file: /t\ntls: { cert: /c, key: /k, ca: /x }\n", "tls.ca"), ("- a\n", nil)] {
+                            ("token_file: /t\ntls: { cert: /c, key: /k, ca: /x }\n", "tls.ca"), ("- a\n", nil),
+                            ("token_file: /t\nhealthcheck_defaults: { interval: 5 }\n", "healthcheck_defaults.interval"),
+                            ("token_file: /t\nhealthcheck_defaults: { interval: 1s, timeout: 2s }\n", "healthcheck_defaults.timeout"),
+                            ("token_file: /t\nhealthcheck_defaults: { rise: 0 }\n", "healthcheck_defaults.rise"),
+                            ("token_file: /t\nhealthcheck_defaults: { fal: 2 }\n", "healthcheck_defaults.fal"),
+                            ("token_file: /t\nhealthcheck_defaults: 2s\n", "healthcheck_defaults")] {
             do {
                 _ = try AgentConfig.parse(text, file: "a.yaml")
                 Issue.record("accepted: \(text)")

@@ -59,7 +59,43 @@ private let second = """
         backends: [ { address: 10.1.0.31 } ]
     """
 
-private let badFiles: [BadFile] = [
+/// The web service with `healthcheck: { CHECK }` on line 11.
+private func checked(_ check: String) -> String {
+    file(web + "\nhealthcheck: { \(check) }")
+}
+
+private let badHealthChecks: [BadFile] = [
+    BadFile(name: "health check without a type", text: checked("port: 8080"), field: "healthcheck.type",
+            value: "required key is missing", line: 11),
+    BadFile(name: "unknown health check type", text: checked("type: icmp"), field: "healthcheck.type",
+            value: #""icmp" is not a health check type (tcp, http, udp)"#, line: 11),
+    BadFile(name: "unknown health check key", text: checked("type: tcp, intervall: 2s"), field: "healthcheck",
+            value: #"unknown key "intervall""#, line: 11),
+    BadFile(name: "health check port out of range", text: checked("type: tcp, port: 70000"), field: "healthcheck.port",
+            value: "70000 is not a port (1-65535)", line: 11),
+    BadFile(name: "a duration without a unit", text: checked("type: tcp, interval: 2"), field: "healthcheck.interval",
+            value: #""2" is not a duration from 100ms to 1h"#, line: 11),
+    BadFile(name: "an interval too short", text: checked("type: tcp, interval: 5ms"), field: "healthcheck.interval",
+            value: #""5ms" is not a duration"#, line: 11),
+    BadFile(name: "a timeout longer than the interval", text: checked("type: tcp, interval: 1s, timeout: 2s"),
+            field: "healthcheck.timeout", value: "2s is longer than the interval (1s)", line: 11),
+    BadFile(name: "rise 0", text: checked("type: tcp, rise: 0"), field: "healthcheck.rise",
+            value: "0 is not a count from 1 to 100", line: 11),
+    BadFile(name: "fall not a number", text: checked("type: tcp, fall: many"), field: "healthcheck.fall",
+            value: #""many" is not a count"#, line: 11),
+    BadFile(name: "a path on a tcp check", text: checked("type: tcp, path: /healthz"), field: "healthcheck.path",
+            value: "applies to type http only, not tcp", line: 11),
+    BadFile(name: "an HTTP path without a slash", text: checked("type: http, path: healthz"), field: "healthcheck.path",
+            value: #""healthz" is not an HTTP path"#, line: 11),
+    BadFile(name: "an HTTP status out of range", text: checked("type: http, expect_status: 99"),
+            field: "healthcheck.expect_status", value: "99 is not an HTTP status (100-599)", line: 11),
+    BadFile(name: "a udp check without send", text: checked("type: udp, expect: pong"), field: "healthcheck.send",
+            value: "required for type udp", line: 11),
+    BadFile(name: "send on an http check", text: checked("type: http, send: ping"), field: "healthcheck.send",
+            value: "applies to type udp only, not http", line: 11),
+]
+
+private let badFiles: [BadFile] = badHealthChecks + [
     BadFile(name: "YAML syntax error", text: "services: [\n  - {name: a\n", field: nil, value: "invalid YAML"),
     BadFile(name: "a tab in indentation", text: "services:\n\t- name: a\n", field: nil, value: "invalid YAML", line: 2),
     BadFile(name: "an empty file", text: "", field: nil, value: "empty"),
@@ -71,7 +107,7 @@ private let badFiles: [BadFile] = [
     BadFile(name: "unknown node key", text: "node: { source_v5: 192.0.2.10 }\nservices: []\n", field: "node",
             value: #"unknown key "source_v5""#, line: 1),
     BadFile(name: "unknown service key", text: replacing("protocol:", "protocl:"), field: nil,
-            value: #"unknown key "protocl" (allowed keys: name, vip, port, protocol, forwarding, backends)"#, line: 8),
+            value: #"unknown key "protocl" (allowed keys: name, vip, port, protocol, forwarding, backends, healthcheck)"#, line: 8),
     BadFile(name: "unknown backend key", text: replacing("weight: 1", "wieght: 1"), field: "backends[0]",
             value: #"unknown key "wieght" (allowed keys: address, weight)"#, line: 10),
     BadFile(name: "missing services", text: "node: {}\n", field: "services", value: "required key is missing"),

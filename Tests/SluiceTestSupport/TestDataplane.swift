@@ -226,9 +226,10 @@ public final class TestDataplane {
         try apply(ServiceFileParser.parse(yaml, file: "test.yaml"))
     }
 
+    /// Applies `file`; `health` as an agent passes its verdicts (nil: keep the maps' flags).
     @discardableResult
-    public func apply(_ file: ServiceFile) throws -> ApplyResult {
-        let result = try Applier.apply(file, to: dataplane)
+    public func apply(_ file: ServiceFile, health: HealthVerdicts? = nil) throws -> ApplyResult {
+        let result = try Applier.apply(file, to: dataplane, health: health)
         serviceFile = file
         model = MaglevModel(file)
         return result
