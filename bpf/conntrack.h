@@ -47,22 +47,46 @@ static __always_inline int sl_ct_lookup(const struct sl_flow_key *key, struct sl
 	return 1;
 }
 
+/* Reports a new flow to the agent, which sends it to the peer balancers.
+ * Without a wakeup: the agent drains the ring every batch interval, and a
+ * wakeup per flow would cost an irq_work on this CPU. A full ring loses the
+ * report, not the packet. */
+static __always_inline void sl_ct_report(const struct sl_flow_key *key, const struct sl_ct_entry *entry,
+					 struct sl_stats *st)
+{
+	struct sl_flow_event *ev = bpf_ringbuf_reserve(&sl_flow_events, sizeof(*ev), 0);
+
+	if (!ev) {
+		st->flow_events_lost++;
+		return;
+	}
+	__builtin_memcpy(&ev->key, key, sizeof(ev->key));
+	ev->backend_id = entry->backend_id;
+	ev->service_id = entry->service_id;
+	ev->epoch = entry->epoch;
+	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+}
+
 /* Records (or replaces) the flow's backend under its service slot's current
- * epoch, and counts a new flow. Should the update fail, the packet is still
- * forwarded: its next packet goes through Maglev again and most likely lands
- * on the same backend. */
+ * epoch, counts a new flow, and reports it when the node syncs with peers.
+ * Should the update fail, the packet is still forwarded: its next packet goes
+ * through Maglev again and most likely lands on the same backend. */
 static __always_inline void sl_ct_record(const struct sl_flow_key *key, __u32 backend_id,
-					 __u32 service_id, struct sl_stats *st)
+					 __u32 service_id, const struct sl_config *cfg,
+					 struct sl_stats *st)
 {
 	__u32 *epoch = bpf_map_lookup_elem(&sl_vip_epochs, &service_id);
 	struct sl_ct_entry entry = {
 		.backend_id = backend_id,
 		.service_id = service_id,
 		.epoch = epoch ? *epoch : 0,
+		.origin = SL_ORIGIN_LOCAL,
 	};
 
 	bpf_map_update_elem(&sl_conntrack, key, &entry, BPF_ANY);
 	st->new_flows++;
+	if (cfg->flags & SL_CFG_SYNC)
+		sl_ct_report(key, &entry, st);
 }
 
 #endif /* SLUICE_CONNTRACK_H */

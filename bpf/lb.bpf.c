@@ -31,8 +31,8 @@ struct sl_target {
  * entry) with Maglev and records it. A non-SYN packet here is a conntrack
  * miss. */
 static __always_inline int sl_place_flow(const struct sl_packet *pkt, const struct sl_vip *vip,
-					 const struct sl_flow_key *key, struct sl_stats *st,
-					 struct sl_target *target)
+					 const struct sl_flow_key *key, const struct sl_config *cfg,
+					 struct sl_stats *st, struct sl_target *target)
 {
 	int rc;
 
@@ -42,7 +42,7 @@ static __always_inline int sl_place_flow(const struct sl_packet *pkt, const stru
 	if (rc != SL_CONTINUE)
 		return rc;
 	target->service_id = vip->id;
-	sl_ct_record(key, target->backend_id, target->service_id, st);
+	sl_ct_record(key, target->backend_id, target->service_id, cfg, st);
 	return SL_CONTINUE;
 }
 
@@ -95,7 +95,7 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 		target.service_id = known.service_id;
 		target.backend_id = known.backend_id;
 	} else {
-		rc = sl_place_flow(&pkt, vip, &flow_key, st, &target);
+		rc = sl_place_flow(&pkt, vip, &flow_key, cfg, st, &target);
 		if (rc != SL_CONTINUE)
 			return rc;
 	}

@@ -52,6 +52,8 @@
 #define SL_MAP_SERVICES "sl_services"
 #define SL_MAP_VIP_FILTER "sl_vip_filter"
 #define SL_MAP_VIP_EPOCHS "sl_vip_epochs"
+#define SL_MAP_FLOW_EVENTS "sl_flow_events"
+#define SL_MAP_PEERS "sl_peers"
 #define SL_PROG_BALANCER "sl_balancer"
 
 /* The backend side (lbctl decap): its program and maps, pinned beside the
@@ -119,6 +121,28 @@ struct sl_ct_entry {
 	__u32 backend_id;
 	__u16 service_id;  /* service slot the flow was placed for (< SL_MAX_VIPS) */
 	__u16 epoch;       /* low 16 bits of sl_vip_epochs[service_id] when recorded */
+	__u8 origin;       /* SL_ORIGIN_LOCAL, or the sl_peers index of the peer that sent it */
+	__u8 pad[3];       /* always zero */
+};
+
+/* sl_ct_entry.origin of a flow this node placed itself. */
+#define SL_ORIGIN_LOCAL 0
+
+/* sl_peers: the agent's sync peers by index (1..SL_MAX_PEERS; 0 is local),
+ * so that lbctl flows can name where a synced entry came from. Control-plane
+ * metadata: the data plane never reads it. Value: struct sl_addr_key. */
+#define SL_MAX_PEERS 255
+
+/* sl_flow_events, a ring buffer of this many bytes, carries one struct
+ * sl_flow_event per flow the data plane places while SL_CFG_SYNC is set: the
+ * agent sends them to its peers. Established flows send nothing. */
+#define SL_FLOW_EVENTS_SIZE (1 << 20)
+
+struct sl_flow_event {
+	struct sl_flow_key key;
+	__u32 backend_id;
+	__u16 service_id;
+	__u16 epoch;
 };
 
 /* Value of sl_config (an array of one). Written by lbctl attach and apply. */
@@ -135,6 +159,7 @@ enum sl_config_flags {
 	SL_CFG_HAS_SOURCE_V4 = 1 << 0,
 	SL_CFG_HAS_SOURCE_V6 = 1 << 1,
 	SL_CFG_HAS_GATEWAY = 1 << 2,
+	SL_CFG_SYNC = 1 << 3,        /* report new flows in sl_flow_events (an agent syncs them) */
 };
 
 /* Value of sl_vip_stats and sl_backend_stats (per CPU). */
@@ -166,6 +191,7 @@ struct sl_stats {
 	__u64 fragments;             /* IP fragments, passed to the kernel */
 	__u64 ip_options;            /* IPv4 packets to a VIP that carry options */
 	__u64 drops[SL_DROP__MAX];   /* indexed by enum sl_drop_reason */
+	__u64 flow_events_lost;      /* new flows not reported: sl_flow_events was full */
 };
 
 /* Value of sl_services, indexed by service slot. Control-plane metadata kept

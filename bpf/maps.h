@@ -91,6 +91,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_conntrack SEC(".maps");
 
+/* New flows for the agent to send to its peers (struct sl_flow_event), when
+ * SL_CFG_SYNC is set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SL_FLOW_EVENTS_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_flow_events SEC(".maps");
+
+/* Sync peers by origin index (see SL_MAX_PEERS): for lbctl flows only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SL_MAX_PEERS + 1);
+	__type(key, __u32);
+	__type(value, struct sl_addr_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_peers SEC(".maps");
+
 /* The node's settings (tunnel sources, next-hop MAC): an array of one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

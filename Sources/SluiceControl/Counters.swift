@@ -30,10 +30,13 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
     public var fragments: UInt64
     public var ipOptions: UInt64
     public var drops: [String: UInt64]
+    /// New flows the data plane could not report for sync (sl_flow_events was full).
+    public var flowEventsLost: UInt64
     public var services: [ServiceTraffic]
 
     enum CodingKeys: String, CodingKey {
         case verdicts, drops, services, fragments
+        case flowEventsLost = "flow_events_lost"
         case newFlows = "new_flows"
         case conntrackHits = "conntrack_hits"
         case conntrackMisses = "conntrack_misses"
@@ -72,7 +75,8 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
                 verdicts: Dictionary(uniqueKeysWithValues: zip(verdictNames, verdicts)),
                 newFlows: total.new_flows, conntrackHits: total.ct_hits, conntrackMisses: total.ct_misses,
                 fragments: total.fragments, ipOptions: total.ip_options,
-                drops: Dictionary(uniqueKeysWithValues: zip(dropNames, drops)), services: services)
+                drops: Dictionary(uniqueKeysWithValues: zip(dropNames, drops)), flowEventsLost: total.flow_events_lost,
+                services: services)
         } catch {
             throw .bpf(error, while: "reading counters")
         }

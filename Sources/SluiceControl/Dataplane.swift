@@ -23,6 +23,10 @@ public final class Dataplane {
     public let services: BPFMap
     public let vipFilter: BPFMap
     public let vipEpochs: BPFMap
+    /// New flows for the agent to sync (a ring buffer of sl_flow_event).
+    public let flowEvents: BPFMap
+    /// The agent's sync peers by origin index, for `lbctl flows`.
+    public let peers: BPFMap
     private let object: BPFObject?
 
     private init(pinPath: String, program: BPFProgram, object: BPFObject?, map: (String) throws(BPFError) -> BPFMap) throws(BPFError) {
@@ -40,6 +44,8 @@ public final class Dataplane {
         services = try map(SL_MAP_SERVICES)
         vipFilter = try map(SL_MAP_VIP_FILTER)
         vipEpochs = try map(SL_MAP_VIP_EPOCHS)
+        flowEvents = try map(SL_MAP_FLOW_EVENTS)
+        peers = try map(SL_MAP_PEERS)
     }
 
     static func programPin(_ pinPath: String) -> String { "\(pinPath)/\(SL_PROG_BALANCER)" }
@@ -63,9 +69,10 @@ public final class Dataplane {
         guard isPinned(at: pinPath) else {
             throw .runtime("no Sluice data plane is pinned at \(pinPath) (run 'lbctl attach IFACE' first)")
         }
+        let dataplane: Dataplane
         do {
             let program = try BPFProgram.openPinned(programPin(pinPath))
-            return try Dataplane(pinPath: pinPath, program: program, object: nil) { name throws(BPFError) in
+            dataplane = try Dataplane(pinPath: pinPath, program: program, object: nil) { name throws(BPFError) in
                 try BPFMap.openPinned("\(pinPath)/\(name)")
             }
         } catch where error.isNotFound {
@@ -76,6 +83,12 @@ public final class Dataplane {
         } catch {
             throw .bpf(error, while: "opening the data plane pinned at \(pinPath)")
         }
+        guard dataplane.conntrack.info.valueSize == MemoryLayout<sl_ct_entry>.size,
+              dataplane.stats.info.valueSize == MemoryLayout<sl_stats>.size else {
+            throw .runtime("the balancer pinned at \(pinPath) was loaded by an older lbctl (its map layouts differ): "
+                           + "run 'lbctl detach IFACE' and 'lbctl attach IFACE' to load this version")
+        }
+        return dataplane
     }
 
     /// Opens the pinned data plane, or loads the embedded object and pins it.
@@ -101,7 +114,7 @@ public final class Dataplane {
     public static func removePins(at pinPath: String) {
         let names = [SL_PROG_BALANCER, SL_MAP_VIPS, SL_MAP_MAGLEV, SL_MAP_BACKENDS, SL_MAP_CONNTRACK, SL_MAP_CONFIG,
                      SL_MAP_STATS, SL_MAP_VIP_STATS, SL_MAP_BACKEND_STATS, SL_MAP_SERVICES, SL_MAP_VIP_FILTER,
-                     SL_MAP_VIP_EPOCHS]
+                     SL_MAP_VIP_EPOCHS, SL_MAP_FLOW_EVENTS, SL_MAP_PEERS]
         PinDirectory.unpin(names, at: pinPath)
     }
 }

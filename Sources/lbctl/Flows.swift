@@ -1,4 +1,4 @@
-// lbctl flows: the connection-tracking table.
+// lbctl flows: the connection-tracking table, with where each entry came from.
 import ArgumentParser
 import SluiceControl
 
@@ -12,9 +12,9 @@ struct Flows: ParsableCommand {
         let dataplane = try Dataplane.open(pinPath: global.pinPath)
         let flows = try FlowEntry.read(from: dataplane, state: try AppliedState.read(from: dataplane))
         if json { return try printJSON(flows) }
-        printTable(["PROTO", "SOURCE", "DESTINATION", "SERVICE", "BACKEND"], flows.map {
+        printTable(["PROTO", "SOURCE", "DESTINATION", "SERVICE", "BACKEND", "ORIGIN"], flows.map {
             [$0.protocol, formatVIP($0.source, $0.sourcePort), formatVIP($0.destination, $0.destinationPort),
-             $0.service ?? "-", $0.backend ?? "#\($0.backendID)"]
+             $0.service ?? "-", $0.backend ?? "#\($0.backendID)", $0.origin == "local" ? "local" : "peer \($0.peer ?? "?")"]
         })
         print("\(flows.count) flows")
     }

@@ -26,7 +26,8 @@ private let flowKey = swiftLayout(sl_flow_key.self, "sl_flow_key",
                                   ["src": \.src, "dst": \.dst, "sport": \.sport, "dport": \.dport, "proto": \.proto,
                                    "family": \.family, "pad": \.pad])
 private let ctEntry = swiftLayout(sl_ct_entry.self, "sl_ct_entry",
-                                  ["backend_id": \.backend_id, "service_id": \.service_id, "epoch": \.epoch])
+                                  ["backend_id": \.backend_id, "service_id": \.service_id, "epoch": \.epoch,
+                                   "origin": \.origin, "pad": \.pad])
 private let config = swiftLayout(sl_config.self, "sl_config",
                                  ["source_v4": \.source_v4, "source_v6": \.source_v6, "gateway_mac": \.gateway_mac,
                                   "flags": \.flags, "pad": \.pad, "maglev_size": \.maglev_size])
@@ -34,7 +35,7 @@ private let counter = swiftLayout(sl_counter.self, "sl_counter", ["packets": \.p
 private let stats = swiftLayout(sl_stats.self, "sl_stats",
                                 ["verdicts": \.verdicts, "new_flows": \.new_flows, "ct_hits": \.ct_hits,
                                  "ct_misses": \.ct_misses, "fragments": \.fragments, "ip_options": \.ip_options,
-                                 "drops": \.drops])
+                                 "drops": \.drops, "flow_events_lost": \.flow_events_lost])
 private let serviceInfo = swiftLayout(sl_service_info.self, "sl_service_info",
                                       ["name": \.name, "vip": \.vip, "maglev_size": \.maglev_size,
                                        "generation": \.generation])
@@ -46,10 +47,12 @@ struct LayoutTests {
         #expect(MemoryLayout<sl_vip>.size == 8)
         #expect(MemoryLayout<sl_backend>.size == 24)
         #expect(MemoryLayout<sl_flow_key>.size == 40)
-        #expect(MemoryLayout<sl_ct_entry>.size == 8)
+        #expect(MemoryLayout<sl_ct_entry>.size == 12)
+        #expect(MemoryLayout<sl_flow_event>.size == 48)
+        #expect(MemoryLayout<sl_addr_key>.size == 20)
         #expect(MemoryLayout<sl_config>.size == 32)
         #expect(MemoryLayout<sl_counter>.size == 16)
-        #expect(MemoryLayout<sl_stats>.size == 8 * (Int(SL_VERDICTS) + 5 + Int(SL_DROP__MAX.rawValue)))
+        #expect(MemoryLayout<sl_stats>.size == 8 * (Int(SL_VERDICTS) + 6 + Int(SL_DROP__MAX.rawValue)))
         #expect(MemoryLayout<sl_service_info>.size == Int(SL_SERVICE_NAME_LEN) + 20 + 4 + 4)
     }
 
@@ -97,6 +100,10 @@ struct LayoutTests {
         #expect(d.vipEpochs.info.keySize == u32 && d.vipEpochs.info.valueSize == u32)
         #expect(d.vipEpochs.info.maxEntries == Int(SL_MAX_VIPS))
         #expect(Int(SL_MAX_VIPS) <= Int(UInt16.max) + 1, "a service slot fits sl_ct_entry.service_id")
+        // Sync: the new-flow ring and the peers by origin index (sl_addr_key values).
+        #expect(d.flowEvents.info.type.rawValue == mapTypeRingBuffer && d.flowEvents.info.maxEntries == Int(SL_FLOW_EVENTS_SIZE))
+        #expect(d.peers.info.keySize == u32 && d.peers.info.valueSize == MemoryLayout<sl_addr_key>.size)
+        #expect(d.peers.info.maxEntries == Int(SL_MAX_PEERS) + 1)
     }
 
     @Test func theSwiftModelsConstantsAreTheDataPlanesConstants() {

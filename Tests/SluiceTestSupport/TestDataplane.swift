@@ -163,6 +163,7 @@ public struct MaglevModel: Sendable {
 
 /// BPF_MAP_TYPE_ARRAY_OF_MAPS, for comparing with `BPFMap.info.type.rawValue`.
 public let mapTypeArrayOfMaps = BPF_MAP_TYPE_ARRAY_OF_MAPS.rawValue
+public let mapTypeRingBuffer = BPF_MAP_TYPE_RINGBUF.rawValue
 
 public struct TestDataplaneError: Error, CustomStringConvertible {
     public let description: String

@@ -1,0 +1,182 @@
+// The data-plane side of connection-state sync: turning the new-flow reports of
+// sl_flow_events into flow records (backends by address), writing peers' records into
+// sl_conntrack under this node's own service slots, epochs and backend ids, and reading the
+// whole table for a peer that asks for a copy. The wire and the peers are the agent's.
+import CLibbpf
+import CSluice
+import Foundation
+import SluiceBPF
+import SluiceCore
+
+public final class ConntrackSync {
+    /// Peers an agent may name (origin indexes 1...maxPeers).
+    public static let maxPeers = Int(SL_MAX_PEERS)
+    /// Why a peer's record was not written.
+    public enum Rejection: String, Sendable, CaseIterable {
+        /// Its destination is no VIP here (the nodes' service sets differ).
+        case unknownService = "unknown_service"
+        /// Its backend is no backend of that service here.
+        case unknownBackend = "unknown_backend"
+        /// This node placed the flow itself and still trusts that entry: it is the fresher.
+        case localNewer = "local_newer"
+    }
+
+    public struct InsertResult: Sendable, Equatable {
+        public var applied = 0
+        public var rejected: [Rejection: Int] = [:]
+
+        public init(applied: Int = 0, rejected: [Rejection: Int] = [:]) {
+            self.applied = applied
+            self.rejected = rejected
+        }
+    }
+
+    private struct BackendKey: Hashable {
+        var slot: UInt32
+        var address: IPAddress
+    }
+
+    private let dataplane: Dataplane
+    private let events: BPFRingBuffer
+    /// (service slot, backend address) -> backend id, from the applied state.
+    private var backendIDs: [BackendKey: UInt32] = [:]
+    private var indexedAt: ContinuousClock.Instant?
+
+    public init(dataplane: Dataplane) throws(ControlError) {
+        self.dataplane = dataplane
+        do { events = try BPFRingBuffer(map: dataplane.flowEvents) } catch {
+            throw .bpf(error, while: "opening \(SL_MAP_FLOW_EVENTS)")
+        }
+    }
+
+    /// Turns the data plane's reporting of new flows on or off (SL_CFG_SYNC in sl_config).
+    public func setReporting(_ enabled: Bool) throws(ControlError) {
+        do {
+            var config = try dataplane.config.lookup(UInt32(0), as: sl_config.self) ?? sl_config()
+            let flag = UInt8(SL_CFG_SYNC.rawValue)
+            let flags = enabled ? config.flags | flag : config.flags & ~flag
+            guard flags != config.flags else { return }
+            config.flags = flags
+            try dataplane.config.update(UInt32(0), config)
+        } catch { throw .bpf(error, while: "writing \(SL_MAP_CONFIG)") }
+    }
+
+    /// Records the peers' addresses by origin index (1...), for `lbctl flows`.
+    public func setPeers(_ addresses: [IPAddress]) throws(ControlError) {
+        do {
+            for index in 1...Int(SL_MAX_PEERS) {
+                var key = sl_addr_key()
+                if index <= addresses.count {
+                    key.addr = addresses[index - 1].words
+                    key.family = addresses[index - 1].family.rawValue
+                }
+                try dataplane.peers.update(UInt32(index), key)
+            }
+        } catch { throw .bpf(error, while: "writing \(SL_MAP_PEERS)") }
+    }
+
+    /// The flows placed here since the last call, as records. A report whose backend slot
+    /// is empty (a backend removed meanwhile) is left out.
+    public func newFlows() throws(ControlError) -> [FlowRecord] {
+        let reported: [sl_flow_event]
+        do { reported = try events.drain(as: sl_flow_event.self) } catch {
+            throw .bpf(error, while: "reading \(SL_MAP_FLOW_EVENTS)")
+        }
+        var addresses: [UInt32: IPAddress?] = [:]
+        return reported.compactMap { event in
+            if addresses[event.backend_id] == nil {
+                let slot = try? dataplane.backends.lookup(event.backend_id, as: sl_backend.self)
+                addresses[event.backend_id] = slot.flatMap { IPAddress(cWords: $0.addr, family: $0.family) }
+            }
+            guard let backend = addresses[event.backend_id] ?? nil else { return nil }
+            return FlowRecord(key: event.key, backend: backend)
+        }
+    }
+
+    /// Every flow the table trusts now (current epoch), for a peer's full copy.
+    public func snapshot() throws(ControlError) -> [FlowRecord] {
+        do {
+            let entries = try dataplane.conntrack.hashEntries(key: sl_flow_key.self, value: sl_ct_entry.self)
+            let epochs = try dataplane.vipEpochs.arrayValues(as: UInt32.self)
+            let backends = try dataplane.backends.arrayValues(as: sl_backend.self)
+            return entries.compactMap { key, entry in
+                guard Int(entry.service_id) < epochs.count, UInt16(truncatingIfNeeded: epochs[Int(entry.service_id)]) == entry.epoch,
+                      Int(entry.backend_id) < backends.count else { return nil }
+                let slot = backends[Int(entry.backend_id)]
+                return IPAddress(cWords: slot.addr, family: slot.family).flatMap { FlowRecord(key: key, backend: $0) }
+            }
+        } catch { throw .bpf(error, while: "reading the connection table") }
+    }
+
+    /// Writes peers' records into the connection table, each under this node's slot, epoch
+    /// and backend id for it, marked with `origin` (the peer's index). An entry this node
+    /// placed itself and still trusts is never overwritten; an older peer's entry is.
+    public func insert(_ records: [FlowRecord], origin: UInt8) -> InsertResult {
+        var result = InsertResult()
+        let local = UInt8(SL_ORIGIN_LOCAL)
+        var epochs: [UInt32: UInt32] = [:]
+        for record in records {
+            var vipKey = sl_vip_key()
+            vipKey.addr = record.destination.words
+            vipKey.port = record.destinationPort
+            vipKey.proto = record.proto
+            vipKey.family = record.destination.family.rawValue
+            guard let vip = try? dataplane.vips.lookup(vipKey, as: sl_vip.self) else {
+                result.rejected[.unknownService, default: 0] += 1
+                continue
+            }
+            guard let backendID = backendID(slot: vip.id, address: record.backend) else {
+                result.rejected[.unknownBackend, default: 0] += 1
+                continue
+            }
+            if epochs[vip.id] == nil { epochs[vip.id] = (try? dataplane.vipEpochs.lookup(vip.id, as: UInt32.self)) ?? 0 }
+            let epoch = UInt16(truncatingIfNeeded: epochs[vip.id]!)
+            let key = sl_flow_key(record)
+            if let existing = try? dataplane.conntrack.lookup(key, as: sl_ct_entry.self),
+               existing.origin == local, existing.service_id == UInt16(vip.id), existing.epoch == epoch {
+                result.rejected[.localNewer, default: 0] += 1
+                continue
+            }
+            let entry = sl_ct_entry(backend_id: backendID, service_id: UInt16(vip.id), epoch: epoch, origin: origin, pad: (0, 0, 0))
+            if (try? dataplane.conntrack.update(key, entry)) != nil { result.applied += 1 }
+        }
+        return result
+    }
+
+    /// The backend id of `address` in service `slot`, re-reading the applied state when it
+    /// is unknown (an apply since the last read), at most once a second.
+    private func backendID(slot: UInt32, address: IPAddress) -> UInt32? {
+        let key = BackendKey(slot: slot, address: address)
+        if let id = backendIDs[key] { return id }
+        let now = ContinuousClock.now
+        if let indexedAt, now - indexedAt < .seconds(1) { return nil }
+        indexedAt = now
+        guard let state = try? AppliedState.read(from: dataplane) else { return nil }
+        backendIDs = [:]
+        for service in state.services {
+            for backend in service.backends { backendIDs[BackendKey(slot: service.slot, address: backend.address)] = backend.id }
+        }
+        return backendIDs[key]
+    }
+}
+
+extension FlowRecord {
+    init?(key: sl_flow_key, backend: IPAddress) {
+        guard let source = IPAddress(cWords: key.src, family: key.family),
+              let destination = IPAddress(cWords: key.dst, family: key.family) else { return nil }
+        self.init(source: source, destination: destination, sourcePort: key.sport, destinationPort: key.dport,
+                  proto: key.proto, backend: backend)
+    }
+}
+
+extension sl_flow_key {
+    init(_ record: FlowRecord) {
+        self.init()
+        src = record.source.words
+        dst = record.destination.words
+        sport = record.sourcePort
+        dport = record.destinationPort
+        proto = record.proto
+        family = record.source.family.rawValue
+    }
+}
