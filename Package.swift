@@ -15,6 +15,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         // Already under Hummingbird; named for the health checks' TCP, HTTP and UDP probes.
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
+        // Already under Hummingbird: the sync protocol's HMAC-SHA256 (Crypto) and TCP framing (NIOExtras).
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
     ],
     targets: [
         // libbpf, through pkg-config; shim.h covers what its macros hide from Swift.
@@ -37,6 +40,8 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOExtras", package: "swift-nio-extras"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .executableTarget(name: "lbctl", dependencies: [
             "SluiceControl", "SluiceCore", "SluiceAgent",
@@ -51,7 +56,8 @@ let package = Package(
                 path: "Tests/SluiceTestSupport"),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
         .testTarget(name: "SluiceDataplaneTests", dependencies: ["SluiceControl", "SluiceTestSupport", "SluiceCore", "SluiceBPF", "CSluice"]),
-        .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceAgent", "SluiceControl"]),
+        .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceAgent", "SluiceControl",
+                                                     .product(name: "Crypto", package: "swift-crypto")]),
         // End to end through scripts/lab.sh: namespaces, real TCP/UDP servers, DSR.
         .testTarget(name: "LabTests", dependencies: ["SluiceTestSupport"]),
     ]

@@ -20,6 +20,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var tlsKey: String?
     /// Timings of every health check that does not set its own.
     public var healthDefaults: HealthCheckDefaults
+    /// Connection-state sync with peer balancers; nil = off.
+    public var sync: SyncConfig?
 
     public init(host: String = "127.0.0.1", port: Int = 9300, pinPath: String = Dataplane.defaultPinPath,
                 tokenFile: String, servicesFile: String = AgentConfig.defaultServicesFile,
@@ -32,9 +34,10 @@ public struct AgentConfig: Sendable, Equatable {
         self.tlsCertificate = tlsCertificate
         self.tlsKey = tlsKey
         self.healthDefaults = healthDefaults
+        sync = nil
     }
 
-    static let keys = ["listen", "pin_path", "token_file", "services_file", "tls", "healthcheck_defaults"]
+    static let keys = ["listen", "pin_path", "token_file", "services_file", "tls", "healthcheck_defaults", "sync"]
     static let tlsKeys = ["cert", "key"]
     static let healthKeys = ["interval", "timeout", "rise", "fall"]
 
@@ -89,6 +92,9 @@ public struct AgentConfig: Sendable, Equatable {
         }
         if let health = top["healthcheck_defaults"] {
             config.healthDefaults = try parseHealthDefaults(health, bad: bad)
+        }
+        if let sync = top["sync"] {
+            config.sync = try SyncConfig.parse(sync, bad: bad)
         }
         return config
     }

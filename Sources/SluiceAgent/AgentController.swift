@@ -89,6 +89,8 @@ public actor AgentController {
     public nonisolated let conntrackCounter: ConntrackCounter
     /// Runs the services' health checks; run it as a service beside the server.
     public nonisolated let health: HealthMonitor
+    /// Connection-state sync with peer balancers (nil: not configured); a service beside the server.
+    public nonisolated let sync: SyncService?
     /// Request bodies larger than this are refused (a 4096-service file is ~1 MB).
     public static let maxBody = 16 << 20
 
@@ -102,6 +104,12 @@ public actor AgentController {
         dataplane = try Dataplane.openOrLoad(pinPath: config.pinPath)
         conntrackCounter = ConntrackCounter(map: dataplane.conntrack)
         health = HealthMonitor(defaults: config.healthDefaults, logger: logger)
+        if let syncConfig = config.sync {
+            sync = try SyncService(config: syncConfig, pinPath: config.pinPath, logger: logger)
+        } else {
+            sync = nil
+            try ConntrackSync(dataplane: dataplane).setReporting(false)
+        }
         if let attributes = try? FileManager.default.attributesOfItem(atPath: config.servicesFile),
            let modified = attributes[.modificationDate] as? Date {
             lastApply = modified.timeIntervalSince1970
@@ -229,7 +237,7 @@ public actor AgentController {
     public func metrics() throws -> [UInt8] {
         do {
             return MetricsRenderer.render(try MetricsInput.read(from: dataplane, conntrackEntries: conntrackCounter.entries,
-                                                                lastApply: lastApply))
+                                                                lastApply: lastApply, sync: sync?.stats.snapshot))
         } catch { throw APIError(error) }
     }
 

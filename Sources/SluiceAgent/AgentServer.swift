@@ -17,6 +17,12 @@ public enum AgentServer {
         router.get("/healthz") { _, _ in
             json(200, ["status": "ok"])
         }
+        // For whatever announces this node's routes: not ready while a starting node is still
+        // copying the connection table from its peers.
+        router.get("/readyz") { _, _ in
+            if controller.sync?.isReady ?? true { return json(200, ["ready": true]) }
+            return json(503, ReadyAnswer(ready: false, reason: "copying the connection table from peers"))
+        }
         router.get("/metrics") { _, _ in
             do {
                 let text = try await controller.metrics()
@@ -37,6 +43,11 @@ public enum AgentServer {
             await write(request, controller) { body in try await controller.validate(body) }
         }
         return router
+    }
+
+    private struct ReadyAnswer: Encodable {
+        var ready: Bool
+        var reason: String
     }
 
     private static func write(_ request: Request, _ controller: AgentController,
@@ -100,7 +111,7 @@ public enum AgentServer {
         let app = Application(
             router: router(controller), server: server,
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: "sluice"),
-            services: [controller.conntrackCounter, controller.health],
+            services: [controller.conntrackCounter, controller.health] + (controller.sync.map { [$0] } ?? []),
             onServerRunning: { channel in
                 // Tests and scripts wait for this line; with port 0 it is how they learn the port.
                 let port = channel.localAddress?.port ?? config.port

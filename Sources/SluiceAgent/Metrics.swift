@@ -23,25 +23,29 @@ public struct MetricsInput: Sendable {
     /// Seconds since the epoch of the last successful apply (0: never).
     public var lastApply: Double
     public var version: String
+    /// The sync's figures, when the agent syncs with peers.
+    public var sync: SyncStats.Snapshot?
 
     public init(counters: CounterSnapshot, services: [AppliedService], conntrackEntries: Int?, conntrackCapacity: Int,
-                lastApply: Double, version: String) {
+                lastApply: Double, version: String, sync: SyncStats.Snapshot? = nil) {
         self.counters = counters
         self.services = services
         self.conntrackEntries = conntrackEntries
         self.conntrackCapacity = conntrackCapacity
         self.lastApply = lastApply
         self.version = version
+        self.sync = sync
     }
 }
 
 extension MetricsInput {
     /// Reads what a scrape shows from the maps: the applied state, then the counters.
-    public static func read(from dataplane: Dataplane, conntrackEntries: Int?, lastApply: Double) throws(ControlError) -> MetricsInput {
+    public static func read(from dataplane: Dataplane, conntrackEntries: Int?, lastApply: Double,
+                            sync: SyncStats.Snapshot? = nil) throws(ControlError) -> MetricsInput {
         let state = try AppliedState.read(from: dataplane)
         return MetricsInput(counters: try CounterSnapshot.read(from: dataplane, state: state), services: state.services,
                             conntrackEntries: conntrackEntries, conntrackCapacity: dataplane.conntrack.info.maxEntries,
-                            lastApply: lastApply, version: AgentBuild.version)
+                            lastApply: lastApply, version: AgentBuild.version, sync: sync)
     }
 }
 
@@ -126,12 +130,49 @@ public enum MetricsRenderer {
             out.sample("sluice_xdp_verdicts_total", PrometheusText.labels(["verdict": verdict]), counters.verdicts[verdict] ?? 0)
         }
 
+        out.family("sluice_flow_events_lost_total", .counter, "New flows not reported for sync because the ring buffer was full.")
+        out.sample("sluice_flow_events_lost_total", "", counters.flowEventsLost)
+        if let sync = input.sync { renderSync(sync, into: &out) }
+
         out.family("sluice_services", .gauge, "Services applied.")
         out.sample("sluice_services", "", UInt64(input.services.count))
         out.family("sluice_last_apply_timestamp_seconds", .gauge,
                    "When the agent last applied a desired set (seconds since the epoch; 0: never).")
         out.sample("sluice_last_apply_timestamp_seconds", "", input.lastApply)
         return out.bytes
+    }
+
+    /// The agent's own sync counters: they start from zero when the agent does.
+    private static func renderSync(_ sync: SyncStats.Snapshot, into out: inout PrometheusText) {
+        out.family("sluice_sync_ready", .gauge, "1 once this node has a peer's copy of the connection table (or the resync timed out).")
+        out.sample("sluice_sync_ready", "", UInt64(sync.ready ? 1 : 0))
+        out.family("sluice_sync_peer_connected", .gauge, "1 while this node's connection to a peer is up.")
+        for (peer, up) in sync.connected.sorted(by: { $0.key < $1.key }) {
+            out.sample("sluice_sync_peer_connected", PrometheusText.labels(["peer": peer]), UInt64(up ? 1 : 0))
+        }
+        out.family("sluice_sync_records_sent_total", .counter, "Flow records sent to a peer.")
+        for (peer, count) in sync.sent.sorted(by: { $0.key < $1.key }) {
+            out.sample("sluice_sync_records_sent_total", PrometheusText.labels(["peer": peer]), count)
+        }
+        out.family("sluice_sync_records_received_total", .counter, "Flow records received from a peer in authentic batches.")
+        for (peer, count) in sync.received.sorted(by: { $0.key < $1.key }) {
+            out.sample("sluice_sync_records_received_total", PrometheusText.labels(["peer": peer]), count)
+        }
+        out.family("sluice_sync_records_applied_total", .counter, "Flow records written into the connection table.")
+        out.sample("sluice_sync_records_applied_total", "", sync.applied)
+        out.family("sluice_sync_records_rejected_total", .counter, "Flow records not written, by reason.")
+        for reason in ConntrackSync.Rejection.allCases.map(\.rawValue) {
+            out.sample("sluice_sync_records_rejected_total", PrometheusText.labels(["reason": reason]), sync.recordsRejected[reason] ?? 0)
+        }
+        out.family("sluice_sync_batches_rejected_total", .counter, "Batches dropped unread, by reason.")
+        let batchReasons = SyncFrame.Rejection.allCases.map(\.rawValue) + [SyncReplayGuard.Verdict.replay.rawValue, SyncReplayGuard.Verdict.stale.rawValue]
+        for reason in batchReasons {
+            out.sample("sluice_sync_batches_rejected_total", PrometheusText.labels(["reason": reason]), sync.batchesRejected[reason] ?? 0)
+        }
+        out.family("sluice_sync_lag_seconds", .gauge, "Seconds from a peer stamping its last applied batch to this node writing it.")
+        out.sample("sluice_sync_lag_seconds", "", sync.lagSeconds)
+        out.family("sluice_sync_frames_dropped_total", .counter, "Batches not sent because a peer's queue was full.")
+        out.sample("sluice_sync_frames_dropped_total", "", sync.framesDropped)
     }
 }
 

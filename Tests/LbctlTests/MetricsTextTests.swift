@@ -21,6 +21,7 @@ struct MetricsTextTests {
             {"verdicts": {"aborted": 0, "drop": 1, "pass": 2, "tx": 7, "redirect": 0},
              "new_flows": 5, "conntrack_hits": 2, "conntrack_misses": 1, "fragments": 3, "ip_options": 4,
              "drops": {"malformed": 1, "truncated": 0, "no_backend": 0, "no_source": 0, "no_gateway": 0, "encap": 0},
+             "flow_events_lost": 6,
              "services": [{"name": "web", "vip": "192.0.2.10", "port": 80, "protocol": "tcp", "packets": 7, "bytes": 700,
                            "backends": [{"address": "10.1.0.1", "packets": 7, "bytes": 700},
                                         {"address": "10.1.0.2", "packets": 18446744073709551615, "bytes": 0}]}]}
@@ -53,15 +54,42 @@ struct MetricsTextTests {
             "sluice_conntrack_entries 9", "sluice_conntrack_capacity_entries 1024",
             "sluice_fragments_passed_total 3", "sluice_ip_options_packets_total 4",
             #"sluice_drops_total{reason="malformed"} 1"#, #"sluice_xdp_verdicts_total{verdict="tx"} 7"#,
-            "sluice_services 1", "sluice_last_apply_timestamp_seconds 1764000000.5",
+            "sluice_services 1", "sluice_last_apply_timestamp_seconds 1764000000.5", "sluice_flow_events_lost_total 6",
             "# TYPE sluice_packets_total counter", "# TYPE sluice_backend_weight gauge",
         ] {
             #expect(lines.contains(expected), "missing: \(expected)\n\(text)")
         }
         let types = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count
         let helps = text.split(separator: "\n").filter { $0.hasPrefix("# HELP ") }.count
-        #expect(types == 20 && helps == 20, "every family has HELP and TYPE (\(types), \(helps))")
+        #expect(types == 21 && helps == 21, "every family has HELP and TYPE (\(types), \(helps))")
         #expect(text.hasSuffix("\n"))
+        #expect(!text.contains("sluice_sync_"), "no sync series without sync")
+
+        // With sync: its families, every rejection reason present (zero or not).
+        var sync = SyncStats.Snapshot()
+        sync.ready = true
+        sync.sent = ["10.0.0.2:9301": 12]
+        sync.received = ["10.0.0.2": 30]
+        sync.applied = 28
+        sync.recordsRejected = ["local_newer": 2]
+        sync.batchesRejected = ["bad_mac": 1]
+        sync.connected = ["10.0.0.2:9301": true]
+        sync.lagSeconds = 0.25
+        let synced = String(decoding: MetricsRenderer.render(MetricsInput(
+            counters: counters, services: [applied], conntrackEntries: 9, conntrackCapacity: 1024,
+            lastApply: 1_764_000_000.5, version: "1.2.3", sync: sync)), as: UTF8.self)
+        let syncLines = Set(synced.split(separator: "\n").map(String.init))
+        for expected in [
+            "sluice_sync_ready 1", #"sluice_sync_peer_connected{peer="10.0.0.2:9301"} 1"#,
+            #"sluice_sync_records_sent_total{peer="10.0.0.2:9301"} 12"#, #"sluice_sync_records_received_total{peer="10.0.0.2"} 30"#,
+            "sluice_sync_records_applied_total 28", #"sluice_sync_records_rejected_total{reason="local_newer"} 2"#,
+            #"sluice_sync_records_rejected_total{reason="unknown_backend"} 0"#, #"sluice_sync_batches_rejected_total{reason="bad_mac"} 1"#,
+            #"sluice_sync_batches_rejected_total{reason="replay"} 0"#, #"sluice_sync_batches_rejected_total{reason="stale"} 0"#,
+            "sluice_sync_lag_seconds 0.25", "sluice_sync_frames_dropped_total 0",
+        ] {
+            #expect(syncLines.contains(expected), "missing: \(expected)\n\(synced)")
+        }
+        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 30)
     }
 
     @Test("the agent configuration: defaults, every key, and refusals that name the key")

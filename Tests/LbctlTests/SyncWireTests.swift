@@ -1,0 +1,76 @@
+// The sync protocol's frames: they round-trip, and a receiver refuses every frame it must:
+// tampered, under another key, cut short, replayed, or stamped too far from its clock.
+import Crypto
+import Foundation
+import SluiceAgent
+import SluiceCore
+import Testing
+
+private let key = SymmetricKey(data: Data("0123456789abcdef0123456789abcdef".utf8))
+
+private func record(_ n: Int, v6: Bool = false) -> FlowRecord {
+    FlowRecord(source: IPAddress(v6 ? "2001:db8::\(n)" : "198.18.0.\(n)")!,
+               destination: IPAddress(v6 ? "2001:db8:100::10" : "198.51.100.10")!,
+               sourcePort: UInt16(40000 + n).bigEndian, destinationPort: UInt16(80).bigEndian, proto: 6,
+               backend: IPAddress(v6 ? "fd10:3::11" : "10.10.3.11")!)
+}
+
+private func frame(sequence: UInt64 = 1, timestamp: UInt64 = 1_800_000_000_000, sender: UInt64 = 42) -> SyncFrame {
+    SyncFrame(kind: .records, sender: sender, sequence: sequence, timestampMilliseconds: timestamp,
+              records: [record(1), record(2, v6: true), record(3)])
+}
+
+@Suite("sync wire format")
+struct SyncWireTests {
+    @Test func aFrameRoundTrips() throws {
+        for original in [frame(), SyncFrame(kind: .resyncRequest, sender: 7, sequence: 9, timestampMilliseconds: 5),
+                         SyncFrame(kind: .resyncDone, sender: 7, sequence: 10, timestampMilliseconds: 6)] {
+            let bytes = original.encoded(key: key)
+            #expect(bytes.count == 36 + original.records.count * 56 + 32)
+            #expect(try SyncFrame.decode(bytes, key: key) == original)
+        }
+        let full = SyncFrame(kind: .records, sender: 1, sequence: 1, timestampMilliseconds: 1,
+                             records: (0..<SyncFrame.maxRecords).map { record($0 % 250) })
+        #expect(full.encoded(key: key).count == SyncFrame.maxSize)
+        #expect(try SyncFrame.decode(full.encoded(key: key), key: key) == full)
+    }
+
+    @Test func aTamperedFrameOrAnotherKeyIsABadMAC() {
+        let bytes = frame().encoded(key: key)
+        // Every byte matters: the header, a record's backend, the MAC itself.
+        for index in [5, 17, 36 + 40, bytes.count - 1] {
+            var tampered = bytes
+            tampered[index] ^= 0x01
+            #expect(throws: SyncFrame.Rejection.badMAC) { try SyncFrame.decode(tampered, key: key) }
+        }
+        let other = SymmetricKey(data: Data("another key of thirty-two bytes!".utf8))
+        #expect(throws: SyncFrame.Rejection.badMAC) { try SyncFrame.decode(bytes, key: other) }
+    }
+
+    @Test func aFrameCutShortOrPaddedIsMalformed() {
+        let bytes = frame().encoded(key: key)
+        #expect(throws: SyncFrame.Rejection.malformed) { try SyncFrame.decode(Array(bytes.prefix(40)), key: key) }
+        #expect(throws: SyncFrame.Rejection.malformed) { try SyncFrame.decode([UInt8](repeating: 0, count: SyncFrame.maxSize + 1), key: key) }
+        // A wrong record count, re-sealed with the right key: the MAC passes, the shape does not.
+        var body = Array(bytes.dropLast(32))
+        body[33] = 9
+        let resealed = body + Array(HMAC<SHA256>.authenticationCode(for: body, using: key))
+        #expect(throws: SyncFrame.Rejection.malformed) { try SyncFrame.decode(resealed, key: key) }
+    }
+
+    @Test func aReplayedOrStaleFrameIsRefused() {
+        var guardian = SyncReplayGuard(skewMilliseconds: 30_000)
+        let now: UInt64 = 1_800_000_000_000
+        #expect(guardian.check(frame(sequence: 1, timestamp: now), now: now) == .accept)
+        #expect(guardian.check(frame(sequence: 2, timestamp: now + 10), now: now + 20) == .accept)
+        // The same frame again, or an older one from the same sender: a replay.
+        #expect(guardian.check(frame(sequence: 2, timestamp: now + 10), now: now + 30) == .replay)
+        #expect(guardian.check(frame(sequence: 1, timestamp: now), now: now + 40) == .replay)
+        // Another sender has its own sequence.
+        #expect(guardian.check(frame(sequence: 1, timestamp: now, sender: 43), now: now + 50) == .accept)
+        // Stamped too long ago (a capture replayed after the receiver forgot the sender), or from the future.
+        var fresh = SyncReplayGuard(skewMilliseconds: 30_000)
+        #expect(fresh.check(frame(sequence: 3, timestamp: now), now: now + 30_001) == .stale)
+        #expect(fresh.check(frame(sequence: 3, timestamp: now + 31_000), now: now) == .stale)
+    }
+}
