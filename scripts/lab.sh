@@ -184,7 +184,9 @@ cmd_up() {
 
     # From here on, a failure or an interrupt takes down whatever was built.
     trap 'rc=$?; trap - EXIT ERR INT TERM; echo "lab.sh: bring-up of $NAME failed (line $LINENO), cleaning up" >&2; cmd_down; exit $((rc ? rc : 1))' ERR INT TERM
-    trap 'rc=$?; trap - EXIT ERR INT TERM; if ((rc)); then cmd_down; fi' EXIT
+    # (A failure inside a function, wait_server's, exits through set -e without the ERR
+    # trap, which functions do not inherit: say it here too.)
+    trap 'rc=$?; trap - EXIT ERR INT TERM; if ((rc)); then echo "lab.sh: bring-up of $NAME failed (exit $rc), cleaning up" >&2; cmd_down; fi' EXIT
 
     mkdir -p "$BPFFS"
     ((BALANCERS == 1)) || echo "$BALANCERS" >"$DIR/balancers"
