@@ -9,9 +9,17 @@ lab-client.py session HOST PORT STATEFILE [INTERVAL]
   one long-lived TCP connection to an echo service: a line every INTERVAL seconds (0.2),
   each echo checked; STATEFILE is rewritten after every exchange with
   {"backend", "ok", "failed", "last_error", "closed"}. Runs until SIGTERM/SIGINT.
+lab-client.py sessions HOST PORT COUNT STATEFILE [INTERVAL]
+  COUNT long-lived TCP connections to an echo service, in one thread: every INTERVAL
+  seconds (0.3) a line on every connection still alive, each echo checked (2 s timeout).
+  A connection that fails (reset, timeout, EOF, a wrong echo or another backend) is
+  broken for good, never reopened. STATEFILE is rewritten after every round with
+  {"connections", "opened", "rounds", "alive", "broken", "per_connection": [{"backend",
+  "ok", "failed", "last_error", "closed"}...]}. Runs until SIGTERM/SIGINT.
 """
 import json
 import os
+import selectors
 import signal
 import socket
 import sys
@@ -132,6 +140,144 @@ def session(host, port, statefile, interval):
     return 0
 
 
+class Conn:
+    """One connection of `sessions`: its socket, what it expects back, its record."""
+
+    def __init__(self, index):
+        self.index = index
+        self.sock = None
+        self.pending = b""   # the line sent this round, until its echo is checked
+        self.buffer = b""    # what arrived of the echo so far
+        self.record = {"backend": None, "ok": 0, "failed": 0, "last_error": None, "closed": False}
+
+    @property
+    def alive(self):
+        return self.sock is not None
+
+    def fail(self, error):
+        self.record["failed"] += 1
+        self.record["last_error"] = error
+        self.close()
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+        self.record["closed"] = True
+
+    def check(self, answer):
+        name, _, echoed = answer.decode(errors="replace").partition(" ")
+        if echoed.encode() != self.pending:
+            raise RuntimeError(f"bad echo {answer[:40]!r}")
+        if self.record["backend"] is None:
+            self.record["backend"] = name
+        elif self.record["backend"] != name:
+            raise RuntimeError(f"answered by {name}, not {self.record['backend']}")
+        self.record["ok"] += 1
+        self.pending = b""
+
+
+def sessions(host, port, count, statefile, interval):
+    running = True
+
+    def stop(*_):
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    conns = [Conn(i) for i in range(count)]
+    opened = 0
+    rounds = 0
+
+    def save():
+        state = {
+            "connections": count,
+            "opened": opened,
+            "rounds": rounds,
+            "alive": sum(1 for c in conns if c.alive),
+            "broken": sum(1 for c in conns if c.record["failed"] > 0),
+            "per_connection": [c.record for c in conns],
+        }
+        tmp = statefile + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, statefile)
+
+    for c in conns:
+        if not running:
+            break
+        try:
+            c.sock = socket.create_connection((host, port), timeout=TIMEOUT)
+            c.sock.setblocking(False)
+            opened += 1
+        except Exception as e:  # noqa: BLE001 - a connection that cannot open is broken
+            c.fail(repr(e))
+    save()
+
+    selector = selectors.DefaultSelector()
+    while running:
+        started = time.monotonic()
+        rounds += 1
+        waiting = {}
+        for c in conns:
+            if not c.alive:
+                continue
+            c.pending = f"conn-{c.index}-round-{rounds}\n".encode()
+            c.buffer = b""
+            try:
+                # A line this short fits in any socket buffer: one send is all of it.
+                if c.sock.send(c.pending) != len(c.pending):
+                    raise RuntimeError("short send")
+            except Exception as e:  # noqa: BLE001
+                c.fail(repr(e))
+                continue
+            selector.register(c.sock, selectors.EVENT_READ, c)
+            waiting[c.index] = c
+        deadline = time.monotonic() + TIMEOUT
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in selector.select(left):
+                c = key.data
+                try:
+                    chunk = c.sock.recv(4096)
+                    if not chunk:
+                        raise RuntimeError("connection closed by peer")
+                    c.buffer += chunk
+                    if b"\n" not in c.buffer:
+                        continue
+                    answer, _, rest = c.buffer.partition(b"\n")
+                    if rest:
+                        raise RuntimeError(f"more than one line {c.buffer[:60]!r}")
+                    c.check(answer + b"\n")
+                except Exception as e:  # noqa: BLE001
+                    selector.unregister(c.sock)
+                    del waiting[c.index]
+                    c.fail(repr(e))
+                    continue
+                selector.unregister(c.sock)
+                del waiting[c.index]
+        for c in waiting.values():
+            selector.unregister(c.sock)
+            c.fail(f"no echo within {TIMEOUT} s")
+        save()
+        # A signal during the sleep ends it early (PEP 475 retries, but `running` is checked).
+        pause = interval - (time.monotonic() - started)
+        while running and pause > 0:
+            time.sleep(min(pause, 0.05))
+            pause = interval - (time.monotonic() - started)
+    for c in conns:
+        c.close()
+    save()
+    return 0
+
+
 def take_signals():
     """A parent may have left SIGTERM and SIGINT blocked (threads of Swift's runtime
     do, and a child inherits the mask): `lab.sh down` and Ctrl-C must still end us."""
@@ -147,6 +293,8 @@ def main(argv):
         return burst(mode, host, port, int(argv[4]))
     if mode == "session":
         return session(host, port, argv[4], float(argv[5]) if len(argv) > 5 else 0.2)
+    if mode == "sessions":
+        return sessions(host, port, int(argv[4]), argv[5], float(argv[6]) if len(argv) > 6 else 0.3)
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -8,7 +8,11 @@
 #   scripts/lab.sh services NAME [ECHO]  print a service file; ECHO = the echo service's
 #                                     backends as be1:1,be2:1 (the default)
 #   scripts/lab.sh apply NAME [ECHO]  write that service file and `lbctl apply` it on the lb
+#                                     (and on lb2, with lb2's node addresses, when the lab has it)
 #   scripts/lab.sh lbctl NAME ARGS... run lbctl in the lb namespace with the lab's pin path
+#   scripts/lab.sh lbctl2 NAME ARGS.. the same for the second balancer (LAB_BALANCERS=2)
+#   scripts/lab.sh route NAME both|lb|lb2  route the VIPs over both balancers (ECMP) or
+#                                     only one (the other withdrawn, as a failed node would be)
 #   scripts/lab.sh client NAME ARGS.. run scripts/lab-client.py in the client namespace
 #   scripts/lab.sh exec NAME NODE CMD...  run CMD in NAME-NODE (client router lb be1 be2 be3)
 #   scripts/lab.sh server-stop NAME BE    stop backend BE's servers (as a crash would)
@@ -26,13 +30,23 @@
 #   NAME-be1..3 eth0 10.10.3.1N fd10:3::1N (decap XDP), VIPs on lo, servers on the VIPs
 #               (and, for health checks, HTTP :8080 and UDP :53 on 10.10.3.1N)
 #
+# With LAB_BALANCERS=2 at `up`, a second balancer joins (for connection-state sync tests):
+#
+#   NAME-router r-lb2    10.10.4.1 fd10:4::1  ----  NAME-lb2 lb0 10.10.4.2 fd10:4::2 (XDP, pins $BPFFS/lb2)
+#
+# and the router routes every VIP over both balancers with an ECMP multipath route,
+# hashing on layer 4 (fib_multipath_hash_policy=1), so different client ports spread
+# over both nodes. `route NAME lb|lb2` withdraws one of them, `route NAME both` restores
+# ECMP. The count is kept in the lab's directory: later commands need no LAB_BALANCERS.
+#
 # A client packet to a VIP goes client -> router -> lb; the lb tunnels it (IPIP, 6in6 or
 # 4in6) back to the router, which forwards it to the backend; the backend strips the
 # tunnel (lbctl decap) and answers the client straight through the router (direct
 # server return): replies never cross the lb.
 #
 # Environment: LBCTL (default .build/debug/lbctl of this repository), PYTHON (default
-# Debian's /usr/bin/python3), LAB_ROOT (default /tmp: the lab dir is $LAB_ROOT/sluice-lab-NAME).
+# Debian's /usr/bin/python3), LAB_ROOT (default /tmp: the lab dir is $LAB_ROOT/sluice-lab-NAME),
+# LAB_BALANCERS (1 or 2, default 1; read by `up` only).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,6 +62,8 @@ CLIENT_V4=10.10.1.2   CLIENT_V6=fd10:1::2
 ROUTER_CLIENT_V4=10.10.1.1 ROUTER_CLIENT_V6=fd10:1::1
 ROUTER_LB_V4=10.10.2.1 ROUTER_LB_V6=fd10:2::1
 LB_V4=10.10.2.2       LB_V6=fd10:2::2
+ROUTER_LB2_V4=10.10.4.1 ROUTER_LB2_V6=fd10:4::1   # LAB_BALANCERS=2 only
+LB2_V4=10.10.4.2      LB2_V6=fd10:4::2
 ROUTER_BE_V4=10.10.3.1 ROUTER_BE_V6=fd10:3::1
 BACKENDS=(be1 be2 be3)
 be_v4() { echo "10.10.3.1${1#be}"; }
@@ -78,7 +94,16 @@ set_name() {
     DIR=$LAB_ROOT/sluice-lab-$NAME
     BPFFS=$DIR/bpffs
     LB_PIN=$BPFFS/lb
-    NODES=(client router lb "${BACKENDS[@]}")
+    LB2_PIN=$BPFFS/lb2
+    # The balancer count: what `up` recorded in the lab's directory, else (for `up`)
+    # LAB_BALANCERS.
+    if [[ -f $DIR/balancers ]]; then BALANCERS=$(cat "$DIR/balancers"); else BALANCERS=${LAB_BALANCERS:-1}; fi
+    [[ $BALANCERS == 1 || $BALANCERS == 2 ]] || die "LAB_BALANCERS must be 1 or 2, got '$BALANCERS'"
+    if ((BALANCERS == 2)); then
+        NODES=(client router lb lb2 "${BACKENDS[@]}")
+    else
+        NODES=(client router lb "${BACKENDS[@]}")
+    fi
 }
 ns() { echo "$NAME-$1"; }
 nx() { local node=$1; shift; ip netns exec "$(ns "$node")" "$@"; }
@@ -88,8 +113,10 @@ lbctl_in() { local node=$1; shift; nsenter --net="/run/netns/$(ns "$node")" "$LB
 
 # --- down -------------------------------------------------------------------------
 cmd_down() {
-    local node n pid pids
-    for node in "${NODES[@]}"; do
+    local node n pid pids nodes=("${NODES[@]}")
+    # lb2 too, whatever the recorded count: a bring-up that failed early leaves no count.
+    [[ " ${nodes[*]} " == *" lb2 "* ]] || nodes+=(lb2)
+    for node in "${nodes[@]}"; do
         n=$(ns "$node")
         [[ -e /run/netns/$n ]] || continue
         # Servers and clients this lab started run inside its namespaces; end them by pid.
@@ -157,9 +184,12 @@ cmd_up() {
 
     # From here on, a failure or an interrupt takes down whatever was built.
     trap 'rc=$?; trap - EXIT ERR INT TERM; echo "lab.sh: bring-up of $NAME failed (line $LINENO), cleaning up" >&2; cmd_down; exit $((rc ? rc : 1))' ERR INT TERM
-    trap 'rc=$?; trap - EXIT ERR INT TERM; if ((rc)); then cmd_down; fi' EXIT
+    # (A failure inside a function, wait_server's, exits through set -e without the ERR
+    # trap, which functions do not inherit: say it here too.)
+    trap 'rc=$?; trap - EXIT ERR INT TERM; if ((rc)); then echo "lab.sh: bring-up of $NAME failed (exit $rc), cleaning up" >&2; cmd_down; fi' EXIT
 
     mkdir -p "$BPFFS"
+    ((BALANCERS == 1)) || echo "$BALANCERS" >"$DIR/balancers"
     mount -t bpf bpf "$BPFFS" -o mode=0700
 
     for node in "${NODES[@]}"; do
@@ -176,6 +206,9 @@ cmd_up() {
     local R; R=$(ns router)
     ip -n "$R" link add r-client type veth peer name eth0 netns "$(ns client)"
     ip -n "$R" link add r-lb mtu $TUNNEL_MTU type veth peer name lb0 mtu $TUNNEL_MTU netns "$(ns lb)"
+    if ((BALANCERS == 2)); then
+        ip -n "$R" link add r-lb2 mtu $TUNNEL_MTU type veth peer name lb0 mtu $TUNNEL_MTU netns "$(ns lb2)"
+    fi
     ip -n "$R" link add br0 mtu $TUNNEL_MTU type bridge stp_state 0 forward_delay 0 mcast_snooping 0
     for b in "${BACKENDS[@]}"; do
         ip -n "$R" link add "r-$b" mtu $TUNNEL_MTU type veth peer name eth0 mtu $TUNNEL_MTU netns "$(ns "$b")"
@@ -189,13 +222,26 @@ cmd_up() {
     ip -n "$R" addr add $ROUTER_LB_V6/64 dev r-lb nodad
     ip -n "$R" addr add $ROUTER_BE_V4/24 dev br0
     ip -n "$R" addr add $ROUTER_BE_V6/64 dev br0 nodad
-    for i in r-client r-lb br0; do ip -n "$R" link set "$i" up; done
+    local router_ifs=(r-client r-lb br0)
+    if ((BALANCERS == 2)); then
+        ip -n "$R" addr add $ROUTER_LB2_V4/24 dev r-lb2
+        ip -n "$R" addr add $ROUTER_LB2_V6/64 dev r-lb2 nodad
+        router_ifs+=(r-lb2)
+        # ECMP over the balancers hashes on addresses and ports (layer 4), so the
+        # connections of one client spread over both.
+        sysctl_in router net.ipv4.fib_multipath_hash_policy=1 net.ipv6.fib_multipath_hash_policy=1
+    fi
+    for i in "${router_ifs[@]}"; do ip -n "$R" link set "$i" up; done
     # Replies come back from the backends with a VIP as source on br0, while the VIP routes
     # point at r-lb: strict reverse-path filtering would drop them.
-    for i in r-client r-lb br0; do sysctl_in router "net.ipv4.conf.$i.rp_filter=0"; done
-    ip -n "$R" route add $VIP4/32 via $LB_V4
-    ip -n "$R" route add $VIP4IN6/32 via $LB_V4
-    ip -n "$R" -6 route add $VIP6/128 via $LB_V6
+    for i in "${router_ifs[@]}"; do sysctl_in router "net.ipv4.conf.$i.rp_filter=0"; done
+    if ((BALANCERS == 2)); then
+        set_routes both
+    else
+        ip -n "$R" route add $VIP4/32 via $LB_V4
+        ip -n "$R" route add $VIP4IN6/32 via $LB_V4
+        ip -n "$R" -6 route add $VIP6/128 via $LB_V6
+    fi
 
     # Client.
     ip -n "$(ns client)" addr add $CLIENT_V4/24 dev eth0
@@ -216,6 +262,13 @@ cmd_up() {
     ip -n "$(ns lb)" link set lb0 up
     ip -n "$(ns lb)" route add default via $ROUTER_LB_V4
     ip -n "$(ns lb)" -6 route add default via $ROUTER_LB_V6
+    if ((BALANCERS == 2)); then
+        ip -n "$(ns lb2)" addr add $LB2_V4/24 dev lb0
+        ip -n "$(ns lb2)" addr add $LB2_V6/64 dev lb0 nodad
+        ip -n "$(ns lb2)" link set lb0 up
+        ip -n "$(ns lb2)" route add default via $ROUTER_LB2_V4
+        ip -n "$(ns lb2)" -6 route add default via $ROUTER_LB2_V6
+    fi
 
     # Backends: every VIP on lo, no ARP/ND answers for them, default route via the router.
     for b in "${BACKENDS[@]}"; do
@@ -242,11 +295,20 @@ cmd_up() {
     # stack unchanged (the tunnelled packets are addressed to the backends, not to the
     # router); it is the one XDP object lbctl already ships.
     lbctl_in router decap attach r-lb --vip $NEVER_VIP --pin-path "$BPFFS/router" >"$DIR/router.decap.out"
+    if ((BALANCERS == 2)); then
+        lbctl_in router decap attach r-lb2 --vip $NEVER_VIP --pin-path "$BPFFS/router-lb2" >"$DIR/router-lb2.decap.out"
+    fi
 
     # The balancer, and its services.
     lbctl_in lb attach lb0 --pin-path "$LB_PIN" >"$DIR/lb.attach.out"
-    render_services >"$DIR/services.yaml"
+    render_services "" $LB_V4 $LB_V6 >"$DIR/services.yaml"
     lbctl_in lb apply -f "$DIR/services.yaml" --pin-path "$LB_PIN" >"$DIR/lb.apply.out"
+    if ((BALANCERS == 2)); then
+        # The same services, with lb2's own addresses as the tunnels' outer source.
+        lbctl_in lb2 attach lb0 --pin-path "$LB2_PIN" >"$DIR/lb2.attach.out"
+        render_services "" $LB2_V4 $LB2_V6 >"$DIR/services-lb2.yaml"
+        lbctl_in lb2 apply -f "$DIR/services-lb2.yaml" --pin-path "$LB2_PIN" >"$DIR/lb2.apply.out"
+    fi
 
     for b in "${BACKENDS[@]}"; do wait_server "$b"; done
 
@@ -257,6 +319,7 @@ cmd_up() {
         nx router ping -6 -c1 -W1 -q "$(be_v6 "$b")" >/dev/null 2>&1 || true
     done
     nx router ping -6 -c1 -W1 -q "$LB_V6" >/dev/null 2>&1 || true
+    if ((BALANCERS == 2)); then nx router ping -6 -c1 -W1 -q "$LB2_V6" >/dev/null 2>&1 || true; fi
     nx router ping -6 -c1 -W1 -q "$CLIENT_V6" >/dev/null 2>&1 || true
 
     trap - EXIT ERR INT TERM
@@ -274,13 +337,13 @@ backend_lines() { # FAMILY(v4|v6) weights...
     done
 }
 
-render_services() { # [ECHO spec: be1:1,be2:1]
-    local echo_spec=${1:-be1:1,be2:1} entry b w
+render_services() { # [ECHO spec: be1:1,be2:1] [NODE_V4 NODE_V6: the balancer's own addresses, lb's by default]
+    local echo_spec=${1:-be1:1,be2:1} node_v4=${2:-$LB_V4} node_v6=${3:-$LB_V6} entry b w
     cat <<EOF
 # Generated by scripts/lab.sh for lab $NAME.
 node:
-  source_v4: $LB_V4
-  source_v6: "$LB_V6"
+  source_v4: $node_v4
+  source_v6: "$node_v6"
 services:
   - name: web
     vip: $VIP4
@@ -351,18 +414,52 @@ EOF
         echo "${b}_v6=$(be_v6 "$b")"
         echo "${b}_log=$DIR/$b.log"
     done
+    # Only a two-balancer lab prints these (a lab without them has one balancer).
+    if ((BALANCERS == 2)); then
+        cat <<EOF
+balancers=$BALANCERS
+lb2_ns=$(ns lb2)
+lb2_pin_path=$LB2_PIN
+lb2_if=lb0
+router_lb2_if=r-lb2
+lb2_v4=$LB2_V4
+lb2_v6=$LB2_V6
+EOF
+    fi
 }
 
 cmd_apply() {
     local file
     file=$(mktemp "$DIR/services-XXXXXX.yaml")
-    render_services "${1:-}" >"$file"
+    render_services "${1:-}" $LB_V4 $LB_V6 >"$file"
     lbctl_in lb apply -f "$file" --pin-path "$LB_PIN"
+    if ((BALANCERS == 2)); then
+        file=$(mktemp "$DIR/services-lb2-XXXXXX.yaml")
+        render_services "${1:-}" $LB2_V4 $LB2_V6 >"$file"
+        lbctl_in lb2 apply -f "$file" --pin-path "$LB2_PIN" | sed 's/^/lb2: /'
+    fi
 }
+
+# The router's VIP routes: over both balancers (ECMP multipath) or one of them, as the
+# routing protocol would leave them when the other node is withdrawn (or has failed).
+set_routes() { # both|lb|lb2
+    local R v4 v6 route
+    R=$(ns router)
+    case $1 in
+        both) v4=(nexthop via $LB_V4 nexthop via $LB2_V4) v6=(nexthop via $LB_V6 nexthop via $LB2_V6) ;;
+        lb) v4=(via $LB_V4) v6=(via $LB_V6) ;;
+        lb2) v4=(via $LB2_V4) v6=(via $LB2_V6) ;;
+        *) die "route: want both, lb or lb2, got '$1'" ;;
+    esac
+    for route in $VIP4/32 $VIP4IN6/32; do ip -n "$R" route replace "$route" "${v4[@]}"; done
+    ip -n "$R" -6 route replace $VIP6/128 "${v6[@]}"
+}
+
+need_two() { ((BALANCERS == 2)) || die "lab $NAME has one balancer (bring it up with LAB_BALANCERS=2)"; }
 
 main() {
     local cmd=${1:-}
-    [[ $# -ge 2 ]] || die "usage: lab.sh up|down|info|services|apply|lbctl|client|exec|server-stop|server-start NAME [ARGS...]"
+    [[ $# -ge 2 ]] || die "usage: lab.sh up|down|info|services|apply|lbctl|lbctl2|route|client|exec|server-stop|server-start NAME [ARGS...]"
     shift
     set_name "$1"; shift
     case $cmd in
@@ -372,6 +469,8 @@ main() {
         services) render_services "${1:-}" ;;
         apply) cmd_apply "${1:-}" ;;
         lbctl) lbctl_in lb "$@" --pin-path "$LB_PIN" ;;
+        lbctl2) need_two; lbctl_in lb2 "$@" --pin-path "$LB2_PIN" ;;
+        route) need_two; set_routes "${1:?both, lb or lb2}" ;;
         # exec: a signal for the client (a long-lived session ends with SIGTERM) reaches it.
         client) exec ip netns exec "$(ns client)" "$PYTHON" "$REPO/scripts/lab-client.py" "$@" ;;
         exec) local node=${1:?node}; shift; nx "$node" "$@" ;;

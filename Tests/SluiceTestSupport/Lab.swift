@@ -37,10 +37,11 @@ public final class Lab: @unchecked Sendable {
     private var isDown = false
 
     /// Brings up a new lab (about a second). lab.sh cleans up after a failed
-    /// bring-up itself; the thrown error carries its output.
-    public init(name: String = Lab.uniqueName()) throws {
+    /// bring-up itself; the thrown error carries its output. `balancers: 2` adds
+    /// NAME-lb2 behind an ECMP route (LAB_BALANCERS=2; see LabECMP.swift).
+    public init(name: String = Lab.uniqueName(), balancers: Int = 1) throws {
         self.name = name
-        try Self.checked(Self.run("up", name))
+        try Self.checked(Self.run("up", name, environment: balancers == 1 ? [:] : ["LAB_BALANCERS": String(balancers)]))
         do {
             info = try Self.parseInfo(Self.checked(Self.run("info", name)).stdout)
         } catch {
@@ -232,16 +233,22 @@ public final class Lab: @unchecked Sendable {
         private let process = Process()
         private let exited = DispatchSemaphore(value: 0)
 
-        init(lab: Lab, host: String, port: Int, interval: Double) throws {
-            let base = "\(lab.directory)/session-\(UUID().uuidString.prefix(8))"
+        convenience init(lab: Lab, host: String, port: Int, interval: Double) throws {
+            try self.init(lab: lab, prefix: "session") { ["session", host, String(port), $0, String(interval)] }
+        }
+
+        /// Runs `lab.sh client NAME ARGUMENTS...` in the background, where `arguments`
+        /// gets the state file's path (also used by `Lab.Sessions`).
+        init(lab: Lab, prefix: String, arguments: (_ stateFile: String) -> [String]) throws {
+            let base = "\(lab.directory)/\(prefix)-\(UUID().uuidString.prefix(8))"
             stateFile = base + ".json"
             outputFile = base + ".out"
             _ = FileManager.default.createFile(atPath: outputFile, contents: nil)
             let output = try FileHandle(forWritingTo: URL(fileURLWithPath: outputFile))
             defer { try? output.close() }
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["LBCTL=\(Lbctl.path)", "LAB_ROOT=\(Lab.root)", Lab.script, "client", lab.name,
-                                 "session", host, String(port), stateFile, String(interval)]
+            process.arguments = ["LBCTL=\(Lbctl.path)", "LAB_ROOT=\(Lab.root)", Lab.script, "client", lab.name]
+                + arguments(stateFile)
             process.standardInput = FileHandle.nullDevice
             process.standardOutput = output
             process.standardError = output
@@ -285,6 +292,9 @@ public final class Lab: @unchecked Sendable {
             }
             return process.terminationStatus
         }
+
+        /// Whether the client is still running.
+        public var isRunning: Bool { process.isRunning }
 
         /// The output the client printed (errors, usually nothing).
         public var output: String { (try? String(contentsOfFile: outputFile, encoding: .utf8)) ?? "" }
