@@ -162,7 +162,7 @@ public actor SyncService: ServiceLifecycle.Service {
             outboxes[index]?.finish()
             outboxes[index] = nil
             stats.update { $0.connected[peer.description] = false }
-            try? await Task.sleep(for: .seconds(1))
+            try? await Task.sleep(for: copiesOwed.contains(index) ? .milliseconds(100) : .seconds(1))
         }
     }
 
@@ -231,7 +231,10 @@ public actor SyncService: ServiceLifecycle.Service {
                 logger.warning("sync: a full copy was asked for by \(peerName), which is not a configured peer")
                 return
             }
-            sendCopy(to: peerIndex)
+            // The peer has (re)started: this node's connection to it may be one to its old
+            // process that has not failed yet. Open a new one and send the copy on that.
+            copiesOwed.insert(peerIndex)
+            outboxes[peerIndex]?.finish()
         case .resyncDone:
             if !ready { markReady("peer \(peerName) sent its whole table") }
         }
@@ -239,10 +242,6 @@ public actor SyncService: ServiceLifecycle.Service {
 
     /// The whole connection table, then "done", on this node's connection to the peer.
     private func sendCopy(to index: Int) {
-        guard outboxes[index] != nil else {
-            copiesOwed.insert(index)  // sent once the connection to the peer is up
-            return
-        }
         let records: [FlowRecord]
         do { records = try table.snapshot() } catch {
             logger.error("sync: reading the table for peer \(config.peers[index]) failed: \(error.message)")
