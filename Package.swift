@@ -13,6 +13,11 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // lbctl apply --server: an HTTP client that takes a custom CA (--cacert), which
+        // URLSession on Linux cannot. Already in the graph through Hummingbird.
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.30.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.2"),
     ],
     targets: [
         // libbpf, through pkg-config; shim.h covers what its macros hide from Swift.
@@ -37,6 +42,9 @@ let package = Package(
         .executableTarget(name: "lbctl", dependencies: [
             "SluiceControl", "SluiceCore", "SluiceAgent",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
         // make bench: per-packet cost against floors, forwarding rate, control-plane times, memory.
         .executableTarget(name: "sluice-bench", dependencies: [
