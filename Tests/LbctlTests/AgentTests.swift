@@ -356,6 +356,47 @@ struct AgentTests {
         #expect(plain.status == 2, "--cacert without --server is a usage error\n\(plain)")
     }
 
+    @Test("a token rotated in token_file is in force within about a second, without a restart; an empty file keeps the old token")
+    func tokenRotation() async throws {
+        let fixture = try AgentFixture()
+        let pid = fixture.agent.pid
+        let oldToken = AgentFixture.token, newToken = "rotated-\(UUID().uuidString)"
+        func validate(_ token: String) async throws -> Int {
+            try await fixture.agent.request("POST", "/v1/services/validate", body: Fixtures.good, token: token).status
+        }
+        #expect(try await validate(oldToken) == 200)
+
+        // Emptied in place (as a careless rewrite would leave it): the old token stays, with a warning.
+        try "".write(toFile: fixture.tokenPath, atomically: false, encoding: .utf8)
+        try await Task.sleep(for: .milliseconds(1200))
+        #expect(try await validate(oldToken) == 200, "an empty token file keeps the previous token")
+        #expect(try await validate("") == 401)
+        #expect(fixture.agent.stderr.contains("keeping the previous token"), "a warning is logged\n\(fixture.agent.stderr)")
+
+        // Rotated by a rename over the file (a new inode), as secret managers do.
+        try (newToken + "\n").write(toFile: fixture.tokenPath, atomically: true, encoding: .utf8)
+        var status = 0
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline {
+            status = try await validate(newToken)
+            if status == 200 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(status == 200, "the new token is accepted within 5 s\n\(fixture.agent.stderr)")
+        #expect(try await validate(oldToken) == 401, "the old token is refused")
+        let put = try await fixture.agent.request("PUT", "/v1/services", body: Fixtures.changed, token: oldToken)
+        #expect(put.status == 401, "\(put)")
+        #expect(try fixture.serviceNames() == ["web", "web6"], "a refused PUT changed nothing")
+
+        // Rewritten in place: picked up as well.
+        try await Task.sleep(for: .milliseconds(1100))
+        try ("third-" + newToken + "\n").write(toFile: fixture.tokenPath, atomically: false, encoding: .utf8)
+        try await Task.sleep(for: .milliseconds(1200))
+        #expect(try await validate("third-" + newToken) == 200)
+        #expect(try await validate(newToken) == 401)
+        #expect(fixture.agent.pid == pid, "no restart")
+    }
+
     @Test("a bad agent configuration exits 2 and names the key")
     func badConfiguration() throws {
         let files = try ScratchDirectory()
