@@ -18,6 +18,10 @@ let package = Package(
         // Already under Hummingbird: the sync protocol's HMAC-SHA256 (Crypto) and TCP framing (NIOExtras).
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+        // lbctl apply --server: an HTTP client that takes a custom CA (--cacert), which
+        // URLSession on Linux cannot. Already in the graph through Hummingbird.
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.30.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.2"),
     ],
     targets: [
         // libbpf, through pkg-config; shim.h covers what its macros hide from Swift.
@@ -46,6 +50,9 @@ let package = Package(
         .executableTarget(name: "lbctl", dependencies: [
             "SluiceControl", "SluiceCore", "SluiceAgent",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
         // make bench: per-packet cost against floors, forwarding rate, control-plane times, memory.
         .executableTarget(name: "sluice-bench", dependencies: [

@@ -19,6 +19,7 @@ struct ControlPlaneBench {
         maglevBuilds(into: &report)
         try applies(into: &report)
         try metricsScrape(into: &report)
+        try agentMemory(into: &report)
     }
 
     // MARK: Maglev
@@ -151,6 +152,70 @@ struct ControlPlaneBench {
         report.add("controlplane.metrics.conntrack_count.full", group: "controlplane",
                    "  counting a full connection table (\(counted) flows)", value: median(counts), unit: "ms",
                    details: ["flows": Double(counted), "inserted": Double(flows)])
+    }
+
+    // MARK: The agent's memory
+
+    /// Resident memory (VmRSS) of a real `lbctl agent` process, the release build beside this
+    /// binary, over a private bpffs: idle (nothing applied, one /metrics scrape served), then
+    /// after a PUT /v1/services of 1,000 services x 10 backends and one /metrics scrape of
+    /// them. Maglev tables of M = 1021, as for the scrape above (the tables live in the
+    /// kernel; the agent fills them through a mapping it drops afterwards).
+    private func agentMemory(into report: inout BenchReport) throws {
+        let services = 1000
+        let lbctl = try lbctlPath()
+        let mount = try BPFFSMount()
+        defer { mount.close() }
+        let pinPath = mount.path + "/lb"
+        defer { Dataplane.removePins(at: pinPath) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-bench-agent-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let token = UUID().uuidString
+        try (token + "\n").write(toFile: dir + "/token", atomically: true, encoding: .utf8)
+        try """
+            listen: 127.0.0.1:0
+            pin_path: \(pinPath)
+            token_file: \(dir)/token
+            services_file: \(dir)/state/services.yaml
+            """.write(toFile: dir + "/agent.yaml", atomically: true, encoding: .utf8)
+        let agent = try AgentProcess(configPath: dir + "/agent.yaml", lbctl: lbctl)
+        defer { agent.stop() }
+
+        func scrape() throws -> Int {
+            let reply = try agent.curl("GET", "/metrics", timeoutSeconds: 120)
+            guard reply.status == 200 else { throw CommandError("GET /metrics: \(reply)") }
+            return reply.body.count
+        }
+        _ = try scrape()
+        let idle = try residentBytes(pid: agent.pid)
+        report.add("controlplane.agent.idle.rss", group: "controlplane",
+                   "lbctl agent RSS, idle (nothing applied, one /metrics scrape)", value: idle / 1_048_576, unit: "MiB")
+
+        let yaml = serviceFile(services: services, changedBackend: false)
+            .replacingOccurrences(of: "node:\n", with: "node:\n  maglev_table_size: 1021\n")
+        let putStart = ContinuousClock.now
+        let put = try agent.curl("PUT", "/v1/services", body: yaml, token: token, timeoutSeconds: 600)
+        let putMs = milliseconds(since: putStart)
+        guard put.status == 200 else { throw CommandError("PUT /v1/services of \(services)x10: \(put)") }
+        let afterPut = try residentBytes(pid: agent.pid)
+        let bytes = try scrape()
+        let loaded = try residentBytes(pid: agent.pid)
+        report.add("controlplane.agent.\(services)x10.rss", group: "controlplane",
+                   "lbctl agent RSS, \(services) services x 10 backends (PUT + one scrape)",
+                   value: loaded / 1_048_576, unit: "MiB", reference: "controlplane.agent.idle.rss",
+                   details: ["after_put_mib": afterPut / 1_048_576, "metrics_bytes": Double(bytes), "put_ms": putMs,
+                             "idle_mib": idle / 1_048_576])
+    }
+
+    /// VmRSS of process `pid` (/proc/PID/status), in bytes.
+    private func residentBytes(pid: Int32) throws -> Double {
+        let text = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kib = Double(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "") else {
+            throw CommandError("no VmRSS in /proc/\(pid)/status")
+        }
+        return kib * 1024
     }
 
     /// Writes a flow into every slot of the connection table with batched updates; returns how many.

@@ -80,7 +80,8 @@ public struct ApplyResponse: Codable, Sendable, Equatable {
 public actor AgentController {
     public let config: AgentConfig
     private let dataplane: Dataplane
-    private let token: [UInt8]
+    /// The bearer token, re-read when its file changes (TokenStore).
+    private let tokens: TokenStore
     private var lastApply: Double = 0
     /// The desired set this agent applies, health checks included (nil until one is restored or PUT).
     private var desired: ServiceFile?
@@ -100,7 +101,7 @@ public actor AgentController {
     public init(config: AgentConfig, logger: Logger = Logger(label: "sluice.agent")) throws(ControlError) {
         self.config = config
         self.logger = logger
-        token = Array(try config.readToken().utf8)
+        tokens = try TokenStore(config: config)
         dataplane = try Dataplane.openOrLoad(pinPath: config.pinPath)
         conntrackCounter = ConntrackCounter(map: dataplane.conntrack)
         health = HealthMonitor(defaults: config.healthDefaults, logger: logger)
@@ -164,15 +165,10 @@ public actor AgentController {
         return file
     }
 
-    /// Compares the bearer token in constant time (for a given token length).
+    /// Compares the bearer token in constant time (for a given token length); the token
+    /// file is re-read when it changed (at most once a second).
     public nonisolated func isAuthorized(_ header: String?) -> Bool {
-        guard let header, header.hasPrefix("Bearer ") else { return false }
-        let given = Array(header.dropFirst("Bearer ".count).trimmingCharacters(in: .whitespaces).utf8)
-        var difference = UInt8(given.count == token.count ? 0 : 1)
-        for i in 0..<token.count {
-            difference |= token[i] ^ (i < given.count ? given[i] : 0)
-        }
-        return difference == 0
+        tokens.isAuthorized(header)
     }
 
     public func status() throws -> StatusReport {

@@ -1,10 +1,10 @@
 // lbctl apply -f FILE: validate a service file, show the change, and write it into the data plane,
 // here or (with --server) through an agent's control API.
 import ArgumentParser
+import AsyncHTTPClient
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import NIOCore
+import NIOSSL
 import SluiceAgent
 import SluiceControl
 import SluiceCore
@@ -20,11 +20,15 @@ struct Apply: AsyncParsableCommand {
     var server: String?
     @Option(help: ArgumentHelp("File holding the agent's bearer token (with --server).", valueName: "FILE"))
     var tokenFile: String?
+    @Option(help: ArgumentHelp("PEM file of the CA certificate(s) to trust for an https:// --server, instead of the system's.",
+                               valueName: "FILE"))
+    var cacert: String?
     @OptionGroup var global: GlobalOptions
 
     func validate() throws {
         if server != nil && tokenFile == nil { throw ValidationError("--server needs --token-file") }
         if server == nil && tokenFile != nil { throw ValidationError("--token-file is only used with --server") }
+        if server == nil && cacert != nil { throw ValidationError("--cacert is only used with --server") }
     }
 
     func run() async throws {
@@ -76,17 +80,39 @@ struct Apply: AsyncParsableCommand {
               url.scheme == "http" || url.scheme == "https", url.host != nil else {
             throw ControlError.badInput("--server \(String(reflecting: server)) is not an http:// or https:// URL")
         }
-        var request = URLRequest(url: url, timeoutInterval: 60)
-        request.httpMethod = dryRun ? "POST" : "PUT"
-        request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
-        request.setValue(file.hasSuffix(".json") ? "application/json" : "application/yaml", forHTTPHeaderField: "Content-Type")
-        request.httpBody = body
-
-        let data: Data, response: URLResponse
-        do { (data, response) = try await URLSession.shared.data(for: request) } catch {
-            throw RemoteError(message: "\(url): \(error.localizedDescription)", isBadInput: false)
+        // AsyncHTTPClient rather than URLSession: on Linux URLSession has no way to trust a given CA.
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let cacert {
+            let roots: [NIOSSLCertificate]
+            do { roots = try NIOSSLCertificate.fromPEMFile(cacert) } catch {
+                throw ControlError.badInput("--cacert \(cacert): cannot read PEM certificates from it: \(error)")
+            }
+            guard !roots.isEmpty else { throw ControlError.badInput("--cacert \(cacert): holds no PEM certificate") }
+            tls.trustRoots = .certificates(roots)
         }
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        var configuration = HTTPClient.Configuration(tlsConfiguration: tls, timeout: .init(connect: .seconds(10), read: .seconds(60)))
+        // One attempt: a refused connection or a TLS failure is reported at once, not retried until the timeout.
+        configuration.connectionPool.retryConnectionEstablishment = false
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        var request = HTTPClientRequest(url: url.absoluteString)
+        request.method = dryRun ? .POST : .PUT
+        request.headers.add(name: "Authorization", value: "Bearer \(token)")
+        request.headers.add(name: "Content-Type", value: file.hasSuffix(".json") ? "application/json" : "application/yaml")
+        request.body = .bytes(ByteBuffer(bytes: body))
+
+        let exchange: Result<(status: Int, data: Data), any Error>
+        do {
+            let response = try await client.execute(request, timeout: .seconds(60))
+            exchange = .success((Int(response.status.code), Data(try await response.body.collect(upTo: 64 << 20).readableBytesView)))
+        } catch {
+            exchange = .failure(error)
+        }
+        try? await client.shutdown()
+        let status: Int, data: Data
+        switch exchange {
+        case .success(let answer): (status, data) = answer
+        case .failure(let error): throw RemoteError(message: "\(url): \(Self.describe(error, url: url))", isBadInput: false)
+        }
         guard status == 200 else {
             let message = (try? JSONDecoder().decode(APIError.ErrorBody.self, from: data))?.error
                 ?? String(decoding: data.prefix(500), as: UTF8.self)
@@ -97,6 +123,19 @@ struct Apply: AsyncParsableCommand {
                               isBadInput: false)
         }
         report(lines: answer.changes, applied: answer.applied, tables: answer.tablesWritten, bytes: answer.bytesWritten)
+    }
+}
+
+extension Apply {
+    /// A transport error in words; a certificate that does not verify says so and names the remedy.
+    static func describe(_ error: any Error, url: URL) -> String {
+        let text = String(describing: error)
+        if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("failedToValidateHostname") {
+            return "TLS: the agent's certificate could not be verified (\(text)); "
+                + "pass --cacert FILE with the CA that signed it, or check that it is issued for \(url.host ?? "the host")"
+        }
+        if error is NIOSSLError || error is BoringSSLError { return "TLS handshake failed: \(text)" }
+        return text
     }
 }
 

@@ -19,7 +19,10 @@ final class AgentFixture {
     let servicesPath: String
     private(set) var agent: AgentProcess
 
-    /// With `tls`, a self-signed certificate for 127.0.0.1 is made (openssl) and the agent serves HTTPS.
+    /// With `tls`, a test CA (`caPath`) and a certificate it signs for 127.0.0.1 are made
+    /// (openssl) and the agent serves HTTPS.
+    var caPath: String { files.path + "/ca.pem" }
+
     init(applied yaml: String? = Fixtures.good, persisted: String? = nil, tls: Bool = false) throws {
         files = try ScratchDirectory()
         dataplane = try TestDataplane(yaml: yaml)
@@ -31,10 +34,18 @@ final class AgentFixture {
         }
         var tlsKeys = ""
         if tls {
-            let made = try Command.run("/usr/bin/openssl", [
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", files.path + "/key.pem", "-out", files.path + "/cert.pem"])
-            try #require(made.status == 0, "\(made)")
+            let dir = files.path
+            let extensions = try files.write("leaf.ext", "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+            for arguments in [
+                ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=sluice test CA",
+                 "-keyout", dir + "/ca.key", "-out", dir + "/ca.pem"],
+                ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", dir + "/key.pem", "-out", dir + "/leaf.csr"],
+                ["x509", "-req", "-in", dir + "/leaf.csr", "-CA", dir + "/ca.pem", "-CAkey", dir + "/ca.key", "-CAcreateserial",
+                 "-days", "1", "-extfile", extensions, "-out", dir + "/cert.pem"],
+            ] {
+                let made = try Command.run("/usr/bin/openssl", arguments)
+                try #require(made.status == 0, "\(made)")
+            }
             tlsKeys = "tls:\n  cert: \(files.path)/cert.pem\n  key: \(files.path)/key.pem\n"
         }
         configPath = try files.write("agent.yaml", """
@@ -293,7 +304,7 @@ struct AgentTests {
         let fixture = try AgentFixture(tls: true)
         let base = fixture.agent.baseURL
         #expect(base.hasPrefix("https://127.0.0.1:"), "\(base)")
-        let cert = fixture.files.path + "/cert.pem"
+        let cert = fixture.caPath
         let health = try Command.run("/usr/bin/curl", ["-sS", "--cacert", cert, base + "/healthz"])
         #expect(health.status == 0 && health.stdout.contains("\"ok\""), "\(health)")
         let body = try fixture.files.write("changed.yaml", Fixtures.changed)
@@ -304,6 +315,86 @@ struct AgentTests {
         #expect(try fixture.serviceNames() == ["dns", "web"])
         let plain = try Command.run("/usr/bin/curl", ["-sS", "--max-time", "5", base.replacingOccurrences(of: "https://", with: "http://") + "/healthz"])
         #expect(plain.status != 0 || !plain.stdout.contains("\"ok\""), "plain HTTP must not be served\n\(plain)")
+    }
+
+    @Test("lbctl apply --server https://… --cacert trusts the agent's certificate; without --cacert it exits 1 naming the certificate problem")
+    func lbctlApplyOverTLSWithCACert() throws {
+        let fixture = try AgentFixture(tls: true)
+        let server = fixture.agent.baseURL
+        try #require(server.hasPrefix("https://"), "\(server)")
+        let changed = try fixture.files.write("changed.yaml", Fixtures.changed)
+        let expected = ConfigDiff.between(current: try ServiceFileParser.parse(Fixtures.good, file: "good"),
+                                          desired: try ServiceFileParser.parse(Fixtures.changed, file: "changed")).lines
+
+        let untrusted = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath])
+        #expect(untrusted.status == 1, "\(untrusted)")
+        #expect(untrusted.stderr.contains("lbctl: error:") && untrusted.stderr.contains("certificate")
+                && untrusted.stderr.contains("--cacert"), "the message names the certificate problem and the remedy\n\(untrusted)")
+        #expect(try fixture.serviceNames() == ["web", "web6"], "nothing was sent")
+
+        // A CA that did not sign the agent's certificate is no better.
+        let other = try Command.run("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                                                         "-subj", "/CN=another CA", "-keyout", fixture.files.path + "/other.key",
+                                                         "-out", fixture.files.path + "/other.pem"])
+        try #require(other.status == 0, "\(other)")
+        let wrongCA = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath,
+                                     "--cacert", fixture.files.path + "/other.pem"])
+        #expect(wrongCA.status == 1 && wrongCA.stderr.contains("certificate"), "\(wrongCA)")
+
+        let dry = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath,
+                                 "--cacert", fixture.caPath, "--dry-run"])
+        #expect(dry.status == 0 && dry.stdout == (expected + ["dry run: nothing applied"]).joined(separator: "\n") + "\n", "\(dry)")
+        let applied = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath,
+                                     "--cacert", fixture.caPath])
+        #expect(applied.status == 0 && applied.stdout.hasPrefix(expected.joined(separator: "\n") + "\napplied: "), "\(applied)")
+        #expect(try fixture.serviceNames() == ["dns", "web"])
+
+        let missing = try Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath,
+                                     "--cacert", fixture.files.path + "/nonexistent.pem"])
+        #expect(missing.status == 2 && missing.stderr.contains("nonexistent.pem"), "\(missing)")
+        let plain = try Lbctl.run(["apply", "-f", changed, "--token-file", fixture.tokenPath, "--cacert", fixture.caPath])
+        #expect(plain.status == 2, "--cacert without --server is a usage error\n\(plain)")
+    }
+
+    @Test("a token rotated in token_file is in force within about a second, without a restart; an empty file keeps the old token")
+    func tokenRotation() async throws {
+        let fixture = try AgentFixture()
+        let pid = fixture.agent.pid
+        let oldToken = AgentFixture.token, newToken = "rotated-\(UUID().uuidString)"
+        func validate(_ token: String) async throws -> Int {
+            try await fixture.agent.request("POST", "/v1/services/validate", body: Fixtures.good, token: token).status
+        }
+        #expect(try await validate(oldToken) == 200)
+
+        // Emptied in place (as a careless rewrite would leave it): the old token stays, with a warning.
+        try "".write(toFile: fixture.tokenPath, atomically: false, encoding: .utf8)
+        try await Task.sleep(for: .milliseconds(1200))
+        #expect(try await validate(oldToken) == 200, "an empty token file keeps the previous token")
+        #expect(try await validate("") == 401)
+        #expect(fixture.agent.stderr.contains("keeping the previous token"), "a warning is logged\n\(fixture.agent.stderr)")
+
+        // Rotated by a rename over the file (a new inode), as secret managers do.
+        try (newToken + "\n").write(toFile: fixture.tokenPath, atomically: true, encoding: .utf8)
+        var status = 0
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline {
+            status = try await validate(newToken)
+            if status == 200 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(status == 200, "the new token is accepted within 5 s\n\(fixture.agent.stderr)")
+        #expect(try await validate(oldToken) == 401, "the old token is refused")
+        let put = try await fixture.agent.request("PUT", "/v1/services", body: Fixtures.changed, token: oldToken)
+        #expect(put.status == 401, "\(put)")
+        #expect(try fixture.serviceNames() == ["web", "web6"], "a refused PUT changed nothing")
+
+        // Rewritten in place: picked up as well.
+        try await Task.sleep(for: .milliseconds(1100))
+        try ("third-" + newToken + "\n").write(toFile: fixture.tokenPath, atomically: false, encoding: .utf8)
+        try await Task.sleep(for: .milliseconds(1200))
+        #expect(try await validate("third-" + newToken) == 200)
+        #expect(try await validate(newToken) == 401)
+        #expect(fixture.agent.pid == pid, "no restart")
     }
 
     @Test("a bad agent configuration exits 2 and names the key")

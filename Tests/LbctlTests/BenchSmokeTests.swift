@@ -35,6 +35,7 @@ struct BenchSmokeTests {
                      "live.floor.swap_tx", "live.established_v4", "live.syn_v4",
                      "controlplane.maglev_build.m65537.n1000", "controlplane.apply.32x10.one_backend_change",
                      "controlplane.metrics.1000x10.scrape", "controlplane.metrics.1000x10.bytes",
+                     "controlplane.agent.idle.rss", "controlplane.agent.1000x10.rss",
                      "memory.sl_conntrack", "memory.total"] {
             let value = values[name]
             #expect(value != nil && value! > 0, "no positive figure named \(name) in the report: \(values.keys.sorted())")

@@ -137,12 +137,20 @@ public final class Lab: @unchecked Sendable {
     /// The subset of `lbctl stats --json` the tests read.
     public struct Stats: Decodable, Sendable {
         public struct Verdicts: Decodable, Sendable { public var aborted, drop, pass, tx, redirect: Int }
+        public struct BackendCounters: Decodable, Sendable { public var address: String, packets: Int, bytes: Int }
+        public struct ServiceCounters: Decodable, Sendable {
+            public var name, vip: String
+            public var packets, bytes: Int
+            public var backends: [BackendCounters]
+        }
         public var verdicts: Verdicts
         public var newFlows: Int
         public var conntrackHits: Int
         public var conntrackMisses: Int
+        /// Per service and backend: packets and bytes forwarded.
+        public var services: [ServiceCounters]
         enum CodingKeys: String, CodingKey {
-            case verdicts, newFlows = "new_flows", conntrackHits = "conntrack_hits", conntrackMisses = "conntrack_misses"
+            case verdicts, services, newFlows = "new_flows", conntrackHits = "conntrack_hits", conntrackMisses = "conntrack_misses"
         }
     }
 
