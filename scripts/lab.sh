@@ -5,7 +5,7 @@
 #   scripts/lab.sh up NAME            build the lab (cleans up after itself if that fails)
 #   scripts/lab.sh down NAME          remove everything of lab NAME (idempotent)
 #   scripts/lab.sh info NAME          key=value lines: addresses, interfaces, paths
-#   scripts/lab.sh services NAME [ECHO]  print a service file; ECHO = the echo service's
+#   scripts/lab.sh services NAME [ECHO] [lb|lb2]  print a service file (for that balancer); ECHO = the echo service's
 #                                     backends as be1:1,be2:1 (the default)
 #   scripts/lab.sh apply NAME [ECHO]  write that service file and `lbctl apply` it on the lb
 #                                     (and on lb2, with lb2's node addresses, when the lab has it)
@@ -466,7 +466,8 @@ main() {
         up) cmd_up ;;
         down) cmd_down ;;
         info) cmd_info ;;
-        services) render_services "${1:-}" ;;
+        services) # [ECHO] [lb|lb2]: the file for that balancer (its own node addresses)
+            if [[ ${2:-lb} == lb2 ]]; then render_services "${1:-}" $LB2_V4 $LB2_V6; else render_services "${1:-}" $LB_V4 $LB_V6; fi ;;
         apply) cmd_apply "${1:-}" ;;
         lbctl) lbctl_in lb "$@" --pin-path "$LB_PIN" ;;
         lbctl2) need_two; lbctl_in lb2 "$@" --pin-path "$LB2_PIN" ;;

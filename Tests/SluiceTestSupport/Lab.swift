@@ -206,8 +206,9 @@ public final class Lab: @unchecked Sendable {
         }
     }
 
+    /// `result` when it exited 0, else an error carrying its output.
     @discardableResult
-    static func checked(_ result: CommandResult) throws -> CommandResult {
+    public static func checked(_ result: CommandResult) throws -> CommandResult {
         guard result.status == 0 else { throw CommandError("command failed:\n\(result)") }
         return result
     }

@@ -19,10 +19,11 @@ public final class LabAgent: @unchecked Sendable {
     public let token: String
     public private(set) var process: AgentProcess
 
-    /// Starts the agent in `lab`'s balancer namespace; waits until it listens.
-    public init(lab: Lab, extraConfig: String = "") throws {
-        namespace = try lab.info("lb_ns")
-        pinPath = try lab.info("pin_path")
+    /// Starts the agent in the namespace of `lab`'s balancer `balancer` (lb2 in a
+    /// two-balancer lab); waits until it listens.
+    public init(lab: Lab, balancer: Lab.Balancer = .lb, extraConfig: String = "") throws {
+        namespace = try lab.info(balancer == .lb ? "lb_ns" : "lb2_ns")
+        pinPath = try lab.info(balancer == .lb ? "pin_path" : "lb2_pin_path")
         directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("sluice-labagent-\(lab.name)-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)

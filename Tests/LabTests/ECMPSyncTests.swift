@@ -1,0 +1,167 @@
+// Two balancers behind an ECMP router WITH connection-state sync: each node's agent sends
+// the flows it places to the other, so the failover that breaks sessions in the baseline
+// (ECMPFailoverTests) breaks none, and a node restarted with an empty table copies its
+// peer's before it takes traffic again.
+import Foundation
+import SluiceTestSupport
+import Testing
+
+/// An agent with `sync:` on each balancer of a two-balancer lab, peers of each other,
+/// sharing one key. The agents go with this object (LabAgent's deinit).
+final class SyncedAgents: @unchecked Sendable {
+    let lab: Lab
+    let agents: [Lab.Balancer: LabAgent]
+    private let keyDirectory: String
+
+    init(lab: Lab, resyncTimeout: String = "10s") throws {
+        self.lab = lab
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-sync-\(lab.name)").path
+        keyDirectory = directory
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        try (key + "\n").write(toFile: directory + "/sync.key", atomically: true, encoding: .utf8)
+        let a = try lab.info("lb_v4"), b = try lab.info("lb2_v4")
+        func sync(_ me: String, _ peer: String) -> String {
+            """
+            sync:
+              listen: \(me):9301
+              peers: ["\(peer):9301"]
+              key_file: \(directory)/sync.key
+              batch_interval: 50ms
+              resync_timeout: \(resyncTimeout)
+            """
+        }
+        agents = [.lb: try LabAgent(lab: lab, balancer: .lb, extraConfig: sync(a, b)),
+                  .lb2: try LabAgent(lab: lab, balancer: .lb2, extraConfig: sync(b, a))]
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: keyDirectory) }
+
+    subscript(balancer: Lab.Balancer) -> LabAgent { agents[balancer]! }
+
+    /// Polls `GET /readyz` until it answers 200; false after `timeout`.
+    func waitReady(_ balancer: Lab.Balancer, timeout: Duration = .seconds(20)) async throws -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if (try? self[balancer].request("GET", "/readyz"))?.status == 200 { return true }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return false
+    }
+
+    /// Replaces `balancer`'s services through its agent (persisted there) with the lab's file
+    /// for it, the echo service's backends being `echo`.
+    func put(_ balancer: Lab.Balancer, echo: String) throws {
+        let file = try Lab.checked(Lab.run("services", lab.name, [echo, balancer.rawValue])).stdout
+        let reply = try self[balancer].request("PUT", "/v1/services", body: file, token: self[balancer].token)
+        try #require(reply.status == 200, "PUT on \(balancer): \(reply)")
+    }
+
+    /// `lbctl flows --json` of `balancer`: (source, source port, origin) of each echo flow.
+    func echoFlows(_ balancer: Lab.Balancer) throws -> [(flow: String, origin: String)] {
+        let result = try Lab.checked(lab.lbctl(on: balancer, ["flows", "--json"]))
+        let flows = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]] ?? []
+        return flows.filter { $0["service"] as? String == "echo" }.map {
+            ("\($0["source"] ?? "?"):\($0["source_port"] ?? "?")", $0["origin"] as? String ?? "?")
+        }
+    }
+
+    /// Waits until every echo flow `from` placed itself is in `to`'s table too.
+    func waitSynced(from: Lab.Balancer, to: Lab.Balancer, timeout: Duration = .seconds(10)) async throws -> (missing: Int, local: Int) {
+        let deadline = ContinuousClock.now + timeout
+        var missing = 0, local = 0
+        repeat {
+            let mine = Set(try echoFlows(from).filter { $0.origin == "local" }.map(\.flow))
+            let theirs = Set(try echoFlows(to).map(\.flow))
+            missing = mine.subtracting(theirs).count
+            local = mine.count
+            if missing == 0 { break }
+            try await Task.sleep(for: .milliseconds(200))
+        } while ContinuousClock.now < deadline
+        return (missing, local)
+    }
+
+    /// One counter of `balancer`'s /metrics (the sum of its series), or nil.
+    func metric(_ balancer: Lab.Balancer, _ name: String) throws -> Double? {
+        let text = try self[balancer].request("GET", "/metrics").text
+        let values = text.split(separator: "\n").filter { $0.hasPrefix(name + " ") || $0.hasPrefix(name + "{") }
+            .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }
+        return values.isEmpty ? nil : values.reduce(0, +)
+    }
+}
+
+@Suite("two balancers behind ECMP, with connection sync")
+struct ECMPSyncTests {
+    @Test("WITH connection sync: when balancer lb fails after the backend set grew, no session breaks")
+    func failoverWithConnectionSyncBreaksNothing() async throws {
+        try await ECMPFailoverTests.withTwoBalancerLab { lab in
+            let agents = try SyncedAgents(lab: lab)
+            for balancer in lab.balancers {
+                try #require(try await agents.waitReady(balancer), "\(balancer)'s agent never became ready")
+            }
+            let outcome = try await ECMPFailoverTests.runFailoverScenario(lab: lab) {
+                let synced = try await agents.waitSynced(from: .lb, to: .lb2)
+                try #require(synced.missing == 0, "\(synced.missing) of lb's \(synced.local) echo flows never reached lb2")
+            }
+            print("ECMP failover WITH connection sync (lab \(lab.name)): \(outcome.description)")
+            #expect((outcome.carried[.lb] ?? 0) > 0, "lb carried no session, so its failure tests nothing: \(outcome.description)")
+            #expect(outcome.total == 100 && outcome.broken == 0, "\(outcome.description)")
+            // The records crossed, authenticated, and none was refused.
+            #expect(try agents.metric(.lb2, "sluice_sync_records_applied_total") ?? 0 >= Double(outcome.carried[.lb] ?? 0))
+            #expect(try agents.metric(.lb2, "sluice_sync_batches_rejected_total") == 0)
+        }
+    }
+
+    @Test("a balancer restarted with an empty table copies its peer's before it is ready; back in ECMP, no session breaks")
+    func restartedNodeResyncsBeforeTakingTraffic() async throws {
+        try await ECMPFailoverTests.withTwoBalancerLab { lab in
+            let agents = try SyncedAgents(lab: lab)
+            for balancer in lab.balancers {
+                try #require(try await agents.waitReady(balancer), "\(balancer)'s agent never became ready")
+                try agents.put(balancer, echo: "be1:1,be2:1")
+            }
+            let count = 100
+            let sessions = try lab.startSessions(ECMPFailoverTests.vip4, ECMPFailoverTests.echoPort, count: count)
+            defer { sessions.stop() }
+            let started = try await sessions.wait { $0.opened == count && $0.rounds >= 3 }
+            try #require(started?.opened == count && started?.broken == 0, "sessions: \(started?.summary ?? "none") \(sessions.output)")
+
+            // The backend set grows on both (through the agents, so a restarted agent restores
+            // it): from now on Maglev alone would move some established flows.
+            for balancer in lab.balancers { try agents.put(balancer, echo: "be1:1,be2:1,be3:1") }
+            let grown = try await sessions.waitRounds(2)
+            try #require(grown?.broken == 0, "sessions broke when the set grew: \(grown?.summary ?? "none")")
+            let synced = try await agents.waitSynced(from: .lb, to: .lb2)
+            try #require(synced.missing == 0 && synced.local > 0, "lb's flows did not reach lb2: \(synced)")
+
+            // Node A goes away for a restart: withdrawn from the router, agent killed, data
+            // plane reloaded (its connection table is gone).
+            try lab.route(.lb2)
+            agents[.lb].kill()
+            try Lab.checked(lab.lbctl(on: .lb, ["detach", "lb0"]))
+            try Lab.checked(lab.lbctl(on: .lb, ["attach", "lb0"]))
+            #expect(try agents.echoFlows(.lb).isEmpty, "a reloaded data plane starts with an empty table")
+            let whileDown = try await sessions.waitRounds(2)
+            try #require(whileDown?.broken == 0, "sessions broke while lb was away: \(whileDown?.summary ?? "none")")
+
+            // It comes back: the agent restores its services and copies lb2's table first.
+            try agents[.lb].start()
+            try #require(try await agents.waitReady(.lb), "the restarted agent never became ready")
+            let copied = try agents.echoFlows(.lb)
+            #expect(copied.count >= count, "lb has \(copied.count) of the \(count) sessions' flows once ready")
+            #expect(try agents.metric(.lb, "sluice_sync_ready") == 1)
+
+            // Back in ECMP: flows hash to lb again and must find their backends there.
+            let lbBefore = try lab.stats(of: .lb).newFlows
+            try lab.route(.both)
+            let after = try await sessions.waitRounds(5)
+            let state = try #require(after, "no sessions state")
+            print("restart with resync (lab \(lab.name)): \(state.summary)")
+            #expect(state.broken == 0 && state.alive == count, "\(state.summary)")
+            // lb forwarded them from the copied table (hits), placing none of them anew.
+            #expect(try lab.stats(of: .lb).newFlows == lbBefore, "lb re-placed flows it should have found in its table")
+            let hits = try #require(try agents.metric(.lb, "sluice_conntrack_hits_total"))
+            #expect(hits > 0, "lb carried none of the sessions after the route came back")
+        }
+    }
+}
