@@ -164,8 +164,14 @@ stop_server() { # BACKEND: as a crashed server: nothing listens on its ports any
     [[ -f $DIR/$b.server.pid ]] || die "no server pid for $b"
     pid=$(cat "$DIR/$b.server.pid")
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    for _ in $(seq 50); do running "$pid" || return 0; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
+}
+
+running() { # PID: alive and not a zombie (a dead server whose new parent has not reaped it yet)
+    local state
+    state=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
 }
 
 check_backend() { # BACKEND

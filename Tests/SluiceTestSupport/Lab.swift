@@ -117,6 +117,12 @@ public final class Lab: @unchecked Sendable {
         try Self.checked(Self.run("apply", name, [spec]))
     }
 
+    /// `lab.sh server-stop|server-start NAME BACKEND`: takes a backend's servers away (as a
+    /// crash would) or starts them again and waits until they listen.
+    public func setServer(_ backend: String, running: Bool) throws {
+        try Self.checked(Self.run(running ? "server-start" : "server-stop", name, [backend]))
+    }
+
     /// `lbctl ARGS... --pin-path <the lab's>` in the balancer's namespace.
     public func lbctl(_ arguments: String...) throws -> CommandResult {
         try Self.run("lbctl", name, arguments)
@@ -156,7 +162,7 @@ public final class Lab: @unchecked Sendable {
 
     /// The subset of `lbctl status --json` the tests read.
     public struct Status: Decodable, Sendable {
-        public struct Backend: Decodable, Sendable { public var address: String, weight: Int, state: String }
+        public struct Backend: Decodable, Sendable { public var address: String, weight: Int, state: String, health: String }
         public struct Service: Decodable, Sendable {
             public var name, vip, `protocol`: String
             public var port: Int
