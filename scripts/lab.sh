@@ -131,7 +131,9 @@ cmd_down() {
         # Deleting the namespace removes its veths, the bridge and their XDP programs.
         ip netns del "$n" 2>/dev/null || true
     done
-    if mountpoint -q "$BPFFS" 2>/dev/null; then umount -l "$BPFFS"; fi
+    # Until nothing is mounted there: a mount stacked on ours would otherwise stay.
+    local tries=0
+    while mountpoint -q "$BPFFS" 2>/dev/null && ((tries++ < 10)); do umount -l "$BPFFS" || break; done
     rm -rf "$DIR"
 }
 

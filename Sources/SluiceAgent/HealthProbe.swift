@@ -32,31 +32,12 @@ public struct HealthProbe: Sendable, Hashable {
         var description: String
     }
 
-    /// Nil when the backend passed, else why it failed (for logs and `lbctl status`).
+    /// Nil when the backend passed, else why it failed (for logs and `lbctl status`). The whole
+    /// probe, its deadline included, runs as one future chain on an event loop: a busy Swift
+    /// concurrency pool can delay the answer, never fail a healthy backend.
     public func run(on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async -> String? {
-        let deadline = NIODeadline.now() + .milliseconds(Int64(timeoutMilliseconds))
         do {
-            let target = try SocketAddress(ipAddress: address.description, port: Int(port))
-            switch kind {
-            case .tcp:
-                let channel = try await ClientBootstrap(group: group)
-                    .connectTimeout(.milliseconds(Int64(timeoutMilliseconds)))
-                    .connect(to: target).get()
-                try? await channel.close()
-            case .http:
-                let reply = try await exchange(stream: target, group: group, deadline: deadline)
-                let statusLine = reply.split(separator: UInt8(ascii: "\r")).first.map { String(decoding: $0, as: UTF8.self) } ?? ""
-                let fields = statusLine.split(separator: " ")
-                guard fields.count >= 2, fields[0].hasPrefix("HTTP/"), let status = Int(fields[1]) else {
-                    throw Failure(description: "not an HTTP answer: \(String(reflecting: String(statusLine.prefix(80))))")
-                }
-                guard status == expectStatus else { throw Failure(description: "HTTP status \(status), expected \(expectStatus)") }
-            case .udp:
-                let reply = try await exchange(datagram: target, group: group, deadline: deadline)
-                if let expect, !reply.contains(expect) {
-                    throw Failure(description: "the reply does not contain \(String(reflecting: String(decoding: expect, as: UTF8.self)))")
-                }
-            }
+            try await start(on: group.next()).get()
             return nil
         } catch {
             return Self.describe(error)
@@ -68,53 +49,76 @@ public struct HealthProbe: Sendable, Hashable {
         switch error {
         case let failure as Failure: failure.description
         case let error as IOError: String(cString: strerror(error.errnoCode)).lowercased()
-        case ChannelError.connectTimeout: "no connection within the timeout"
+        case ChannelError.connectTimeout(let limit): "no connection within \(limit.nanoseconds / 1_000_000) ms"
         default: "\(error)"
         }
     }
 
-    /// Sends the GET and returns what came back up to the end of the status line.
-    private func exchange(stream target: SocketAddress, group: any EventLoopGroup, deadline: NIODeadline) async throws -> [UInt8] {
-        let request = "GET \(path) HTTP/1.0\r\nHost: \(address.family == .v6 ? "[\(address)]" : address.description)\r\nUser-Agent: sluice-healthcheck\r\nConnection: close\r\n\r\n"
-        let channel = try await ClientBootstrap(group: group)
-            .connectTimeout(.milliseconds(Int64(timeoutMilliseconds)))
-            .connect(to: target).get()
-        let reply = try await collect(on: channel, deadline: deadline, enough: { $0.contains(UInt8(ascii: "\r")) },
-                                      payload: { (buffer: ByteBuffer) in buffer }) {
-            channel.writeAndFlush(ByteBuffer(string: request))
+    private func start(on loop: any EventLoop) -> EventLoopFuture<Void> {
+        let target: SocketAddress
+        do { target = try SocketAddress(ipAddress: address.description, port: Int(port)) } catch {
+            return loop.makeFailedFuture(error)
         }
-        return reply
+        let timeout = TimeAmount.milliseconds(Int64(timeoutMilliseconds))
+        switch kind {
+        case .tcp:
+            return ClientBootstrap(group: loop).connectTimeout(timeout).connect(to: target).flatMap { $0.close() }
+        case .http:
+            let host = address.family == .v6 ? "[\(address)]" : address.description
+            let request = ByteBuffer(string: "GET \(path) HTTP/1.0\r\nHost: \(host)\r\nUser-Agent: sluice-healthcheck\r\nConnection: close\r\n\r\n")
+            let bootstrap = ClientBootstrap(group: loop).connectTimeout(timeout)
+            return exchange(on: loop, payload: { (buffer: ByteBuffer) in buffer }, enough: { $0.contains(UInt8(ascii: "\r")) },
+                            connect: { initializer in bootstrap.channelInitializer(initializer).connect(to: target) },
+                            request: request)
+                .flatMapThrowing { [expectStatus] reply in
+                    let statusLine = reply.split(separator: UInt8(ascii: "\r")).first.map { String(decoding: $0, as: UTF8.self) } ?? ""
+                    let fields = statusLine.split(separator: " ")
+                    guard fields.count >= 2, fields[0].hasPrefix("HTTP/"), let status = Int(fields[1]) else {
+                        throw Failure(description: "not an HTTP answer: \(String(reflecting: String(statusLine.prefix(80))))")
+                    }
+                    guard status == expectStatus else { throw Failure(description: "HTTP status \(status), expected \(expectStatus)") }
+                }
+        case .udp:
+            // Connected to the backend, so an ICMP port unreachable fails the probe at once.
+            let bootstrap = DatagramBootstrap(group: loop)
+            return exchange(on: loop, payload: { (envelope: AddressedEnvelope<ByteBuffer>) in envelope.data }, enough: { _ in true },
+                            connect: { initializer in bootstrap.channelInitializer(initializer).connect(to: target) },
+                            request: AddressedEnvelope(remoteAddress: target, data: ByteBuffer(bytes: send)))
+                .flatMapThrowing { [expect] reply in
+                    if let expect, !reply.contains(expect) {
+                        throw Failure(description: "the reply does not contain \(String(reflecting: String(decoding: expect, as: UTF8.self)))")
+                    }
+                }
+        }
     }
 
-    /// Sends the datagram from an ephemeral port connected to the backend (so an ICMP
-    /// port-unreachable fails the probe at once) and returns the first reply.
-    private func exchange(datagram target: SocketAddress, group: any EventLoopGroup, deadline: NIODeadline) async throws -> [UInt8] {
-        let channel = try await DatagramBootstrap(group: group).connect(to: target).get()
-        let payload = send
-        return try await collect(on: channel, deadline: deadline, enough: { _ in true },
-                                 payload: { (envelope: AddressedEnvelope<ByteBuffer>) in envelope.data }) {
-            channel.writeAndFlush(AddressedEnvelope(remoteAddress: target, data: ByteBuffer(bytes: payload)))
-        }
-    }
-
-    /// Adds a collector to `channel`, runs `start`, and waits until `enough` says the bytes
-    /// read suffice, the peer closes, or `deadline` passes; closes the channel in every case.
-    private func collect<Inbound>(on channel: any Channel, deadline: NIODeadline, enough: @escaping @Sendable ([UInt8]) -> Bool,
-                                  payload: @escaping @Sendable (Inbound) -> ByteBuffer,
-                                  start: @escaping @Sendable () -> EventLoopFuture<Void>) async throws -> [UInt8] {
-        let promise = channel.eventLoop.makePromise(of: [UInt8].self)
-        let timeout = channel.eventLoop.scheduleTask(deadline: deadline) {
+    /// Connects with a ReplyCollector in the pipeline, sends `request`, and completes with
+    /// what came back once `enough` says so, the peer closes, or the deadline passes; the
+    /// channel is closed whatever happens.
+    private func exchange<Inbound, Request: Sendable>(
+        on loop: any EventLoop, payload: @escaping @Sendable (Inbound) -> ByteBuffer, enough: @escaping @Sendable ([UInt8]) -> Bool,
+        connect: (@escaping @Sendable (any Channel) -> EventLoopFuture<Void>) -> EventLoopFuture<any Channel>,
+        request: Request
+    ) -> EventLoopFuture<[UInt8]> {
+        let promise = loop.makePromise(of: [UInt8].self)
+        let timeoutMilliseconds = timeoutMilliseconds
+        let timeout = loop.scheduleTask(in: .milliseconds(Int64(timeoutMilliseconds))) {
             promise.fail(Failure(description: "no answer within \(timeoutMilliseconds) ms"))
         }
-        defer {
-            timeout.cancel()
-            channel.close(promise: nil)
+        connect { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(ReplyCollector(promise: promise, enough: enough, payload: payload))
+            }
+        }.whenComplete { result in
+            switch result {
+            case .failure(let error):
+                promise.fail(error)
+            case .success(let channel):
+                promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+                channel.writeAndFlush(request).whenFailure { promise.fail($0) }
+            }
         }
-        try await channel.eventLoop.submit {
-            try channel.pipeline.syncOperations.addHandler(ReplyCollector(promise: promise, enough: enough, payload: payload))
-        }.get()
-        start().whenFailure { promise.fail($0) }
-        return try await promise.futureResult.get()
+        return promise.futureResult.always { _ in timeout.cancel() }
     }
 }
 

@@ -93,9 +93,8 @@ private extension Array where Element == UInt8 {
 
 private let loopback = IPAddress("127.0.0.1")!
 
-/// Generous by default: these run beside every other suite on a loaded machine; a result's
-/// text, not its time, tells a timeout ("no answer within") from a refusal.
-private func probe(_ check: HealthCheck, port: UInt16, timeout: Int = 10_000) -> HealthProbe {
+/// A result's text, not its time, tells a timeout ("no answer within") from a refusal.
+private func probe(_ check: HealthCheck, port: UInt16, timeout: Int = 5_000) -> HealthProbe {
     HealthProbe(check, backend: loopback, servicePort: port, timeoutMilliseconds: timeout)
 }
 
@@ -121,7 +120,9 @@ struct HealthProbeTests {
         let failure = await probe(HealthCheck(kind: .http), port: server.port, timeout: 300).run()
         let elapsed = ContinuousClock.now - start
         #expect(failure == "no answer within 300 ms")
-        #expect(elapsed >= .milliseconds(250) && elapsed < .seconds(10), "\(elapsed)")
+        // No upper bound: a loaded test process may resume this task late; the probe's own
+        // deadline runs on an event loop, and the answer above says it was the one that fired.
+        #expect(elapsed >= .milliseconds(250), "\(elapsed)")
     }
 
     @Test func udpPassesOnAReplyContainingTheExpectedText() async throws {
