@@ -91,16 +91,21 @@ def burst(kind, host, port, count):
     return 0 if result["failed"] == 0 else 1
 
 
+class StopOnSignal:
+    """`on` until SIGTERM or SIGINT: long-running modes finish their round, save and exit."""
+
+    def __init__(self):
+        self.on = True
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def stop(self, *_):
+        self.on = False
+
+
 def session(host, port, statefile, interval):
     state = {"backend": None, "ok": 0, "failed": 0, "last_error": None, "closed": False}
-    running = True
-
-    def stop(*_):
-        nonlocal running
-        running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    running = StopOnSignal()
 
     def save():
         tmp = statefile + ".tmp"
@@ -111,7 +116,7 @@ def session(host, port, statefile, interval):
     s = socket.create_connection((host, port), timeout=TIMEOUT)
     lines = s.makefile("rb")
     n = 0
-    while running:
+    while running.on:
         n += 1
         try:
             line = f"line-{n}\n".encode()
@@ -181,14 +186,7 @@ class Conn:
 
 
 def sessions(host, port, count, statefile, interval):
-    running = True
-
-    def stop(*_):
-        nonlocal running
-        running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    running = StopOnSignal()
 
     conns = [Conn(i) for i in range(count)]
     opened = 0
@@ -209,7 +207,7 @@ def sessions(host, port, count, statefile, interval):
         os.replace(tmp, statefile)
 
     for c in conns:
-        if not running:
+        if not running.on:
             break
         try:
             c.sock = socket.create_connection((host, port), timeout=TIMEOUT)
@@ -220,7 +218,7 @@ def sessions(host, port, count, statefile, interval):
     save()
 
     selector = selectors.DefaultSelector()
-    while running:
+    while running.on:
         started = time.monotonic()
         rounds += 1
         waiting = {}
@@ -269,7 +267,7 @@ def sessions(host, port, count, statefile, interval):
         save()
         # A signal during the sleep ends it early (PEP 475 retries, but `running` is checked).
         pause = interval - (time.monotonic() - started)
-        while running and pause > 0:
+        while running.on and pause > 0:
             time.sleep(min(pause, 0.05))
             pause = interval - (time.monotonic() - started)
     for c in conns:

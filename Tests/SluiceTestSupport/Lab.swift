@@ -275,19 +275,26 @@ public final class Lab: @unchecked Sendable {
         deinit { _ = stop() }
 
         /// The latest state, nil until the first exchange is done.
-        public func state() -> State? {
-            guard let data = FileManager.default.contents(atPath: stateFile) else { return nil }
-            return try? JSONDecoder().decode(State.self, from: data)
-        }
+        public func state() -> State? { decodeState(State.self) }
 
         /// Polls until `condition` holds for the state (or the client exits, or
         /// `timeout` passes) and returns the last state seen.
         public func wait(timeout: Duration = .seconds(10), until condition: (State) -> Bool) async throws -> State? {
+            try await poll(State.self, timeout: timeout) { condition($0) || $0.closed }
+        }
+
+        /// The state file as `T` (the client's modes write different states).
+        func decodeState<T: Decodable>(_: T.Type) -> T? {
+            guard let data = FileManager.default.contents(atPath: stateFile) else { return nil }
+            return try? JSONDecoder().decode(T.self, from: data)
+        }
+
+        /// Polls the state file until `condition` holds, the client exits or `timeout` passes.
+        func poll<T: Decodable>(_: T.Type, timeout: Duration, until condition: (T) -> Bool) async throws -> T? {
             let deadline = ContinuousClock.now + timeout
             while true {
-                let current = state()
-                if let current, condition(current) || current.closed { return current }
-                if ContinuousClock.now >= deadline || !process.isRunning { return state() }
+                if let current = decodeState(T.self), condition(current) { return current }
+                if ContinuousClock.now >= deadline || !process.isRunning { return decodeState(T.self) }
                 try await Task.sleep(for: .milliseconds(50))
             }
         }

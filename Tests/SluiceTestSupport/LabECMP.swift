@@ -139,20 +139,12 @@ extension Lab {
         public var isRunning: Bool { client.isRunning }
 
         /// The latest state, nil until the connections are opened.
-        public func state() -> State? {
-            guard let data = FileManager.default.contents(atPath: stateFile) else { return nil }
-            return try? JSONDecoder().decode(State.self, from: data)
-        }
+        public func state() -> State? { client.decodeState(State.self) }
 
         /// Polls until `condition` holds for the state (or the client exits, or
         /// `timeout` passes) and returns the last state seen.
         public func wait(timeout: Duration = .seconds(20), until condition: (State) -> Bool) async throws -> State? {
-            let deadline = ContinuousClock.now + timeout
-            while true {
-                if let current = state(), condition(current) { return current }
-                if ContinuousClock.now >= deadline || !client.isRunning { return state() }
-                try await Task.sleep(for: .milliseconds(50))
-            }
+            try await client.poll(State.self, timeout: timeout, until: condition)
         }
 
         /// Waits for `rounds` more rounds than the state shows now.
