@@ -27,6 +27,24 @@ struct sl_ct_flow {
 	__u32 service_id;
 };
 
+/* The agent's clock (seconds), or 0 while no agent ticks it. */
+static __always_inline __u32 sl_clock_now(void)
+{
+	__u32 zero = 0, *now = bpf_map_lookup_elem(&sl_clock, &zero);
+
+	return now ? *now : 0;
+}
+
+/* Marks a trusted entry seen now. Written only when the second changed, so a
+ * busy flow dirties its entry once a second, not once a packet. */
+static __always_inline void sl_ct_touch(struct sl_ct_entry *ct)
+{
+	__u32 now = sl_clock_now();
+
+	if (ct->last_seen != now)
+		ct->last_seen = now;
+}
+
 /* Returns 1 and fills *flow if the flow is known and its entry is current
  * (its slot's epoch has not moved since it was recorded); 0 for an unknown
  * flow or a stale entry. Counts nothing: whether a miss is counted depends on
@@ -42,6 +60,7 @@ static __always_inline int sl_ct_lookup(const struct sl_flow_key *key, struct sl
 	epoch = bpf_map_lookup_elem(&sl_vip_epochs, &service);
 	if (!epoch || (__u16)*epoch != ct->epoch)
 		return 0;
+	sl_ct_touch(ct);
 	flow->backend_id = ct->backend_id;
 	flow->service_id = service;
 	return 1;
@@ -80,6 +99,7 @@ static __always_inline void sl_ct_record(const struct sl_flow_key *key, __u32 ba
 		.backend_id = backend_id,
 		.service_id = service_id,
 		.epoch = epoch ? *epoch : 0,
+		.last_seen = sl_clock_now(),
 		.origin = SL_ORIGIN_LOCAL,
 	};
 

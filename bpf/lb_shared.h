@@ -54,6 +54,7 @@
 #define SL_MAP_VIP_EPOCHS "sl_vip_epochs"
 #define SL_MAP_FLOW_EVENTS "sl_flow_events"
 #define SL_MAP_PEERS "sl_peers"
+#define SL_MAP_CLOCK "sl_clock"
 #define SL_PROG_BALANCER "sl_balancer"
 
 /* The backend side (lbctl decap): its program and maps, pinned beside the
@@ -121,9 +122,15 @@ struct sl_ct_entry {
 	__u32 backend_id;
 	__u16 service_id;  /* service slot the flow was placed for (< SL_MAX_VIPS) */
 	__u16 epoch;       /* low 16 bits of sl_vip_epochs[service_id] when recorded */
+	__u32 last_seen;   /* sl_clock when last forwarded, recorded or refreshed by a peer */
 	__u8 origin;       /* SL_ORIGIN_LOCAL, or the sl_peers index of the peer that sent it */
 	__u8 pad[3];       /* always zero */
 };
+
+/* sl_clock (an array of one __u32): seconds of the agent's monotonic clock,
+ * written by the agent every second (0 while no agent ever ran). Conntrack
+ * entries remember it in last_seen, so the agent can age out idle flows
+ * without the data plane reading a clock per packet. */
 
 /* sl_ct_entry.origin of a flow this node placed itself. */
 #define SL_ORIGIN_LOCAL 0

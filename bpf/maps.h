@@ -99,6 +99,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_flow_events SEC(".maps");
 
+/* The agent's clock in seconds, for conntrack's last_seen (see lb_shared.h).
+ * An array, so its lookup is inlined by the verifier: no helper call. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_clock SEC(".maps");
+
 /* Sync peers by origin index (see SL_MAX_PEERS): for lbctl flows only. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -22,6 +22,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var healthDefaults: HealthCheckDefaults
     /// Connection-state sync with peer balancers; nil = off.
     public var sync: SyncConfig?
+    /// How long a flow may stay unseen before the agent deletes it from the connection table.
+    public var idleTimeouts = IdleTimeouts()
 
     public init(host: String = "127.0.0.1", port: Int = 9300, pinPath: String = Dataplane.defaultPinPath,
                 tokenFile: String, servicesFile: String = AgentConfig.defaultServicesFile,
@@ -37,7 +39,8 @@ public struct AgentConfig: Sendable, Equatable {
         sync = nil
     }
 
-    static let keys = ["listen", "pin_path", "token_file", "services_file", "tls", "healthcheck_defaults", "sync"]
+    static let keys = ["listen", "pin_path", "token_file", "services_file", "tls", "healthcheck_defaults", "sync", "conntrack"]
+    static let conntrackKeys = ["tcp_idle_timeout", "udp_idle_timeout"]
     static let tlsKeys = ["cert", "key"]
     static let healthKeys = ["interval", "timeout", "rise", "fall"]
 
@@ -95,6 +98,26 @@ public struct AgentConfig: Sendable, Equatable {
         }
         if let sync = top["sync"] {
             config.sync = try SyncConfig.parse(sync, bad: bad)
+        }
+        if let conntrack = top["conntrack"] {
+            guard let table = conntrack as? [String: Any] else {
+                throw bad("conntrack", "must be a mapping with keys \(conntrackKeys.joined(separator: ", "))")
+            }
+            if let unknown = table.keys.sorted().first(where: { !conntrackKeys.contains($0) }) {
+                throw bad("conntrack.\(unknown)", "unknown key (known: \(conntrackKeys.joined(separator: ", ")))")
+            }
+            for key in conntrackKeys {
+                guard let raw = table[key] else { continue }
+                guard let milliseconds = HealthCheck.parseDuration("\(raw)"), milliseconds % 1000 == 0,
+                      (1...86_400).contains(milliseconds / 1000) else {
+                    throw bad("conntrack.\(key)", "\(String(reflecting: "\(raw)")) is not a whole number of seconds from 1s to 24h (e.g. 300s, 15m)")
+                }
+                if key == "tcp_idle_timeout" {
+                    config.idleTimeouts.tcpSeconds = UInt32(milliseconds / 1000)
+                } else {
+                    config.idleTimeouts.udpSeconds = UInt32(milliseconds / 1000)
+                }
+            }
         }
         return config
     }

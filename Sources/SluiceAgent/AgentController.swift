@@ -86,8 +86,8 @@ public actor AgentController {
     /// The desired set this agent applies, health checks included (nil until one is restored or PUT).
     private var desired: ServiceFile?
     private let logger: Logger
-    /// Counts the connection table in the background; run it as a service beside the server.
-    public nonisolated let conntrackCounter: ConntrackCounter
+    /// Ticks the conntrack clock, ages out idle flows and counts the table; a service beside the server.
+    public nonisolated let conntrack: ConntrackKeeper
     /// Runs the services' health checks; run it as a service beside the server.
     public nonisolated let health: HealthMonitor
     /// Connection-state sync with peer balancers (nil: not configured); a service beside the server.
@@ -103,14 +103,18 @@ public actor AgentController {
         self.logger = logger
         tokens = try TokenStore(config: config)
         dataplane = try Dataplane.openOrLoad(pinPath: config.pinPath)
-        conntrackCounter = ConntrackCounter(map: dataplane.conntrack)
         health = HealthMonitor(defaults: config.healthDefaults, logger: logger)
+        let sync: SyncService?
         if let syncConfig = config.sync {
             sync = try SyncService(config: syncConfig, pinPath: config.pinPath, logger: logger)
         } else {
             sync = nil
             try ConntrackSync(dataplane: dataplane).setReporting(false)
         }
+        self.sync = sync
+        var refresh: (@Sendable ([FlowRecord]) async -> Void)?
+        if let sync { refresh = { records in await sync.refresh(records) } }
+        conntrack = try ConntrackKeeper(pinPath: config.pinPath, timeouts: config.idleTimeouts, logger: logger, refresh: refresh)
         if let attributes = try? FileManager.default.attributesOfItem(atPath: config.servicesFile),
            let modified = attributes[.modificationDate] as? Date {
             lastApply = modified.timeIntervalSince1970
@@ -232,7 +236,8 @@ public actor AgentController {
 
     public func metrics() throws -> [UInt8] {
         do {
-            return MetricsRenderer.render(try MetricsInput.read(from: dataplane, conntrackEntries: conntrackCounter.entries,
+            return MetricsRenderer.render(try MetricsInput.read(from: dataplane, conntrackEntries: conntrack.entries,
+                                                                conntrackExpired: conntrack.expired,
                                                                 lastApply: lastApply, sync: sync?.stats.snapshot))
         } catch { throw APIError(error) }
     }

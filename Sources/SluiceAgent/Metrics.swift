@@ -19,6 +19,8 @@ public struct MetricsInput: Sendable {
     public var services: [AppliedService]
     /// Entries in the connection table, or nil when not counted.
     public var conntrackEntries: Int?
+    /// Idle flows the agent deleted since it started.
+    public var conntrackExpired: UInt64
     public var conntrackCapacity: Int
     /// Seconds since the epoch of the last successful apply (0: never).
     public var lastApply: Double
@@ -26,8 +28,9 @@ public struct MetricsInput: Sendable {
     /// The sync's figures, when the agent syncs with peers.
     public var sync: SyncStats.Snapshot?
 
-    public init(counters: CounterSnapshot, services: [AppliedService], conntrackEntries: Int?, conntrackCapacity: Int,
-                lastApply: Double, version: String, sync: SyncStats.Snapshot? = nil) {
+    public init(counters: CounterSnapshot, services: [AppliedService], conntrackEntries: Int?, conntrackExpired: UInt64 = 0,
+                conntrackCapacity: Int, lastApply: Double, version: String, sync: SyncStats.Snapshot? = nil) {
+        self.conntrackExpired = conntrackExpired
         self.counters = counters
         self.services = services
         self.conntrackEntries = conntrackEntries
@@ -40,11 +43,12 @@ public struct MetricsInput: Sendable {
 
 extension MetricsInput {
     /// Reads what a scrape shows from the maps: the applied state, then the counters.
-    public static func read(from dataplane: Dataplane, conntrackEntries: Int?, lastApply: Double,
+    public static func read(from dataplane: Dataplane, conntrackEntries: Int?, conntrackExpired: UInt64 = 0, lastApply: Double,
                             sync: SyncStats.Snapshot? = nil) throws(ControlError) -> MetricsInput {
         let state = try AppliedState.read(from: dataplane)
         return MetricsInput(counters: try CounterSnapshot.read(from: dataplane, state: state), services: state.services,
-                            conntrackEntries: conntrackEntries, conntrackCapacity: dataplane.conntrack.info.maxEntries,
+                            conntrackEntries: conntrackEntries, conntrackExpired: conntrackExpired,
+                            conntrackCapacity: dataplane.conntrack.info.maxEntries,
                             lastApply: lastApply, version: AgentBuild.version, sync: sync)
     }
 }
@@ -111,9 +115,11 @@ public enum MetricsRenderer {
         out.family("sluice_conntrack_misses_total", .counter, "Non-SYN packets of a flow missing from the connection table.")
         out.sample("sluice_conntrack_misses_total", "", counters.conntrackMisses)
         if let entries = input.conntrackEntries {
-            out.family("sluice_conntrack_entries", .gauge, "Flows in the connection table (counted in the background every 10 s).")
+            out.family("sluice_conntrack_entries", .gauge, "Flows in the connection table (counted at the agent's last sweep).")
             out.sample("sluice_conntrack_entries", "", UInt64(entries))
         }
+        out.family("sluice_conntrack_expired_total", .counter, "Idle flows the agent deleted from the connection table since it started.")
+        out.sample("sluice_conntrack_expired_total", "", input.conntrackExpired)
         out.family("sluice_conntrack_capacity_entries", .gauge, "Size of the connection table (LRU: the oldest flows go when full).")
         out.sample("sluice_conntrack_capacity_entries", "", UInt64(input.conntrackCapacity))
         out.family("sluice_fragments_passed_total", .counter, "IP fragments passed to the kernel.")

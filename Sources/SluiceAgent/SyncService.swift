@@ -195,6 +195,13 @@ public actor SyncService: ServiceLifecycle.Service {
         }
     }
 
+    /// This node's flows that are still alive, sent again so peers do not age them out.
+    public func refresh(_ records: [FlowRecord]) {
+        for chunk in Self.chunks(records) {
+            for index in outboxes.keys { enqueue(Outgoing(kind: .records, records: chunk), to: index) }
+        }
+    }
+
     private static func chunks(_ records: [FlowRecord]) -> [[FlowRecord]] {
         stride(from: 0, to: records.count, by: SyncFrame.maxRecords).map {
             Array(records[$0..<min($0 + SyncFrame.maxRecords, records.count)])

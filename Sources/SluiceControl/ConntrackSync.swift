@@ -95,17 +95,8 @@ public final class ConntrackSync {
 
     /// Every flow the table trusts now (current epoch), for a peer's full copy.
     public func snapshot() throws(ControlError) -> [FlowRecord] {
-        do {
-            let entries = try dataplane.conntrack.hashEntries(key: sl_flow_key.self, value: sl_ct_entry.self)
-            let epochs = try dataplane.vipEpochs.arrayValues(as: UInt32.self)
-            let backends = try dataplane.backends.arrayValues(as: sl_backend.self)
-            return entries.compactMap { key, entry in
-                guard Int(entry.service_id) < epochs.count, UInt16(truncatingIfNeeded: epochs[Int(entry.service_id)]) == entry.epoch,
-                      Int(entry.backend_id) < backends.count else { return nil }
-                let slot = backends[Int(entry.backend_id)]
-                return IPAddress(cWords: slot.addr, family: slot.family).flatMap { FlowRecord(key: key, backend: $0) }
-            }
-        } catch { throw .bpf(error, while: "reading the connection table") }
+        let table = try ConntrackTable.read(from: dataplane)
+        return table.entries.compactMap { table.record($0.key, $0.entry) }
     }
 
     /// Writes peers' records into the connection table, each under this node's slot, epoch
@@ -114,6 +105,7 @@ public final class ConntrackSync {
     public func insert(_ records: [FlowRecord], origin: UInt8) -> InsertResult {
         var result = InsertResult()
         let local = UInt8(SL_ORIGIN_LOCAL)
+        let now = (try? dataplane.clock.lookup(UInt32(0), as: UInt32.self)) ?? 0
         var epochs: [UInt32: UInt32] = [:]
         for record in records {
             var vipKey = sl_vip_key()
@@ -132,12 +124,16 @@ public final class ConntrackSync {
             if epochs[vip.id] == nil { epochs[vip.id] = (try? dataplane.vipEpochs.lookup(vip.id, as: UInt32.self)) ?? 0 }
             let epoch = UInt16(truncatingIfNeeded: epochs[vip.id]!)
             let key = sl_flow_key(record)
-            if let existing = try? dataplane.conntrack.lookup(key, as: sl_ct_entry.self),
+            if var existing = try? dataplane.conntrack.lookup(key, as: sl_ct_entry.self),
                existing.origin == local, existing.service_id == UInt16(vip.id), existing.epoch == epoch {
+                // The peer still sees the flow: it stays young here too, on this node's backend.
+                existing.last_seen = now
+                try? dataplane.conntrack.update(key, existing, flags: UInt64(BPF_EXIST))
                 result.rejected[.localNewer, default: 0] += 1
                 continue
             }
-            let entry = sl_ct_entry(backend_id: backendID, service_id: UInt16(vip.id), epoch: epoch, origin: origin, pad: (0, 0, 0))
+            let entry = sl_ct_entry(backend_id: backendID, service_id: UInt16(vip.id), epoch: epoch, last_seen: now,
+                                    origin: origin, pad: (0, 0, 0))
             if (try? dataplane.conntrack.update(key, entry)) != nil { result.applied += 1 }
         }
         return result

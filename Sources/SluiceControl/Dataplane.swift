@@ -27,6 +27,8 @@ public final class Dataplane {
     public let flowEvents: BPFMap
     /// The agent's sync peers by origin index, for `lbctl flows`.
     public let peers: BPFMap
+    /// The agent's clock in seconds, which conntrack entries remember as last_seen.
+    public let clock: BPFMap
     private let object: BPFObject?
 
     private init(pinPath: String, program: BPFProgram, object: BPFObject?, map: (String) throws(BPFError) -> BPFMap) throws(BPFError) {
@@ -46,6 +48,7 @@ public final class Dataplane {
         vipEpochs = try map(SL_MAP_VIP_EPOCHS)
         flowEvents = try map(SL_MAP_FLOW_EVENTS)
         peers = try map(SL_MAP_PEERS)
+        clock = try map(SL_MAP_CLOCK)
     }
 
     static func programPin(_ pinPath: String) -> String { "\(pinPath)/\(SL_PROG_BALANCER)" }
@@ -114,7 +117,7 @@ public final class Dataplane {
     public static func removePins(at pinPath: String) {
         let names = [SL_PROG_BALANCER, SL_MAP_VIPS, SL_MAP_MAGLEV, SL_MAP_BACKENDS, SL_MAP_CONNTRACK, SL_MAP_CONFIG,
                      SL_MAP_STATS, SL_MAP_VIP_STATS, SL_MAP_BACKEND_STATS, SL_MAP_SERVICES, SL_MAP_VIP_FILTER,
-                     SL_MAP_VIP_EPOCHS, SL_MAP_FLOW_EVENTS, SL_MAP_PEERS]
+                     SL_MAP_VIP_EPOCHS, SL_MAP_FLOW_EVENTS, SL_MAP_PEERS, SL_MAP_CLOCK]
         PinDirectory.unpin(names, at: pinPath)
     }
 }

@@ -13,7 +13,8 @@ final class SyncedAgents: @unchecked Sendable {
     let agents: [Lab.Balancer: LabAgent]
     private let keyDirectory: String
 
-    init(lab: Lab, resyncTimeout: String = "10s") throws {
+    /// `extra`: more agent configuration (top-level YAML), the same on both.
+    init(lab: Lab, resyncTimeout: String = "10s", extra: String = "") throws {
         self.lab = lab
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-sync-\(lab.name)").path
         keyDirectory = directory
@@ -29,6 +30,7 @@ final class SyncedAgents: @unchecked Sendable {
               key_file: \(directory)/sync.key
               batch_interval: 50ms
               resync_timeout: \(resyncTimeout)
+            \(extra)
             """
         }
         agents = [.lb: try LabAgent(lab: lab, balancer: .lb, extraConfig: sync(a, b)),
@@ -57,11 +59,11 @@ final class SyncedAgents: @unchecked Sendable {
         try #require(reply.status == 200, "PUT on \(balancer): \(reply)")
     }
 
-    /// `lbctl flows --json` of `balancer`: (source, source port, origin) of each echo flow.
-    func echoFlows(_ balancer: Lab.Balancer) throws -> [(flow: String, origin: String)] {
+    /// `lbctl flows --json` of `balancer`: (source, source port, origin) of each flow of `service`.
+    func echoFlows(_ balancer: Lab.Balancer, service: String = "echo") throws -> [(flow: String, origin: String)] {
         let result = try Lab.checked(lab.lbctl(on: balancer, ["flows", "--json"]))
         let flows = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]] ?? []
-        return flows.filter { $0["service"] as? String == "echo" }.map {
+        return flows.filter { $0["service"] as? String == service }.map {
             ("\($0["source"] ?? "?"):\($0["source_port"] ?? "?")", $0["origin"] as? String ?? "?")
         }
     }
@@ -162,6 +164,38 @@ struct ECMPSyncTests {
             #expect(try lab.stats(of: .lb).newFlows == lbBefore, "lb re-placed flows it should have found in its table")
             let hits = try #require(try agents.metric(.lb, "sluice_conntrack_hits_total"))
             #expect(hits > 0, "lb carried none of the sessions after the route came back")
+        }
+    }
+
+    @Test("flows age out on both nodes once idle past their timeout; a busy session stays on both, refreshed by the node that carries it")
+    func idleFlowsAgeOutEverywhere() async throws {
+        try await ECMPFailoverTests.withTwoBalancerLab { lab in
+            let agents = try SyncedAgents(lab: lab, extra: "conntrack: { tcp_idle_timeout: 4s, udp_idle_timeout: 4s }")
+            for balancer in lab.balancers {
+                try #require(try await agents.waitReady(balancer), "\(balancer)'s agent never became ready")
+            }
+            let sessions = try lab.startSessions(ECMPFailoverTests.vip4, ECMPFailoverTests.echoPort, count: 20, interval: 0.3)
+            defer { sessions.stop() }
+            let started = try await sessions.wait { $0.opened == 20 && $0.rounds >= 2 }
+            try #require(started?.opened == 20, "sessions: \(started?.summary ?? "none")")
+            let udp = try lab.client(.udp, ECMPFailoverTests.vip4, 53, count: 20)
+            try #require(udp.ok == 20, "\(udp.output)")
+            try await Task.sleep(for: .milliseconds(500))
+            for balancer in lab.balancers {
+                #expect(try agents.echoFlows(balancer, service: "dns").count == 20, "every UDP flow reached \(balancer)")
+                #expect(try agents.echoFlows(balancer).count == 20, "every session reached \(balancer)")
+            }
+
+            // Twice the timeout later: the UDP flows went idle and are gone everywhere; the
+            // sessions kept talking and are still on both nodes, also where they never pass.
+            try await Task.sleep(for: .seconds(8))
+            for balancer in lab.balancers {
+                #expect(try agents.echoFlows(balancer, service: "dns").isEmpty, "idle UDP flows left on \(balancer)")
+                #expect(try agents.echoFlows(balancer).count == 20, "live sessions aged out on \(balancer)")
+                #expect(try agents.metric(balancer, "sluice_conntrack_expired_total") ?? 0 >= 1)
+            }
+            let state = try #require(sessions.state())
+            #expect(state.broken == 0 && state.alive == 20, "\(state.summary)")
         }
     }
 }

@@ -27,7 +27,7 @@ private let flowKey = swiftLayout(sl_flow_key.self, "sl_flow_key",
                                    "family": \.family, "pad": \.pad])
 private let ctEntry = swiftLayout(sl_ct_entry.self, "sl_ct_entry",
                                   ["backend_id": \.backend_id, "service_id": \.service_id, "epoch": \.epoch,
-                                   "origin": \.origin, "pad": \.pad])
+                                   "last_seen": \.last_seen, "origin": \.origin, "pad": \.pad])
 private let config = swiftLayout(sl_config.self, "sl_config",
                                  ["source_v4": \.source_v4, "source_v6": \.source_v6, "gateway_mac": \.gateway_mac,
                                   "flags": \.flags, "pad": \.pad, "maglev_size": \.maglev_size])
@@ -47,7 +47,7 @@ struct LayoutTests {
         #expect(MemoryLayout<sl_vip>.size == 8)
         #expect(MemoryLayout<sl_backend>.size == 24)
         #expect(MemoryLayout<sl_flow_key>.size == 40)
-        #expect(MemoryLayout<sl_ct_entry>.size == 12)
+        #expect(MemoryLayout<sl_ct_entry>.size == 16)
         #expect(MemoryLayout<sl_flow_event>.size == 48)
         #expect(MemoryLayout<sl_addr_key>.size == 20)
         #expect(MemoryLayout<sl_config>.size == 32)
@@ -104,6 +104,7 @@ struct LayoutTests {
         #expect(d.flowEvents.info.type.rawValue == mapTypeRingBuffer && d.flowEvents.info.maxEntries == Int(SL_FLOW_EVENTS_SIZE))
         #expect(d.peers.info.keySize == u32 && d.peers.info.valueSize == MemoryLayout<sl_addr_key>.size)
         #expect(d.peers.info.maxEntries == Int(SL_MAX_PEERS) + 1)
+        #expect(d.clock.info.keySize == u32 && d.clock.info.valueSize == u32 && d.clock.info.maxEntries == 1)
     }
 
     @Test func theSwiftModelsConstantsAreTheDataPlanesConstants() {

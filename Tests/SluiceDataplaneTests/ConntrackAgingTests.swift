@@ -1,0 +1,95 @@
+// Ageing the connection table through the real program: a forwarded packet stamps its entry
+// with the agent's clock (sl_clock), and a sweep deletes what has been idle past its
+// protocol's timeout, keeps the rest, and names this node's flows seen since a time.
+
+import CSluice
+import SluiceBPF
+import SluiceControl
+import SluiceCore
+import SluiceTestSupport
+import Testing
+
+private let services = """
+    node: { source_v4: 192.0.2.10, maglev_table_size: 251 }
+    services:
+      - name: web
+        vip: 198.51.100.10
+        port: 80
+        protocol: tcp
+        backends: [ {address: 10.1.0.21}, {address: 10.1.0.22} ]
+      - name: dns
+        vip: 198.51.100.10
+        port: 53
+        protocol: udp
+        backends: [ {address: 10.1.0.31} ]
+    """
+
+@Suite(requiresRoot)
+struct ConntrackAgingTests {
+    private func entry(_ lb: TestDataplane, from client: String) throws -> sl_ct_entry? {
+        try lb.dataplane.conntrack.hashEntries(key: sl_flow_key.self, value: sl_ct_entry.self)
+            .first { IPAddress(words: $0.0.src, family: $0.0.family) == IPAddress(client) }?.1
+    }
+
+    @Test func forwardingStampsTheEntryWithTheAgentsClock() throws {
+        let lb = try TestDataplane(yaml: services)
+        let aging = ConntrackAging(dataplane: lb.dataplane)
+        try aging.tick(100)
+        _ = try lb.run(PacketBuilder().tcp(from: "198.18.0.1", 40000, to: "198.51.100.10", 80))
+        #expect(try entry(lb, from: "198.18.0.1")?.last_seen == 100, "a placed flow is stamped")
+        try aging.tick(107)
+        _ = try lb.run(PacketBuilder().tcp(from: "198.18.0.1", 40000, to: "198.51.100.10", 80, flags: [.ack]))
+        #expect(try entry(lb, from: "198.18.0.1")?.last_seen == 107, "a conntrack hit stamps it again")
+    }
+
+    @Test func aSweepDeletesWhatWasIdlePastItsProtocolsTimeoutOnly() throws {
+        let lb = try TestDataplane(yaml: services)
+        let aging = ConntrackAging(dataplane: lb.dataplane)
+        try aging.tick(1000)
+        _ = try lb.run(PacketBuilder().tcp(from: "198.18.1.1", 40000, to: "198.51.100.10", 80))
+        _ = try lb.run(PacketBuilder().udp(from: "198.18.1.2", 5353, to: "198.51.100.10", 53))
+        try aging.tick(1100)
+        _ = try lb.run(PacketBuilder().udp(from: "198.18.1.3", 5353, to: "198.51.100.10", 53))
+
+        let timeouts = IdleTimeouts(tcpSeconds: 300, udpSeconds: 60)
+        let listed = try aging.sweep(now: 1120, timeouts: timeouts, expire: false)
+        #expect(listed.entries == 3 && listed.expired == 0, "without expire nothing goes")
+
+        // At 1120 the UDP flow stamped 1000 is 120 s idle (> 60): gone. The TCP one (120 s < 300)
+        // and the UDP one stamped 1100 (20 s) stay.
+        let swept = try aging.sweep(now: 1120, timeouts: timeouts, expire: true, activeSince: 1100)
+        #expect(swept.expired == 1 && swept.entries == 2, "\(swept)")
+        #expect(try entry(lb, from: "198.18.1.2") == nil)
+        #expect(try entry(lb, from: "198.18.1.1") != nil && (try entry(lb, from: "198.18.1.3")) != nil)
+        #expect(swept.active.map(\.source) == [IPAddress("198.18.1.3")!], "only the flow seen since 1100 is active")
+
+        // The expired flow's next datagram is a new flow again (a conntrack miss, placed anew).
+        let before = try lb.nodeStats()
+        _ = try lb.run(PacketBuilder().udp(from: "198.18.1.2", 5353, to: "198.51.100.10", 53))
+        let after = try lb.nodeStats()
+        #expect(after.ctMisses == before.ctMisses + 1 && after.newFlows == before.newFlows + 1)
+    }
+
+    @Test func aPeersRecordIsStampedAndARefreshOfALocalFlowKeepsItYoung() throws {
+        let lb = try TestDataplane(yaml: services)
+        let aging = ConntrackAging(dataplane: lb.dataplane)
+        let sync = try ConntrackSync(dataplane: lb.dataplane)
+        try aging.tick(500)
+        _ = try lb.run(PacketBuilder().tcp(from: "198.18.2.1", 40000, to: "198.51.100.10", 80))
+        let local = try #require(try entry(lb, from: "198.18.2.1"))
+        try aging.tick(900)
+        let vip = IPAddress("198.51.100.10")!, port = UInt16(80).bigEndian
+        let records = [
+            FlowRecord(source: IPAddress("198.18.2.1")!, destination: vip, sourcePort: UInt16(40000).bigEndian,
+                       destinationPort: port, proto: 6, backend: IPAddress("10.1.0.22")!),
+            FlowRecord(source: IPAddress("198.18.2.2")!, destination: vip, sourcePort: UInt16(40000).bigEndian,
+                       destinationPort: port, proto: 6, backend: IPAddress("10.1.0.21")!),
+        ]
+        let result = sync.insert(records, origin: 1)
+        #expect(result.applied == 1 && result.rejected == [.localNewer: 1])
+        let refreshed = try #require(try entry(lb, from: "198.18.2.1"))
+        #expect(refreshed.last_seen == 900 && refreshed.backend_id == local.backend_id && refreshed.origin == 0,
+                "the local entry keeps its backend and origin, and is young again")
+        #expect(try entry(lb, from: "198.18.2.2")?.last_seen == 900, "a peer's record is stamped on arrival")
+    }
+}
