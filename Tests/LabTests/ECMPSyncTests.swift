@@ -42,13 +42,19 @@ final class SyncedAgents: @unchecked Sendable {
     subscript(balancer: Lab.Balancer) -> LabAgent { agents[balancer]! }
 
     /// Polls `GET /readyz` until it answers 200; false after `timeout`.
-    func waitReady(_ balancer: Lab.Balancer, timeout: Duration = .seconds(20)) async throws -> Bool {
+    func waitReady(_ balancer: Lab.Balancer, timeout: Duration = .seconds(40)) async throws -> Bool {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if (try? self[balancer].request("GET", "/readyz"))?.status == 200 { return true }
             try await Task.sleep(for: .milliseconds(100))
         }
         return false
+    }
+
+    /// Why `balancer`'s agent is not ready: its last answer and what it logged.
+    func diagnose(_ balancer: Lab.Balancer) -> String {
+        let answer = (try? self[balancer].request("GET", "/readyz")).map { "\($0)" } ?? "no answer"
+        return "\(balancer): /readyz \(answer)\nstderr:\n\(self[balancer].process.stderr)"
     }
 
     /// Replaces `balancer`'s services through its agent (persisted there) with the lab's file
@@ -99,7 +105,7 @@ struct ECMPSyncTests {
         try await ECMPFailoverTests.withTwoBalancerLab { lab in
             let agents = try SyncedAgents(lab: lab)
             for balancer in lab.balancers {
-                try #require(try await agents.waitReady(balancer), "\(balancer)'s agent never became ready")
+                try #require(try await agents.waitReady(balancer), "\(balancer)'s agent never became ready: \(agents.diagnose(balancer))")
             }
             let outcome = try await ECMPFailoverTests.runFailoverScenario(lab: lab) {
                 let synced = try await agents.waitSynced(from: .lb, to: .lb2)
@@ -119,7 +125,7 @@ struct ECMPSyncTests {
         try await ECMPFailoverTests.withTwoBalancerLab { lab in
             let agents = try SyncedAgents(lab: lab)
             for balancer in lab.balancers {
-                try #require(try await agents.waitReady(balancer), "\(balancer)'s agent never became ready")
+                try #require(try await agents.waitReady(balancer), "\(balancer)'s agent never became ready: \(agents.diagnose(balancer))")
                 try agents.put(balancer, echo: "be1:1,be2:1")
             }
             let count = 100
@@ -148,7 +154,7 @@ struct ECMPSyncTests {
 
             // It comes back: the agent restores its services and copies lb2's table first.
             try agents[.lb].start()
-            try #require(try await agents.waitReady(.lb), "the restarted agent never became ready")
+            try #require(try await agents.waitReady(.lb), "the restarted agent never became ready: \(agents.diagnose(.lb))")
             let copied = try agents.echoFlows(.lb)
             #expect(copied.count >= count, "lb has \(copied.count) of the \(count) sessions' flows once ready")
             #expect(try agents.metric(.lb, "sluice_sync_ready") == 1)
@@ -172,7 +178,7 @@ struct ECMPSyncTests {
         try await ECMPFailoverTests.withTwoBalancerLab { lab in
             let agents = try SyncedAgents(lab: lab, extra: "conntrack: { tcp_idle_timeout: 4s, udp_idle_timeout: 4s }")
             for balancer in lab.balancers {
-                try #require(try await agents.waitReady(balancer), "\(balancer)'s agent never became ready")
+                try #require(try await agents.waitReady(balancer), "\(balancer)'s agent never became ready: \(agents.diagnose(balancer))")
             }
             let sessions = try lab.startSessions(ECMPFailoverTests.vip4, ECMPFailoverTests.echoPort, count: 20, interval: 0.3)
             defer { sessions.stop() }
