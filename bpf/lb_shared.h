@@ -142,8 +142,10 @@ struct sl_ct_entry {
 
 /* sl_flow_events, a ring buffer of this many bytes, carries one struct
  * sl_flow_event per flow the data plane places while SL_CFG_SYNC is set: the
- * agent sends them to its peers. Established flows send nothing. */
-#define SL_FLOW_EVENTS_SIZE (1 << 20)
+ * agent sends them to its peers. Established flows send nothing. 8 MiB hold
+ * ~150,000 reports (56 bytes with the ring's header): ~170 ms of one core's
+ * SYNs, so a 50 ms drain keeps up with a SYN flood of a few cores. */
+#define SL_FLOW_EVENTS_SIZE (1 << 23)
 
 struct sl_flow_event {
 	struct sl_flow_key key;

@@ -13,6 +13,7 @@
 import CSluice
 import Foundation
 import SluiceBPF
+import SluiceControl
 import SluiceCore
 import SluiceTestSupport
 
@@ -460,6 +461,7 @@ struct ConfigRun {
 
         _ = try figure("syn_v4_one_flow.ct_empty", "SYN v4, one flow, ct ~empty", syn(distinct: false), target: newFlow,
                        extra: ["ct_entries_before": Double(try balancer.conntrackCount())], into: &report)
+        try syncFigure(target: newFlow, into: &report)
         let before = try balancer.conntrackCount()
         let empty = try figure("syn_v4.ct_empty", "SYN v4, new flows, ct ~empty", syn(distinct: true), target: newFlow,
                                extra: ["ct_entries_before": Double(before)], into: &report)
@@ -515,6 +517,37 @@ struct ConfigRun {
                        extra: ["ct_entries_before": Double(try balancer.conntrackCount())], into: &report)
     }
 
+    /// The one-flow SYN again with sync reporting on, the new-flow ring drained by another
+    /// thread the way the agent drains it: the price of sync on the path that pays it. The
+    /// share of reports the ring lost is a record of its own.
+    private mutating func syncFigure(target: Target, into report: inout BenchReport) throws {
+        let sync = try ConntrackSync(dataplane: balancer.dataplane)
+        let drainer = try RingDrainer(map: balancer.dataplane.flowEvents)
+        let lostBefore = try lostReports()
+        try sync.setReporting(true)
+        let samples: Samples
+        do {
+            samples = try figure("syn_v4_one_flow.sync.ct_empty", "SYN v4, one flow, sync on, ct ~empty", syn(distinct: false),
+                                 target: target, into: &report)
+        } catch {
+            try? sync.setReporting(false)
+            _ = drainer.stop()
+            throw error
+        }
+        try sync.setReporting(false)
+        let drained = drainer.stop()
+        let lost = try lostReports() - lostBefore
+        report.add("dataplane.syn_v4_one_flow.sync.lost.\(suffix)", group: "dataplane",
+                   "  share of new-flow reports lost (ring full) while timed, \(label)",
+                   value: Double(lost) / Double(max(UInt64(drained) + lost, 1)), unit: "fraction",
+                   details: ["drained": Double(drained), "lost": Double(lost), "repeat": Double(samples.repeatCount)])
+    }
+
+    /// sl_stats.flow_events_lost summed over CPUs.
+    private func lostReports() throws -> UInt64 {
+        try balancer.dataplane.stats.lookupPerCPU(UInt32(0), as: sl_stats.self).reduce(0) { $0 &+ $1.flow_events_lost }
+    }
+
     /// Deletes the flows the SYN scenario made (every source port of its client).
     private func deleteSYNFlows() throws {
         var key = zeroed(sl_flow_key.self)
@@ -527,5 +560,39 @@ struct ConfigRun {
             key.sport = port
             _ = try balancer.dataplane.conntrack.delete(key)
         }
+    }
+}
+
+/// Drains sl_flow_events on a thread of its own until stopped, counting the reports.
+final class RingDrainer: @unchecked Sendable {
+    private let ring: BPFRingBuffer
+    private let lock = NSLock()
+    private var stopping = false
+    private var count = 0
+    private let done = DispatchSemaphore(value: 0)
+
+    init(map: BPFMap) throws {
+        ring = try BPFRingBuffer(map: map)
+        Thread.detachNewThread { [self] in
+            while true {
+                let drained = (try? ring.drain(as: sl_flow_event.self).count) ?? 0
+                lock.lock()
+                count += drained
+                let stop = stopping
+                lock.unlock()
+                if stop { break }
+                if drained == 0 { usleep(200) }
+            }
+            done.signal()
+        }
+    }
+
+    /// Stops after one last drain; the reports drained in all.
+    func stop() -> Int {
+        lock.lock()
+        stopping = true
+        lock.unlock()
+        done.wait()
+        return lock.withLock { count }
     }
 }
