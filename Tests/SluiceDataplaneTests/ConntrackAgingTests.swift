@@ -9,20 +9,7 @@ import SluiceCore
 import SluiceTestSupport
 import Testing
 
-private let services = """
-    node: { source_v4: 192.0.2.10, maglev_table_size: 251 }
-    services:
-      - name: web
-        vip: 198.51.100.10
-        port: 80
-        protocol: tcp
-        backends: [ {address: 10.1.0.21}, {address: 10.1.0.22} ]
-      - name: dns
-        vip: 198.51.100.10
-        port: 53
-        protocol: udp
-        backends: [ {address: 10.1.0.31} ]
-    """
+private let services = webAndDNS(webBackends: "{address: 10.1.0.21}, {address: 10.1.0.22}")
 
 @Suite(requiresRoot)
 struct ConntrackAgingTests {

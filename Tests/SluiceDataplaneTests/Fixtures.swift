@@ -14,6 +14,28 @@ let requiresRoot: ConditionTrait = .enabled(if: getuid() == 0, "needs root: load
 /// each kind of tunnel, a drained service, two protocols on one VIP address.
 /// The tables are small (4099 slots) because every case loads its own data
 /// plane; the atomicity suite covers the default size.
+/// A small node (M = 251) with `web` (198.51.100.10:80/tcp, `webBackends` as a YAML flow
+/// list's items, and `webExtra`, e.g. a healthcheck line, when given) and `dns`
+/// (198.51.100.10:53/udp, one backend, 10.1.0.31): what the health, sync and ageing
+/// suites drive.
+func webAndDNS(webBackends: String, webExtra: String? = nil) -> String {
+    let extra = webExtra.map { "\n    \($0)" } ?? ""  // the literal loses its 8-space margin; a field is at 4
+    return """
+        node: { source_v4: 192.0.2.10, maglev_table_size: 251 }
+        services:
+          - name: web
+            vip: 198.51.100.10
+            port: 80
+            protocol: tcp\(extra)
+            backends: [ \(webBackends) ]
+          - name: dns
+            vip: 198.51.100.10
+            port: 53
+            protocol: udp
+            backends: [ {address: 10.1.0.31} ]
+        """
+}
+
 enum Config {
     static let sourceV4 = IPAddress("192.0.2.10")!
     static let sourceV6 = IPAddress("2001:db8:ffff::10")!

@@ -8,21 +8,8 @@ import SluiceCore
 import SluiceTestSupport
 import Testing
 
-private let file = """
-    node: { source_v4: 192.0.2.10, maglev_table_size: 251 }
-    services:
-      - name: web
-        vip: 198.51.100.10
-        port: 80
-        protocol: tcp
-        healthcheck: { type: tcp }
-        backends: [ {address: 10.1.0.21}, {address: 10.1.0.22, weight: 2}, {address: 10.1.0.23} ]
-      - name: dns
-        vip: 198.51.100.10
-        port: 53
-        protocol: udp
-        backends: [ {address: 10.1.0.31} ]
-    """
+private let file = webAndDNS(webBackends: "{address: 10.1.0.21}, {address: 10.1.0.22, weight: 2}, {address: 10.1.0.23}",
+                             webExtra: "healthcheck: { type: tcp }")
 
 private let b1 = IPAddress("10.1.0.21")!, b2 = IPAddress("10.1.0.22")!, b3 = IPAddress("10.1.0.23")!
 

@@ -9,20 +9,7 @@ import SluiceCore
 import SluiceTestSupport
 import Testing
 
-private let services = """
-    node: { source_v4: 192.0.2.10, maglev_table_size: 251 }
-    services:
-      - name: web
-        vip: 198.51.100.10
-        port: 80
-        protocol: tcp
-        backends: [ {address: 10.1.0.21}, {address: 10.1.0.22}, {address: 10.1.0.23} ]
-      - name: dns
-        vip: 198.51.100.10
-        port: 53
-        protocol: udp
-        backends: [ {address: 10.1.0.31} ]
-    """
+private let services = webAndDNS(webBackends: "{address: 10.1.0.21}, {address: 10.1.0.22}, {address: 10.1.0.23}")
 
 private let vip = IPAddress("198.51.100.10")!
 
@@ -119,8 +106,7 @@ struct SyncDataplaneTests {
         #expect(copy.count == clients.count)
 
         // Node B has a backend more: Maglev alone would move some of these flows.
-        let b = try TestDataplane(yaml: services.replacingOccurrences(of: "{address: 10.1.0.23} ]",
-                                                                      with: "{address: 10.1.0.23}, {address: 10.1.0.24} ]"))
+        let b = try TestDataplane(yaml: webAndDNS(webBackends: "{address: 10.1.0.21}, {address: 10.1.0.22}, {address: 10.1.0.23}, {address: 10.1.0.24}"))
         let moved = clients.filter { b.model.backend(for: IPFlow(frame: syn($0))!)?.address != a.model.backend(for: IPFlow(frame: syn($0))!)?.address }
         #expect(!moved.isEmpty, "the scenario needs flows that B's table places elsewhere")
         #expect(try ConntrackSync(dataplane: b.dataplane).insert(copy, origin: 1).applied == clients.count)
