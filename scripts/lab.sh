@@ -131,9 +131,10 @@ cmd_down() {
         # Deleting the namespace removes its veths, the bridge and their XDP programs.
         ip netns del "$n" 2>/dev/null || true
     done
-    # Until nothing is mounted there: a mount stacked on ours would otherwise stay.
+    # Until no bpffs is there. Asked of the path itself (statfs), not of the mount table,
+    # which parallel mounts and unmounts can make a reader miss a line of.
     local tries=0
-    while mountpoint -q "$BPFFS" 2>/dev/null && ((tries++ < 10)); do umount -l "$BPFFS" || break; done
+    while [[ $(stat -f -c %T "$BPFFS" 2>/dev/null) == bpf_fs ]] && ((tries++ < 10)); do umount -l "$BPFFS" || break; done
     rm -rf "$DIR"
 }
 

@@ -140,11 +140,8 @@ final class ScratchDirectory {
     }
 }
 
-/// True when `path` is a mount point in this process's mount table.
-func isMounted(_ path: String) -> Bool {
-    let table = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
-    return table.split(separator: "\n").contains { $0.split(separator: " ").dropFirst().first.map(String.init) == path }
-}
+/// True when a bpffs is mounted at `path` (see Lab.isMounted).
+func isMounted(_ path: String) -> Bool { Lab.isMounted(path) }
 
 /// The keys of `expected` that the JSON object `object` lacks (all of them
 /// when it is not an object).

@@ -3,6 +3,7 @@
 // drives it, through the script. Each Lab has a unique name, so labs run side
 // by side (and beside the other suites), and is taken down on deinit, so a
 // failing test still leaves nothing behind.
+import CLibbpf
 import Foundation
 import Glibc
 
@@ -219,10 +220,12 @@ public final class Lab: @unchecked Sendable {
         return result
     }
 
-    /// True when `path` is a mount point in this process's mount table.
+    /// True when a bpffs is mounted at `path`: statfs(2) of the path itself, which is
+    /// atomic. (Scanning /proc/self/mounts is not: while other tests mount and unmount
+    /// in parallel, a read of it can miss a line or show one already gone.)
     public static func isMounted(_ path: String) -> Bool {
-        let table = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
-        return table.split(separator: "\n").contains { $0.split(separator: " ").dropFirst().first.map(String.init) == path }
+        var fs = statfs()
+        return statfs(path, &fs) == 0 && Int(fs.f_type) == 0xcafe_4a11  // BPF_FS_MAGIC
     }
 
     // MARK: Long-lived sessions
