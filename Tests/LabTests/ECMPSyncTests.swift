@@ -41,14 +41,16 @@ final class SyncedAgents: @unchecked Sendable {
 
     subscript(balancer: Lab.Balancer) -> LabAgent { agents[balancer]! }
 
-    /// Polls `GET /readyz` until it answers 200; false after `timeout`.
+    /// Polls `GET /readyz` until it answers 200; false after `timeout`. It asks once more
+    /// after every sleep before looking at the clock: in a loaded test run this task may
+    /// resume long after its sleep, and that wait is not the agent's.
     func waitReady(_ balancer: Lab.Balancer, timeout: Duration = .seconds(40)) async throws -> Bool {
         let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
+        while true {
             if (try? self[balancer].request("GET", "/readyz"))?.status == 200 { return true }
+            if ContinuousClock.now >= deadline { return false }
             try await Task.sleep(for: .milliseconds(100))
         }
-        return false
     }
 
     /// Why `balancer`'s agent is not ready: its last answer and what it logged.
@@ -77,16 +79,13 @@ final class SyncedAgents: @unchecked Sendable {
     /// Waits until every echo flow `from` placed itself is in `to`'s table too.
     func waitSynced(from: Lab.Balancer, to: Lab.Balancer, timeout: Duration = .seconds(10)) async throws -> (missing: Int, local: Int) {
         let deadline = ContinuousClock.now + timeout
-        var missing = 0, local = 0
-        repeat {
+        while true {  // looks before the clock after every sleep, as waitReady does
             let mine = Set(try echoFlows(from).filter { $0.origin == "local" }.map(\.flow))
             let theirs = Set(try echoFlows(to).map(\.flow))
-            missing = mine.subtracting(theirs).count
-            local = mine.count
-            if missing == 0 { break }
+            let missing = mine.subtracting(theirs).count
+            if missing == 0 || ContinuousClock.now >= deadline { return (missing, mine.count) }
             try await Task.sleep(for: .milliseconds(200))
-        } while ContinuousClock.now < deadline
-        return (missing, local)
+        }
     }
 
     /// One counter of `balancer`'s /metrics (the sum of its series), or nil.

@@ -377,9 +377,9 @@ struct AgentTests {
         try (newToken + "\n").write(toFile: fixture.tokenPath, atomically: true, encoding: .utf8)
         var status = 0
         let deadline = ContinuousClock.now + .seconds(5)
-        while ContinuousClock.now < deadline {
+        while true {  // asks before looking at the clock: a loaded run may resume this task late
             status = try await validate(newToken)
-            if status == 200 { break }
+            if status == 200 || ContinuousClock.now >= deadline { break }
             try await Task.sleep(for: .milliseconds(100))
         }
         #expect(status == 200, "the new token is accepted within 5 s\n\(fixture.agent.stderr)")
