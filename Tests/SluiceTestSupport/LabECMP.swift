@@ -80,15 +80,8 @@ extension Lab {
     /// Many long-lived connections in one client process; the client is ended
     /// (SIGTERM, then SIGKILL) by `stop()` or on deinit.
     public final class Sessions: @unchecked Sendable {
-        /// One connection's record.
-        public struct Connection: Decodable, Sendable {
-            public var backend: String?
-            public var ok: Int
-            public var failed: Int
-            public var lastError: String?
-            public var closed: Bool
-            enum CodingKeys: String, CodingKey { case backend, ok, failed, lastError = "last_error", closed }
-        }
+        /// One connection's record: what the one-connection session client writes.
+        public typealias Connection = Session.State
 
         /// What the client writes after every round.
         public struct State: Decodable, Sendable {
