@@ -111,7 +111,7 @@ struct ControlPlaneBench {
         let dataplane = try Dataplane.openOrLoad(pinPath: pinPath)
         let yaml = serviceFile(services: services, changedBackend: false)
             .replacingOccurrences(of: "node:\n", with: "node:\n  maglev_table_size: 1021\n")
-        _ = try Applier.apply(try ServiceFileParser.parse(yaml, file: "bench"), to: dataplane)
+        _ = try dataplane.apply(try ServiceFileParser.parse(yaml, file: "bench"))
 
         var scrapes: [Double] = [], renders: [Double] = [], bytes = 0
         for _ in 0..<max(options.runs, 3) {
@@ -136,17 +136,17 @@ struct ControlPlaneBench {
                    "  size of the exposition text", value: Double(bytes), unit: "bytes")
 
         let countStart = ContinuousClock.now
-        _ = try dataplane.conntrack.countEntries()
+        _ = try dataplane[.conntrack].countEntries()
         report.add("controlplane.metrics.conntrack_count.empty", group: "controlplane",
-                   "  counting an empty connection table (\(dataplane.conntrack.info.maxEntries) slots)",
+                   "  counting an empty connection table (\(dataplane[.conntrack].info.maxEntries) slots)",
                    value: milliseconds(since: countStart), unit: "ms")
 
         // The agent counts the table at most every 5 s; this is what such a scrape adds when it is full.
-        let flows = try fillConntrack(dataplane.conntrack)
+        let flows = try fillConntrack(dataplane[.conntrack])
         var counts: [Double] = [], counted = 0
         for _ in 0..<max(min(options.runs, 3), 1) {
             let start = ContinuousClock.now
-            counted = try dataplane.conntrack.countEntries()
+            counted = try dataplane[.conntrack].countEntries()
             counts.append(milliseconds(since: start))
         }
         report.add("controlplane.metrics.conntrack_count.full", group: "controlplane",
@@ -294,12 +294,12 @@ struct ControlPlaneBench {
     private func mapMemory(pinPath: String) throws -> [String: Double] {
         let dataplane = try Dataplane.open(pinPath: pinPath)
         var bytes: [String: Double] = [:]
-        for map in [dataplane.vips, dataplane.maglev, dataplane.backends, dataplane.conntrack, dataplane.config,
-                    dataplane.stats, dataplane.vipStats, dataplane.backendStats, dataplane.services] {
+        for map in [dataplane[.vips], dataplane[.maglev], dataplane[.backends], dataplane[.conntrack], dataplane[.config],
+                    dataplane[.stats], dataplane[.vipStats], dataplane[.backendStats], dataplane[.services]] {
             bytes[URL(fileURLWithPath: map.name).lastPathComponent] = Double(try memlock(fd: map.fd))
         }
         var tables = 0.0
-        for (_, innerID) in try dataplane.maglev.entries(key: UInt32.self, value: UInt32.self) {
+        for (_, innerID) in try dataplane[.maglev].entries(key: UInt32.self, value: UInt32.self) {
             let fd = bpf_map_get_fd_by_id(innerID)
             guard fd >= 0 else { continue }
             defer { close(fd) }

@@ -49,7 +49,7 @@ struct DataplaneBench {
         report.method["dataplane.ratios"] = "ratio = median / the reference floor's median (floors measured at the start, round-robin); details.paired_ratio = median over runs of figure / reference floor run right after it; details.net_ratio = (figure - wrapper) / (floor - wrapper), dataplane.wrapper being the wrapper's own cost (wrapper + XDP_PASS minus XDP_PASS run bare)"
         report.method["dataplane.frames"] = "untagged, no padding: TCP/UDP over IPv4 54 bytes, TCP over IPv6 74 bytes; the encapsulation floor writes a fixed 20-byte outer IPv4 header (the balancer writes 20 for 4in4, 40 for 6in6 and 4in6)"
         report.method["dataplane.flows"] = "the wrapper writes a 16-bit pass counter into every frame. syn_v4: into the TCP source port, so the passes are 65,536 different flows, cycling (the counter restarts each run): each a Maglev pick and a conntrack update at a cold place of the table (an insert the first time round, then a replacement, which in an LRU hash is the same work: a new node in, the old one freed). syn_v4_one_flow: one flow repeated, the same work with the table's lines in cache (how a fixed test packet measures it). Other scenarios: into a field the balancer does not read (TCP sequence number, UDP checksum); established flows are recorded by one SYN before timing"
-        report.method["dataplane.conntrack"] = "default size \(SL_CT_DEFAULT_SIZE) (LRU). ct_empty: only the scenario's own flows (at most 65,536 + a few); ct_1m: the SYN keys of ct_empty deleted, then 1,000,000 distinct flows inserted (\(fills.first ?? "not done")), not timed, so SYNs insert into a full LRU table and evict"
+        report.method["dataplane[.conntrack]"] = "default size \(SL_CT_DEFAULT_SIZE) (LRU). ct_empty: only the scenario's own flows (at most 65,536 + a few); ct_1m: the SYN keys of ct_empty deleted, then 1,000,000 distinct flows inserted (\(fills.first ?? "not done")), not timed, so SYNs insert into a full LRU table and evict"
         report.method["dataplane.sets"] = "per figure: 1 or 1,000 VIPs (the VIP under test alone, or with 999 IPv4 TCP VIPs of 10 backends each), 10 or 1,000 backends for the VIP under test; Maglev M = 65537; applied through the real Applier\(options.quick ? "; --quick: 1 VIP only, no 1M fill" : "")"
         report.method["dataplane.profile"] = "why targets are missed, as profiled on the development machine (2-vCPU AMD EPYC VM, kernel 6.18; perf cpu-clock, and the same harness on cut-down programs): every kernel function return goes through the SRSO safe-RET thunk, so each hash-map lookup (a call chain: lookup, jhash, bucket walk, memcmp) costs ~25-38 ns, and the encapsulation floor plus one LRU lookup alone is ~1.45x, plus a VIP lookup ~2.0x; an LRU update (conntrack insert) costs ~150-160 ns with the line in cache, more than the whole 2.5x budget, and with distinct flows adds DRAM misses on the bucket, the old and the new node and the Maglev slot"
         print(String(format: "(dataplane section: %.0f s)", seconds))
@@ -522,7 +522,7 @@ struct ConfigRun {
     /// share of reports the ring lost is a record of its own.
     private mutating func syncFigure(target: Target, into report: inout BenchReport) throws {
         let sync = try ConntrackSync(dataplane: balancer.dataplane)
-        let drainer = try RingDrainer(map: balancer.dataplane.flowEvents)
+        let drainer = try RingDrainer(map: balancer.dataplane[.flowEvents])
         let lostBefore = try lostReports()
         try sync.setReporting(true)
         let samples: Samples
@@ -545,7 +545,7 @@ struct ConfigRun {
 
     /// sl_stats.flow_events_lost summed over CPUs.
     private func lostReports() throws -> UInt64 {
-        try balancer.dataplane.stats.lookupPerCPU(UInt32(0), as: sl_stats.self).reduce(0) { $0 &+ $1.flow_events_lost }
+        try balancer.dataplane[.stats].lookupPerCPU(UInt32(0), as: sl_stats.self).reduce(0) { $0 &+ $1.flow_events_lost }
     }
 
     /// Deletes the flows the SYN scenario made (every source port of its client).
@@ -558,7 +558,7 @@ struct ConfigRun {
         key.family = UInt8(SL_FAMILY_V4.rawValue)
         for port in 0...UInt16.max {
             key.sport = port
-            _ = try balancer.dataplane.conntrack.delete(key)
+            _ = try balancer.dataplane[.conntrack].delete(key)
         }
     }
 }

@@ -111,12 +111,12 @@ final class BenchBalancer {
         pinPath = mount.path + "/lb"
         do {
             dataplane = try Dataplane.openOrLoad(pinPath: pinPath, conntrackSize: UInt32(SL_CT_DEFAULT_SIZE))
-            var config = try dataplane.config.lookup(UInt32(0), as: sl_config.self) ?? zeroed(sl_config.self)
+            var config = try dataplane[.config].lookup(UInt32(0), as: sl_config.self) ?? zeroed(sl_config.self)
             withUnsafeMutableBytes(of: &config.gateway_mac) { raw in
                 for (i, byte) in Self.gatewayMAC.enumerated() { raw[i] = byte }
             }
             config.flags |= UInt8(SL_CFG_HAS_GATEWAY.rawValue)
-            try dataplane.config.update(UInt32(0), config)
+            try dataplane[.config].update(UInt32(0), config)
         } catch {
             Dataplane.removePins(at: pinPath)
             mount.close()
@@ -139,11 +139,11 @@ final class BenchBalancer {
 
     func apply(_ file: ServiceFile) throws {
         try file.validate(file: "bench")
-        _ = try Applier.apply(file, to: dataplane)
+        _ = try dataplane.apply(file)
     }
 
     func counters() throws -> NodeStats {
-        try NodeStats.read(dataplane.stats)
+        try dataplane.nodeCounters()
     }
 
     /// Inserts `count` distinct TCP flows to `vip`:`port` (sources 10.128.0.0
@@ -177,7 +177,7 @@ final class BenchBalancer {
                 opts.sz = MemoryLayout<bpf_map_batch_opts>.size
                 var done = UInt32(n)
                 let rc = keys.withUnsafeBytes { k in
-                    values.withUnsafeBytes { v in bpf_map_update_batch(dataplane.conntrack.fd, k.baseAddress, v.baseAddress, &done, &opts) }
+                    values.withUnsafeBytes { v in bpf_map_update_batch(dataplane[.conntrack].fd, k.baseAddress, v.baseAddress, &done, &opts) }
                 }
                 if rc < 0 {
                     let code = rc == -1 ? errno : -rc
@@ -189,7 +189,7 @@ final class BenchBalancer {
             }
             if !batched {
                 for i in 0..<n {
-                    try dataplane.conntrack.update(keys[i], values[i])
+                    try dataplane[.conntrack].update(keys[i], values[i])
                 }
             }
             start += n
@@ -199,7 +199,7 @@ final class BenchBalancer {
 
     /// Entries in sl_conntrack.
     func conntrackCount() throws -> Int {
-        try dataplane.conntrack.countEntries(chunk: 65536)
+        try dataplane[.conntrack].countEntries(chunk: 65536)
     }
 }
 

@@ -18,6 +18,7 @@ import CLibbpf
 import CSluice
 import Foundation
 import Glibc
+import SluiceControl
 import SluiceTestSupport
 
 struct LiveBench {
@@ -218,7 +219,7 @@ struct LiveBench {
 
         let isBalancer = c.forwarder == .balancer
         return Sample(seconds: burst.activeSeconds, wallSeconds: burst.wallSeconds, offered: burst.frames,
-                      reached: isBalancer ? balancer.verdicts.reduce(0, &+) : swap.packets,
+                      reached: isBalancer ? balancer.verdicts.values.reduce(0, &+) : swap.packets,
                       forwarded: isBalancer ? balancer[.tx] : swap.packets,
                       sunk: sink.packets, tunnels: sink.ipip, newFlows: balancer.newFlows, ctHits: balancer.ctHits,
                       napi: napiTimes)

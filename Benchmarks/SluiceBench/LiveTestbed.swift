@@ -127,7 +127,7 @@ final class LiveTestbed: @unchecked Sendable {
         }
         forwarder = .balancer
         let dataplane = try Dataplane.open(pinPath: pinPath)
-        _ = try Applier.apply(ServiceFileParser.parse(Self.serviceFile, file: "live-bench.yaml"), to: dataplane)
+        _ = try dataplane.apply(ServiceFileParser.parse(Self.serviceFile, file: "live-bench.yaml"))
         self.dataplane = dataplane
     }
 
@@ -152,7 +152,7 @@ final class LiveTestbed: @unchecked Sendable {
     /// The balancer's own count of what it did (zero before it is loaded).
     func balancerStats() throws -> NodeStats {
         guard let dataplane else { return NodeStats() }
-        return try NodeStats.read(dataplane.stats)
+        return try dataplane.nodeCounters()
     }
 
     /// Fills the connection table to capacity with flows no generated frame
@@ -161,9 +161,9 @@ final class LiveTestbed: @unchecked Sendable {
     /// evicts the least recently used one. Returns how many were written.
     func fillConntrack() throws -> Int {
         guard let dataplane else { return 0 }
-        let count = dataplane.conntrack.info.maxEntries
-        precondition(dataplane.conntrack.info.keySize == MemoryLayout<sl_flow_key>.size
-                     && dataplane.conntrack.info.valueSize == MemoryLayout<sl_ct_entry>.size)
+        let count = dataplane[.conntrack].info.maxEntries
+        precondition(dataplane[.conntrack].info.keySize == MemoryLayout<sl_flow_key>.size
+                     && dataplane[.conntrack].info.valueSize == MemoryLayout<sl_ct_entry>.size)
         guard let vip = IPAddress(Self.vip)?.words.0 else { throw LiveError("bad VIP \(Self.vip)") }
         var keys = [sl_flow_key](repeating: sl_flow_key(), count: count)
         var values = [sl_ct_entry](repeating: sl_ct_entry(), count: count)
@@ -185,7 +185,7 @@ final class LiveTestbed: @unchecked Sendable {
             opts.elem_flags = UInt64(BPF_ANY)
             let rc = keys.withUnsafeBytes { k in
                 values.withUnsafeBytes { v in
-                    bpf_map_update_batch(dataplane.conntrack.fd, k.baseAddress! + done * MemoryLayout<sl_flow_key>.stride,
+                    bpf_map_update_batch(dataplane[.conntrack].fd, k.baseAddress! + done * MemoryLayout<sl_flow_key>.stride,
                                          v.baseAddress! + done * MemoryLayout<sl_ct_entry>.stride, &n, &opts)
                 }
             }

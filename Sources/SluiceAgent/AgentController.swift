@@ -1,11 +1,12 @@
-// What the control API and /metrics do, apart from HTTP: one actor owns the pinned
-// data plane, so applies and reads never interleave.
+// What the control API and /metrics do, apart from HTTP: applies ordered on the data plane's
+// own thread, reads beside them, the desired set and its persistence.
 import Foundation
 import Glibc
 import Logging
 import SluiceBPF
 import SluiceControl
 import SluiceCore
+import Synchronization
 
 /// The agent's version, shown by `lbctl --version` and in `sluice_build_info`.
 public enum AgentBuild {
@@ -77,15 +78,28 @@ public struct ApplyResponse: Codable, Sendable, Equatable {
     }
 }
 
+/// What the API does, apart from HTTP. Its writes (restore, health reconciles, PUT) run on
+/// the data plane owner's thread: an apply and what surrounds it (staging, fsync and rename
+/// of the services file) are one step no other write can come between, and none of it
+/// blocks the cooperative pool. Its reads (status, the applied set, validate, /metrics) run
+/// on the owner's reader thread and never wait for a write.
 public actor AgentController {
-    public let config: AgentConfig
-    private let dataplane: Dataplane
+    public nonisolated let config: AgentConfig
+    /// The agent's one handle on the pinned data plane.
+    public nonisolated let dataplane: DataplaneOwner
     /// The bearer token, re-read when its file changes (TokenStore).
-    private let tokens: TokenStore
-    private var lastApply: Double = 0
+    private nonisolated let tokens: TokenStore
+    /// What the read paths need of this actor's state, kept where they read it without a hop.
+    private struct Shared {
+        /// When this agent last applied a change (seconds since the epoch; 0: never).
+        var lastApply: Double = 0
+        /// The health checks of the desired set, by service name.
+        var checks: [String: HealthCheck?] = [:]
+    }
+    private nonisolated let shared = Mutex(Shared())
     /// The desired set this agent applies, health checks included (nil until one is restored or PUT).
     private var desired: ServiceFile?
-    private let logger: Logger
+    private nonisolated let logger: Logger
     /// Ticks the conntrack clock, ages out idle flows and counts the table; a service beside the server.
     public nonisolated let conntrack: ConntrackKeeper
     /// Runs the services' health checks; run it as a service beside the server.
@@ -95,47 +109,64 @@ public actor AgentController {
     /// Request bodies larger than this are refused (a 4096-service file is ~1 MB).
     public static let maxBody = 16 << 20
 
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { dataplane.unownedExecutor }
+
     /// Adopts what is pinned at the configured pin path (loading and pinning the balancer only
-    /// when nothing is; it never attaches or reattaches anything), then re-applies the persisted
-    /// desired set if there is one.
-    public init(config: AgentConfig, logger: Logger = Logger(label: "sluice.agent")) throws(ControlError) {
+    /// when nothing is; it never attaches or reattaches anything). `restore()` then re-applies
+    /// the persisted desired set if there is one.
+    public init(config: AgentConfig, logger: Logger = Logger(label: "sluice.agent")) async throws(ControlError) {
         self.config = config
         self.logger = logger
         tokens = try TokenStore(config: config)
-        dataplane = try Dataplane.openOrLoad(pinPath: config.pinPath)
+        let dataplane = try await DataplaneOwner.openOrLoad(pinPath: config.pinPath)
+        self.dataplane = dataplane
         health = HealthMonitor(defaults: config.healthDefaults, logger: logger)
         let sync: SyncService?
         if let syncConfig = config.sync {
-            sync = try SyncService(config: syncConfig, pinPath: config.pinPath, logger: logger)
+            sync = try await SyncService(config: syncConfig, dataplane: dataplane, logger: logger)
         } else {
             sync = nil
-            try ConntrackSync(dataplane: dataplane).setReporting(false)
+            try await dataplane.stopSyncReporting()
         }
         self.sync = sync
         var refresh: (@Sendable ([FlowRecord]) async -> Void)?
         if let sync { refresh = { records in await sync.refresh(records) } }
-        conntrack = try ConntrackKeeper(pinPath: config.pinPath, timeouts: config.idleTimeouts, logger: logger, refresh: refresh)
+        conntrack = try await ConntrackKeeper(dataplane: dataplane, timeouts: config.idleTimeouts, logger: logger,
+                                              refresh: refresh)
         if let attributes = try? FileManager.default.attributesOfItem(atPath: config.servicesFile),
            let modified = attributes[.modificationDate] as? Date {
-            lastApply = modified.timeIntervalSince1970
+            shared.withLock { $0.lastApply = modified.timeIntervalSince1970 }
         }
+    }
+
+    /// Runs `body` isolated to the data plane's owner without a suspension: this actor runs
+    /// on the owner's thread, so nothing can come between what it does before, during and
+    /// after a write.
+    private func owned<T: Sendable>(_ body: @Sendable (isolated DataplaneOwner) throws(ControlError) -> T) throws(ControlError) -> T {
+        try dataplane.assumeIsolated { owner in Result { () throws(ControlError) -> T in try body(owner) } }.get()
+    }
+
+    private func setDesired(_ file: ServiceFile) {
+        desired = file
+        shared.withLock { $0.checks = Dictionary(file.services.map { ($0.name, $0.healthCheck) }, uniquingKeysWith: { a, _ in a }) }
     }
 
     /// Re-applies the persisted desired set, if any. Returns the diff (empty when the
     /// pinned maps already hold it, as after a restart of the agent alone).
     /// Health verdicts start from what the maps recorded, so a restart neither brings a down
     /// backend back early nor takes anything out.
-    public func restore() throws -> ConfigDiff? {
+    public func restore() async throws -> ConfigDiff? {
         health.setOnChange { [weak self] in await self?.reconcileHealth() }
         guard FileManager.default.fileExists(atPath: config.servicesFile) else { return nil }
         let desired = try ServiceFileParser.load(path: config.servicesFile)
-        let state = try AppliedState.read(from: dataplane)
+        let state = try await dataplane.appliedState()
         let down = state.services.flatMap { applied in
             applied.backends.filter { $0.isChecked && $0.isDown }.map { HealthMonitor.Key(service: applied.service.name, backend: $0.address) }
         }
         health.update(desired, down: Set(down))
-        let result = try Applier.apply(desired, to: dataplane, health: HealthVerdicts(down: health.verdicts(for: desired)))
-        self.desired = desired
+        let verdicts = HealthVerdicts(down: health.verdicts(for: desired))
+        let result = try owned { owner throws(ControlError) in try owner.apply(desired, health: verdicts) }
+        setDesired(desired)
         return result.diff
     }
 
@@ -144,7 +175,7 @@ public actor AgentController {
         guard let desired else { return }
         do {
             let verdicts = health.verdicts(for: desired)
-            let result = try Applier.apply(desired, to: dataplane, health: HealthVerdicts(down: verdicts))
+            let result = try owned { owner throws(ControlError) in try owner.apply(desired, health: HealthVerdicts(down: verdicts)) }
             if result.tablesWritten > 0 {
                 logger.notice("health: \(result.tablesWritten) Maglev table(s) rebuilt")
             }
@@ -160,9 +191,9 @@ public actor AgentController {
     }
 
     /// What is applied, in the service-file schema, with the health checks this agent runs.
-    private func current() throws(ControlError) -> ServiceFile {
-        var file = try AppliedState.read(from: dataplane).serviceFile
-        let checks = Dictionary((desired?.services ?? []).map { ($0.name, $0.healthCheck) }, uniquingKeysWith: { a, _ in a })
+    private nonisolated func current() async throws(ControlError) -> ServiceFile {
+        var file = try await dataplane.appliedState().serviceFile
+        let checks = shared.withLock { $0.checks }
         for index in file.services.indices {
             file.services[index].healthCheck = checks[file.services[index].name] ?? nil
         }
@@ -175,24 +206,22 @@ public actor AgentController {
         tokens.isAuthorized(header)
     }
 
-    public func status() throws -> StatusReport {
-        do {
-            return try StatusReport.read(from: dataplane, state: try AppliedState.read(from: dataplane))
-        } catch { throw APIError(error) }
+    public nonisolated func status() async throws -> StatusReport {
+        do { return try await dataplane.status() } catch { throw APIError(error) }
     }
 
     /// The applied set, read back from the maps, in the service-file schema.
-    public func services() throws -> ServiceFile {
-        do { return try current() } catch { throw APIError(error) }
+    public nonisolated func services() async throws -> ServiceFile {
+        do { return try await current() } catch { throw APIError(error) }
     }
 
     /// Parses `body` and diffs it against what is applied; writes nothing.
-    public func validate(_ body: String) throws -> ApplyResponse {
-        let desired = try parse(body)
+    public nonisolated func validate(_ body: String) async throws -> ApplyResponse {
+        let desired = try Self.parse(body)
         let diff: ConfigDiff
         do {
-            _ = try Applier.apply(desired, to: dataplane, dryRun: true)
-            diff = ConfigDiff.between(current: try current(), desired: desired)
+            _ = try await dataplane.dryRun(desired)
+            diff = ConfigDiff.between(current: try await current(), desired: desired)
         } catch { throw APIError(error) }
         return ApplyResponse(applied: false, changed: !diff.isEmpty, changes: diff.lines, diff: diff,
                              tablesWritten: 0, bytesWritten: 0)
@@ -202,47 +231,56 @@ public actor AgentController {
     /// services file first, applied, then renamed over it, so a failure at any step leaves
     /// both the data plane and the persisted set as they were.
     public func replace(_ body: String) throws -> ApplyResponse {
-        let desired = try parse(body)
-        let before: ServiceFile
-        do { before = try current() } catch { throw APIError(error) }
+        let desired = try Self.parse(body)
         let path = config.servicesFile
         let staged = path + ".new"
-        do {
-            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
-                                                    withIntermediateDirectories: true)
-            try Self.writeDurably(body, to: staged)
-        } catch {
-            throw APIError(status: 500, "writing \(staged): \(error.localizedDescription)")
-        }
-        let result: ApplyResult
-        do {
-            result = try Applier.apply(desired, to: dataplane, health: HealthVerdicts(down: health.verdicts(for: desired)))
-        } catch {
-            unlink(staged)
-            throw APIError(error)
-        }
+        let verdicts = HealthVerdicts(down: health.verdicts(for: desired))
+        let before: AppliedState, result: ApplyResult
+        do throws(ControlError) {
+            (before, result) = try owned { owner throws(ControlError) -> (AppliedState, ApplyResult) in
+            let before = try owner.appliedStateNow()
+            do {
+                try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
+                                                        withIntermediateDirectories: true)
+                try Self.writeDurably(body, to: staged)
+            } catch {
+                throw .runtime("writing \(staged): \(error.localizedDescription)")
+            }
+            do throws(ControlError) {
+                return (before, try owner.apply(desired, health: verdicts))
+            } catch {
+                unlink(staged)
+                throw error
+            }
+            }
+        } catch { throw APIError(error) }
         guard rename(staged, path) == 0 else {
             let reason = String(cString: strerror(errno))
             unlink(staged)
             throw APIError(status: 500, "applied, but persisting it to \(path) failed: \(reason)")
         }
-        self.desired = desired
+        let checks = shared.withLock { $0.checks }
+        var previous = before.serviceFile
+        for index in previous.services.indices {
+            previous.services[index].healthCheck = checks[previous.services[index].name] ?? nil
+        }
+        setDesired(desired)
         health.update(desired)
-        let diff = ConfigDiff.between(current: before, desired: desired)
-        if !diff.isEmpty { lastApply = Date().timeIntervalSince1970 }
+        let diff = ConfigDiff.between(current: previous, desired: desired)
+        if !diff.isEmpty { shared.withLock { $0.lastApply = Date().timeIntervalSince1970 } }
         return ApplyResponse(applied: true, changed: !diff.isEmpty, changes: diff.lines, diff: diff,
                              tablesWritten: result.tablesWritten, bytesWritten: result.bytesWritten)
     }
 
-    public func metrics() throws -> [UInt8] {
+    public nonisolated func metrics() async throws -> [UInt8] {
         do {
-            return MetricsRenderer.render(try MetricsInput.read(from: dataplane, conntrackEntries: conntrack.entries,
-                                                                conntrackExpired: conntrack.expired,
-                                                                lastApply: lastApply, sync: sync?.stats.snapshot))
+            let input = try await dataplane.metrics(conntrackEntries: conntrack.entries, conntrackExpired: conntrack.expired,
+                                                    lastApply: shared.withLock { $0.lastApply }, sync: sync?.stats.snapshot)
+            return MetricsRenderer.render(input)
         } catch { throw APIError(error) }
     }
 
-    private func parse(_ body: String) throws(APIError) -> ServiceFile {
+    private static func parse(_ body: String) throws(APIError) -> ServiceFile {
         do { return try ServiceFileParser.parse(body, file: "request body") } catch { throw APIError(error) }
     }
 

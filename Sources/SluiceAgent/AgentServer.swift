@@ -86,7 +86,7 @@ public enum AgentServer {
     /// Runs the agent until SIGTERM or SIGINT: adopts the pinned data plane, re-applies the
     /// persisted set, serves, and returns once in-flight requests are done.
     public static func run(config: AgentConfig, logger: Logger) async throws {
-        let controller = try AgentController(config: config, logger: logger)
+        let controller = try await AgentController(config: config, logger: logger)
         if let diff = try await controller.restore() {
             logger.info("re-applied \(config.servicesFile)", metadata: ["changes": .stringConvertible(diff.lines.count)])
             for line in diff.lines { logger.info("\(line)") }

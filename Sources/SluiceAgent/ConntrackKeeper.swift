@@ -9,9 +9,9 @@ import SluiceControl
 import SluiceCore
 import Synchronization
 
-public final class ConntrackKeeper: ServiceLifecycle.Service, @unchecked Sendable {
-    /// Only the run loop touches `aging` (and the data plane handles behind it).
-    private let aging: ConntrackAging
+public final class ConntrackKeeper: ServiceLifecycle.Service, Sendable {
+    /// The clock ticks and the sweeps run on the data plane's own thread, never on the pool.
+    private let dataplane: DataplaneOwner
     private let timeouts: IdleTimeouts
     private let logger: Logger
     private let latest = Mutex<Int?>(nil)
@@ -23,15 +23,15 @@ public final class ConntrackKeeper: ServiceLifecycle.Service, @unchecked Sendabl
 
     /// `refresh` gets this node's flows seen since the last call, a third of the shortest
     /// timeout apart, so peers keep them young.
-    public init(pinPath: String, timeouts: IdleTimeouts, logger: Logger,
-                refresh: (@Sendable ([FlowRecord]) async -> Void)? = nil) throws(ControlError) {
-        let dataplane = try Dataplane.open(pinPath: pinPath)
-        aging = ConntrackAging(dataplane: dataplane)
+    public init(dataplane: DataplaneOwner, timeouts: IdleTimeouts, logger: Logger,
+                refresh: (@Sendable ([FlowRecord]) async -> Void)? = nil) async throws(ControlError) {
+        self.dataplane = dataplane
         self.timeouts = timeouts
         self.logger = logger
         self.refresh = refresh
-        try aging.tick()
-        count()
+        try await dataplane.tickClock(ConntrackClock.now())
+        let swept = try? await dataplane.sweepConntrack(now: ConntrackClock.now(), timeouts: timeouts, expire: false)
+        latest.withLock { $0 = swept?.entries }
     }
 
     /// The entries at the last sweep (nil if reading the table failed).
@@ -39,20 +39,15 @@ public final class ConntrackKeeper: ServiceLifecycle.Service, @unchecked Sendabl
     /// Flows deleted as idle since the agent started.
     public var expired: UInt64 { expiredTotal.load(ordering: .relaxed) }
 
-    private func count() {
-        let swept = try? aging.sweep(now: ConntrackAging.now(), timeouts: timeouts, expire: false)
-        latest.withLock { $0 = swept?.entries }
-    }
-
     public func run() async throws {
         await cancelWhenGracefulShutdown {
-            let started = ConntrackAging.now()
+            let started = ConntrackClock.now()
             var lastSweep = started, lastRefresh = started
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(1))
                 if Task.isCancelled { break }
-                let now = ConntrackAging.now()
-                do throws(ControlError) { try self.aging.tick(now) } catch { self.logger.error("conntrack: \(error.message)") }
+                let now = ConntrackClock.now()
+                do throws(ControlError) { try await self.dataplane.tickClock(now) } catch { self.logger.error("conntrack: \(error.message)") }
                 guard now &- lastSweep >= self.sweepSeconds else { continue }
                 lastSweep = now
                 // An entry touched while no agent ticked carries an old stamp: a protocol's
@@ -63,7 +58,7 @@ public final class ConntrackKeeper: ServiceLifecycle.Service, @unchecked Sendabl
                 if uptime < due.udpSeconds { due.udpSeconds = .max }
                 let refreshing = self.refresh != nil && now &- lastRefresh >= max(1, self.timeouts.shortest / 3)
                 do throws(ControlError) {
-                    let sweep = try self.aging.sweep(now: now, timeouts: due, expire: true,
+                    let sweep = try await self.dataplane.sweepConntrack(now: now, timeouts: due, expire: true,
                                                      activeSince: refreshing ? lastRefresh : nil)
                     self.latest.withLock { $0 = sweep.entries }
                     self.expiredTotal.add(UInt64(sweep.expired), ordering: .relaxed)

@@ -13,7 +13,7 @@ import Foundation
 import SluiceControl
 import SluiceCore
 
-/// Everything one scrape shows, read under the agent's lock.
+/// Everything one scrape shows, read in one go on the data plane's reader thread.
 public struct MetricsInput: Sendable {
     public var counters: CounterSnapshot
     public var services: [AppliedService]
@@ -42,13 +42,14 @@ public struct MetricsInput: Sendable {
 }
 
 extension MetricsInput {
-    /// Reads what a scrape shows from the maps: the applied state, then the counters.
-    public static func read(from dataplane: Dataplane, conntrackEntries: Int?, conntrackExpired: UInt64 = 0, lastApply: Double,
-                            sync: SyncStats.Snapshot? = nil) throws(ControlError) -> MetricsInput {
-        let state = try AppliedState.read(from: dataplane)
-        return MetricsInput(counters: try CounterSnapshot.read(from: dataplane, state: state), services: state.services,
+    /// Reads what a scrape shows from the maps: the applied state, then the counters. The
+    /// agent reads it on its data plane's reader thread (`DataplaneOwner.metrics`).
+    public static func read(from dataplane: Dataplane, conntrackEntries: Int?, conntrackExpired: UInt64 = 0,
+                            lastApply: Double, sync: SyncStats.Snapshot? = nil) throws(ControlError) -> MetricsInput {
+        let state = try dataplane.appliedState()
+        return MetricsInput(counters: try dataplane.counters(state: state), services: state.services,
                             conntrackEntries: conntrackEntries, conntrackExpired: conntrackExpired,
-                            conntrackCapacity: dataplane.conntrack.info.maxEntries,
+                            conntrackCapacity: dataplane.conntrackCapacity,
                             lastApply: lastApply, version: AgentBuild.version, sync: sync)
     }
 }

@@ -44,7 +44,8 @@ public final class SyncStats: Sendable {
 public actor SyncService: ServiceLifecycle.Service {
     private let config: SyncConfig
     private let key: SymmetricKey
-    private let table: ConntrackSync
+    /// Reads new flows, writes peers' records and copies the table, off the pool.
+    private let dataplane: DataplaneOwner
     private let logger: Logger
     public nonisolated let stats = SyncStats()
     /// This process's identity in frames: random, so a restarted agent is a new sender.
@@ -58,14 +59,13 @@ public actor SyncService: ServiceLifecycle.Service {
     private var copiesOwed: Set<Int> = []
 
 
-    /// Opens its own handles on the data plane pinned at `pinPath`.
-    public init(config: SyncConfig, pinPath: String, logger: Logger) throws(ControlError) {
+    /// Records the peers in the data plane and turns on its new-flow reports.
+    public init(config: SyncConfig, dataplane: DataplaneOwner, logger: Logger) async throws(ControlError) {
         self.config = config
         self.logger = logger
+        self.dataplane = dataplane
         key = try config.readKey()
-        table = try ConntrackSync(dataplane: try Dataplane.open(pinPath: pinPath))
-        try table.setPeers(config.peers.map(\.address))
-        try table.setReporting(true)
+        try await dataplane.startSync(peers: config.peers.map(\.address))
         if config.peers.isEmpty { ready = true }
         stats.update { [ready] in $0.ready = ready }
     }
@@ -123,7 +123,7 @@ public actor SyncService: ServiceLifecycle.Service {
         do {
             try await connection.executeThenClose { inbound, _ in
                 for try await buffer in inbound {
-                    handle(Array(buffer.readableBytesView), peerIndex: origin, peerName: name)
+                    await handle(Array(buffer.readableBytesView), peerIndex: origin, peerName: name)
                 }
             }
         } catch {
@@ -145,7 +145,7 @@ public actor SyncService: ServiceLifecycle.Service {
                 stats.update { $0.connected[peer.description] = true }
                 logger.info("sync: connected to peer \(peer)")
                 if !ready { outbox.yield(Outgoing(kind: .resyncRequest)) }
-                if copiesOwed.remove(index) != nil { sendCopy(to: index) }
+                if copiesOwed.remove(index) != nil { await sendCopy(to: index) }
                 try await connection.executeThenClose { _, outbound in
                     for await frame in frames {
                         try await outbound.write(ByteBuffer(bytes: seal(frame)))
@@ -184,7 +184,7 @@ public actor SyncService: ServiceLifecycle.Service {
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(config.batchIntervalMilliseconds))
             let records: [FlowRecord]
-            do { records = try table.newFlows() } catch {
+            do { records = try await dataplane.newFlows() } catch {
                 logger.error("sync: reading new flows failed: \(error.message)")
                 continue
             }
@@ -210,7 +210,7 @@ public actor SyncService: ServiceLifecycle.Service {
 
     // MARK: what comes in
 
-    private func handle(_ bytes: [UInt8], peerIndex: Int?, peerName: String) {
+    private func handle(_ bytes: [UInt8], peerIndex: Int?, peerName: String) async {
         let frame: SyncFrame
         do { frame = try SyncFrame.decode(bytes, key: key) } catch {
             stats.update { $0.batchesRejected[error.rawValue, default: 0] += 1 }
@@ -225,7 +225,7 @@ public actor SyncService: ServiceLifecycle.Service {
         case .records:
             // Origin: the peer's index + 1 (0 is local); a sender at an unknown address gets the last index.
             let origin = UInt8(peerIndex.map { $0 + 1 } ?? ConntrackSync.maxPeers)
-            let result = table.insert(frame.records, origin: origin)
+            let result = await dataplane.insertPeerRecords(frame.records, origin: origin)
             let lag = Double(Self.now().subtractingReportingOverflow(frame.timestampMilliseconds).partialValue) / 1000
             stats.update { stats in
                 stats.received[peerName, default: 0] += UInt64(frame.records.count)
@@ -248,9 +248,9 @@ public actor SyncService: ServiceLifecycle.Service {
     }
 
     /// The whole connection table, then "done", on this node's connection to the peer.
-    private func sendCopy(to index: Int) {
+    private func sendCopy(to index: Int) async {
         let records: [FlowRecord]
-        do { records = try table.snapshot() } catch {
+        do { records = try await dataplane.trustedFlows() } catch {
             logger.error("sync: reading the table for peer \(config.peers[index]) failed: \(error.message)")
             return
         }

@@ -53,14 +53,27 @@ public final class BPFObject {
     }
 
     /// The names of every map in the object, in ELF order.
-    public var mapNames: [String] {
-        var names: [String] = []
+    public var mapNames: [String] { mapDeclarations.map(\.name) }
+
+    /// A map as the object declares it (before or after load).
+    public struct MapDeclaration: Sendable, Equatable {
+        public var name: String
+        public var type: bpf_map_type
+        public var keySize: Int
+        public var valueSize: Int
+    }
+
+    /// Every map of the object as declared, in ELF order.
+    public var mapDeclarations: [MapDeclaration] {
+        var declarations: [MapDeclaration] = []
         var map = bpf_object__next_map(handle, nil)
         while let current = map {
-            names.append(String(cString: bpf_map__name(current)))
+            declarations.append(MapDeclaration(name: String(cString: bpf_map__name(current)), type: bpf_map__type(current),
+                                               keySize: Int(bpf_map__key_size(current)),
+                                               valueSize: Int(bpf_map__value_size(current))))
             map = bpf_object__next_map(handle, current)
         }
-        return names
+        return declarations
     }
 }
 

@@ -48,10 +48,10 @@ public struct AppliedService: Sendable {
 /// The data plane's configuration, read back from bpffs. Services and
 /// backends are read with batched lookups so this stays cheap at scale.
 public struct AppliedState: Sendable {
-    public var config: sl_config
+    package var config: sl_config
     public var services: [AppliedService]
     /// Every backend slot ever written (family != 0), by id, in use or not.
-    public var backendSlots: [sl_backend]
+    package var backendSlots: [sl_backend]
 
     public var serviceFile: ServiceFile {
         let size = config.maglev_size == 0 ? Maglev.defaultTableSize : Int(config.maglev_size)
@@ -61,11 +61,11 @@ public struct AppliedState: Sendable {
 
     public func service(named name: String) -> AppliedService? { services.first { $0.service.name == name } }
 
-    public static func read(from dataplane: Dataplane) throws(ControlError) -> AppliedState {
+    static func read(from dataplane: Dataplane) throws(ControlError) -> AppliedState {
         do {
-            let config = try dataplane.config.lookup(UInt32(0), as: sl_config.self) ?? sl_config()
-            let infos = try dataplane.services.arrayValues(as: sl_service_info.self)
-            let slots = try dataplane.backends.arrayValues(as: sl_backend.self)
+            let config = try dataplane[.config].lookup(UInt32(0), as: sl_config.self) ?? sl_config()
+            let infos = try dataplane[.services].arrayValues(as: sl_service_info.self)
+            let slots = try dataplane[.backends].arrayValues(as: sl_backend.self)
             var byService: [UInt32: [AppliedBackend]] = [:]
             let inUse = UInt8(SL_BACKEND_F_IN_USE.rawValue)
             for (id, backend) in slots.enumerated() where backend.flags & inUse != 0 {

@@ -33,12 +33,12 @@ public struct HealthVerdicts: Sendable, Equatable {
     }
 }
 
-public enum Applier {
+enum Applier {
     /// Applies `desired` (its health checks aside: the maps keep none). With `health`, the
     /// backends' health flags are set from it and down backends are left out of their tables
     /// (HealthPolicy); without, the flags the maps hold are kept. Nothing is written when
     /// nothing changes or on a dry run.
-    public static func apply(_ desired: ServiceFile, to dataplane: Dataplane, dryRun: Bool = false,
+    static func apply(_ desired: ServiceFile, to dataplane: Dataplane, dryRun: Bool = false,
                              health: HealthVerdicts? = nil) throws(ControlError) -> ApplyResult {
         let state = try AppliedState.read(from: dataplane)
         let target = desired.withoutHealthChecks
@@ -182,13 +182,13 @@ struct Writer {
             || config.maglev_size != UInt32(size) {
             config.setSources(v4: desired.node.sourceV4, v6: desired.node.sourceV6)
             config.maglev_size = UInt32(size)
-            try dataplane.config.update(UInt32(0), config)
+            try dataplane[.config].update(UInt32(0), config)
             bytes += MemoryLayout<sl_config>.size
         }
         // The prefilter must never hide a VIP, not even for one packet: every
         // desired VIP's bit is set before any VIP is published, and bits only
         // removed VIPs needed are cleared after those are withdrawn (below).
-        let current = VIPFilter(words: try dataplane.vipFilter.arrayValues(as: UInt64.self))
+        let current = VIPFilter(words: try dataplane[.vipFilter].arrayValues(as: UInt64.self))
         let desiredFilter = VIPFilter(services: desired.services)
         let widened = current.union(desiredFilter)
         try writeFilter(widened, over: current)
@@ -200,7 +200,7 @@ struct Writer {
         for entry in changed {
             try writeBackends(entry)
             if entry.isNewSlot {
-                try dataplane.vipStats.updatePerCPU(entry.slot, sl_counter())
+                try dataplane[.vipStats].updatePerCPU(entry.slot, sl_counter())
             }
             if shrinking(entry) { try writeVIP(entry, size: size) }
         }
@@ -217,7 +217,7 @@ struct Writer {
         let desiredKeys = desired.services.map { sl_vip_key(service: $0) }
         for applied in state.services {
             let key = sl_vip_key(service: applied.service)
-            if !desiredKeys.contains(key) { try dataplane.vips.delete(key) }
+            if !desiredKeys.contains(key) { try dataplane[.vips].delete(key) }
         }
         try writeFilter(desiredFilter, over: widened)
         // A delete from sl_maglev (a map-in-map) returns only once every
@@ -226,8 +226,8 @@ struct Writer {
         // in flight after it: the epoch bumps below come after that wait.
         var waited = false
         for removed in plan.removedServices {
-            if try dataplane.maglev.delete(removed.slot) { waited = true }
-            try dataplane.services.update(removed.slot, sl_service_info())
+            if try dataplane[.maglev].delete(removed.slot) { waited = true }
+            try dataplane[.services].update(removed.slot, sl_service_info())
             bytes += MemoryLayout<sl_service_info>.size
         }
         // Retire the conntrack entries of every freed slot and of every slot
@@ -242,8 +242,8 @@ struct Writer {
         if !retired.isEmpty {
             if !waited { try waitForRunningPrograms(retired: retired) }
             for slot in retired {
-                let epoch = try dataplane.vipEpochs.lookup(slot, as: UInt32.self) ?? 0
-                try dataplane.vipEpochs.update(slot, epoch &+ 1)
+                let epoch = try dataplane[.vipEpochs].lookup(slot, as: UInt32.self) ?? 0
+                try dataplane[.vipEpochs].update(slot, epoch &+ 1)
                 bytes += MemoryLayout<UInt32>.size
             }
         }
@@ -251,7 +251,7 @@ struct Writer {
         for id in plan.freedBackendIDs {
             var slot = state.backendSlots[Int(id)]
             slot.flags &= ~UInt8(SL_BACKEND_F_IN_USE.rawValue)
-            try dataplane.backends.update(id, slot)
+            try dataplane[.backends].update(id, slot)
             bytes += MemoryLayout<sl_backend>.size
         }
     }
@@ -263,21 +263,21 @@ struct Writer {
     /// table may come and go there.
     private mutating func waitForRunningPrograms(retired: [UInt32]) throws(BPFError) {
         if let slot = retired.first(where: { installed[$0] != nil }), let table = installed[slot] {
-            try dataplane.maglev.update(slot, innerMap: table)
+            try dataplane[.maglev].update(slot, innerMap: table)
             return
         }
         guard let slot = retired.first else { return }
         // The flags must match sl_maglev's template (bpf/maps.h).
         let scratch = try BPFMap.create(type: BPF_MAP_TYPE_ARRAY, name: "sl_maglev_sync", keySize: 4, valueSize: 4,
                                         maxEntries: 1, flags: UInt32(BPF_F_INNER_MAP | BPF_F_MMAPABLE))
-        try dataplane.maglev.update(slot, innerMap: scratch)
-        try dataplane.maglev.delete(slot)
+        try dataplane[.maglev].update(slot, innerMap: scratch)
+        try dataplane[.maglev].delete(slot)
     }
 
     /// Writes the words of `filter` that differ from `old` (what the map holds).
     private mutating func writeFilter(_ filter: VIPFilter, over old: VIPFilter) throws(BPFError) {
         let changed = filter.words.indices.filter { filter.words[$0] != old.words[$0] }
-        try dataplane.vipFilter.updateBatch(keys: changed.map { UInt32($0) }, values: changed.map { filter.words[$0] })
+        try dataplane[.vipFilter].updateBatch(keys: changed.map { UInt32($0) }, values: changed.map { filter.words[$0] })
         bytes += changed.count * MemoryLayout<UInt64>.size
     }
 
@@ -292,11 +292,11 @@ struct Writer {
             slot.weight = UInt16(backend.weight)
             slot.service_id = entry.slot
             if entry.newBackendIDs.contains(id) {
-                try dataplane.backendStats.updatePerCPU(id, sl_counter())
+                try dataplane[.backendStats].updatePerCPU(id, sl_counter())
             } else if let old = previous[id], old.weight == backend.weight, old.flags == flags {
                 continue
             }
-            try dataplane.backends.update(id, slot)
+            try dataplane[.backends].update(id, slot)
             bytes += MemoryLayout<sl_backend>.size
         }
     }
@@ -323,7 +323,7 @@ struct Writer {
             inners.append(inner)
             bytes += size * 4
         }
-        try dataplane.maglev.updateBatch(keys: entries.map(\.slot), values: inners.map { UInt32(bitPattern: $0.fd) })
+        try dataplane[.maglev].updateBatch(keys: entries.map(\.slot), values: inners.map { UInt32(bitPattern: $0.fd) })
         for (entry, inner) in zip(entries, inners) { installed[entry.slot] = inner }
         tables += entries.count
     }
@@ -334,12 +334,12 @@ struct Writer {
         info.vip = sl_vip_key(service: entry.service)
         info.maglev_size = UInt32(size)
         info.generation = (entry.previous?.generation ?? 0) &+ 1
-        try dataplane.services.update(entry.slot, info)
+        try dataplane[.services].update(entry.slot, info)
         bytes += MemoryLayout<sl_service_info>.size
     }
 
     private mutating func writeVIP(_ entry: Plan.Entry, size: Int) throws(BPFError) {
-        try dataplane.vips.update(sl_vip_key(service: entry.service), sl_vip(id: entry.slot, maglev_size: UInt32(size)))
+        try dataplane[.vips].update(sl_vip_key(service: entry.service), sl_vip(id: entry.slot, maglev_size: UInt32(size)))
         bytes += MemoryLayout<sl_vip>.size
     }
 }

@@ -12,7 +12,7 @@ extension IPAddress {
 }
 
 extension sl_vip_key {
-    public init(service: Service) {
+    package init(service: Service) {
         self.init()
         addr = service.vip.words
         port = service.port.bigEndian

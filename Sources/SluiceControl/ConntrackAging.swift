@@ -31,10 +31,10 @@ struct ConntrackTable {
 
     static func read(from dataplane: Dataplane) throws(ControlError) -> ConntrackTable {
         do {
-            return ConntrackTable(entries: try dataplane.conntrack.hashEntries(key: sl_flow_key.self, value: sl_ct_entry.self)
+            return ConntrackTable(entries: try dataplane[.conntrack].hashEntries(key: sl_flow_key.self, value: sl_ct_entry.self)
                                       .map { (key: $0.0, entry: $0.1) },
-                                  epochs: try dataplane.vipEpochs.arrayValues(as: UInt32.self),
-                                  backends: try dataplane.backends.arrayValues(as: sl_backend.self))
+                                  epochs: try dataplane[.vipEpochs].arrayValues(as: UInt32.self),
+                                  backends: try dataplane[.backends].arrayValues(as: sl_backend.self))
         } catch { throw .bpf(error, while: "reading the connection table") }
     }
 
@@ -47,22 +47,18 @@ struct ConntrackTable {
     }
 }
 
-public final class ConntrackAging {
-    public struct Sweep: Sendable {
-        /// Entries left in the table.
-        public var entries = 0
-        /// Entries deleted as idle.
-        public var expired = 0
-        /// This node's own flows seen since the time asked for, as records.
-        public var active: [FlowRecord] = []
-    }
+/// What one sweep of the connection table found.
+public struct ConntrackSweep: Sendable {
+    /// Entries left in the table.
+    public var entries = 0
+    /// Entries deleted as idle.
+    public var expired = 0
+    /// This node's own flows seen since the time asked for, as records.
+    public var active: [FlowRecord] = []
+}
 
-    private let dataplane: Dataplane
-
-    public init(dataplane: Dataplane) {
-        self.dataplane = dataplane
-    }
-
+/// The clock conntrack entries are stamped with.
+public enum ConntrackClock {
     /// The agent's monotonic clock in whole seconds (CLOCK_MONOTONIC: it goes on across
     /// agent restarts, and the maps do not outlive a reboot).
     public static func now() -> UInt32 {
@@ -70,23 +66,32 @@ public final class ConntrackAging {
         clock_gettime(CLOCK_MONOTONIC, &time)
         return UInt32(truncatingIfNeeded: time.tv_sec)
     }
+}
 
-    /// Publishes `seconds` to the data plane.
-    public func tick(_ seconds: UInt32 = ConntrackAging.now()) throws(ControlError) {
-        do { try dataplane.clock.update(UInt32(0), seconds) } catch { throw .bpf(error, while: "writing \(SL_MAP_CLOCK)") }
+extension Dataplane {
+    /// Publishes `seconds` to the data plane as the conntrack clock.
+    public func tickClock(_ seconds: UInt32 = ConntrackClock.now()) throws(ControlError) {
+        do { try self[.clock].update(UInt32(0), seconds) } catch { throw .bpf(error, while: "writing \(Map.clock.rawValue)") }
+    }
+
+    /// Every flow the table trusts now (current epoch), as records: a peer's full copy.
+    public func trustedFlows() throws(ControlError) -> [FlowRecord] {
+        let table = try ConntrackTable.read(from: self)
+        return table.entries.compactMap { table.record($0.key, $0.entry) }
     }
 
     /// Reads the whole table; with `expire`, deletes every entry unseen for longer than its
     /// protocol's timeout; returns the count and, with `activeSince`, this node's trusted
     /// flows seen since then.
-    public func sweep(now: UInt32, timeouts: IdleTimeouts, expire: Bool, activeSince: UInt32? = nil) throws(ControlError) -> Sweep {
-        let table = try ConntrackTable.read(from: dataplane)
-        var sweep = Sweep()
+    public func sweepConntrack(now: UInt32, timeouts: IdleTimeouts, expire: Bool,
+                               activeSince: UInt32? = nil) throws(ControlError) -> ConntrackSweep {
+        let table = try ConntrackTable.read(from: self)
+        var sweep = ConntrackSweep()
         let local = UInt8(SL_ORIGIN_LOCAL)
         for (key, entry) in table.entries {
             let idle = now &- entry.last_seen
             if expire, entry.last_seen <= now, idle > timeouts.seconds(forProtocol: key.proto) {
-                if (try? dataplane.conntrack.delete(key)) == true { sweep.expired += 1 }
+                if (try? self[.conntrack].delete(key)) == true { sweep.expired += 1 }
                 continue
             }
             sweep.entries += 1

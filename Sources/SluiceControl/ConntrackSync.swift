@@ -44,21 +44,15 @@ public final class ConntrackSync {
 
     public init(dataplane: Dataplane) throws(ControlError) {
         self.dataplane = dataplane
-        do { events = try BPFRingBuffer(map: dataplane.flowEvents) } catch {
-            throw .bpf(error, while: "opening \(SL_MAP_FLOW_EVENTS)")
+        do { events = try BPFRingBuffer(map: dataplane[.flowEvents]) } catch {
+            throw .bpf(error, while: "opening \(Dataplane.Map.flowEvents.rawValue)")
         }
     }
 
     /// Turns the data plane's reporting of new flows on or off (SL_CFG_SYNC in sl_config).
     public func setReporting(_ enabled: Bool) throws(ControlError) {
-        do {
-            var config = try dataplane.config.lookup(UInt32(0), as: sl_config.self) ?? sl_config()
-            let flag = UInt8(SL_CFG_SYNC.rawValue)
-            let flags = enabled ? config.flags | flag : config.flags & ~flag
-            guard flags != config.flags else { return }
-            config.flags = flags
-            try dataplane.config.update(UInt32(0), config)
-        } catch { throw .bpf(error, while: "writing \(SL_MAP_CONFIG)") }
+        let flag = UInt8(SL_CFG_SYNC.rawValue)
+        try dataplane.updateConfig { config in config.flags = enabled ? config.flags | flag : config.flags & ~flag }
     }
 
     /// Records the peers' addresses by origin index (1...), for `lbctl flows`.
@@ -70,9 +64,9 @@ public final class ConntrackSync {
                     key.addr = addresses[index - 1].words
                     key.family = addresses[index - 1].family.rawValue
                 }
-                try dataplane.peers.update(UInt32(index), key)
+                try dataplane[.peers].update(UInt32(index), key)
             }
-        } catch { throw .bpf(error, while: "writing \(SL_MAP_PEERS)") }
+        } catch { throw .bpf(error, while: "writing \(Dataplane.Map.peers.rawValue)") }
     }
 
     /// The flows placed here since the last call, as records. A report whose backend slot
@@ -80,12 +74,12 @@ public final class ConntrackSync {
     public func newFlows() throws(ControlError) -> [FlowRecord] {
         let reported: [sl_flow_event]
         do { reported = try events.drain(as: sl_flow_event.self) } catch {
-            throw .bpf(error, while: "reading \(SL_MAP_FLOW_EVENTS)")
+            throw .bpf(error, while: "reading \(Dataplane.Map.flowEvents.rawValue)")
         }
         var addresses: [UInt32: IPAddress?] = [:]
         return reported.compactMap { event in
             if addresses[event.backend_id] == nil {
-                let slot = try? dataplane.backends.lookup(event.backend_id, as: sl_backend.self)
+                let slot = try? dataplane[.backends].lookup(event.backend_id, as: sl_backend.self)
                 addresses[event.backend_id] = slot.flatMap { IPAddress(cWords: $0.addr, family: $0.family) }
             }
             guard let backend = addresses[event.backend_id] ?? nil else { return nil }
@@ -94,10 +88,7 @@ public final class ConntrackSync {
     }
 
     /// Every flow the table trusts now (current epoch), for a peer's full copy.
-    public func snapshot() throws(ControlError) -> [FlowRecord] {
-        let table = try ConntrackTable.read(from: dataplane)
-        return table.entries.compactMap { table.record($0.key, $0.entry) }
-    }
+    public func snapshot() throws(ControlError) -> [FlowRecord] { try dataplane.trustedFlows() }
 
     /// Writes peers' records into the connection table, each under this node's slot, epoch
     /// and backend id for it, marked with `origin` (the peer's index). An entry this node
@@ -105,7 +96,7 @@ public final class ConntrackSync {
     public func insert(_ records: [FlowRecord], origin: UInt8) -> InsertResult {
         var result = InsertResult()
         let local = UInt8(SL_ORIGIN_LOCAL)
-        let now = (try? dataplane.clock.lookup(UInt32(0), as: UInt32.self)) ?? 0
+        let now = (try? dataplane[.clock].lookup(UInt32(0), as: UInt32.self)) ?? 0
         var epochs: [UInt32: UInt32] = [:]
         for record in records {
             var vipKey = sl_vip_key()
@@ -113,7 +104,7 @@ public final class ConntrackSync {
             vipKey.port = record.destinationPort
             vipKey.proto = record.proto
             vipKey.family = record.destination.family.rawValue
-            guard let vip = try? dataplane.vips.lookup(vipKey, as: sl_vip.self) else {
+            guard let vip = try? dataplane[.vips].lookup(vipKey, as: sl_vip.self) else {
                 result.rejected[.unknownService, default: 0] += 1
                 continue
             }
@@ -121,20 +112,20 @@ public final class ConntrackSync {
                 result.rejected[.unknownBackend, default: 0] += 1
                 continue
             }
-            if epochs[vip.id] == nil { epochs[vip.id] = (try? dataplane.vipEpochs.lookup(vip.id, as: UInt32.self)) ?? 0 }
+            if epochs[vip.id] == nil { epochs[vip.id] = (try? dataplane[.vipEpochs].lookup(vip.id, as: UInt32.self)) ?? 0 }
             let epoch = UInt16(truncatingIfNeeded: epochs[vip.id]!)
             let key = sl_flow_key(record)
-            if var existing = try? dataplane.conntrack.lookup(key, as: sl_ct_entry.self),
+            if var existing = try? dataplane[.conntrack].lookup(key, as: sl_ct_entry.self),
                existing.origin == local, existing.service_id == UInt16(vip.id), existing.epoch == epoch {
                 // The peer still sees the flow: it stays young here too, on this node's backend.
                 existing.last_seen = now
-                try? dataplane.conntrack.update(key, existing, flags: UInt64(BPF_EXIST))
+                try? dataplane[.conntrack].update(key, existing, flags: UInt64(BPF_EXIST))
                 result.rejected[.localNewer, default: 0] += 1
                 continue
             }
             let entry = sl_ct_entry(backend_id: backendID, service_id: UInt16(vip.id), epoch: epoch, last_seen: now,
                                     origin: origin, pad: (0, 0, 0))
-            if (try? dataplane.conntrack.update(key, entry)) != nil { result.applied += 1 }
+            if (try? dataplane[.conntrack].update(key, entry)) != nil { result.applied += 1 }
         }
         return result
     }
@@ -147,7 +138,7 @@ public final class ConntrackSync {
         let now = ContinuousClock.now
         if let indexedAt, now - indexedAt < .seconds(1) { return nil }
         indexedAt = now
-        guard let state = try? AppliedState.read(from: dataplane) else { return nil }
+        guard let state = try? dataplane.appliedState() else { return nil }
         backendIDs = [:]
         for service in state.services {
             for backend in service.backends { backendIDs[BackendKey(slot: service.slot, address: backend.address)] = backend.id }

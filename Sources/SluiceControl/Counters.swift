@@ -48,18 +48,14 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
     /// Names of enum sl_drop_reason, indexed by value.
     public static let dropNames = ["malformed", "truncated", "no_backend", "no_source", "no_gateway", "encap"]
 
-    public static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> CounterSnapshot {
-        precondition(dropNames.count == Int(SL_DROP__MAX.rawValue) && verdictNames.count == Int(SL_VERDICTS))
+    static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> CounterSnapshot {
+        let node = try NodeCounters.read(from: dataplane)
+        var services: [ServiceTraffic] = []
         do {
-            var total = sl_stats()
-            for cpu in try dataplane.stats.lookupPerCPU(UInt32(0), as: sl_stats.self) { total.add(cpu) }
-            let verdicts = withUnsafeBytes(of: total.verdicts) { Array($0.bindMemory(to: UInt64.self)) }
-            let drops = withUnsafeBytes(of: total.drops) { Array($0.bindMemory(to: UInt64.self)) }
             // One batched read of the slots in use (ids and slots are handed out lowest first),
             // not one lookup per VIP and backend: 11,000 syscalls at 1,000 x 10.
-            let vipStats = try PerCPUTotals(dataplane.vipStats, slots: state.services.map(\.slot))
-            let backendStats = try PerCPUTotals(dataplane.backendStats, slots: state.services.flatMap { $0.backends.map(\.id) })
-            var services: [ServiceTraffic] = []
+            let vipStats = try PerCPUTotals(dataplane[.vipStats], slots: state.services.map(\.slot))
+            let backendStats = try PerCPUTotals(dataplane[.backendStats], slots: state.services.flatMap { $0.backends.map(\.id) })
             for applied in state.services {
                 let vip = vipStats[applied.slot]
                 var backends: [BackendTraffic] = []
@@ -71,17 +67,84 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
                                                port: applied.service.port, protocol: applied.service.proto.rawValue,
                                                packets: vip.packets, bytes: vip.bytes, backends: backends))
             }
-            return CounterSnapshot(
-                verdicts: Dictionary(uniqueKeysWithValues: zip(verdictNames, verdicts)),
-                newFlows: total.new_flows, conntrackHits: total.ct_hits, conntrackMisses: total.ct_misses,
-                fragments: total.fragments, ipOptions: total.ip_options,
-                drops: Dictionary(uniqueKeysWithValues: zip(dropNames, drops)), flowEventsLost: total.flow_events_lost,
-                services: services)
         } catch {
             throw .bpf(error, while: "reading counters")
         }
+        return CounterSnapshot(verdicts: node.verdicts, newFlows: node.newFlows, conntrackHits: node.conntrackHits,
+                               conntrackMisses: node.conntrackMisses, fragments: node.fragments, ipOptions: node.ipOptions,
+                               drops: node.drops, flowEventsLost: node.flowEventsLost, services: services)
+    }
+}
+
+/// The node-wide counters (sl_stats), summed over CPUs: what `CounterSnapshot` shows at its
+/// top level, and what tests compare before and after a packet.
+public struct NodeCounters: Sendable, Equatable {
+    /// By name (CounterSnapshot.verdictNames).
+    public var verdicts: [String: UInt64]
+    public var newFlows: UInt64 = 0
+    public var conntrackHits: UInt64 = 0
+    public var conntrackMisses: UInt64 = 0
+    public var fragments: UInt64 = 0
+    public var ipOptions: UInt64 = 0
+    /// By reason (CounterSnapshot.dropNames).
+    public var drops: [String: UInt64]
+    public var flowEventsLost: UInt64 = 0
+
+    /// All zero.
+    public init() {
+        verdicts = Dictionary(uniqueKeysWithValues: CounterSnapshot.verdictNames.map { ($0, 0) })
+        drops = Dictionary(uniqueKeysWithValues: CounterSnapshot.dropNames.map { ($0, 0) })
     }
 
+    static func read(from dataplane: Dataplane) throws(ControlError) -> NodeCounters {
+        precondition(CounterSnapshot.dropNames.count == Int(SL_DROP__MAX.rawValue)
+                     && CounterSnapshot.verdictNames.count == Int(SL_VERDICTS))
+        var total = sl_stats()
+        do {
+            for cpu in try dataplane[.stats].lookupPerCPU(UInt32(0), as: sl_stats.self) { total.add(cpu) }
+        } catch {
+            throw .bpf(error, while: "reading counters")
+        }
+        var counters = NodeCounters()
+        let verdicts = withUnsafeBytes(of: total.verdicts) { Array($0.bindMemory(to: UInt64.self)) }
+        let drops = withUnsafeBytes(of: total.drops) { Array($0.bindMemory(to: UInt64.self)) }
+        counters.verdicts = Dictionary(uniqueKeysWithValues: zip(CounterSnapshot.verdictNames, verdicts))
+        counters.drops = Dictionary(uniqueKeysWithValues: zip(CounterSnapshot.dropNames, drops))
+        counters.newFlows = total.new_flows
+        counters.conntrackHits = total.ct_hits
+        counters.conntrackMisses = total.ct_misses
+        counters.fragments = total.fragments
+        counters.ipOptions = total.ip_options
+        counters.flowEventsLost = total.flow_events_lost
+        return counters
+    }
+
+    /// What was counted between two readings.
+    public static func - (lhs: NodeCounters, rhs: NodeCounters) -> NodeCounters {
+        var out = NodeCounters()
+        out.verdicts = lhs.verdicts.merging(rhs.verdicts) { $0 &- $1 }
+        out.drops = lhs.drops.merging(rhs.drops) { $0 &- $1 }
+        out.newFlows = lhs.newFlows &- rhs.newFlows
+        out.conntrackHits = lhs.conntrackHits &- rhs.conntrackHits
+        out.conntrackMisses = lhs.conntrackMisses &- rhs.conntrackMisses
+        out.fragments = lhs.fragments &- rhs.fragments
+        out.ipOptions = lhs.ipOptions &- rhs.ipOptions
+        out.flowEventsLost = lhs.flowEventsLost &- rhs.flowEventsLost
+        return out
+    }
+}
+
+extension NodeCounters: CustomStringConvertible {
+    /// Only the non-zero counters, e.g. `tx=1 new_flows=1`.
+    public var description: String {
+        var parts: [String] = []
+        for name in CounterSnapshot.verdictNames where verdicts[name, default: 0] != 0 { parts.append("\(name)=\(verdicts[name]!)") }
+        for name in CounterSnapshot.dropNames where drops[name, default: 0] != 0 { parts.append("drop.\(name)=\(drops[name]!)") }
+        for (name, value) in [("new_flows", newFlows), ("ct_hits", conntrackHits), ("ct_misses", conntrackMisses),
+                              ("fragments", fragments), ("ip_options", ipOptions), ("flow_events_lost", flowEventsLost)]
+            where value != 0 { parts.append("\(name)=\(value)") }
+        return parts.isEmpty ? "(none)" : parts.joined(separator: " ")
+    }
 }
 
 /// A per-CPU sl_counter array summed over CPUs, for the slots up to the highest one asked for.

@@ -1,124 +1,125 @@
-// The pinned data plane: loading the embedded balancer object, pinning it, and reopening the pins.
+// The pinned balancer of one pin path: the one owner of its program and maps, and the typed
+// operations lbctl and the agent perform on them. No map or C struct leaves this module's
+// public API; tests and benchmarks of this package reach the maps through `package` access.
 import CLibbpf
 import CSluice
 import Glibc
 import SluiceBPF
+import SluiceCore
 
-/// Handles on every map and the balancer program under one pin path.
-/// The maps are pinned by name (LIBBPF_PIN_BY_NAME), the program as
-/// `sl_balancer`, so any later lbctl process or the agent can pick them up.
-public final class Dataplane {
+/// The balancer pinned at one pin path. The maps are pinned by name (LIBBPF_PIN_BY_NAME),
+/// the program as `sl_balancer`, so any later lbctl process or the agent picks them up.
+///
+/// It holds descriptors only, so it is Sendable; what orders the writes is its user: lbctl
+/// is one thread, and the agent keeps its one instance inside an actor of its own
+/// (SluiceAgent's `DataplaneOwner`).
+public final class Dataplane: Sendable {
     public static let defaultPinPath = "/sys/fs/bpf/sluice"
 
-    public let pinPath: String
-    public let program: BPFProgram
-    public let vips: BPFMap
-    public let maglev: BPFMap
-    public let backends: BPFMap
-    public let conntrack: BPFMap
-    public let config: BPFMap
-    public let stats: BPFMap
-    public let vipStats: BPFMap
-    public let backendStats: BPFMap
-    public let services: BPFMap
-    public let vipFilter: BPFMap
-    public let vipEpochs: BPFMap
-    /// New flows for the agent to sync (a ring buffer of sl_flow_event).
-    public let flowEvents: BPFMap
-    /// The agent's sync peers by origin index, for `lbctl flows`.
-    public let peers: BPFMap
-    /// The agent's clock in seconds, which conntrack entries remember as last_seen.
-    public let clock: BPFMap
-    private let object: BPFObject?
+    /// The balancer's maps (bpf/maps.h).
+    package enum Map: String, MapList {
+        case vips = "sl_vips"
+        case vipFilter = "sl_vip_filter"
+        case vipEpochs = "sl_vip_epochs"
+        case maglev = "sl_maglev"
+        case backends = "sl_backends"
+        case conntrack = "sl_conntrack"
+        case flowEvents = "sl_flow_events"
+        case clock = "sl_clock"
+        case peers = "sl_peers"
+        case config = "sl_config"
+        case stats = "sl_stats"
+        case vipStats = "sl_vip_stats"
+        case backendStats = "sl_backend_stats"
+        case services = "sl_services"
 
-    private init(pinPath: String, program: BPFProgram, object: BPFObject?, map: (String) throws(BPFError) -> BPFMap) throws(BPFError) {
-        self.pinPath = pinPath
-        self.program = program
-        self.object = object
-        vips = try map(SL_MAP_VIPS)
-        maglev = try map(SL_MAP_MAGLEV)
-        backends = try map(SL_MAP_BACKENDS)
-        conntrack = try map(SL_MAP_CONNTRACK)
-        config = try map(SL_MAP_CONFIG)
-        stats = try map(SL_MAP_STATS)
-        vipStats = try map(SL_MAP_VIP_STATS)
-        backendStats = try map(SL_MAP_BACKEND_STATS)
-        services = try map(SL_MAP_SERVICES)
-        vipFilter = try map(SL_MAP_VIP_FILTER)
-        vipEpochs = try map(SL_MAP_VIP_EPOCHS)
-        flowEvents = try map(SL_MAP_FLOW_EVENTS)
-        peers = try map(SL_MAP_PEERS)
-        clock = try map(SL_MAP_CLOCK)
+        package static let object = ObjectKind(what: "balancer", objectName: "sluice", program: SL_PROG_BALANCER,
+                                               loadCommand: "lbctl attach IFACE", elf: { EmbeddedObjects.balancer })
     }
 
-    static func programPin(_ pinPath: String) -> String { "\(pinPath)/\(SL_PROG_BALANCER)" }
+    private let pinned: PinnedObject<Map>
+
+    private init(_ pinned: PinnedObject<Map>) { self.pinned = pinned }
+
+    var pinnedObject: PinnedObject<Map> { pinned }
+    public var pinPath: String { pinned.pinPath }
+    package var program: BPFProgram { pinned.program }
+    package subscript(_ map: Map) -> BPFMap { pinned[map] }
 
     /// True when a balancer is pinned at `pinPath`.
-    public static func isPinned(at pinPath: String) -> Bool {
-        access(programPin(pinPath), F_OK) == 0
-    }
-
-    /// The id of the balancer program pinned at `pinPath`, reading no map.
-    public static func pinnedProgramID(at pinPath: String) throws(ControlError) -> UInt32 {
-        let program: BPFProgram
-        do { program = try BPFProgram.openPinned(programPin(pinPath)) } catch {
-            throw .bpf(error, while: "opening the balancer pinned at \(pinPath)")
-        }
-        return try XDPHook.programID(program)
-    }
+    public static func isPinned(at pinPath: String) -> Bool { PinnedObject<Map>.isPinned(at: pinPath) }
 
     /// Opens what is pinned at `pinPath`.
     public static func open(pinPath: String) throws(ControlError) -> Dataplane {
-        guard isPinned(at: pinPath) else {
-            throw .runtime("no Sluice data plane is pinned at \(pinPath) (run 'lbctl attach IFACE' first)")
-        }
-        let dataplane: Dataplane
-        do {
-            let program = try BPFProgram.openPinned(programPin(pinPath))
-            dataplane = try Dataplane(pinPath: pinPath, program: program, object: nil) { name throws(BPFError) in
-                try BPFMap.openPinned("\(pinPath)/\(name)")
-            }
-        } catch where error.isNotFound {
-            // The program is pinned (checked above) but one of today's maps is not:
-            // an older lbctl loaded it.
-            throw .runtime("the balancer pinned at \(pinPath) was loaded by an older lbctl (\(error.context) is missing): "
-                           + "run 'lbctl detach IFACE' and 'lbctl attach IFACE' to load this version")
-        } catch {
-            throw .bpf(error, while: "opening the data plane pinned at \(pinPath)")
-        }
-        guard dataplane.conntrack.info.valueSize == MemoryLayout<sl_ct_entry>.size,
-              dataplane.stats.info.valueSize == MemoryLayout<sl_stats>.size else {
-            throw .runtime("the balancer pinned at \(pinPath) was loaded by an older lbctl (its map layouts differ): "
-                           + "run 'lbctl detach IFACE' and 'lbctl attach IFACE' to load this version")
-        }
-        return dataplane
+        Dataplane(try PinnedObject<Map>.open(at: pinPath))
     }
 
     /// Opens the pinned data plane, or loads the embedded object and pins it.
     public static func openOrLoad(pinPath: String, conntrackSize: UInt32 = UInt32(SL_CT_DEFAULT_SIZE)) throws(ControlError) -> Dataplane {
-        if isPinned(at: pinPath) { return try open(pinPath: pinPath) }
-        try PinDirectory.prepare(pinPath)
-        LibbpfLog.warningsToStderr()
-        do {
-            let object = try BPFObject(elf: EmbeddedObjects.balancer, name: "sluice", pinRoot: pinPath)
-            try object.setMaxEntries(map: SL_MAP_CONNTRACK, conntrackSize)
-            try object.load()
-            let program = try object.program(named: SL_PROG_BALANCER)
-            try program.pin(at: programPin(pinPath))
-            return try Dataplane(pinPath: pinPath, program: program, object: object) { name throws(BPFError) in
-                try object.map(named: name)
-            }
-        } catch {
-            throw .bpf(error, while: "loading the balancer into \(pinPath)")
-        }
+        Dataplane(try PinnedObject<Map>.openOrLoad(at: pinPath) { object throws(BPFError) in
+            try object.setMaxEntries(map: Map.conntrack.rawValue, conntrackSize)
+        })
     }
 
-    /// Removes every pin this data plane made, and the directory if it is then empty.
-    public static func removePins(at pinPath: String) {
-        let names = [SL_PROG_BALANCER, SL_MAP_VIPS, SL_MAP_MAGLEV, SL_MAP_BACKENDS, SL_MAP_CONNTRACK, SL_MAP_CONFIG,
-                     SL_MAP_STATS, SL_MAP_VIP_STATS, SL_MAP_BACKEND_STATS, SL_MAP_SERVICES, SL_MAP_VIP_FILTER,
-                     SL_MAP_VIP_EPOCHS, SL_MAP_FLOW_EVENTS, SL_MAP_PEERS, SL_MAP_CLOCK]
-        PinDirectory.unpin(names, at: pinPath)
+    /// Removes every pin of the balancer (not the decapsulator's), and the directory if it is then empty.
+    public static func removePins(at pinPath: String) { PinnedObject<Map>.removePins(at: pinPath) }
+
+    /// The id of the balancer program pinned at `pinPath`, reading no map.
+    public static func pinnedProgramID(at pinPath: String) throws(ControlError) -> UInt32 {
+        try XDPHook.programID(try BPFProgram.openPinnedOrThrow(PinnedObject<Map>.programPin(pinPath)))
+    }
+
+    /// The kernel's id of the pinned program.
+    public func programID() throws(ControlError) -> UInt32 { try pinned.programID() }
+
+    /// How many flows the connection table holds at most.
+    public var conntrackCapacity: Int { self[.conntrack].info.maxEntries }
+
+    // MARK: - Operations
+
+    /// What the maps say is applied.
+    public func appliedState() throws(ControlError) -> AppliedState { try AppliedState.read(from: self) }
+
+    /// Applies `desired` (see `Applier.apply`).
+    public func apply(_ desired: ServiceFile, dryRun: Bool = false, health: HealthVerdicts? = nil) throws(ControlError) -> ApplyResult {
+        try Applier.apply(desired, to: self, dryRun: dryRun, health: health)
+    }
+
+    /// What `lbctl status` shows.
+    public func status() throws(ControlError) -> StatusReport {
+        try StatusReport.read(from: self, state: try appliedState())
+    }
+
+    /// Every counter, node-wide and per service and backend (of `state`, when it was just read).
+    public func counters(state: AppliedState? = nil) throws(ControlError) -> CounterSnapshot {
+        if let state { return try CounterSnapshot.read(from: self, state: state) }
+        return try CounterSnapshot.read(from: self, state: try appliedState())
+    }
+
+    /// The node-wide counters alone (one map read).
+    public func nodeCounters() throws(ControlError) -> NodeCounters { try NodeCounters.read(from: self) }
+
+    /// The connection table's trusted entries.
+    public func flows() throws(ControlError) -> [FlowEntry] {
+        try FlowEntry.read(from: self, state: try appliedState())
+    }
+
+    /// Writes the next hop's MAC, keeping the other node settings.
+    public func setGateway(_ mac: MACAddress) throws(ControlError) {
+        try updateConfig { $0.setGateway(mac) }
+    }
+
+    /// Changes sl_config in place (a read and, when it changed, one write).
+    func updateConfig(_ change: (inout sl_config) -> Void) throws(ControlError) {
+        do {
+            let old = try self[.config].lookup(UInt32(0), as: sl_config.self) ?? sl_config()
+            var config = old
+            change(&config)
+            if withUnsafeBytes(of: config, { new in withUnsafeBytes(of: old) { new.elementsEqual($0) } }) { return }
+            try self[.config].update(UInt32(0), config)
+        } catch {
+            throw .bpf(error, while: "writing \(Map.config.rawValue)")
+        }
     }
 }
 

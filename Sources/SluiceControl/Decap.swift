@@ -5,81 +5,63 @@ import Glibc
 import SluiceBPF
 import SluiceCore
 
-/// Handles on the decapsulation program and its maps under one pin path
-/// (the same directory the balancer uses; the names do not collide). The
-/// maps are pinned by name (LIBBPF_PIN_BY_NAME), the program as `sl_decap`.
-public final class DecapDataplane {
-    public let pinPath: String
-    public let program: BPFProgram
-    public let locals: BPFMap
-    public let vips: BPFMap
-    public let stats: BPFMap
-    private let object: BPFObject?
+/// The decapsulation program and its address maps under one pin path (the same
+/// directory the balancer uses; the names do not collide). The maps are pinned by name
+/// (LIBBPF_PIN_BY_NAME), the program as `sl_decap`.
+public final class DecapDataplane: Sendable {
+    /// The decapsulator's maps (bpf/decap_maps.h).
+    package enum Map: String, MapList {
+        case locals = "sl_decap_locals"
+        case vips = "sl_decap_vips"
+        case stats = "sl_decap_stats"
 
-    private init(pinPath: String, program: BPFProgram, object: BPFObject?, map: (String) throws(BPFError) -> BPFMap) throws(BPFError) {
-        self.pinPath = pinPath
-        self.program = program
-        self.object = object
-        locals = try map(SL_MAP_DECAP_LOCALS)
-        vips = try map(SL_MAP_DECAP_VIPS)
-        stats = try map(SL_MAP_DECAP_STATS)
+        package static let object = ObjectKind(what: "decapsulator", objectName: "sluice_decap", program: SL_PROG_DECAP,
+                                               loadCommand: "lbctl decap attach IFACE", elf: { EmbeddedObjects.decap })
     }
 
-    static func programPin(_ pinPath: String) -> String { "\(pinPath)/\(SL_PROG_DECAP)" }
+    /// The two address sets a tunnel is checked against.
+    public enum AddressSet: Sendable {
+        /// Outer destinations that are this host.
+        case locals
+        /// Inner destinations served here.
+        case vips
+        var map: Map { self == .locals ? .locals : .vips }
+    }
+
+    fileprivate let pinned: PinnedObject<Map>
+
+    fileprivate init(_ pinned: PinnedObject<Map>) { self.pinned = pinned }
+
+    public var pinPath: String { pinned.pinPath }
+    package var program: BPFProgram { pinned.program }
+    package subscript(_ map: Map) -> BPFMap { pinned[map] }
 
     /// True when a decapsulator is pinned at `pinPath`.
-    public static func isPinned(at pinPath: String) -> Bool {
-        access(programPin(pinPath), F_OK) == 0
-    }
+    public static func isPinned(at pinPath: String) -> Bool { PinnedObject<Map>.isPinned(at: pinPath) }
 
     /// Opens what is pinned at `pinPath`.
     public static func open(pinPath: String) throws(ControlError) -> DecapDataplane {
-        guard isPinned(at: pinPath) else {
-            throw .runtime("no Sluice decapsulator is pinned at \(pinPath) (run 'lbctl decap attach IFACE' first)")
-        }
-        do {
-            let program = try BPFProgram.openPinned(programPin(pinPath))
-            return try DecapDataplane(pinPath: pinPath, program: program, object: nil) { name throws(BPFError) in
-                try BPFMap.openPinned("\(pinPath)/\(name)")
-            }
-        } catch {
-            throw .bpf(error, while: "opening the decapsulator pinned at \(pinPath)")
-        }
+        DecapDataplane(try PinnedObject<Map>.open(at: pinPath))
     }
 
     /// Opens the pinned decapsulator, or loads the embedded object and pins it.
     public static func openOrLoad(pinPath: String) throws(ControlError) -> DecapDataplane {
-        if isPinned(at: pinPath) { return try open(pinPath: pinPath) }
-        try PinDirectory.prepare(pinPath)
-        LibbpfLog.warningsToStderr()
-        do {
-            let object = try BPFObject(elf: EmbeddedObjects.decap, name: "sluice_decap", pinRoot: pinPath)
-            try object.load()
-            let program = try object.program(named: SL_PROG_DECAP)
-            try program.pin(at: programPin(pinPath))
-            return try DecapDataplane(pinPath: pinPath, program: program, object: object) { name throws(BPFError) in
-                try object.map(named: name)
-            }
-        } catch {
-            removePins(at: pinPath)
-            throw .bpf(error, while: "loading the decapsulator into \(pinPath)")
-        }
+        DecapDataplane(try PinnedObject<Map>.openOrLoad(at: pinPath))
     }
 
     /// Removes the decapsulator's pins (never the balancer's), and the
     /// directory if it is then empty.
-    public static func removePins(at pinPath: String) {
-        PinDirectory.unpin([SL_PROG_DECAP, SL_MAP_DECAP_LOCALS, SL_MAP_DECAP_VIPS, SL_MAP_DECAP_STATS], at: pinPath)
-    }
+    public static func removePins(at pinPath: String) { PinnedObject<Map>.removePins(at: pinPath) }
 
     /// Replaces the contents of both address sets: new addresses are added
     /// before stale ones are removed, so an address in both sets is never missing.
     public func setAddresses(locals: [IPAddress], vips: [IPAddress]) throws(ControlError) {
-        for (map, addresses, what) in [(self.locals, locals, "local"), (self.vips, vips, "VIP")] {
+        for (set, addresses, what) in [(AddressSet.locals, locals, "local"), (.vips, vips, "VIP")] {
             let unique = Set(addresses)
             guard unique.count <= Int(SL_MAX_DECAP_ADDRS) else {
                 throw .badInput("\(unique.count) \(what) addresses: at most \(SL_MAX_DECAP_ADDRS) are supported")
             }
+            let map = self[set.map]
             do {
                 let wanted = Set(unique.map(sl_addr_key.init(address:)).map(AddrKey.init))
                 for key in wanted { try map.update(key.raw, UInt8(1)) }
@@ -92,8 +74,9 @@ public final class DecapDataplane {
         }
     }
 
-    /// The addresses in one of the sets (`locals` or `vips`), sorted.
-    public func addresses(in map: BPFMap) throws(ControlError) -> [IPAddress] {
+    /// The addresses in one of the sets, sorted.
+    public func addresses(in set: AddressSet) throws(ControlError) -> [IPAddress] {
+        let map = self[set.map]
         do {
             return try map.keys(as: sl_addr_key.self).compactMap { IPAddress(words: $0.addr, family: $0.family) }.sorted()
         } catch {
@@ -102,20 +85,55 @@ public final class DecapDataplane {
     }
 
     /// The counters, summed over CPUs.
-    public func counters() throws(ControlError) -> sl_decap_stats {
+    public func counters() throws(ControlError) -> DecapCounters {
         do {
-            var total = sl_decap_stats()
-            for cpu in try stats.lookupPerCPU(UInt32(0), as: sl_decap_stats.self) {
+            var total = DecapCounters()
+            for cpu in try self[.stats].lookupPerCPU(UInt32(0), as: sl_decap_stats.self) {
                 total.decapsulated &+= cpu.decapsulated
-                total.not_local &+= cpu.not_local
-                total.not_vip &+= cpu.not_vip
+                total.notLocal &+= cpu.not_local
+                total.notVIP &+= cpu.not_vip
                 total.malformed &+= cpu.malformed
                 total.passed &+= cpu.passed
             }
             return total
         } catch {
-            throw .bpf(error, while: "reading \(SL_MAP_DECAP_STATS)")
+            throw .bpf(error, while: "reading \(Map.stats.rawValue)")
         }
+    }
+}
+
+/// What the decapsulator did with the packets it saw (sl_decap_stats, summed over CPUs).
+public struct DecapCounters: Sendable, Equatable {
+    /// Tunnels stripped and passed on as their inner packet.
+    public var decapsulated: UInt64 = 0
+    /// Tunnels to another host's address, passed untouched.
+    public var notLocal: UInt64 = 0
+    /// Tunnels to us whose inner destination is no VIP here, passed untouched.
+    public var notVIP: UInt64 = 0
+    /// Tunnels to us with a cut or inconsistent inner header, dropped.
+    public var malformed: UInt64 = 0
+    /// Everything else, passed untouched.
+    public var passed: UInt64 = 0
+
+    public init(decapsulated: UInt64 = 0, notLocal: UInt64 = 0, notVIP: UInt64 = 0, malformed: UInt64 = 0, passed: UInt64 = 0) {
+        self.decapsulated = decapsulated
+        self.notLocal = notLocal
+        self.notVIP = notVIP
+        self.malformed = malformed
+        self.passed = passed
+    }
+
+    /// What happened between two readings.
+    public static func - (lhs: DecapCounters, rhs: DecapCounters) -> DecapCounters {
+        DecapCounters(decapsulated: lhs.decapsulated &- rhs.decapsulated, notLocal: lhs.notLocal &- rhs.notLocal,
+                      notVIP: lhs.notVIP &- rhs.notVIP, malformed: lhs.malformed &- rhs.malformed,
+                      passed: lhs.passed &- rhs.passed)
+    }
+}
+
+extension DecapCounters: CustomStringConvertible {
+    public var description: String {
+        "decapsulated=\(decapsulated) not_local=\(notLocal) not_vip=\(notVIP) malformed=\(malformed) passed=\(passed)"
     }
 }
 
@@ -162,44 +180,19 @@ public enum Decap {
         for (set, what) in [(vipSet, "--vip"), (localSet, "--local")] where set.count > Int(SL_MAX_DECAP_ADDRS) {
             throw .badInput("\(what): \(set.count) addresses, at most \(SL_MAX_DECAP_ADDRS) are supported")
         }
-        let existing = try XDPHook.query(interface)
-        let pinned: UInt32? = DecapDataplane.isPinned(at: pinPath)
-            ? try XDPHook.programID(try DecapDataplane.open(pinPath: pinPath).program) : nil
-        try XDPHook.refuseOther(existing, ours: pinned, on: interface)
-
-        let dataplane = try DecapDataplane.openOrLoad(pinPath: pinPath)
-        do {
-            try dataplane.setAddresses(locals: localSet, vips: vipSet)
-            if let existing {
-                return Outcome(interface: interface, mode: existing.mode, locals: localSet, vips: vipSet, alreadyAttached: true)
-            }
-            try XDPHook.attach(dataplane.program, to: interface, mode: mode)
-        } catch {
-            // A decapsulator loaded just now for this attach is not left pinned behind.
-            if pinned == nil { DecapDataplane.removePins(at: pinPath) }
-            throw error
+        let check = try PinnedObject<DecapDataplane.Map>.checkAttach(name, pinPath: pinPath)
+        let outcome = try PinnedObject<DecapDataplane.Map>.finishAttach(check, try DecapDataplane.openOrLoad(pinPath: pinPath).pinned,
+                                                                         mode: mode) { pinned throws(ControlError) in
+            try DecapDataplane(pinned).setAddresses(locals: localSet, vips: vipSet)
         }
-        return Outcome(interface: interface, mode: mode, locals: localSet, vips: vipSet, alreadyAttached: false)
+        return Outcome(interface: outcome.interface, mode: outcome.mode, locals: localSet, vips: vipSet,
+                       alreadyAttached: outcome.alreadyAttached)
     }
 
-    public struct DetachOutcome: Sendable {
-        public var wasAttached: Bool
-        public var pinsRemoved: Bool
-        /// Interfaces of this namespace still running the pinned decapsulator.
-        public var stillAttached: [String]
-    }
-
-    /// Detaches the decapsulator from `interface` and, when no interface of
-    /// this namespace still runs it, removes its pins (the balancer's stay).
+    /// Detaches the decapsulator from `interface` and, when no interface of this
+    /// namespace still runs it, removes its pins (the balancer's stay).
     public static func detach(interface name: String, pinPath: String) throws(ControlError) -> DetachOutcome {
-        let interface = try NetworkInterface.named(name)
-        let ours: UInt32? = DecapDataplane.isPinned(at: pinPath)
-            ? try XDPHook.programID(try DecapDataplane.open(pinPath: pinPath).program) : nil
-        let wasAttached = try XDPHook.detach(interface, ours: ours, what: "the Sluice decapsulator pinned at \(pinPath)")
-        let still = ours.map { id in XDPHook.attachedInterfaces(programID: id).map(\.name) } ?? []
-        let remove = ours != nil && still.isEmpty
-        if remove { DecapDataplane.removePins(at: pinPath) }
-        return DetachOutcome(wasAttached: wasAttached, pinsRemoved: remove, stillAttached: still)
+        try PinnedObject<DecapDataplane.Map>.detach(interface: name, pinPath: pinPath)
     }
 
     /// Every IPv4 and IPv6 address configured on `interface` in this

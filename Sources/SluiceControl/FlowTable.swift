@@ -41,13 +41,13 @@ public struct FlowEntry: Sendable, Codable, Equatable {
         try container.encode(peer, forKey: .peer)
     }
 
-    public static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> [FlowEntry] {
+    static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> [FlowEntry] {
         let serviceNames = Dictionary(state.services.map { (UInt32($0.slot), $0.service.name) }, uniquingKeysWith: { a, _ in a })
         let entries: [(sl_flow_key, sl_ct_entry)], epochs: [UInt32], peers: [sl_addr_key]
         do {
-            entries = try dataplane.conntrack.hashEntries(key: sl_flow_key.self, value: sl_ct_entry.self)
-            epochs = try dataplane.vipEpochs.arrayValues(as: UInt32.self)
-            peers = try dataplane.peers.arrayValues(as: sl_addr_key.self)
+            entries = try dataplane[.conntrack].hashEntries(key: sl_flow_key.self, value: sl_ct_entry.self)
+            epochs = try dataplane[.vipEpochs].arrayValues(as: UInt32.self)
+            peers = try dataplane[.peers].arrayValues(as: sl_addr_key.self)
         } catch {
             throw .bpf(error, while: "reading the connection table")
         }

@@ -72,8 +72,8 @@ public struct StatusReport: Sendable, Codable, Equatable {
         case programID = "program_id"
     }
 
-    public static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> StatusReport {
-        let id = try Attacher.programID(dataplane)
+    static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> StatusReport {
+        let id = try dataplane.programID()
         let file = state.serviceFile
         return StatusReport(
             pinPath: dataplane.pinPath, programID: id,

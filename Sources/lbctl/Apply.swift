@@ -44,7 +44,7 @@ struct Apply: AsyncParsableCommand {
             result = ApplyResult(diff: .between(current: ServiceFile(services: []), desired: desired.withoutHealthChecks),
                                  tablesWritten: 0, bytesWritten: 0)
         } else {
-            result = try Applier.apply(desired, to: try Dataplane.openOrLoad(pinPath: global.pinPath), dryRun: dryRun)
+            result = try Dataplane.openOrLoad(pinPath: global.pinPath).apply(desired, dryRun: dryRun)
         }
         report(lines: result.diff.lines, applied: !dryRun, tables: result.tablesWritten, bytes: result.bytesWritten)
     }

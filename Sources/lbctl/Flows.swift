@@ -10,7 +10,7 @@ struct Flows: ParsableCommand {
 
     func run() throws {
         let dataplane = try Dataplane.open(pinPath: global.pinPath)
-        let flows = try FlowEntry.read(from: dataplane, state: try AppliedState.read(from: dataplane))
+        let flows = try dataplane.flows()
         if json { return try printJSON(flows) }
         printTable(["PROTO", "SOURCE", "DESTINATION", "SERVICE", "BACKEND", "ORIGIN"], flows.map {
             [$0.protocol, formatVIP($0.source, $0.sourcePort), formatVIP($0.destination, $0.destinationPort),

@@ -10,7 +10,7 @@ struct Stats: ParsableCommand {
 
     func run() throws {
         let dataplane = try Dataplane.open(pinPath: global.pinPath)
-        let snapshot = try CounterSnapshot.read(from: dataplane, state: try AppliedState.read(from: dataplane))
+        let snapshot = try dataplane.counters()
         if json { return try printJSON(snapshot) }
         let verdicts = CounterSnapshot.verdictNames.map { "\($0) \(snapshot.verdicts[$0] ?? 0)" }.joined(separator: ", ")
         let drops = CounterSnapshot.dropNames.map { "\($0) \(snapshot.drops[$0] ?? 0)" }.joined(separator: ", ")

@@ -10,7 +10,7 @@ struct Status: ParsableCommand {
 
     func run() throws {
         let dataplane = try Dataplane.open(pinPath: global.pinPath)
-        let report = try StatusReport.read(from: dataplane, state: try AppliedState.read(from: dataplane))
+        let report = try dataplane.status()
         if json { return try printJSON(report) }
         let interfaces = report.interfaces.map { "\($0.name) (\($0.mode))" }.joined(separator: ", ")
         print("pin path:   \(report.pinPath) (program id \(report.programID))")

@@ -252,16 +252,16 @@ struct LbctlCommandLineTests {
         #expect(result.status == 0, "\(result)")
 
         let dataplane = try Dataplane.open(pinPath: pin)
-        let state = try AppliedState.read(from: dataplane)
+        let state = try dataplane.appliedState()
         for (name, vip) in [("a", "198.51.100.2"), ("b", "198.51.100.3")] {
             let service = try #require(state.service(named: name))
             let key = sl_vip_key(service: service.service)
             #expect(service.service.vip == IPAddress(vip))
-            let published = try dataplane.vips.lookup(key, as: sl_vip.self)
+            let published = try dataplane[.vips].lookup(key, as: sl_vip.self)
             #expect(published?.id == service.slot, "VIP \(vip) of \(name) is not published for slot \(service.slot)")
         }
         let old = sl_vip_key(service: Service(name: "x", vip: IPAddress("198.51.100.1")!, port: 80, proto: .tcp, forwarding: .ipip, backends: []))
-        #expect(try dataplane.vips.lookup(old, as: sl_vip.self) == nil, "the VIP no service owns is still published")
+        #expect(try dataplane[.vips].lookup(old, as: sl_vip.self) == nil, "the VIP no service owns is still published")
     }
 
     @Test("a changed file prints its diff, and applying it again prints \"no changes\"")

@@ -14,37 +14,37 @@ private let services = webAndDNS(webBackends: "{address: 10.1.0.21}, {address: 1
 @Suite(requiresRoot)
 struct ConntrackAgingTests {
     private func entry(_ lb: TestDataplane, from client: String) throws -> sl_ct_entry? {
-        try lb.dataplane.conntrack.hashEntries(key: sl_flow_key.self, value: sl_ct_entry.self)
+        try lb.dataplane[.conntrack].hashEntries(key: sl_flow_key.self, value: sl_ct_entry.self)
             .first { IPAddress(words: $0.0.src, family: $0.0.family) == IPAddress(client) }?.1
     }
 
     @Test func forwardingStampsTheEntryWithTheAgentsClock() throws {
         let lb = try TestDataplane(yaml: services)
-        let aging = ConntrackAging(dataplane: lb.dataplane)
-        try aging.tick(100)
+        let aging = lb.dataplane
+        try aging.tickClock(100)
         _ = try lb.run(PacketBuilder().tcp(from: "198.18.0.1", 40000, to: "198.51.100.10", 80))
         #expect(try entry(lb, from: "198.18.0.1")?.last_seen == 100, "a placed flow is stamped")
-        try aging.tick(107)
+        try aging.tickClock(107)
         _ = try lb.run(PacketBuilder().tcp(from: "198.18.0.1", 40000, to: "198.51.100.10", 80, flags: [.ack]))
         #expect(try entry(lb, from: "198.18.0.1")?.last_seen == 107, "a conntrack hit stamps it again")
     }
 
     @Test func aSweepDeletesWhatWasIdlePastItsProtocolsTimeoutOnly() throws {
         let lb = try TestDataplane(yaml: services)
-        let aging = ConntrackAging(dataplane: lb.dataplane)
-        try aging.tick(1000)
+        let aging = lb.dataplane
+        try aging.tickClock(1000)
         _ = try lb.run(PacketBuilder().tcp(from: "198.18.1.1", 40000, to: "198.51.100.10", 80))
         _ = try lb.run(PacketBuilder().udp(from: "198.18.1.2", 5353, to: "198.51.100.10", 53))
-        try aging.tick(1100)
+        try aging.tickClock(1100)
         _ = try lb.run(PacketBuilder().udp(from: "198.18.1.3", 5353, to: "198.51.100.10", 53))
 
         let timeouts = IdleTimeouts(tcpSeconds: 300, udpSeconds: 60)
-        let listed = try aging.sweep(now: 1120, timeouts: timeouts, expire: false)
+        let listed = try aging.sweepConntrack(now: 1120, timeouts: timeouts, expire: false)
         #expect(listed.entries == 3 && listed.expired == 0, "without expire nothing goes")
 
         // At 1120 the UDP flow stamped 1000 is 120 s idle (> 60): gone. The TCP one (120 s < 300)
         // and the UDP one stamped 1100 (20 s) stay.
-        let swept = try aging.sweep(now: 1120, timeouts: timeouts, expire: true, activeSince: 1100)
+        let swept = try aging.sweepConntrack(now: 1120, timeouts: timeouts, expire: true, activeSince: 1100)
         #expect(swept.expired == 1 && swept.entries == 2, "\(swept)")
         #expect(try entry(lb, from: "198.18.1.2") == nil)
         #expect(try entry(lb, from: "198.18.1.1") != nil && (try entry(lb, from: "198.18.1.3")) != nil)
@@ -59,12 +59,12 @@ struct ConntrackAgingTests {
 
     @Test func aPeersRecordIsStampedAndARefreshOfALocalFlowKeepsItYoung() throws {
         let lb = try TestDataplane(yaml: services)
-        let aging = ConntrackAging(dataplane: lb.dataplane)
+        let aging = lb.dataplane
         let sync = try ConntrackSync(dataplane: lb.dataplane)
-        try aging.tick(500)
+        try aging.tickClock(500)
         _ = try lb.run(PacketBuilder().tcp(from: "198.18.2.1", 40000, to: "198.51.100.10", 80))
         let local = try #require(try entry(lb, from: "198.18.2.1"))
-        try aging.tick(900)
+        try aging.tickClock(900)
         let vip = IPAddress("198.51.100.10")!, port = UInt16(80).bigEndian
         let records = [
             FlowRecord(source: IPAddress("198.18.2.1")!, destination: vip, sourcePort: UInt16(40000).bigEndian,

@@ -223,10 +223,10 @@ struct ConntrackEpochTests {
     private func expectPassesUntouched(_ c: Connection, _ lb: TestDataplane, _ why: Comment,
                                        sourceLocation: SourceLocation = #_sourceLocation) throws {
         let frame = c.packet([.ack])
-        let applied = try lb.dataplane.vipFilter.arrayValues(as: UInt64.self)
+        let applied = try lb.dataplane[.vipFilter].arrayValues(as: UInt64.self)
         let words = (0..<UInt32(applied.count)).map { $0 }
         for filter in [applied, [UInt64](repeating: .max, count: applied.count)] {
-            try lb.dataplane.vipFilter.updateBatch(keys: words, values: filter)
+            try lb.dataplane[.vipFilter].updateBatch(keys: words, values: filter)
             let before = try lb.nodeStats()
             let (verdict, output) = try lb.run(frame)
             let bits = filter == applied ? "applied prefilter" : "every prefilter bit set"
@@ -234,7 +234,7 @@ struct ConntrackEpochTests {
             #expect(output == frame, "untouched (\(bits))", sourceLocation: sourceLocation)
             #expect(try lb.nodeStats() - before == NodeStats(.pass), "\(why) (\(bits))", sourceLocation: sourceLocation)
         }
-        try lb.dataplane.vipFilter.updateBatch(keys: words, values: applied)
+        try lb.dataplane[.vipFilter].updateBatch(keys: words, values: applied)
     }
 
     @Test func anEstablishedFlowOfARemovedServiceIsNoLongerForwarded() throws {
@@ -301,7 +301,7 @@ struct ConntrackEpochTests {
 
     @Test func anEstablishedFlowSurvivesABackendChangeAndADrainWithItsEpoch() throws {
         let lb = try TestDataplane(yaml: initial)
-        let epochs = { try lb.dataplane.vipEpochs.arrayValues(as: UInt32.self) }
+        let epochs = { try lb.dataplane[.vipEpochs].arrayValues(as: UInt32.self) }
         let placed = try open(web, lb)
         let start = try epochs()
         try lb.apply(yaml: grown)

@@ -117,7 +117,7 @@ struct CounterTests {
         #expect(stats[.drop] == 3)
         #expect(stats[.pass] == 6)
         #expect(stats[.aborted] == 0 && stats[.redirect] == 0)
-        #expect(stats.verdicts.reduce(0, +) == UInt64(3 * frames.count))
+        #expect(stats.verdicts.values.reduce(0, +) == UInt64(3 * frames.count))
         #expect(stats[drop: .noBackend] == 3)
         #expect(stats.newFlows == 3 && stats.ctHits == 3 && stats.ctMisses == 0)
     }

@@ -11,37 +11,8 @@ import SluiceCore
 import SluiceTestSupport
 import Testing
 
-/// struct sl_decap_stats as a Swift value that can be subtracted and compared.
-struct DecapCounts: Equatable, Sendable, CustomStringConvertible {
-    var decapsulated: UInt64 = 0
-    var notLocal: UInt64 = 0
-    var notVIP: UInt64 = 0
-    var malformed: UInt64 = 0
-    var passed: UInt64 = 0
-
-    init(decapsulated: UInt64 = 0, notLocal: UInt64 = 0, notVIP: UInt64 = 0, malformed: UInt64 = 0, passed: UInt64 = 0) {
-        self.decapsulated = decapsulated
-        self.notLocal = notLocal
-        self.notVIP = notVIP
-        self.malformed = malformed
-        self.passed = passed
-    }
-
-    init(_ raw: sl_decap_stats) {
-        self.init(decapsulated: raw.decapsulated, notLocal: raw.not_local, notVIP: raw.not_vip,
-                  malformed: raw.malformed, passed: raw.passed)
-    }
-
-    static func - (lhs: DecapCounts, rhs: DecapCounts) -> DecapCounts {
-        DecapCounts(decapsulated: lhs.decapsulated &- rhs.decapsulated, notLocal: lhs.notLocal &- rhs.notLocal,
-                    notVIP: lhs.notVIP &- rhs.notVIP, malformed: lhs.malformed &- rhs.malformed,
-                    passed: lhs.passed &- rhs.passed)
-    }
-
-    var description: String {
-        "decapsulated=\(decapsulated) not_local=\(notLocal) not_vip=\(notVIP) malformed=\(malformed) passed=\(passed)"
-    }
-}
+/// The product's decapsulator counters, which subtract and compare.
+typealias DecapCounts = DecapCounters
 
 /// One decapsulator per test, loaded by the Swift loader into a private bpffs.
 final class TestDecap {
@@ -77,7 +48,7 @@ final class TestDecap {
         return (XDPVerdict(rawValue: result.verdict), result.output)
     }
 
-    func counts() throws -> DecapCounts { DecapCounts(try decap.counters()) }
+    func counts() throws -> DecapCounts { try decap.counters() }
 }
 
 // MARK: - Tunnel frames by hand
@@ -357,8 +328,8 @@ struct DecapTests {
         #expect(try decap.run(toSecond).output == toSecond)
 
         try decap.decap.setAddresses(locals: [IPAddress("10.1.0.22")!], vips: [IPAddress("198.51.100.10")!, IPAddress("2001:db8::80")!])
-        #expect(try decap.decap.addresses(in: decap.decap.locals) == [IPAddress("10.1.0.22")!])
-        #expect(try decap.decap.addresses(in: decap.decap.vips) == [IPAddress("198.51.100.10")!, IPAddress("2001:db8::80")!])
+        #expect(try decap.decap.addresses(in: .locals) == [IPAddress("10.1.0.22")!])
+        #expect(try decap.decap.addresses(in: .vips) == [IPAddress("198.51.100.10")!, IPAddress("2001:db8::80")!])
         let before = try decap.counts()
         #expect(try decap.run(toFirst).output == toFirst)
         #expect(try decap.run(toSecond).output == synV4)
@@ -369,7 +340,7 @@ struct DecapTests {
         let lb = try TestDataplane(yaml: Config.standard)
         defer { lb.close() }
         let decap = try DecapDataplane.openOrLoad(pinPath: lb.pinPath)
-        let names = [SL_PROG_DECAP, SL_MAP_DECAP_LOCALS, SL_MAP_DECAP_VIPS, SL_MAP_DECAP_STATS]
+        let names = [SL_PROG_DECAP] + DecapDataplane.Map.allCases.map(\.rawValue)
         for name in names { #expect(access("\(lb.pinPath)/\(name)", F_OK) == 0, "\(name) is pinned") }
         #expect(try decap.program.identity().name == SL_PROG_DECAP)
 
@@ -380,6 +351,6 @@ struct DecapTests {
         DecapDataplane.removePins(at: lb.pinPath)
         for name in names { #expect(access("\(lb.pinPath)/\(name)", F_OK) != 0, "\(name) is unpinned") }
         #expect(Dataplane.isPinned(at: lb.pinPath), "the balancer's pins stay")
-        #expect(access("\(lb.pinPath)/\(SL_MAP_CONNTRACK)", F_OK) == 0)
+        #expect(access("\(lb.pinPath)/\(Dataplane.Map.conntrack.rawValue)", F_OK) == 0)
     }
 }

@@ -26,7 +26,7 @@ struct HealthApplyTests {
     }
 
     private func backend(_ lb: TestDataplane, _ service: String, _ address: IPAddress) throws -> StatusReport.BackendStatus {
-        let report = try StatusReport.read(from: lb.dataplane, state: lb.appliedState())
+        let report = try lb.dataplane.status()
         let entry = report.services.first { $0.name == service }?.backends.first { $0.address == address.description }
         return try #require(entry, "\(service) \(address) in \(report.services)")
     }

@@ -62,14 +62,14 @@ struct LayoutTests {
         let u32 = 4
         // (map, Swift key, Swift value): nil means a plain __u32.
         let maps: [(BPFMap, BTFTypeLayout?, BTFTypeLayout?)] = [
-            (d.vips, vipKey, vip),
-            (d.backends, nil, backend),
-            (d.conntrack, flowKey, ctEntry),
-            (d.config, nil, config),
-            (d.stats, nil, stats),
-            (d.vipStats, nil, counter),
-            (d.backendStats, nil, counter),
-            (d.services, nil, serviceInfo),
+            (d[.vips], vipKey, vip),
+            (d[.backends], nil, backend),
+            (d[.conntrack], flowKey, ctEntry),
+            (d[.config], nil, config),
+            (d[.stats], nil, stats),
+            (d[.vipStats], nil, counter),
+            (d[.backendStats], nil, counter),
+            (d[.services], nil, serviceInfo),
         ]
         for (map, key, value) in maps {
             #expect(map.info.keySize == (key?.size ?? u32), "\(map.name) key size")
@@ -87,24 +87,24 @@ struct LayoutTests {
             }
         }
         // The Maglev outer map: slot -> inner map; its inner tables are __u32 -> __u32.
-        #expect(d.maglev.info.keySize == u32 && d.maglev.info.valueSize == u32)
-        #expect(d.maglev.info.type.rawValue == mapTypeArrayOfMaps)
-        #expect(d.maglev.info.maxEntries == Int(SL_MAX_VIPS))
-        #expect(d.backends.info.maxEntries == Int(SL_MAX_BACKENDS))
-        #expect(d.vips.info.maxEntries == Int(SL_MAX_VIPS))
-        #expect(d.conntrack.info.maxEntries == Int(TestDataplane.conntrackSize), "conntrack resized before load")
+        #expect(d[.maglev].info.keySize == u32 && d[.maglev].info.valueSize == u32)
+        #expect(d[.maglev].info.type.rawValue == mapTypeArrayOfMaps)
+        #expect(d[.maglev].info.maxEntries == Int(SL_MAX_VIPS))
+        #expect(d[.backends].info.maxEntries == Int(SL_MAX_BACKENDS))
+        #expect(d[.vips].info.maxEntries == Int(SL_MAX_VIPS))
+        #expect(d[.conntrack].info.maxEntries == Int(TestDataplane.conntrackSize), "conntrack resized before load")
         // The prefilter: __u32 word index -> __u64 of bits.
-        #expect(d.vipFilter.info.keySize == u32 && d.vipFilter.info.valueSize == MemoryLayout<UInt64>.size)
-        #expect(d.vipFilter.info.maxEntries == Int(SL_VIP_FILTER_WORDS))
+        #expect(d[.vipFilter].info.keySize == u32 && d[.vipFilter].info.valueSize == MemoryLayout<UInt64>.size)
+        #expect(d[.vipFilter].info.maxEntries == Int(SL_VIP_FILTER_WORDS))
         // The epochs: service slot -> __u32, of which conntrack keeps the low 16 bits.
-        #expect(d.vipEpochs.info.keySize == u32 && d.vipEpochs.info.valueSize == u32)
-        #expect(d.vipEpochs.info.maxEntries == Int(SL_MAX_VIPS))
+        #expect(d[.vipEpochs].info.keySize == u32 && d[.vipEpochs].info.valueSize == u32)
+        #expect(d[.vipEpochs].info.maxEntries == Int(SL_MAX_VIPS))
         #expect(Int(SL_MAX_VIPS) <= Int(UInt16.max) + 1, "a service slot fits sl_ct_entry.service_id")
         // Sync: the new-flow ring and the peers by origin index (sl_addr_key values).
-        #expect(d.flowEvents.info.type.rawValue == mapTypeRingBuffer && d.flowEvents.info.maxEntries == Int(SL_FLOW_EVENTS_SIZE))
-        #expect(d.peers.info.keySize == u32 && d.peers.info.valueSize == MemoryLayout<sl_addr_key>.size)
-        #expect(d.peers.info.maxEntries == Int(SL_MAX_PEERS) + 1)
-        #expect(d.clock.info.keySize == u32 && d.clock.info.valueSize == u32 && d.clock.info.maxEntries == 1)
+        #expect(d[.flowEvents].info.type.rawValue == mapTypeRingBuffer && d[.flowEvents].info.maxEntries == Int(SL_FLOW_EVENTS_SIZE))
+        #expect(d[.peers].info.keySize == u32 && d[.peers].info.valueSize == MemoryLayout<sl_addr_key>.size)
+        #expect(d[.peers].info.maxEntries == Int(SL_MAX_PEERS) + 1)
+        #expect(d[.clock].info.keySize == u32 && d[.clock].info.valueSize == u32 && d[.clock].info.maxEntries == 1)
     }
 
     @Test func theSwiftModelsConstantsAreTheDataPlanesConstants() {

@@ -36,7 +36,7 @@ private func packet(to service: Service, from client: String? = nil) -> [UInt8] 
 @Suite(requiresRoot)
 struct PrefilterTests {
     private func filter(of lb: TestDataplane) throws -> VIPFilter {
-        VIPFilter(words: try lb.dataplane.vipFilter.arrayValues(as: UInt64.self))
+        VIPFilter(words: try lb.dataplane[.vipFilter].arrayValues(as: UInt64.self))
     }
 
     @Test func theBitsInTheMapAfterEachApplyAreExactlyTheModelsBitsForTheAppliedVIPs() throws {
@@ -67,8 +67,8 @@ struct PrefilterTests {
 
             // Every bit set but the model's: the program must pass the VIP's packet.
             let all = [UInt64](repeating: .max, count: VIPFilter.wordCount)
-            try lb.dataplane.vipFilter.updateBatch(keys: (0..<UInt32(VIPFilter.wordCount)).map { $0 }, values: all)
-            try lb.dataplane.vipFilter.update(word, ~mask)
+            try lb.dataplane[.vipFilter].updateBatch(keys: (0..<UInt32(VIPFilter.wordCount)).map { $0 }, values: all)
+            try lb.dataplane[.vipFilter].update(word, ~mask)
             var before = try lb.nodeStats()
             var (verdict, output) = try lb.run(frame)
             #expect(verdict == XDPVerdict.pass.rawValue && output == frame, "\(service.name): its bit clear -> pass")
@@ -76,8 +76,8 @@ struct PrefilterTests {
 
             // Only the model's bit set: the program must find the VIP.
             let none = [UInt64](repeating: 0, count: VIPFilter.wordCount)
-            try lb.dataplane.vipFilter.updateBatch(keys: (0..<UInt32(VIPFilter.wordCount)).map { $0 }, values: none)
-            try lb.dataplane.vipFilter.update(word, mask)
+            try lb.dataplane[.vipFilter].updateBatch(keys: (0..<UInt32(VIPFilter.wordCount)).map { $0 }, values: none)
+            try lb.dataplane[.vipFilter].update(word, mask)
             before = try lb.nodeStats()
             (verdict, output) = try lb.run(frame)
             #expect(verdict == XDPVerdict.tx.rawValue, "\(service.name): only its bit set -> tunnelled")

@@ -72,11 +72,11 @@ struct SyncDataplaneTests {
         let result = sync.insert([record(client, backend: "10.1.0.23")], origin: 1)
         #expect(result == ConntrackSync.InsertResult(applied: 1, rejected: [:]))
         #expect(try destination(lb, ack(client)) == IPAddress("10.1.0.23"), "the peer's entry is a conntrack hit")
-        let flow = try #require(try FlowEntry.read(from: lb.dataplane, state: lb.appliedState()).first { $0.source == client })
+        let flow = try #require(try lb.dataplane.flows().first { $0.source == client })
         #expect(flow.origin == "peer" && flow.peer == "10.10.4.2" && flow.backend == "10.1.0.23", "\(flow)")
         // A SYN of the same 5-tuple is a new connection: placed here, and local again.
         _ = try lb.run(syn(client))
-        #expect(try FlowEntry.read(from: lb.dataplane, state: lb.appliedState()).first { $0.source == client }?.origin == "local")
+        #expect(try lb.dataplane.flows().first { $0.source == client }?.origin == "local")
     }
 
     @Test func aFresherLocalEntryIsKeptAndUnknownRecordsAreRefused() throws {

@@ -30,84 +30,28 @@ public enum DropReason: UInt32, CaseIterable, Sendable, CustomStringConvertible 
     public var description: String { CounterSnapshot.dropNames[Int(rawValue)] }
 }
 
-/// struct sl_stats summed over CPUs, as a Swift value that can be subtracted
-/// and compared: a test states the whole expected delta, so a counter that
-/// moves when it should not fails it too.
-public struct NodeStats: Equatable, Sendable, CustomStringConvertible {
-    public var verdicts = [UInt64](repeating: 0, count: Int(SL_VERDICTS))
-    public var newFlows: UInt64 = 0
-    public var ctHits: UInt64 = 0
-    public var ctMisses: UInt64 = 0
-    public var fragments: UInt64 = 0
-    public var ipOptions: UInt64 = 0
-    public var drops = [UInt64](repeating: 0, count: Int(SL_DROP__MAX.rawValue))
+/// The product's node counters (`lbctl stats`' top level) as tests compare them: a test
+/// states the whole expected delta, so a counter that moves when it should not fails it too.
+public typealias NodeStats = NodeCounters
 
-    public init() {}
-
+extension NodeCounters {
     /// One packet's expected effect: its verdict (and drop reason), plus the flow counters named.
     public init(_ verdict: XDPVerdict, drop: DropReason? = nil, newFlows: UInt64 = 0, ctHits: UInt64 = 0,
                 ctMisses: UInt64 = 0, fragments: UInt64 = 0, ipOptions: UInt64 = 0, packets: UInt64 = 1) {
-        verdicts[Int(verdict.rawValue)] = packets
-        if let drop { drops[Int(drop.rawValue)] = packets }
+        self.init()
+        verdicts[verdict.description] = packets
+        if let drop { drops[drop.description] = packets }
         self.newFlows = newFlows
-        self.ctHits = ctHits
-        self.ctMisses = ctMisses
+        conntrackHits = ctHits
+        conntrackMisses = ctMisses
         self.fragments = fragments
         self.ipOptions = ipOptions
     }
 
-    init(_ raw: sl_stats) {
-        var raw = raw
-        verdicts = withUnsafeBytes(of: &raw.verdicts) { Array($0.bindMemory(to: UInt64.self)) }
-        drops = withUnsafeBytes(of: &raw.drops) { Array($0.bindMemory(to: UInt64.self)) }
-        newFlows = raw.new_flows
-        ctHits = raw.ct_hits
-        ctMisses = raw.ct_misses
-        fragments = raw.fragments
-        ipOptions = raw.ip_options
-    }
-
-    /// sl_stats (a per-CPU map) summed over CPUs.
-    public static func read(_ stats: BPFMap) throws -> NodeStats {
-        try stats.lookupPerCPU(UInt32(0), as: sl_stats.self).map(NodeStats.init).reduce(NodeStats()) { total, cpu in
-            var sum = total
-            sum.verdicts = zip(total.verdicts, cpu.verdicts).map { $0 &+ $1 }
-            sum.drops = zip(total.drops, cpu.drops).map { $0 &+ $1 }
-            sum.newFlows &+= cpu.newFlows
-            sum.ctHits &+= cpu.ctHits
-            sum.ctMisses &+= cpu.ctMisses
-            sum.fragments &+= cpu.fragments
-            sum.ipOptions &+= cpu.ipOptions
-            return sum
-        }
-    }
-
-    public subscript(verdict: XDPVerdict) -> UInt64 { verdicts[Int(verdict.rawValue)] }
-    public subscript(drop reason: DropReason) -> UInt64 { drops[Int(reason.rawValue)] }
-
-    public static func - (lhs: NodeStats, rhs: NodeStats) -> NodeStats {
-        var out = NodeStats()
-        out.verdicts = zip(lhs.verdicts, rhs.verdicts).map { $0 &- $1 }
-        out.drops = zip(lhs.drops, rhs.drops).map { $0 &- $1 }
-        out.newFlows = lhs.newFlows &- rhs.newFlows
-        out.ctHits = lhs.ctHits &- rhs.ctHits
-        out.ctMisses = lhs.ctMisses &- rhs.ctMisses
-        out.fragments = lhs.fragments &- rhs.fragments
-        out.ipOptions = lhs.ipOptions &- rhs.ipOptions
-        return out
-    }
-
-    /// Only the non-zero counters, e.g. `tx=1 new_flows=1`.
-    public var description: String {
-        var parts: [String] = []
-        for v in XDPVerdict.allCases where self[v] != 0 { parts.append("\(v)=\(self[v])") }
-        for d in DropReason.allCases where self[drop: d] != 0 { parts.append("drop.\(d)=\(self[drop: d])") }
-        for (name, value) in [("new_flows", newFlows), ("ct_hits", ctHits), ("ct_misses", ctMisses),
-                              ("fragments", fragments), ("ip_options", ipOptions)] where value != 0 {
-            parts.append("\(name)=\(value)")
-        }
-        return parts.isEmpty ? "(nothing)" : parts.joined(separator: " ")
-    }
+    public subscript(verdict: XDPVerdict) -> UInt64 { verdicts[verdict.description, default: 0] }
+    public subscript(drop reason: DropReason) -> UInt64 { drops[reason.description, default: 0] }
+    public var ctHits: UInt64 { conntrackHits }
+    public var ctMisses: UInt64 { conntrackMisses }
 }
 
 /// Where the data plane must place a new flow, computed from the service file
@@ -213,12 +157,7 @@ public final class TestDataplane {
     /// Writes the next-hop MAC into sl_config, keeping the rest.
     public func setGateway(_ mac: [UInt8]) throws {
         precondition(mac.count == 6)
-        var config = try dataplane.config.lookup(UInt32(0), as: sl_config.self) ?? zeroed(sl_config.self)
-        withUnsafeMutableBytes(of: &config.gateway_mac) { raw in
-            for (i, byte) in mac.enumerated() { raw[i] = byte }
-        }
-        config.flags |= UInt8(SL_CFG_HAS_GATEWAY.rawValue)
-        try dataplane.config.update(UInt32(0), config)
+        try dataplane.setGateway(MACAddress(bytes: mac)!)
     }
 
     /// Parses (and validates) `yaml` with ServiceFileParser and applies it.
@@ -230,7 +169,7 @@ public final class TestDataplane {
     /// Applies `file`; `health` as an agent passes its verdicts (nil: keep the maps' flags).
     @discardableResult
     public func apply(_ file: ServiceFile, health: HealthVerdicts? = nil) throws -> ApplyResult {
-        let result = try Applier.apply(file, to: dataplane, health: health)
+        let result = try dataplane.apply(file, health: health)
         serviceFile = file
         model = MaglevModel(file)
         return result
@@ -244,21 +183,21 @@ public final class TestDataplane {
 
     /// The node-wide counters, summed over CPUs.
     public func nodeStats() throws -> NodeStats {
-        try NodeStats.read(dataplane.stats)
+        try dataplane.nodeCounters()
     }
 
     public func appliedState() throws -> AppliedState {
-        try AppliedState.read(from: dataplane)
+        try dataplane.appliedState()
     }
 
     /// What `lbctl stats` reports: node, per-service and per-backend counters.
     public func counters() throws -> CounterSnapshot {
-        try CounterSnapshot.read(from: dataplane, state: appliedState())
+        try dataplane.counters()
     }
 
     /// The id of the inner map sl_maglev holds for a service slot (nil if none).
     public func maglevInnerMapID(slot: UInt32) throws -> UInt32? {
-        try dataplane.maglev.lookup(slot, as: UInt32.self)
+        try dataplane[.maglev].lookup(slot, as: UInt32.self)
     }
 
     /// Every slot of the BPF map with this id (an inner Maglev table).
