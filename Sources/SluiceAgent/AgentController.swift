@@ -3,7 +3,6 @@
 import Foundation
 import Glibc
 import Logging
-import SluiceBPF
 import SluiceControl
 import SluiceCore
 import Synchronization

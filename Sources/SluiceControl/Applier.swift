@@ -217,7 +217,7 @@ struct Writer {
         let desiredKeys = desired.services.map { sl_vip_key(service: $0) }
         for applied in state.services {
             let key = sl_vip_key(service: applied.service)
-            if !desiredKeys.contains(key) { try dataplane[.vips].delete(key) }
+            if !desiredKeys.contains(where: { $0.sameKey(as: key) }) { try dataplane[.vips].delete(key) }
         }
         try writeFilter(desiredFilter, over: widened)
         // A delete from sl_maglev (a map-in-map) returns only once every
@@ -236,7 +236,7 @@ struct Writer {
         // Backend and weight changes keep the epoch, so established flows
         // stay on their backends.
         let rekeyed = plan.entries.filter { entry in
-            entry.previous.map { sl_vip_key(service: $0.service) != sl_vip_key(service: entry.service) } ?? false
+            entry.previous.map { !sl_vip_key(service: $0.service).sameKey(as: sl_vip_key(service: entry.service)) } ?? false
         }.map(\.slot)
         let retired = plan.removedServices.map(\.slot) + rekeyed
         if !retired.isEmpty {
@@ -344,8 +344,10 @@ struct Writer {
     }
 }
 
-extension sl_vip_key: @retroactive Equatable {
-    public static func == (lhs: sl_vip_key, rhs: sl_vip_key) -> Bool {
-        withUnsafeBytes(of: lhs) { l in withUnsafeBytes(of: rhs) { r in l.elementsEqual(r) } }
+extension sl_vip_key {
+    /// The same VIP (address, port, protocol, family): byte for byte, padding included
+    /// (every key is built zeroed).
+    func sameKey(as other: sl_vip_key) -> Bool {
+        withUnsafeBytes(of: self) { l in withUnsafeBytes(of: other) { r in l.elementsEqual(r) } }
     }
 }
