@@ -50,7 +50,7 @@ struct ControlPlaneBench {
     /// once from nothing (load, pin, 256 tables), then one-backend changes back and forth.
     private func applies(into report: inout BenchReport) throws {
         let services = options.quick ? 32 : 256
-        let lbctl = try lbctlPath()
+        let lbctl = try Self.lbctlPath()
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-bench-\(getpid())")
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: scratch) }
@@ -163,7 +163,7 @@ struct ControlPlaneBench {
     /// kernel; the agent fills them through a mapping it drops afterwards).
     private func agentMemory(into report: inout BenchReport) throws {
         let services = 1000
-        let lbctl = try lbctlPath()
+        let lbctl = try Self.lbctlPath()
         let mount = try BPFFSMount()
         defer { mount.close() }
         let pinPath = mount.path + "/lb"
@@ -218,34 +218,37 @@ struct ControlPlaneBench {
         return kib * 1024
     }
 
-    /// Writes a flow into every slot of the connection table with batched updates; returns how many.
-    private func fillConntrack(_ map: BPFMap) throws -> Int {
-        let total = map.info.maxEntries, chunk = 65536
-        let values = [sl_ct_entry](repeating: zeroed(sl_ct_entry.self), count: chunk)
-        var keys: [sl_flow_key] = []
-        keys.reserveCapacity(chunk)
-        for first in stride(from: 0, to: total, by: chunk) {
-            keys.removeAll(keepingCapacity: true)
-            for index in first..<min(first + chunk, total) {
-                var key = zeroed(sl_flow_key.self)
-                key.src.0 = UInt32(index).bigEndian
-                key.sport = UInt16(40000).bigEndian
-                key.dport = UInt16(443).bigEndian
-                key.proto = 6
-                key.family = 4
-                keys.append(key)
-            }
-            var count = UInt32(keys.count)
-            var opts = bpf_map_batch_opts()
-            opts.sz = MemoryLayout<bpf_map_batch_opts>.size
-            let rc = keys.withUnsafeBytes { k in
-                values.withUnsafeBytes { v in bpf_map_update_batch(map.fd, k.baseAddress, v.baseAddress, &count, &opts) }
-            }
-            guard rc == 0 else { throw CommandError("bpf_map_update_batch on the connection table: \(rc)") }
-        }
-        return total
-    }
+}
 
+/// Writes a flow into every slot of the connection table with batched updates; returns how many.
+func fillConntrack(_ map: BPFMap) throws -> Int {
+    let total = map.info.maxEntries, chunk = 65536
+    let values = [sl_ct_entry](repeating: zeroed(sl_ct_entry.self), count: chunk)
+    var keys: [sl_flow_key] = []
+    keys.reserveCapacity(chunk)
+    for first in stride(from: 0, to: total, by: chunk) {
+        keys.removeAll(keepingCapacity: true)
+        for index in first..<min(first + chunk, total) {
+            var key = zeroed(sl_flow_key.self)
+            key.src.0 = UInt32(index).bigEndian
+            key.sport = UInt16(40000).bigEndian
+            key.dport = UInt16(443).bigEndian
+            key.proto = 6
+            key.family = 4
+            keys.append(key)
+        }
+        var count = UInt32(keys.count)
+        var opts = bpf_map_batch_opts()
+        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+        let rc = keys.withUnsafeBytes { k in
+            values.withUnsafeBytes { v in bpf_map_update_batch(map.fd, k.baseAddress, v.baseAddress, &count, &opts) }
+        }
+        guard rc == 0 else { throw CommandError("bpf_map_update_batch on the connection table: \(rc)") }
+    }
+    return total
+}
+
+extension ControlPlaneBench {
     struct ApplyOutcome { var tables: Int; var bytes: Int }
 
     private func timedApply(_ lbctl: String, file: String, pinPath: String) throws -> (ms: Double, outcome: ApplyOutcome) {
@@ -277,7 +280,7 @@ struct ControlPlaneBench {
     }
 
     /// The release lbctl beside this binary (`swift build -c release` builds both).
-    private func lbctlPath() throws -> String {
+    static func lbctlPath() throws -> String {
         let me = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
         let path = URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("lbctl").path
         guard FileManager.default.isExecutableFile(atPath: path) else {

@@ -27,6 +27,8 @@ struct SluiceBench: ParsableCommand {
     @Flag(help: "Fewer repetitions and smaller sets: a smoke run, not figures to quote.") var quick = false
     @Option(help: "Directory of the compiled BPF objects (bench.bpf.o).") var objects: String = "bpf/build"
     @Option(help: "Where the JSON report goes.") var out: String = "bench/results"
+    @Option(help: ArgumentHelp("Another lbctl (e.g. built from main) whose agent's latency under load is measured beside this build's (controlplane.agent.baseline.*).", valueName: "PATH"))
+    var baselineLbctl: String?
 
     func validate() throws {
         guard runs >= 1 else { throw ValidationError("--runs: must be at least 1, got \(runs)") }
@@ -39,7 +41,12 @@ struct SluiceBench: ParsableCommand {
             switch section {
             case .dataplane: try DataplaneBench(options: options).run(into: &report)
             case .live: try LiveBench(options: options).run(into: &report)
-            case .controlplane: try ControlPlaneBench(options: options).run(into: &report)
+            case .controlplane:
+                try ControlPlaneBench(options: options).run(into: &report)
+                try AgentLatencyBench(options: options, lbctl: try ControlPlaneBench.lbctlPath(), prefix: "latency").run(into: &report)
+                if let baselineLbctl {
+                    try AgentLatencyBench(options: options, lbctl: baselineLbctl, prefix: "baseline").run(into: &report)
+                }
             }
         }
         let path = try report.write(to: out)
