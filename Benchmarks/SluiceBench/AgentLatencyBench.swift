@@ -17,28 +17,14 @@ struct AgentLatencyBench {
     static let services = 256
 
     func run(into report: inout BenchReport) throws {
-        let mount = try BPFFSMount()
-        defer { mount.close() }
-        let pinPath = mount.path + "/lb"
-        defer { Dataplane.removePins(at: pinPath) }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-bench-latency-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let token = UUID().uuidString
-        try (token + "\n").write(toFile: dir + "/token", atomically: true, encoding: .utf8)
-        try """
-            listen: 127.0.0.1:0
-            pin_path: \(pinPath)
-            token_file: \(dir)/token
-            services_file: \(dir)/state/services.yaml
-            conntrack:
-              udp_idle_timeout: 3s
-            """.write(toFile: dir + "/agent.yaml", atomically: true, encoding: .utf8)
-        // A full connection table of TCP flows, none due to expire: every sweep reads it whole.
-        let flows = try fillConntrack(try Dataplane.openOrLoad(pinPath: pinPath)[.conntrack])
-
-        let agent = try AgentProcess(configPath: dir + "/agent.yaml", lbctl: lbctl, timeout: .seconds(120))
-        defer { agent.stop() }
+        // A full connection table of TCP flows, none due to expire: every sweep reads it whole
+        // (a UDP idle timeout of 3 s makes the agent sweep every second).
+        var flows = 0
+        let bench = try BenchAgent(lbctl: lbctl, extraConfig: "conntrack:\n  udp_idle_timeout: 3s\n") { pinPath in
+            flows = try fillConntrack(try Dataplane.openOrLoad(pinPath: pinPath)[.conntrack])
+        }
+        defer { bench.close() }
+        let agent: AgentProcess = bench.process, token = bench.token
         guard let port = URL(string: agent.baseURL)?.port else { throw CommandError("agent URL \(agent.baseURL)") }
         let files = [false, true].map { serviceFile(weightsChanged: $0) }
         let first = try agent.curl("PUT", "/v1/services", body: files[0], token: token, timeoutSeconds: 600)

@@ -163,24 +163,9 @@ struct ControlPlaneBench {
     /// kernel; the agent fills them through a mapping it drops afterwards).
     private func agentMemory(into report: inout BenchReport) throws {
         let services = 1000
-        let lbctl = try Self.lbctlPath()
-        let mount = try BPFFSMount()
-        defer { mount.close() }
-        let pinPath = mount.path + "/lb"
-        defer { Dataplane.removePins(at: pinPath) }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-bench-agent-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let token = UUID().uuidString
-        try (token + "\n").write(toFile: dir + "/token", atomically: true, encoding: .utf8)
-        try """
-            listen: 127.0.0.1:0
-            pin_path: \(pinPath)
-            token_file: \(dir)/token
-            services_file: \(dir)/state/services.yaml
-            """.write(toFile: dir + "/agent.yaml", atomically: true, encoding: .utf8)
-        let agent = try AgentProcess(configPath: dir + "/agent.yaml", lbctl: lbctl)
-        defer { agent.stop() }
+        let bench = try BenchAgent(lbctl: try Self.lbctlPath())
+        defer { bench.close() }
+        let agent: AgentProcess = bench.process, token = bench.token
 
         func scrape() throws -> Int {
             let reply = try agent.curl("GET", "/metrics", timeoutSeconds: 120)
