@@ -1,9 +1,10 @@
 // swift-tools-version: 6.2
 import PackageDescription
 
+// Sluice is Linux-only (XDP, BPF, network namespaces; the code imports Glibc), so no
+// other platform is declared.
 let package = Package(
     name: "Sluice",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "lbctl", targets: ["lbctl"]),
     ],
