@@ -27,7 +27,8 @@ let package = Package(
     targets: [
         // libbpf, through pkg-config; shim.h covers what its macros hide from Swift.
         .systemLibrary(name: "CLibbpf", pkgConfig: "libbpf", providers: [.apt(["libbpf-dev"])]),
-        // The kernel/user header from bpf/ (symlinked) and the embedded BPF objects.
+        // The kernel/user header from bpf/ (symlinked) and the embedded BPF objects
+        // (objects.c includes generated_objects.inc, which make bpf writes).
         .target(name: "CSluice"),
         // Pure Swift: config, validation, Maglev, the flow-hash model, diffs. No kernel.
         .target(name: "SluiceCore", dependencies: [.product(name: "Yams", package: "Yams")]),
