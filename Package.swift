@@ -65,8 +65,10 @@ let package = Package(
                 path: "Tests/SluiceTestSupport"),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
         .testTarget(name: "SluiceDataplaneTests", dependencies: ["SluiceControl", "SluiceTestSupport", "SluiceCore", "SluiceBPF", "CSluice"]),
-        .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceAgent", "SluiceControl",
-                                                     .product(name: "Crypto", package: "swift-crypto")]),
+        .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceControl"]),
+        // The agent: its configuration, metrics text, health probes, sync frames, and lbctl agent as a process.
+        .testTarget(name: "SluiceAgentTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceAgent", "SluiceControl",
+                                                           .product(name: "Crypto", package: "swift-crypto")]),
         // End to end through scripts/lab.sh: namespaces, real TCP/UDP servers, DSR.
         .testTarget(name: "LabTests", dependencies: ["SluiceTestSupport"]),
     ]
