@@ -19,7 +19,10 @@ BPF_HEADERS := $(wildcard bpf/*.h)
 BPF_OBJECTS := bpf/build/lb.bpf.o bpf/build/decap.bpf.o
 # Floors, the restore-and-tail-call wrapper, the live generator and sink: read from disk by sluice-bench, never shipped.
 BENCH_OBJECT := bpf/build/bench.bpf.o bpf/build/bench_live.bpf.o
-EMBEDDED := Sources/CSluice/generated_objects.c
+# Included by Sources/CSluice/objects.c (not compiled on its own); not in git.
+EMBEDDED := Sources/CSluice/generated_objects.inc
+# What EMBEDDED was called before objects.c: a stale copy would be compiled too (duplicate symbols).
+OLD_EMBEDDED := Sources/CSluice/generated_objects.c
 
 .PHONY: all deps bpf build release demo test bench install clean
 
@@ -39,6 +42,7 @@ bpf/build/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS)
 	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 $(EMBEDDED): $(BPF_OBJECTS) scripts/embed-objects.sh
+	@rm -f $(OLD_EMBEDDED)
 	scripts/embed-objects.sh $@ balancer=bpf/build/lb.bpf.o decap=bpf/build/decap.bpf.o
 
 bpf: deps $(EMBEDDED) $(BENCH_OBJECT)
@@ -64,4 +68,4 @@ install: release
 	install -m 0755 "$$($(SWIFT) build -c release --show-bin-path)/lbctl" $(PREFIX)/bin/lbctl
 
 clean:
-	rm -rf bpf/build $(EMBEDDED) .build
+	rm -rf bpf/build $(EMBEDDED) $(OLD_EMBEDDED) .build

@@ -1,9 +1,10 @@
 // swift-tools-version: 6.2
 import PackageDescription
 
+// Sluice is Linux-only (XDP, BPF, network namespaces; the code imports Glibc), so no
+// other platform is declared.
 let package = Package(
     name: "Sluice",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "lbctl", targets: ["lbctl"]),
     ],
@@ -26,7 +27,8 @@ let package = Package(
     targets: [
         // libbpf, through pkg-config; shim.h covers what its macros hide from Swift.
         .systemLibrary(name: "CLibbpf", pkgConfig: "libbpf", providers: [.apt(["libbpf-dev"])]),
-        // The kernel/user header from bpf/ (symlinked) and the embedded BPF objects.
+        // The kernel/user header from bpf/ (symlinked) and the embedded BPF objects
+        // (objects.c includes generated_objects.inc, which make bpf writes).
         .target(name: "CSluice"),
         // Pure Swift: config, validation, Maglev, the flow-hash model, diffs. No kernel.
         .target(name: "SluiceCore", dependencies: [.product(name: "Yams", package: "Yams")]),
@@ -63,8 +65,10 @@ let package = Package(
                 path: "Tests/SluiceTestSupport"),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
         .testTarget(name: "SluiceDataplaneTests", dependencies: ["SluiceControl", "SluiceTestSupport", "SluiceCore", "SluiceBPF", "CSluice"]),
-        .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceAgent", "SluiceControl",
-                                                     .product(name: "Crypto", package: "swift-crypto")]),
+        .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceControl"]),
+        // The agent: its configuration, metrics text, health probes, sync frames, and lbctl agent as a process.
+        .testTarget(name: "SluiceAgentTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceAgent", "SluiceControl",
+                                                           .product(name: "Crypto", package: "swift-crypto")]),
         // End to end through scripts/lab.sh: namespaces, real TCP/UDP servers, DSR.
         .testTarget(name: "LabTests", dependencies: ["SluiceTestSupport"]),
     ]

@@ -298,7 +298,7 @@ cmd_up() {
         lbctl_in "$b" decap attach eth0 --pin-path "$BPFFS/$b" >"$DIR/$b.decap.out"
     done
 
-    # XDP_TX on a veth only delivers when the peer veth runs an XDP program (PITFALLS.md):
+    # XDP_TX on a veth only delivers when the peer veth runs an XDP program (docs/DEVELOPING.md):
     # the lb's tunnelled frames go out of lb0 into the router's r-lb. Give r-lb the decap
     # program with a VIP that never occurs, so it passes every packet to the router's
     # stack unchanged (the tunnelled packets are addressed to the backends, not to the

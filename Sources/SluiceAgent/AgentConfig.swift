@@ -1,6 +1,7 @@
 // The agent's configuration file (`lbctl agent --config FILE`): where to listen, which
 // data plane to drive, the token that guards writes and the file the desired set lives in.
-// Unknown keys are errors, as in the service file, so a typo never goes unnoticed.
+// Read with the service file's YAMLReader: unknown keys are errors, so a typo never goes
+// unnoticed, and every error says `FILE:LINE: field "x.y": …`.
 import Foundation
 import SluiceControl
 import SluiceCore
@@ -42,75 +43,44 @@ public struct AgentConfig: Sendable, Equatable {
     static let keys = ["listen", "pin_path", "token_file", "services_file", "tls", "healthcheck_defaults", "sync", "conntrack"]
     static let conntrackKeys = ["tcp_idle_timeout", "udp_idle_timeout"]
     static let tlsKeys = ["cert", "key"]
-    static let healthKeys = ["interval", "timeout", "rise", "fall"]
 
-    /// Reads and checks `path`. Every error names the file and the key (ControlError.badInput: exit 2).
-    public static func load(path: String) throws(ControlError) -> AgentConfig {
-        let text: String
-        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw .badInput("\(path): cannot read the agent configuration: \(error.localizedDescription)")
-        }
-        return try parse(text, file: path)
+    /// Reads and checks `path`. Every error names the file, the line, the key and the
+    /// value, as the service file's do (ConfigError: exit 2).
+    public static func load(path: String) throws(ConfigError) -> AgentConfig {
+        try parse(try YAMLReader.readFile(path), file: path)
     }
 
-    public static func parse(_ text: String, file: String) throws(ControlError) -> AgentConfig {
-        func bad(_ key: String?, _ message: String) -> ControlError {
-            .badInput("\(file): " + (key.map { "field \"\($0)\": " } ?? "") + message)
+    /// A key of the agent's own that is present must be valid (an explicit null is refused,
+    /// not taken for the default); `healthcheck_defaults` reads as a service's `healthcheck`.
+    public static func parse(_ text: String, file: String) throws(ConfigError) -> AgentConfig {
+        var (reader, top) = try YAMLReader.document(text, file: file, allowed: keys)
+        let tokenFile = try reader.required(top, "token_file", because: "writes to the control API need a bearer token")
+        var config = AgentConfig(tokenFile: try reader.string(tokenFile, field: "token_file"))
+        if let listen = top.values["listen"] {
+            (config.host, config.port) = try hostPort(listen, field: "listen", examples: "127.0.0.1:9300 or [::1]:9300", reader: reader)
         }
-        let root: Any?
-        do { root = try Yams.load(yaml: text) } catch { throw bad(nil, "not valid YAML: \(error)") }
-        guard let top = root as? [String: Any] else {
-            throw bad(nil, "the top level must be a mapping with keys \(keys.joined(separator: ", "))")
+        if let pinPath = top.values["pin_path"] { config.pinPath = try reader.string(pinPath, field: "pin_path") }
+        if let services = top.values["services_file"] { config.servicesFile = try reader.string(services, field: "services_file") }
+        if let tls = top.values["tls"] {
+            let fields = try reader.mapping(tls, path: "tls", allowed: tlsKeys)
+            config.tlsCertificate = try reader.string(try reader.required(fields, "cert"), field: "tls.cert")
+            config.tlsKey = try reader.string(try reader.required(fields, "key"), field: "tls.key")
         }
-        if let unknown = top.keys.sorted().first(where: { !keys.contains($0) }) {
-            throw bad(unknown, "unknown key (known: \(keys.joined(separator: ", ")))")
+        if let health = top.values["healthcheck_defaults"] {
+            config.healthDefaults = try HealthCheckParser.parseDefaults(health, path: "healthcheck_defaults", reader: &reader)
         }
-        func string(_ value: Any?, _ key: String) throws(ControlError) -> String? {
-            guard let value else { return nil }
-            guard let text = value as? String, !text.isEmpty else { throw bad(key, "must be a non-empty string") }
-            return text
+        if let sync = top.values["sync"] {
+            config.sync = try SyncConfig.parse(sync, reader: &reader)
         }
-        guard let tokenFile = try string(top["token_file"], "token_file") else {
-            throw bad("token_file", "missing: writes to the control API need a bearer token")
-        }
-        var config = AgentConfig(tokenFile: tokenFile)
-        if let listen = try string(top["listen"], "listen") {
-            guard let (host, port) = splitHostPort(listen) else {
-                throw bad("listen", "\(String(reflecting: listen)) is not HOST:PORT (e.g. 127.0.0.1:9300 or [::1]:9300)")
-            }
-            config.host = host
-            config.port = port
-        }
-        if let pinPath = try string(top["pin_path"], "pin_path") { config.pinPath = pinPath }
-        if let services = try string(top["services_file"], "services_file") { config.servicesFile = services }
-        if let tls = top["tls"] {
-            guard let table = tls as? [String: Any] else { throw bad("tls", "must be a mapping with keys cert, key") }
-            if let unknown = table.keys.sorted().first(where: { !tlsKeys.contains($0) }) {
-                throw bad("tls.\(unknown)", "unknown key (known: cert, key)")
-            }
-            guard let cert = try string(table["cert"], "tls.cert") else { throw bad("tls.cert", "missing") }
-            guard let key = try string(table["key"], "tls.key") else { throw bad("tls.key", "missing") }
-            config.tlsCertificate = cert
-            config.tlsKey = key
-        }
-        if let health = top["healthcheck_defaults"] {
-            config.healthDefaults = try parseHealthDefaults(health, bad: bad)
-        }
-        if let sync = top["sync"] {
-            config.sync = try SyncConfig.parse(sync, bad: bad)
-        }
-        if let conntrack = top["conntrack"] {
-            guard let table = conntrack as? [String: Any] else {
-                throw bad("conntrack", "must be a mapping with keys \(conntrackKeys.joined(separator: ", "))")
-            }
-            if let unknown = table.keys.sorted().first(where: { !conntrackKeys.contains($0) }) {
-                throw bad("conntrack.\(unknown)", "unknown key (known: \(conntrackKeys.joined(separator: ", ")))")
-            }
+        if let conntrack = top.values["conntrack"] {
+            let fields = try reader.mapping(conntrack, path: "conntrack", allowed: conntrackKeys)
             for key in conntrackKeys {
-                guard let raw = table[key] else { continue }
-                guard let milliseconds = HealthCheck.parseDuration("\(raw)"), milliseconds % 1000 == 0,
+                guard let node = fields.values[key] else { continue }
+                let raw = try reader.scalar(node, field: fields.field(key))
+                guard let milliseconds = HealthCheck.parseDuration(raw), milliseconds % 1000 == 0,
                       (1...86_400).contains(milliseconds / 1000) else {
-                    throw bad("conntrack.\(key)", "\(String(reflecting: "\(raw)")) is not a whole number of seconds from 1s to 24h (e.g. 300s, 15m)")
+                    throw reader.error(at: node, field: fields.field(key),
+                                       "\(String(reflecting: raw)) is not a whole number of seconds from 1s to 24h (e.g. 300s, 15m)")
                 }
                 if key == "tcp_idle_timeout" {
                     config.idleTimeouts.tcpSeconds = UInt32(milliseconds / 1000)
@@ -122,35 +92,13 @@ public struct AgentConfig: Sendable, Equatable {
         return config
     }
 
-    private static func parseHealthDefaults(_ value: Any, bad: (String?, String) -> ControlError) throws(ControlError) -> HealthCheckDefaults {
-        guard let table = value as? [String: Any] else {
-            throw bad("healthcheck_defaults", "must be a mapping with keys \(healthKeys.joined(separator: ", "))")
+    /// A listen address: HOST:PORT, [IPv6]:PORT.
+    static func hostPort(_ node: Node, field: String, examples: String, reader: YAMLReader) throws(ConfigError) -> (String, Int) {
+        let text = try reader.string(node, field: field)
+        guard let hostPort = splitHostPort(text) else {
+            throw reader.error(at: node, field: field, "\(String(reflecting: text)) is not HOST:PORT (e.g. \(examples))")
         }
-        if let unknown = table.keys.sorted().first(where: { !healthKeys.contains($0) }) {
-            throw bad("healthcheck_defaults.\(unknown)", "unknown key (known: \(healthKeys.joined(separator: ", ")))")
-        }
-        var defaults = HealthCheckDefaults.builtIn
-        func duration(_ key: String, _ range: ClosedRange<Int>) throws(ControlError) -> Int? {
-            guard let raw = table[key] else { return nil }
-            let text = "\(raw)"
-            guard let value = HealthCheck.parseDuration(text), range.contains(value) else {
-                throw bad("healthcheck_defaults.\(key)", "\(String(reflecting: text)) is not a duration from \(HealthCheck.formatDuration(range.lowerBound)) to \(HealthCheck.formatDuration(range.upperBound)) (e.g. 500ms, 2s, 1m)")
-            }
-            return value
-        }
-        if let interval = try duration("interval", HealthCheck.intervalRange) { defaults.intervalMilliseconds = interval }
-        if let timeout = try duration("timeout", HealthCheck.timeoutRange) { defaults.timeoutMilliseconds = timeout }
-        guard defaults.timeoutMilliseconds <= defaults.intervalMilliseconds else {
-            throw bad("healthcheck_defaults.timeout", "\(HealthCheck.formatDuration(defaults.timeoutMilliseconds)) is longer than the interval (\(HealthCheck.formatDuration(defaults.intervalMilliseconds)))")
-        }
-        for key in ["rise", "fall"] {
-            guard let raw = table[key] else { continue }
-            guard let count = raw as? Int, HealthCheck.countRange.contains(count) else {
-                throw bad("healthcheck_defaults.\(key)", "\(String(reflecting: "\(raw)")) is not a count from 1 to 100")
-            }
-            if key == "rise" { defaults.rise = count } else { defaults.fall = count }
-        }
-        return defaults
+        return hostPort
     }
 
     /// `127.0.0.1:9300`, `[::1]:9300`, `localhost:0`.

@@ -4,6 +4,7 @@ import Crypto
 import Foundation
 import SluiceControl
 import SluiceCore
+import Yams
 
 public struct SyncConfig: Sendable, Equatable {
     public struct Peer: Sendable, Equatable, CustomStringConvertible {
@@ -28,41 +29,30 @@ public struct SyncConfig: Sendable, Equatable {
     /// A key shorter than this is refused: it is the fleet's only defence against forged flows.
     static let minimumKeyBytes = 32
 
-    static func parse(_ value: Any, bad: (String?, String) -> ControlError) throws(ControlError) -> SyncConfig {
-        guard let table = value as? [String: Any] else { throw bad("sync", "must be a mapping with keys \(keys.joined(separator: ", "))") }
-        if let unknown = table.keys.sorted().first(where: { !keys.contains($0) }) {
-            throw bad("sync.\(unknown)", "unknown key (known: \(keys.joined(separator: ", ")))")
+    static func parse(_ node: Node, reader: inout YAMLReader) throws(ConfigError) -> SyncConfig {
+        let fields = try reader.mapping(node, path: "sync", allowed: keys)
+        let keyFile = try reader.required(fields, "key_file", because: "peers authenticate each other's batches with this shared key")
+        var config = SyncConfig(keyFile: try reader.string(keyFile, field: "sync.key_file"))
+        if let listen = fields.values["listen"] {
+            (config.host, config.port) = try AgentConfig.hostPort(listen, field: "sync.listen", examples: "10.0.0.1:9301", reader: reader)
         }
-        guard let keyFile = table["key_file"] as? String, !keyFile.isEmpty else {
-            throw bad("sync.key_file", "missing: peers authenticate each other's batches with this shared key")
-        }
-        var config = SyncConfig(keyFile: keyFile)
-        if let listen = table["listen"] {
-            guard let text = listen as? String, let (host, port) = AgentConfig.splitHostPort(text) else {
-                throw bad("sync.listen", "\(String(reflecting: "\(listen)")) is not HOST:PORT (e.g. 10.0.0.1:9301)")
-            }
-            config.host = host
-            config.port = port
-        }
-        if let peers = table["peers"] {
-            guard let list = peers as? [Any] else { throw bad("sync.peers", "must be a list of ADDRESS:PORT") }
-            for (index, item) in list.enumerated() {
-                guard let text = item as? String, let (host, port) = AgentConfig.splitHostPort(text), port > 0,
-                      let address = IPAddress(host) else {
-                    throw bad("sync.peers[\(index)]", "\(String(reflecting: "\(item)")) is not ADDRESS:PORT with an IP address (e.g. 10.0.0.2:9301, [fd00::2]:9301)")
+        if let peers = fields.values["peers"] {
+            let items = try reader.sequence(peers, field: "sync.peers")
+            for (index, item) in items.enumerated() {
+                let field = "sync.peers[\(index)]"
+                let text = try reader.scalar(item, field: field)
+                guard let (host, port) = AgentConfig.splitHostPort(text), port > 0, let address = IPAddress(host) else {
+                    throw reader.error(at: item, field: field, "\(String(reflecting: text)) is not ADDRESS:PORT with an IP address (e.g. 10.0.0.2:9301, [fd00::2]:9301)")
                 }
                 config.peers.append(Peer(address: address, port: port))
             }
             if config.peers.count > ConntrackSync.maxPeers {
-                throw bad("sync.peers", "\(config.peers.count) peers exceed the limit of \(ConntrackSync.maxPeers)")
+                throw reader.error(at: peers, field: "sync.peers", "\(config.peers.count) peers exceed the limit of \(ConntrackSync.maxPeers)")
             }
         }
-        func duration(_ key: String, _ range: ClosedRange<Int>) throws(ControlError) -> Int? {
-            guard let raw = table[key] else { return nil }
-            guard let value = HealthCheck.parseDuration("\(raw)"), range.contains(value) else {
-                throw bad("sync.\(key)", "\(String(reflecting: "\(raw)")) is not a duration from \(HealthCheck.formatDuration(range.lowerBound)) to \(HealthCheck.formatDuration(range.upperBound)) (e.g. 50ms, 10s)")
-            }
-            return value
+        func duration(_ key: String, _ range: ClosedRange<Int>) throws(ConfigError) -> Int? {
+            guard let node = fields.values[key] else { return nil }
+            return try reader.duration(node, field: fields.field(key), range: range, examples: "50ms, 10s")
         }
         if let interval = try duration("batch_interval", 1...10_000) { config.batchIntervalMilliseconds = interval }
         if let timeout = try duration("resync_timeout", 100...600_000) { config.resyncTimeoutMilliseconds = timeout }

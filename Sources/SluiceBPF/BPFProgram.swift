@@ -56,7 +56,7 @@ public final class BPFProgram: @unchecked Sendable {
 
     /// Runs the program once (or `repetitions` times) on `packet` with
     /// BPF_PROG_TEST_RUN. With repetitions > 1 the kernel does not restore the
-    /// frame between passes (see PITFALLS.md).
+    /// frame between passes (see docs/DEVELOPING.md, "Measuring").
     public func testRun(_ packet: [UInt8], repetitions: UInt32 = 1, outputCapacity: Int = 4096) throws(BPFError) -> TestRun {
         var output = [UInt8](repeating: 0, count: max(outputCapacity, packet.count + 256))
         var opts = bpf_test_run_opts()

@@ -42,7 +42,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable, Sendable {
 
 extension ConfigError {
     /// How a raw value appears in a message: numbers bare, anything else quoted.
-    static func show(_ raw: String) -> String {
+    package static func show(_ raw: String) -> String {
         Int(raw) != nil ? raw : String(reflecting: raw)
     }
 }

@@ -1,9 +1,10 @@
-// Reads a service's `healthcheck:` mapping. Every rule is checked here, where the
-// line is known, and each error names the field (`healthcheck.interval`) and value.
+// Reads a service's `healthcheck:` mapping, and the agent's `healthcheck_defaults:`
+// (its timing keys). Every rule is checked here, where the line is known, and each
+// error names the field (`healthcheck.interval`) and value.
 import Yams
 
-enum HealthCheckParser {
-    static let keys = ["type", "port", "path", "expect_status", "send", "expect", "interval", "timeout", "rise", "fall"]
+package enum HealthCheckParser {
+    static let keys = ["type", "port", "path", "expect_status", "send", "expect"] + timingKeys
     static let httpOnly = ["path", "expect_status"]
     static let udpOnly = ["send", "expect"]
 
@@ -58,26 +59,64 @@ enum HealthCheckParser {
             throw bad(fields.node, "send", "required for type udp: the datagram to send")
         }
 
-        func duration(_ key: String, _ range: ClosedRange<Int>) throws(ConfigError) -> Int? {
-            guard let (node, raw) = try text(key) else { return nil }
-            guard let value = HealthCheck.parseDuration(raw), range.contains(value) else {
-                throw bad(node, key, "\(String(reflecting: raw)) is not a duration from \(HealthCheck.formatDuration(range.lowerBound)) to \(HealthCheck.formatDuration(range.upperBound)) (e.g. 500ms, 2s, 1m)")
-            }
-            return value
+        let timings = try Timings(fields, reader: reader)
+        check.intervalMilliseconds = timings.interval?.value
+        check.timeoutMilliseconds = timings.timeout?.value
+        if let interval = timings.interval?.value, let timeout = timings.timeout {
+            try timings.checkTimeout(timeout.value, within: interval, reader: reader)
         }
-        check.intervalMilliseconds = try duration("interval", HealthCheck.intervalRange)
-        check.timeoutMilliseconds = try duration("timeout", HealthCheck.timeoutRange)
-        if let interval = check.intervalMilliseconds, let timeout = check.timeoutMilliseconds, timeout > interval {
-            throw bad(fields.values["timeout"]!, "timeout",
-                      "\(HealthCheck.formatDuration(timeout)) is longer than the interval (\(HealthCheck.formatDuration(interval)))")
-        }
-        for key in ["rise", "fall"] {
-            guard let (node, raw) = try text(key) else { continue }
-            guard let count = Int(raw), HealthCheck.countRange.contains(count) else {
-                throw bad(node, key, "\(ConfigError.show(raw)) is not a count from 1 to 100")
-            }
-            if key == "rise" { check.rise = count } else { check.fall = count }
-        }
+        check.rise = timings.rise
+        check.fall = timings.fall
         return check
+    }
+
+    /// The agent's `healthcheck_defaults:`, the timing keys of a check (same ranges and
+    /// messages), each unset one taken from the built-in defaults.
+    package static func parseDefaults(_ node: Node, path: String, reader: inout YAMLReader) throws(ConfigError) -> HealthCheckDefaults {
+        let fields = try reader.mapping(node, path: path, allowed: timingKeys)
+        let timings = try Timings(fields, reader: reader)
+        var defaults = HealthCheckDefaults.builtIn
+        if let interval = timings.interval { defaults.intervalMilliseconds = interval.value }
+        if let timeout = timings.timeout { defaults.timeoutMilliseconds = timeout.value }
+        try timings.checkTimeout(defaults.timeoutMilliseconds, within: defaults.intervalMilliseconds, reader: reader)
+        if let rise = timings.rise { defaults.rise = rise }
+        if let fall = timings.fall { defaults.fall = fall }
+        return defaults
+    }
+
+    static let timingKeys = ["interval", "timeout", "rise", "fall"]
+
+    /// interval, timeout, rise and fall as a mapping sets them, each checked against its range.
+    private struct Timings {
+        let fields: YAMLReader.Fields
+        var interval: (node: Node, value: Int)?
+        var timeout: (node: Node, value: Int)?
+        var rise: Int?
+        var fall: Int?
+
+        init(_ fields: YAMLReader.Fields, reader: YAMLReader) throws(ConfigError) {
+            self.fields = fields
+            func duration(_ key: String, _ range: ClosedRange<Int>) throws(ConfigError) -> (Node, Int)? {
+                guard let node = reader.optional(fields, key) else { return nil }
+                return (node, try reader.duration(node, field: fields.field(key), range: range, examples: "500ms, 2s, 1m"))
+            }
+            interval = try duration("interval", HealthCheck.intervalRange)
+            timeout = try duration("timeout", HealthCheck.timeoutRange)
+            for key in ["rise", "fall"] {
+                guard let node = reader.optional(fields, key) else { continue }
+                let raw = try reader.scalar(node, field: fields.field(key))
+                guard let count = Int(raw), HealthCheck.countRange.contains(count) else {
+                    throw reader.error(at: node, field: fields.field(key), "\(ConfigError.show(raw)) is not a count from 1 to 100")
+                }
+                if key == "rise" { rise = count } else { fall = count }
+            }
+        }
+
+        /// A timeout longer than the interval is refused, on the timeout's line (or the interval's).
+        func checkTimeout(_ timeout: Int, within interval: Int, reader: YAMLReader) throws(ConfigError) {
+            guard timeout > interval else { return }
+            throw reader.error(at: self.timeout?.node ?? self.interval?.node ?? fields.node, field: fields.field("timeout"),
+                               "\(HealthCheck.formatDuration(timeout)) is longer than the interval (\(HealthCheck.formatDuration(interval)))")
+        }
     }
 }

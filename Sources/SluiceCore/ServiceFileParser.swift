@@ -3,7 +3,6 @@
 // rejected and every error names its line; the semantic rules that also apply
 // to a model built in code live in ServiceFileValidator.
 
-import Glibc
 import Yams
 
 public enum ServiceFileParser {
@@ -30,13 +29,7 @@ public enum ServiceFileParser {
 
     /// Parses and validates `text`; `file` is only used in error messages.
     public static func parse(_ text: String, file: String, limits: Limits = .default) throws(ConfigError) -> ServiceFile {
-        let root = try compose(text, file: file)
-        var reader = YAMLReader(file: file)
-        guard case .mapping = root else {
-            throw reader.error(at: root, field: nil,
-                               "the top level must be a mapping with keys \(topKeys.joined(separator: ", ")), found \(YAMLReader.kind(of: root))")
-        }
-        let top = try reader.mapping(root, path: nil, allowed: topKeys)
+        var (reader, top) = try YAMLReader.document(text, file: file, allowed: topKeys)
         let node = try reader.optional(top, "node").map { (value: Node) throws(ConfigError) in
             try parseNode(value, reader: &reader)
         } ?? NodeConfig()
@@ -59,7 +52,7 @@ public enum ServiceFileParser {
 
     /// Reads `path` and parses it; errors name the path as given.
     public static func load(path: String, limits: Limits = .default) throws(ConfigError) -> ServiceFile {
-        try parse(try readFile(path), file: path, limits: limits)
+        try parse(try YAMLReader.readFile(path), file: path, limits: limits)
     }
 
     private static func parseNode(_ value: Node, reader: inout YAMLReader) throws(ConfigError) -> NodeConfig {
@@ -150,61 +143,5 @@ public enum ServiceFileParser {
             throw reader.error(at: node, field: field, Complaint.notAnAddress(raw, family: family))
         }
         return address
-    }
-
-    /// Yams' composer, its errors turned into ConfigErrors with the line.
-    private static func compose(_ text: String, file: String) throws(ConfigError) -> Node {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch let error as YamlError {
-            throw syntaxError(error, text: text, file: file)
-        } catch {
-            throw ConfigError(file: file, message: "invalid YAML: \(error)")
-        }
-        guard let root else {
-            throw ConfigError(file: file, message: "the file is empty; expected a mapping with keys \(topKeys.joined(separator: ", "))")
-        }
-        return root
-    }
-
-    private static func syntaxError(_ error: YamlError, text: String, file: String) -> ConfigError {
-        func context(_ context: YamlError.Context?) -> String {
-            context.map { " (\($0.text) at line \($0.mark.line))" } ?? ""
-        }
-        switch error {
-        case let .scanner(ctx, problem, mark, _), let .parser(ctx, problem, mark, _), let .composer(ctx, problem, mark, _):
-            return ConfigError(file: file, line: mark.line, message: "invalid YAML: \(problem)\(context(ctx))")
-        case let .reader(problem, offset, _, _):
-            let line = offset.map { text.prefix($0).reduce(1) { $1 == "\n" ? $0 + 1 : $0 } }
-            return ConfigError(file: file, line: line, message: "invalid YAML: \(problem)")
-        case let .duplicatedKeysInMapping(duplicates, ctx):
-            let keys = duplicates.map { String(reflecting: $0) }.joined(separator: ", ")
-            return ConfigError(file: file, line: ctx.mark.line, message: "key \(keys) appears more than once in one mapping")
-        default:
-            return ConfigError(file: file, message: "invalid YAML: \(error)")
-        }
-    }
-
-    /// The whole file as UTF-8 text, with errno's reason on failure.
-    private static func readFile(_ path: String) throws(ConfigError) -> String {
-        guard let stream = fopen(path, "rb") else {
-            throw ConfigError(file: path, message: "cannot open: \(String(cString: strerror(errno)))")
-        }
-        defer { fclose(stream) }
-        var data: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = fread(&chunk, 1, chunk.count, stream)
-            data += chunk[0..<count]
-            if count < chunk.count { break }
-        }
-        if ferror(stream) != 0 {
-            throw ConfigError(file: path, message: "cannot read: \(String(cString: strerror(errno)))")
-        }
-        guard let text = String(validating: data, as: UTF8.self) else {
-            throw ConfigError(file: path, message: "is not UTF-8 text")
-        }
-        return text
     }
 }

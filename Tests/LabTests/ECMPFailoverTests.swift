@@ -1,10 +1,10 @@
 // Two balancers behind an ECMP router (lab.sh LAB_BALANCERS=2): what happens to
-// established connections when one balancer fails. Connection-state sync between
-// the nodes is not built yet, so the failover test here is the baseline *without*
-// sync: flows the failed node carried are re-placed by the survivor's Maglev table,
-// and those that land on another backend break. A "with sync" variant is meant to
-// call `runFailoverScenario` the same way, with the sync set up in `beforeFailover`,
-// and require `broken == 0`.
+// established connections when one balancer fails. The failover test here is the
+// baseline *without* connection-state sync: flows the failed node carried are
+// re-placed by the survivor's Maglev table, and those that land on another backend
+// break. ECMPSyncTests is the variant with sync: it calls `runFailoverScenario` the
+// same way with an agent syncing each node, waits in `beforeFailover` until lb's
+// flows reached lb2, and requires `broken == 0`.
 import Foundation
 import SluiceTestSupport
 import Testing

@@ -141,7 +141,7 @@ public final class TestNamespace: @unchecked Sendable {
 
     /// Attaches a two-instruction XDP program returning XDP_PASS to
     /// `interface`, in native mode, and returns its program id. On a veth this
-    /// is what lets the peer's XDP_TX frames arrive (see PITFALLS.md); on an
+    /// is what lets the peer's XDP_TX frames arrive (see docs/DEVELOPING.md); on an
     /// interface of its own it plays "somebody else's program".
     @discardableResult
     public func attachXDPPass(to interface: String) async throws -> UInt32 {

@@ -159,7 +159,7 @@ struct AgentTests {
         let answer = try put.json()
         #expect(answer["changes"] as? [String] == expected.lines)
         #expect(answer["applied"] as? Bool == true && answer["changed"] as? Bool == true)
-        expectKeys(answer["diff"], ["services_added", "services_removed", "services_changed", "node_changed"], in: "diff")
+        #expect(missingKeys(answer["diff"], ["services_added", "services_removed", "services_changed", "node_changed"]) == [], "diff: \(put)")
         #expect(try fixture.serviceNames() == ["dns", "web"], "lbctl status shows the new set")
         #expect(try String(contentsOfFile: fixture.servicesPath, encoding: .utf8) == Fixtures.changed)
 

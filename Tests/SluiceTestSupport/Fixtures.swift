@@ -1,25 +1,24 @@
-// Service files and small helpers shared by the lbctl tests.
+// Service files and small helpers shared by the lbctl and agent tests. No Testing
+// here: the release bench links this target.
 import Foundation
-import SluiceTestSupport
-import Testing
 
-enum Fixtures {
-    static let gatewayMAC = "02:00:00:00:00:01"
-    static let sourceV4 = "10.0.0.1"
-    static let sourceV6 = "fd00::1"
-    static let webVIP = "192.0.2.10"
-    static let webBackends = ["10.1.0.1", "10.1.0.2"]
-    static let web6VIP = "2001:db8::10"
-    static let web6Backends = ["fd00:1::1", "fd00:1::2"]
+public enum Fixtures {
+    public static let gatewayMAC = "02:00:00:00:00:01"
+    public static let sourceV4 = "10.0.0.1"
+    public static let sourceV6 = "fd00::1"
+    public static let webVIP = "192.0.2.10"
+    public static let webBackends = ["10.1.0.1", "10.1.0.2"]
+    public static let web6VIP = "2001:db8::10"
+    public static let web6Backends = ["fd00:1::1", "fd00:1::2"]
 
-    static let node = """
+    public static let node = """
         node:
           source_v4: \(sourceV4)
           source_v6: \(sourceV6)
         """
 
     /// An IPv4 TCP VIP with two backends and an IPv6 TCP VIP with two IPv6 backends.
-    static let good = """
+    public static let good = """
         \(node)
         services:
           - name: web
@@ -42,7 +41,7 @@ enum Fixtures {
 
     /// `good` with web changed (a backend added, one removed, a weight
     /// changed), web6 removed and a UDP service added.
-    static let changed = """
+    public static let changed = """
         \(node)
         services:
           - name: web
@@ -63,12 +62,13 @@ enum Fixtures {
         """
 
     /// A file lbctl must refuse, and what its message must say.
-    struct BadFile: CustomTestStringConvertible, Sendable {
-        var label: String
-        var text: String
+    /// Shown by its label, also as a test's argument (Swift Testing falls back to `description`).
+    public struct BadFile: Sendable, CustomStringConvertible {
+        public var label: String
+        public var text: String
         /// Every one of these must appear on stderr (field names and values).
-        var mentions: [String]
-        var testDescription: String { label }
+        public var mentions: [String]
+        public var description: String { label }
     }
 
     /// One service around `body` (the lines after `- name: web`).
@@ -76,7 +76,7 @@ enum Fixtures {
         "\(node)\nservices:\n  - name: web\n" + body.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n") + "\n"
     }
 
-    static let bad: [BadFile] = [
+    public static let bad: [BadFile] = [
         BadFile(label: "a YAML syntax error",
                 text: service("vip: 192.0.2.10\nport: [80\nprotocol: tcp"),
                 mentions: ["invalid YAML", "line"]),
@@ -122,10 +122,10 @@ enum Fixtures {
 }
 
 /// A scratch directory for service files, removed on deinit.
-final class ScratchDirectory {
-    let path: String
+public final class ScratchDirectory {
+    public let path: String
 
-    init() throws {
+    public init() throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-test-files-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
     }
@@ -133,34 +133,16 @@ final class ScratchDirectory {
     deinit { try? FileManager.default.removeItem(atPath: path) }
 
     /// Writes `text` to `name` in the directory and returns its path.
-    func write(_ name: String, _ text: String) throws -> String {
+    public func write(_ name: String, _ text: String) throws -> String {
         let file = "\(path)/\(name)"
         try text.write(toFile: file, atomically: true, encoding: .utf8)
         return file
     }
 }
 
-/// True when a bpffs is mounted at `path` (see Lab.isMounted).
-func isMounted(_ path: String) -> Bool { Lab.isMounted(path) }
-
 /// The keys of `expected` that the JSON object `object` lacks (all of them
 /// when it is not an object).
-func missingKeys(_ object: Any?, _ expected: [String]) -> [String] {
+public func missingKeys(_ object: Any?, _ expected: [String]) -> [String] {
     guard let dictionary = object as? [String: Any] else { return expected }
     return expected.filter { dictionary[$0] == nil }
-}
-
-/// Expects `object` to be a JSON object with every key of `expected`.
-func expectKeys(_ object: Any?, _ expected: [String], in what: String,
-                sourceLocation: SourceLocation = #_sourceLocation) {
-    let missing = missingKeys(object, expected)
-    #expect(missing.isEmpty, "\(what) lacks \(missing) in \(String(describing: object))", sourceLocation: sourceLocation)
-}
-
-extension Array where Element == UInt8 {
-    /// True when `needle` occurs anywhere in these bytes.
-    func containsBytes(_ needle: [UInt8]) -> Bool {
-        guard !needle.isEmpty, needle.count <= count else { return needle.isEmpty }
-        return (0...(count - needle.count)).contains { start in self[start..<(start + needle.count)].elementsEqual(needle) }
-    }
 }

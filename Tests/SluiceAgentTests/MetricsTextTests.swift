@@ -1,12 +1,12 @@
-// The exposition text itself, without a kernel: a golden rendering of a small node, label
-// escaping, and configuration parsing of the agent.
+// The exposition text itself, without a kernel: a golden rendering of a small node and
+// label escaping.
 import Foundation
 import SluiceAgent
 import SluiceControl
 import SluiceCore
 import Testing
 
-@Suite("agent: metrics text and configuration")
+@Suite("agent: metrics text")
 struct MetricsTextTests {
     @Test("label values escape backslash, double quote and line feed; plain values are untouched")
     func labelEscaping() {
@@ -90,50 +90,5 @@ struct MetricsTextTests {
             #expect(syncLines.contains(expected), "missing: \(expected)\n\(synced)")
         }
         #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 31)
-    }
-
-    @Test("the agent configuration: defaults, every key, and refusals that name the key")
-    func configuration() throws {
-        let minimal = try AgentConfig.parse("token_file: /t\n", file: "a.yaml")
-        #expect(minimal == AgentConfig(tokenFile: "/t"))
-        #expect(minimal.host == "127.0.0.1" && minimal.port == 9300 && minimal.pinPath == "/sys/fs/bpf/sluice")
-        let full = try AgentConfig.parse("""
-            listen: "[::1]:9400"
-            pin_path: /sys/fs/bpf/lb2
-            token_file: /t
-            services_file: /s.yaml
-            tls: { cert: /c.pem, key: /k.pem }
-            healthcheck_defaults: { interval: 5s, timeout: 1500ms, rise: 3, fall: 4 }
-            conntrack: { tcp_idle_timeout: 1h, udp_idle_timeout: 30s }
-            """, file: "a.yaml")
-        var expected = AgentConfig(host: "::1", port: 9400, pinPath: "/sys/fs/bpf/lb2", tokenFile: "/t",
-                                   servicesFile: "/s.yaml", tlsCertificate: "/c.pem", tlsKey: "/k.pem",
-                                   healthDefaults: HealthCheckDefaults(intervalMilliseconds: 5000, timeoutMilliseconds: 1500,
-                                                                       rise: 3, fall: 4))
-        expected.idleTimeouts = IdleTimeouts(tcpSeconds: 3600, udpSeconds: 30)
-        #expect(full == expected)
-        #expect(minimal.healthDefaults == .builtIn)
-        #expect(full.idleTimeouts == IdleTimeouts(tcpSeconds: 3600, udpSeconds: 30) && minimal.idleTimeouts == IdleTimeouts())
-        for (text, key) in [("token_file: /t\nlisten: ::1:80\n", "listen"), ("token_file: /t\nlisten: 1.2.3.4:70000\n", "listen"),
-                            ("token_file: 3\n", "token_file"), ("token_file: /t\ntls: { cert: /c }\n", "tls.key"),
-                            ("token_file: /t\ntls: { cert: /c, key: /k, ca: /x }\n", "tls.ca"), ("- a\n", nil),
-                            ("token_file: /t\nhealthcheck_defaults: { interval: 5 }\n", "healthcheck_defaults.interval"),
-                            ("token_file: /t\nhealthcheck_defaults: { interval: 1s, timeout: 2s }\n", "healthcheck_defaults.timeout"),
-                            ("token_file: /t\nhealthcheck_defaults: { rise: 0 }\n", "healthcheck_defaults.rise"),
-                            ("token_file: /t\nhealthcheck_defaults: { fal: 2 }\n", "healthcheck_defaults.fal"),
-                            ("token_file: /t\nhealthcheck_defaults: 2s\n", "healthcheck_defaults"),
-                            ("token_file: /t\nconntrack: { udp_idle_timeout: 1500ms }\n", "conntrack.udp_idle_timeout"),
-                            ("token_file: /t\nconntrack: { tcp_idle: 5m }\n", "conntrack.tcp_idle"),
-                            ("token_file: /t\nsync: { peers: [10.0.0.2:9301] }\n", "sync.key_file"),
-                            ("token_file: /t\nsync: { key_file: /k, peers: [lb2:9301] }\n", "sync.peers[0]"),
-                            ("token_file: /t\nsync: { key_file: /k, batch_interval: 1d }\n", "sync.batch_interval")] {
-            do {
-                _ = try AgentConfig.parse(text, file: "a.yaml")
-                Issue.record("accepted: \(text)")
-            } catch {
-                #expect(error.kind == .badInput && error.message.hasPrefix("a.yaml: "), "\(error.message)")
-                if let key { #expect(error.message.contains("field \"\(key)\""), "\(error.message)") }
-            }
-        }
     }
 }
