@@ -14,14 +14,17 @@ struct AgentLatencyBench {
     var lbctl: String
     var prefix: String
 
-    static let services = 256
+    /// A smoke run (--quick) only checks that every record is produced: a small set and an
+    /// empty table, so a debug build finishes in seconds.
+    var services: Int { options.quick ? 16 : 256 }
 
     func run(into report: inout BenchReport) throws {
         // A full connection table of TCP flows, none due to expire: every sweep reads it whole
         // (a UDP idle timeout of 3 s makes the agent sweep every second).
         var flows = 0
-        let bench = try BenchAgent(lbctl: lbctl, extraConfig: "conntrack:\n  udp_idle_timeout: 3s\n") { pinPath in
-            flows = try fillConntrack(try Dataplane.openOrLoad(pinPath: pinPath)[.conntrack])
+        let bench = try BenchAgent(lbctl: lbctl, extraConfig: "conntrack:\n  udp_idle_timeout: 3s\n") { [quick = options.quick] pinPath in
+            let dataplane = try Dataplane.openOrLoad(pinPath: pinPath)
+            if !quick { flows = try fillConntrack(dataplane[.conntrack]) }
         }
         defer { bench.close() }
         let agent: AgentProcess = bench.process, token = bench.token
@@ -52,7 +55,7 @@ struct AgentLatencyBench {
         for (path, what) in [("metrics", "GET /metrics"), ("status", "GET /v1/status")] {
             let quiet = idle[path]!, busy = loaded[path]!
             report.add("\(name).idle.\(path).p50", group: "controlplane",
-                       "\(prefix): \(what), idle, p50 (\(Self.services) services x 10)", value: percentile(quiet, 0.5), unit: "ms",
+                       "\(prefix): \(what), idle, p50 (\(services) services x 10)", value: percentile(quiet, 0.5), unit: "ms",
                        details: ["p99": percentile(quiet, 0.99), "samples": Double(quiet.count)])
             report.add("\(name).busy.\(path).p50", group: "controlplane",
                        "\(prefix): \(what) during applies and 1M-flow sweeps, p50", value: percentile(busy, 0.5), unit: "ms",
@@ -84,7 +87,7 @@ struct AgentLatencyBench {
     /// weight 2, so switching between the two sets rebuilds every table.
     private func serviceFile(weightsChanged: Bool) -> String {
         var yaml = "node:\n  source_v4: 192.0.2.10\nservices:\n"
-        for s in 0..<Self.services {
+        for s in 0..<services {
             yaml += "  - name: svc\(s)\n    vip: 198.18.\(s / 256).\(s % 256)\n    port: 443\n    protocol: tcp\n    backends:\n"
             for b in 0..<10 {
                 yaml += "      - { address: 10.\(s / 256).\(s % 256).\(b + 1), weight: \(weightsChanged && b == 9 ? 2 : 1) }\n"
@@ -101,7 +104,7 @@ func percentile(_ values: [Double], _ fraction: Double) -> Double {
     return values.sorted()[max(0, min(values.count - 1, rank))]
 }
 
-/// A one-shot HTTP/1.0 GET over loopback with a plain socket: no process per request, so
+/// A one-shot HTTP GET (Connection: close) over loopback with a plain socket: no process per request, so
 /// the time is the agent's.
 enum HTTPGet {
     static func status(port: Int, path: String) throws -> Int {
@@ -116,7 +119,10 @@ enum HTTPGet {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard connected == 0 else { throw CommandError("connect to 127.0.0.1:\(port): \(String(cString: strerror(errno)))") }
-        let request = Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".utf8)
+        // A bench must never hang on a silent agent.
+        var timeout = timeval(tv_sec: 60, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
         guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == request.count else {
             throw CommandError("send: \(String(cString: strerror(errno)))")
         }
@@ -125,6 +131,7 @@ enum HTTPGet {
         while true {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0 && errno == EINTR { continue }
+            if n < 0 { throw CommandError("GET \(path): recv: \(String(cString: strerror(errno)))") }
             guard n > 0 else { break }
             if head.count < 16 { head += buffer[0..<min(n, 16)] }
         }

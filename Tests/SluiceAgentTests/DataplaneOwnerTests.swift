@@ -32,7 +32,7 @@ struct DataplaneOwnerTests {
         let pinPath = mount.path + "/lb"
         defer { Dataplane.removePins(at: pinPath) }
         let owner = try await DataplaneOwner.openOrLoad(pinPath: pinPath)
-        let file = try ServiceFileParser.parse(Self.services(256), file: "owner-test.yaml")
+        let file = try ServiceFileParser.parse(Self.services(64), file: "owner-test.yaml")
 
         let applied = Atomic<Bool>(false)
         let apply = Task {
@@ -47,14 +47,14 @@ struct DataplaneOwnerTests {
             let status = try await owner.status()
             if !applied.load(ordering: .sequentiallyConsistent) {
                 readsDuringApply += 1
-                if status.services.count < 256 { sawPartialSet = true }
+                if status.services.count < 64 { sawPartialSet = true }
             }
         }
         let result = try await apply.value
-        #expect(result.tablesWritten == 256)
+        #expect(result.tablesWritten == 64)
         #expect(readsDuringApply > 0, "no read answered while the apply ran: reads wait for writes")
         #expect(sawPartialSet, "every read during the apply saw the whole set: it did not run beside the writes")
-        #expect(try await owner.status().services.count == 256)
+        #expect(try await owner.status().services.count == 64)
     }
 
     @Test func concurrentAppliesEachApplyWhole() async throws {
