@@ -14,11 +14,11 @@ struct BenchSmokeTests {
     }
 
     @Test("--quick measures every section and writes the JSON report with its stable names")
-    func quickRunWritesTheReport() throws {
+    func quickRunWritesTheReport() async throws {
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-bench-\(UUID().uuidString.prefix(8))")
         defer { try? FileManager.default.removeItem(at: out) }
         let objects = Lbctl.packageRoot.appendingPathComponent("bpf/build").path
-        let run = try Command.run(Self.path, ["--quick", "--runs", "1", "--objects", objects, "--out", out.path])
+        let run = try await Command.run(Self.path, ["--quick", "--runs", "1", "--objects", objects, "--out", out.path])
         try #require(run.status == 0, "\(run)")
 
         let data = try Data(contentsOf: out.appendingPathComponent("latest.json"))
