@@ -2,7 +2,8 @@
 // clients and servers in their own namespaces, the balancer in XDP on lb0,
 // backends decapsulating in XDP and answering the client directly. Every test
 // brings up its own lab under a unique name and takes it down however it ends,
-// so the tests run in parallel with each other and with the other suites.
+// so the tests run in parallel with each other and with the other suites (as many
+// labs at once as LabSlots allows).
 import Foundation
 import SluiceTestSupport
 import Testing
@@ -194,7 +195,8 @@ struct LabTests {
 
     @Test("a bring-up that fails midway exits non-zero and leaves nothing behind")
     func failedBringUpCleansUp() async throws {
-        do {
+        // A lab's worth of namespaces for a while: it takes a lab's permit like any lab.
+        try await LabSlots.shared.withPermits {
             let name = Lab.uniqueName()
             // The servers exit at once: lab.sh fails waiting for them, after the namespaces,
             // veths, bpffs and XDP programs are in place.

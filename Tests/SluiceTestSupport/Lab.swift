@@ -1,7 +1,8 @@
 // The namespace lab (scripts/lab.sh) as a test fixture: a client, a router, the
 // balancer and three backends with real servers, driven the way an operator
 // drives it, through the script. Each Lab has a unique name, so labs run side
-// by side (and beside the other suites). `Lab.withLab { }` brings one up and takes it down however the test ends; every
+// by side (and beside the other suites), at most `LabSlots.shared.permits` at once.
+// `Lab.withLab { }` brings one up and takes it down however the test ends; every
 // command is awaited, never waited for on a thread.
 import CLibbpf
 import Foundation
@@ -40,24 +41,38 @@ public final class Lab: @unchecked Sendable {
     public let name: String
     /// `lab.sh info`: addresses, namespaces, interfaces and paths.
     public let info: [String: String]
+    /// The `LabSlots.shared` permits this lab gives back when it comes down (0 for labs of
+    /// `withLabs`, whose scope holds them).
+    private let permits: Int
 
     private let lock = NSLock()
     private var isDown = false
 
-    private init(name: String, info: [String: String]) {
+    private init(name: String, info: [String: String], permits: Int) {
         self.name = name
         self.info = info
+        self.permits = permits
     }
 
-    /// Brings up a new lab (about a second). lab.sh cleans up after a failed bring-up
-    /// itself; the thrown error carries its output. `balancers: 2` adds NAME-lb2 behind an
-    /// ECMP route (LAB_BALANCERS=2; see LabECMP.swift). Prefer `withLab { }`, which always
-    /// takes it down.
+    /// Brings up a new lab (about a second) once one of `LabSlots.shared`'s permits is free,
+    /// and holds it until `down()`. lab.sh cleans up after a failed bring-up itself; the
+    /// thrown error carries its output. `balancers: 2` adds NAME-lb2 behind an ECMP route
+    /// (LAB_BALANCERS=2; see LabECMP.swift). Prefer `withLab { }`, which always takes it down.
     public static func up(name: String = Lab.uniqueName(), balancers: Int = 1) async throws -> Lab {
+        try await LabSlots.shared.acquire()
+        do {
+            return try await bringUp(name: name, balancers: balancers, permits: 1)
+        } catch {
+            await LabSlots.shared.release()
+            throw error
+        }
+    }
+
+    private static func bringUp(name: String, balancers: Int, permits: Int) async throws -> Lab {
         try checked(await run("up", name, environment: balancers == 1 ? [:] : ["LAB_BALANCERS": String(balancers)]))
         do {
             let info = try parseInfo(checked(await run("info", name)).stdout)
-            return Lab(name: name, info: info)
+            return Lab(name: name, info: info, permits: permits)
         } catch {
             _ = try? await run("down", name)
             throw error
@@ -69,15 +84,16 @@ public final class Lab: @unchecked Sendable {
         try await withLabs(1, balancers: balancers) { try await body($0[0]) }
     }
 
-    /// `count` fresh labs at once for `body`, all taken down afterwards however `body`
-    /// ends. A lab that does not come down fails the test; when `body` failed already its
-    /// error is the one thrown, the teardown's goes to stderr.
+    /// `count` fresh labs at once for `body` (their permits taken together, so two tests
+    /// that each need two cannot each hold one and wait for ever), all taken down
+    /// afterwards however `body` ends. A lab that does not come down fails the test; when
+    /// `body` failed already its error is the one thrown, the teardown's goes to stderr.
     public static func withLabs<T>(_ count: Int, balancers: Int = 1, _ body: ([Lab]) async throws -> T) async throws -> T {
-        do {
+        try await LabSlots.shared.withPermits(count) {
             var labs: [Lab] = []
             let outcome: Result<T, any Error>
             do {
-                for _ in 0..<count { labs.append(try await up(balancers: balancers)) }
+                for _ in 0..<count { labs.append(try await bringUp(name: uniqueName(), balancers: balancers, permits: 0)) }
                 outcome = .success(try await body(labs))
             } catch {
                 outcome = .failure(error)
@@ -102,18 +118,28 @@ public final class Lab: @unchecked Sendable {
         }
     }
 
-    /// A lab nobody took down: `lab.sh down` is started, not awaited.
+    /// A lab nobody took down: `lab.sh down` is started, not awaited, and the permit goes
+    /// back when it has finished.
     deinit {
         guard takeDown() else { return }
+        let permits = self.permits
         let (executable, arguments) = Self.invocation("down", name)
         let null = FileHandle.nullDevice
-        _ = try? ChildProcess(executable, arguments, stdout: null, stderr: null)
+        let child = try? ChildProcess(executable, arguments, stdout: null, stderr: null)
+        guard permits > 0 || child != nil else { return }
+        Task {
+            await child?.exited()
+            if permits > 0 { await LabSlots.shared.release(permits) }
+        }
     }
 
-    /// Removes the lab; later calls do nothing.
+    /// Removes the lab and gives back its permit; later calls do nothing.
     public func down() async throws {
         guard takeDown() else { return }
-        try Self.checked(await Self.run("down", name))
+        let outcome: Result<CommandResult, any Error>
+        do { outcome = .success(try await Self.run("down", name)) } catch { outcome = .failure(error) }
+        if permits > 0 { await LabSlots.shared.release(permits) }
+        try Self.checked(outcome.get())
     }
 
     public static func parseInfo(_ text: String) -> [String: String] {
