@@ -192,29 +192,37 @@ struct ECMPSyncTests {
             try await lab.withSessions(ECMPFailoverTests.vip4, ECMPFailoverTests.echoPort, count: 20, interval: 0.3) { sessions in
                 let started = try await sessions.wait { $0.opened == 20 && $0.rounds >= 2 }
                 try #require(started?.opened == 20, "sessions: \(started?.summary ?? "none")")
-                let burstStart = ContinuousClock.now
-                let udp = try await lab.client(.udp, ECMPFailoverTests.vip4, 53, count: 20)
-                let burstEnd = ContinuousClock.now
-                try #require(udp.ok == 20, "\(udp.output)")
-                /// Flows of dns and echo on each balancer, one `lbctl flows` each.
-                func counts() async throws -> [String] {
-                    var lines: [String] = []
-                    for balancer in lab.balancers {
-                        let services = try await agents.flows(balancer).map(\.service)
-                        lines.append("\(balancer): \(services.count(where: { $0 == "dns" })) dns, \(services.count(where: { $0 == "echo" })) echo")
+                /// Flows of dns and echo in each balancer's `lbctl flows --json`.
+                @Sendable func counts(_ results: [CommandResult]) -> [String] {
+                    zip(lab.balancers, results).map { balancer, result in
+                        let flows = (try? JSONSerialization.jsonObject(with: result.stdoutData)) as? [[String: Any]] ?? []
+                        let services = flows.compactMap { $0["service"] as? String }
+                        return "\(balancer): \(services.count(where: { $0 == "dns" })) dns, \(services.count(where: { $0 == "echo" })) echo"
                     }
-                    return lines
+                }
+                func counts() async throws -> [String] {
+                    var results: [CommandResult] = []
+                    for balancer in lab.balancers { results.append(try Lab.checked(await lab.lbctl(on: balancer, ["flows", "--json"]))) }
+                    return counts(results)
                 }
 
                 // Every UDP flow and session reaches both nodes, before the first UDP flow could age
-                // out (6 s after its only datagram): looked at until 5 s after the burst began.
+                // out (6 s after its only datagram): watched off the concurrency pool from before
+                // the burst, so a late resumption of this task cannot make it look too late.
                 let everywhere = lab.balancers.map { "\($0): 20 dns, 20 echo" }
-                var seen = try await counts()
-                while seen != everywhere && ContinuousClock.now < burstStart + .seconds(5) {
-                    try await Task.sleep(for: .milliseconds(100))
-                    seen = try await counts()
+                let reached = lab.watchLbctl(["flows", "--json"], on: lab.balancers, timeout: .seconds(10)) { counts($0) == everywhere }
+                let udp = try await lab.client(.udp, ECMPFailoverTests.vip4, 53, count: 20)
+                let burstEnd = udp.exited
+                try #require(udp.ok == 20, "\(udp.output)")
+                let outcome = await reached.outcome
+                var seen = outcome.look.map { counts($0.results) } ?? [outcome.error ?? "no look"]
+                // What each look saw, when it ended (since the burst began): the counts as they changed.
+                var changes: [String] = []
+                for look in outcome.looks where changes.last?.hasSuffix("\(counts(look.results))") != true {
+                    changes.append("\(look.finished - udp.started): \(counts(look.results))")
                 }
-                #expect(seen == everywhere, "every UDP flow and session reached both nodes: \(seen)")
+                #expect(outcome.satisfied && seen == everywhere,
+                        "every UDP flow and session reached both nodes: \(seen); burst of \(udp.exited - udp.started)\n\(changes.joined(separator: "\n"))")
 
                 // Well past the timeout (6 s, and a sweep every 2 s), 12 s after the burst: the UDP
                 // flows went idle and are gone everywhere; the sessions kept talking and are still
@@ -222,13 +230,14 @@ struct ECMPSyncTests {
                 // them). Every look until then finds all 20 sessions' flows on both nodes; the last
                 // one starts 12 s after the burst or later, however late this task resumes.
                 let ageing = burstEnd + .seconds(12)
+                var lookedAt = ContinuousClock.now
                 while true {
-                    let lookedAt = ContinuousClock.now
+                    lookedAt = ContinuousClock.now
                     seen = try await counts()
                     if lookedAt >= ageing || !seen.allSatisfy({ $0.hasSuffix(", 20 echo") }) { break }
                     try await Task.sleep(for: .milliseconds(500))
                 }
-                #expect(seen == lab.balancers.map { "\($0): 0 dns, 20 echo" }, "12 s after the UDP burst (\(ContinuousClock.now - burstEnd) when looked at)")
+                #expect(seen == lab.balancers.map { "\($0): 0 dns, 20 echo" }, "\(lookedAt - burstEnd) after the UDP burst")
                 for balancer in lab.balancers {
                     #expect(try await agents.metric(balancer, "sluice_conntrack_expired_total") ?? 0 >= 1)
                 }

@@ -25,10 +25,13 @@ struct LabHealthTests {
         return yaml
     }
 
-    /// Web's and dns's state and health of `backend` in `lbctl status --json`.
-    static func health(_ lab: Lab, _ address: String) async throws -> [String: String] {
+    static let up = ["web": "active/up", "dns": "active/up"], down = ["web": "down/down", "dns": "down/down"]
+
+    /// Web's and dns's state and health of backend `address` in `lbctl status --json` output.
+    static func health(_ result: CommandResult?, _ address: String) -> [String: String] {
+        guard let data = result?.stdoutData, let status = try? JSONDecoder().decode(Lab.Status.self, from: data) else { return [:] }
         var seen: [String: String] = [:]
-        for service in try await lab.status().services where ["web", "dns"].contains(service.name) {
+        for service in status.services where ["web", "dns"].contains(service.name) {
             if let backend = service.backends.first(where: { $0.address == address }) {
                 seen[service.name] = "\(backend.state)/\(backend.health)"
             }
@@ -36,18 +39,17 @@ struct LabHealthTests {
         return seen
     }
 
-    /// Polls `condition` until it holds and returns how long after `start` the look that first
-    /// saw it hold ended (an upper bound of when the change happened), or nil after `timeout`.
-    /// It awaits between looks, holding no thread, and looks once more after every sleep
-    /// before it reads the clock. The waits between looks are short (100 ms) and nothing in
-    /// the test process blocks a concurrency thread, so a look is never held back for long.
-    static func timeUntil(since start: ContinuousClock.Instant = .now, timeout: Duration,
-                          _ condition: () async throws -> Bool) async throws -> Duration? {
-        while true {
-            if try await condition() { return ContinuousClock.now - start }
-            if ContinuousClock.now - start >= timeout { return nil }
-            try await Task.sleep(for: .milliseconds(100))
-        }
+    /// Starts watching `lbctl status` until backend `address`'s health is `state` in web and
+    /// dns. The watch runs off the concurrency pool (CommandWatch): its looks, and the time
+    /// its first satisfied look ended, do not depend on when this test's task runs.
+    static func watch(_ lab: Lab, _ address: String, until state: [String: String], timeout: Duration) -> CommandWatch {
+        lab.watchLbctl(["status", "--json"], timeout: timeout) { health($0.first, address) == state }
+    }
+
+    /// The look that saw `state`, or a failure saying what was seen last.
+    static func satisfied(_ outcome: CommandWatch.Outcome, _ address: String, _ what: String, _ agent: LabAgent) throws -> CommandWatch.Look {
+        let last = outcome.look.map { "\(health($0.results.first, address))" } ?? (outcome.error ?? "no look")
+        return try #require(outcome.satisfied ? outcome.look : nil, "be1 \(what): last seen \(last)\n\(agent.process.stderr)")
     }
 
     @Test("a backend whose servers stop is taken out within interval x fall (+1 s): no new connection or datagram reaches it; it is back after rise")
@@ -57,23 +59,22 @@ struct LabHealthTests {
             let put = try await agent.request("PUT", "/v1/services", body: try Self.checkedServices(lab), token: agent.token)
             try #require(put.status == 200, "\(put)")
             let be1 = try lab.info("be1_v4")
-            func be1Health() async -> [String: String] { (try? await Self.health(lab, be1)) ?? [:] }
-            let up = try await Self.timeUntil(timeout: .seconds(10)) { try await Self.health(lab, be1) == ["web": "active/up", "dns": "active/up"] }
-            let notUp = await (up == nil ? be1Health() : [:])
-            try #require(up != nil, "be1 is not up and checked: \(notUp)\n\(agent.process.stderr)")
+            _ = try Self.satisfied(await Self.watch(lab, be1, until: Self.up, timeout: .seconds(10)).outcome, be1, "is not up and checked", agent)
 
-            // be1's servers die: within interval x fall + 1 s it is out of both tables.
-            let stopping = ContinuousClock.now
+            // be1's servers die: within interval x fall + 1 s it is out of both tables. Timed
+            // from the start of the stop command to the end of the first look that saw it out
+            // (watched from before the stop).
+            let out = Self.watch(lab, be1, until: Self.down, timeout: .seconds(15))
             let stop = try await lab.setServer("be1", running: false)
             try #require(stop.duration < .seconds(1), "stopping be1's servers took \(stop.duration)")
             let bound = Duration.seconds(Self.interval * Double(Self.fall) + 1)
-            let out = try await Self.timeUntil(since: stopping, timeout: .seconds(15)) {
-                try await Self.health(lab, be1) == ["web": "down/down", "dns": "down/down"]
-            }
-            let notOut = await (out == nil ? be1Health() : [:])
-            let took = try #require(out, "be1 was not taken out: \(notOut)\n\(agent.process.stderr)")
-            print("health (lab \(lab.name)): be1 out \(took) after its servers stopped (bound \(bound))")
-            #expect(took <= bound, "be1 was taken out after \(took), more than interval x fall + 1 s = \(bound)")
+            let outcome = await out.outcome
+            let took = try Self.satisfied(outcome, be1, "was not taken out", agent).finished - stop.started
+            let after = outcome.previous.map { "after \($0.started - stop.started), " } ?? ""
+            let looks = outcome.previous.map { "looks of \($0.finished - $0.started) and \(outcome.look!.finished - outcome.look!.started)" } ?? ""
+            print("health (lab \(lab.name)): be1 out \(took) after its servers stopped (\(after)\(looks); bound \(bound))")
+            let logged = agent.process.stderr.split(separator: "\n").filter { $0.contains("health") }.joined(separator: "\n")
+            #expect(took <= bound, "be1 was taken out \(after)by \(took), more than interval x fall + 1 s = \(bound) (\(looks))\n\(logged)")
             let metrics = try await agent.request("GET", "/metrics").text
             #expect(metrics.contains(#"sluice_backend_up{service="web",vip="198.51.100.10",backend="\#(be1)"} 0"#), "\(metrics)")
             #expect(metrics.contains(#"sluice_backend_active{service="web",vip="198.51.100.10",backend="\#(be1)"} 0"#))
@@ -87,12 +88,11 @@ struct LabHealthTests {
             #expect(try lab.log(of: "be1").count == before, "be1's servers are down: nothing may have reached them")
 
             // be1 comes back: after `rise` passing probes it is put back and takes new flows.
-            try await lab.setServer("be1", running: true)
-            let back = try await Self.timeUntil(timeout: .seconds(15)) {
-                try await Self.health(lab, be1) == ["web": "active/up", "dns": "active/up"]
-            }
-            let notBack = await (back == nil ? be1Health() : [:])
-            let returned = try #require(back, "be1 did not come back: \(notBack)\n\(agent.process.stderr)")
+            // Timed from the end of the start command (its servers listen) to the end of the
+            // first look that saw it back.
+            let back = Self.watch(lab, be1, until: Self.up, timeout: .seconds(20))
+            let start = try await lab.setServer("be1", running: true)
+            let returned = try Self.satisfied(await back.outcome, be1, "did not come back", agent).finished - start.exited
             print("health (lab \(lab.name)): be1 back \(returned) after its servers started (rise \(Self.rise) x \(Self.interval) s)")
             #expect(returned >= .seconds(Self.interval * Double(Self.rise - 1)), "back after \(returned): sooner than rise allows")
             let again = try await lab.client(.http, Self.vip4, 80, count: 60)

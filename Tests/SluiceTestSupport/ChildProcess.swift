@@ -12,16 +12,12 @@ import Foundation
 import Glibc
 
 public final class ChildProcess: @unchecked Sendable {
-    public let executable: String
-    public let arguments: [String]
     private let process = Process()
     private let latch = ExitLatch()
 
     /// Starts `executable arguments...` with stdin from /dev/null and stdout and stderr
     /// to the given handles (the child gets its own copies: the caller may close them).
     public init(_ executable: String, _ arguments: [String], stdout: FileHandle, stderr: FileHandle) throws {
-        self.executable = executable
-        self.arguments = arguments
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         process.standardInput = FileHandle.nullDevice
@@ -47,16 +43,6 @@ public final class ChildProcess: @unchecked Sendable {
         return latch.outcome!.status
     }
 
-    /// Waits at most `timeout` for the exit; its status, or nil while it still runs.
-    public func exited(within timeout: Duration) async -> Int32? {
-        await latch.wait(timeout: timeout)
-        return latch.outcome?.status
-    }
-
-    /// Sends `signal` unless the child is gone.
-    public func signal(_ signal: Int32) {
-        if isRunning { Glibc.kill(pid, signal) }
-    }
 
     /// Sends `signal` and waits up to `timeout` for the exit; returns its status and the time
     /// from the signal to the exit, as the reaper saw it (so a late resumption of the waiting
@@ -75,63 +61,81 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// SIGKILL without waiting (for a deinit, which cannot await): Foundation still reaps it.
     public func killInBackground() {
-        signal(SIGKILL)
+        if isRunning { Glibc.kill(pid, SIGKILL) }
+    }
+
+    /// Calls `body` on the reaper's thread once the child has exited (at once if it has).
+    public func onExit(_ body: @escaping @Sendable (_ status: Int32) -> Void) {
+        let latch = latch
+        latch.onExit { body(latch.outcome!.status) }
     }
 }
 
-/// The child's exit, set once by the termination handler; waiters are continuations.
+/// The child's exit, set once by the termination handler, which then calls whatever
+/// waits for it: continuations of awaiting tasks, or callbacks.
 final class ExitLatch: @unchecked Sendable {
     private let lock = NSLock()
     private var result: (status: Int32, at: ContinuousClock.Instant)?
-    private var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
-    private var timedOut: Set<UInt64> = []
+    private var waiters: [UInt64: @Sendable () -> Void] = [:]
     private var nextID: UInt64 = 0
 
     var outcome: (status: Int32, at: ContinuousClock.Instant)? { lock.withLock { result } }
 
     func finish(status: Int32) {
         let now = ContinuousClock.now
-        let resumed = lock.withLock {
+        let called = lock.withLock {
             result = (status, now)
             defer { waiters = [:] }
             return Array(waiters.values)
         }
-        for waiter in resumed { waiter.resume() }
+        for waiter in called { waiter() }
     }
 
-    /// Returns once the child has exited, or after `timeout` (nil: no limit).
-    func wait(timeout: Duration?) async {
-        let id: UInt64 = lock.withLock {
-            nextID += 1
-            return nextID
+    /// Calls `body` (on the reaper's thread) once the child has exited, at once if it has.
+    /// Returns a key for `cancel`, nil when `body` ran already.
+    @discardableResult
+    func onExit(_ body: @escaping @Sendable () -> Void) -> UInt64? {
+        lock.lock()
+        guard result == nil else {
+            lock.unlock()
+            body()
+            return nil
         }
-        if let timeout {
-            // A sleeping task holds no thread; it ends the wait if the child outlives it.
+        nextID += 1
+        let id = nextID
+        waiters[id] = body
+        lock.unlock()
+        return id
+    }
+
+    /// Takes back the callback `id` unless it ran; true if it was taken back.
+    func cancel(_ id: UInt64) -> Bool {
+        lock.withLock { waiters.removeValue(forKey: id) != nil }
+    }
+
+    /// Returns once the child has exited, or after `timeout` (nil: no limit). A sleeping task
+    /// holds no thread; whichever of the exit and the timer comes first resumes the waiter.
+    func wait(timeout: Duration?) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumed = Once()
+            let resume: @Sendable () -> Void = { if resumed.take() { continuation.resume() } }
+            guard let id = onExit(resume), let timeout else { return }
             Task { [weak self] in
                 try? await Task.sleep(for: timeout)
-                self?.timeOut(id)
-            }
-        }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            lock.lock()
-            if result != nil || timedOut.remove(id) != nil {
-                lock.unlock()
-                continuation.resume()
-            } else {
-                waiters[id] = continuation
-                lock.unlock()
+                if self?.cancel(id) ?? true { resume() }
             }
         }
     }
+}
 
-    private func timeOut(_ id: UInt64) {
-        lock.lock()
-        if let waiter = waiters.removeValue(forKey: id) {
-            lock.unlock()
-            waiter.resume()
-        } else {
-            if result == nil { timedOut.insert(id) }  // the timer fired before the wait began
-            lock.unlock()
+/// True for the first `take()` only.
+final class Once: @unchecked Sendable {
+    private let lock = NSLock()
+    private var taken = false
+    func take() -> Bool {
+        lock.withLock {
+            defer { taken = true }
+            return !taken
         }
     }
 }

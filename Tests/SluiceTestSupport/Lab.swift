@@ -177,6 +177,9 @@ public final class Lab: @unchecked Sendable {
         public var errors: [String]
         /// The command's whole exchange, for failure messages.
         public var output: String = ""
+        /// When the client started and exited, as the reaper saw it.
+        public var started: ContinuousClock.Instant = .now
+        public var exited: ContinuousClock.Instant = .now
 
         enum CodingKeys: String, CodingKey { case sent, ok, failed, backends, errors }
     }
@@ -189,6 +192,8 @@ public final class Lab: @unchecked Sendable {
             throw CommandError("lab client printed no result:\n\(result)")
         }
         decoded.output = result.description
+        decoded.started = result.started
+        decoded.exited = result.exited
         return decoded
     }
 

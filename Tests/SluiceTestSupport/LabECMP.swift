@@ -35,6 +35,15 @@ extension Lab {
         try await Self.run(balancer == .lb ? "lbctl" : "lbctl2", name, arguments)
     }
 
+    /// `lbctl ARGS...` on each of `balancers`, run side by side again and again off the
+    /// concurrency pool (CommandWatch, which starts at once) until `condition` holds for
+    /// their results, in the order of `balancers`.
+    public func watchLbctl(_ arguments: [String], on balancers: [Balancer] = [.lb], every interval: Duration = .milliseconds(100),
+                           timeout: Duration, until condition: @escaping @Sendable ([CommandResult]) -> Bool) -> CommandWatch {
+        CommandWatch(balancers.map { Self.invocation($0 == .lb ? "lbctl" : "lbctl2", name, arguments) },
+                     every: interval, timeout: timeout, until: condition)
+    }
+
     /// `lbctl stats --json` of `balancer`, decoded.
     public func stats(of balancer: Balancer) async throws -> Stats {
         try decode(Stats.self, Self.checked(await lbctl(on: balancer, ["stats", "--json"])))

@@ -9,9 +9,11 @@ public struct CommandResult: Sendable, CustomStringConvertible {
     public var status: Int32
     public var stdoutData: Data
     public var stderrData: Data
-    /// From just before the spawn to the exit, as the reaper saw it: a late resumption of
-    /// the awaiting task is not in it.
-    public var duration: Duration
+    /// Just before the spawn, and the exit as the reaper saw it: a late resumption of the
+    /// task that awaited the command is in neither.
+    public var started: ContinuousClock.Instant
+    public var exited: ContinuousClock.Instant
+    public var duration: Duration { exited - started }
 
     public var stdout: String { String(decoding: stdoutData, as: UTF8.self) }
     public var stderr: String { String(decoding: stderrData, as: UTF8.self) }
@@ -33,22 +35,43 @@ public struct CommandError: Error, CustomStringConvertible {
 }
 
 public enum Command {
-    /// Runs `executable` with `arguments` and awaits its exit (holding no thread). Output
-    /// goes to temporary files, so a chatty child can never block on a full pipe.
+    /// Runs `executable` with `arguments` and awaits its exit (holding no thread).
     public static func run(_ executable: String, _ arguments: [String]) async throws -> CommandResult {
+        try await withCheckedThrowingContinuation { continuation in
+            do {
+                try start(executable, arguments) { continuation.resume(with: $0) }
+            } catch {
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+
+    /// Starts `executable` with `arguments`; `finished` gets the result on the reaper's thread.
+    /// Output goes to temporary files, so a chatty child can never block on a full pipe.
+    public static func start(_ executable: String, _ arguments: [String],
+                             finished: @escaping @Sendable (Result<CommandResult, any Error>) -> Void) throws {
         let scratch = FileManager.default.temporaryDirectory
             .appendingPathComponent("sluice-cmd-\(UUID().uuidString.prefix(12))")
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: false)
-        defer { try? FileManager.default.removeItem(at: scratch) }
         let outURL = scratch.appendingPathComponent("stdout"), errURL = scratch.appendingPathComponent("stderr")
-        let start = ContinuousClock.now
-        let child = try withOutputFiles(stdout: outURL, stderr: errURL) { out, err in
-            try ChildProcess(executable, arguments, stdout: out, stderr: err)
+        let started = ContinuousClock.now
+        let child: ChildProcess
+        do {
+            child = try withOutputFiles(stdout: outURL, stderr: errURL) { out, err in
+                try ChildProcess(executable, arguments, stdout: out, stderr: err)
+            }
+        } catch {
+            try? FileManager.default.removeItem(at: scratch)
+            throw error
         }
-        let status = await child.exited()
-        return CommandResult(arguments: [executable] + arguments, status: status,
-                             stdoutData: try Data(contentsOf: outURL), stderrData: try Data(contentsOf: errURL),
-                             duration: (child.exitTime ?? ContinuousClock.now) - start)
+        child.onExit { status in
+            defer { try? FileManager.default.removeItem(at: scratch) }
+            finished(Result {
+                CommandResult(arguments: [executable] + arguments, status: status,
+                              stdoutData: try Data(contentsOf: outURL), stderrData: try Data(contentsOf: errURL),
+                              started: started, exited: child.exitTime ?? .now)
+            })
+        }
     }
 
     /// Runs the command and throws, with its output, unless it exits 0.
