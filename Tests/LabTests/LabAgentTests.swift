@@ -19,9 +19,9 @@ struct LabAgentTests {
             try #require(http.ok == 60 && http.failed == 0, "HTTP burst failed:\n\(http.output)")
             let udp = try await lab.client(.udp, Self.vip4, 53, count: 40)
             try #require(udp.ok == 40 && udp.failed == 0, "UDP burst failed:\n\(udp.output)")
-            // The clients have exited; a scrape that starts after this instant holds all their packets.
-            try await Task.sleep(for: .milliseconds(200))
-            let trafficEnd = Date().timeIntervalSince1970
+            // The clients have exited; a scrape that starts after this instant (with 200 ms to
+            // spare) holds all their packets.
+            let trafficEnd = Date().timeIntervalSince1970 + 0.2
 
             let metrics = try await agent.request("GET", "/metrics")
             try #require(metrics.status == 200, "\(metrics)")

@@ -384,33 +384,44 @@ struct AgentTests {
             }
             #expect(try await validate(oldToken) == 200)
 
-            // Emptied in place (as a careless rewrite would leave it): the old token stays, with a warning.
+            /// Asks until `condition` holds, for at most `timeout`; it asks once more after every
+            /// sleep before it looks at the clock, so a late resumption of this task costs nothing.
+            func eventually(within timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async throws -> Bool {
+                let deadline = ContinuousClock.now + timeout
+                while true {
+                    if try await condition() { return true }
+                    if ContinuousClock.now >= deadline { return false }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
+
+            // Emptied in place (as a careless rewrite would leave it): the old token stays, with a
+            // warning, logged by the first request that finds the file changed (the file is looked
+            // at once a second at most). Every answer until then, and after, takes the old token.
             try "".write(toFile: fixture.tokenPath, atomically: false, encoding: .utf8)
-            try await Task.sleep(for: .milliseconds(1200))
+            var answers: [Int] = []
+            let warned = try await eventually {
+                answers.append(try await validate(oldToken))
+                return fixture.agent.stderr.contains("keeping the previous token")
+            }
+            #expect(answers.allSatisfy { $0 == 200 }, "an empty token file keeps the previous token: \(answers)")
             #expect(try await validate(oldToken) == 200, "an empty token file keeps the previous token")
             #expect(try await validate("") == 401)
-            #expect(fixture.agent.stderr.contains("keeping the previous token"), "a warning is logged\n\(fixture.agent.stderr)")
+            #expect(warned, "a warning is logged\n\(fixture.agent.stderr)")
 
             // Rotated by a rename over the file (a new inode), as secret managers do.
             try (newToken + "\n").write(toFile: fixture.tokenPath, atomically: true, encoding: .utf8)
-            var status = 0
-            let deadline = ContinuousClock.now + .seconds(5)
-            while true {  // asks before looking at the clock: a loaded run may resume this task late
-                status = try await validate(newToken)
-                if status == 200 || ContinuousClock.now >= deadline { break }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-            #expect(status == 200, "the new token is accepted within 5 s\n\(fixture.agent.stderr)")
+            let rotated = try await eventually { try await validate(newToken) == 200 }
+            #expect(rotated, "the new token is accepted within 5 s\n\(fixture.agent.stderr)")
             #expect(try await validate(oldToken) == 401, "the old token is refused")
             let put = try await fixture.agent.request("PUT", "/v1/services", body: Fixtures.changed, token: oldToken)
             #expect(put.status == 401, "\(put)")
             #expect(try await fixture.serviceNames() == ["web", "web6"], "a refused PUT changed nothing")
 
             // Rewritten in place: picked up as well.
-            try await Task.sleep(for: .milliseconds(1100))
             try ("third-" + newToken + "\n").write(toFile: fixture.tokenPath, atomically: false, encoding: .utf8)
-            try await Task.sleep(for: .milliseconds(1200))
-            #expect(try await validate("third-" + newToken) == 200)
+            let rewritten = try await eventually { try await validate("third-" + newToken) == 200 }
+            #expect(rewritten, "the rewritten token is accepted within 5 s\n\(fixture.agent.stderr)")
             #expect(try await validate(newToken) == 401)
             #expect(fixture.agent.pid == pid, "no restart")
         }
