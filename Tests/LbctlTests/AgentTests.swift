@@ -325,8 +325,8 @@ struct AgentTests {
             #expect(health.status == 0 && health.stdout.contains("\"ok\""), "\(health)")
             let body = try fixture.files.write("changed.yaml", Fixtures.changed)
             let put = try await Command.run("/usr/bin/curl", ["-sS", "--fail-with-body", "--cacert", cert, "-X", "PUT",
-                                                        "-H", "Authorization: Bearer \(AgentFixture.token)",
-                                                        "--data-binary", "@" + body, base + "/v1/services"])
+                                                              "-H", "Authorization: Bearer \(AgentFixture.token)",
+                                                              "--data-binary", "@" + body, base + "/v1/services"])
             #expect(put.status == 0 && put.stdout.contains("\"applied\" : true"), "\(put)")
             #expect(try await fixture.serviceNames() == ["dns", "web"])
             let plain = try await Command.run("/usr/bin/curl", ["-sS", "--max-time", "5", base.replacingOccurrences(of: "https://", with: "http://") + "/healthz"])
@@ -351,23 +351,23 @@ struct AgentTests {
 
             // A CA that did not sign the agent's certificate is no better.
             let other = try await Command.run("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                                                             "-subj", "/CN=another CA", "-keyout", fixture.files.path + "/other.key",
-                                                             "-out", fixture.files.path + "/other.pem"])
+                                                                   "-subj", "/CN=another CA", "-keyout", fixture.files.path + "/other.key",
+                                                                   "-out", fixture.files.path + "/other.pem"])
             try #require(other.status == 0, "\(other)")
             let wrongCA = try await Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath,
-                                         "--cacert", fixture.files.path + "/other.pem"])
+                                               "--cacert", fixture.files.path + "/other.pem"])
             #expect(wrongCA.status == 1 && wrongCA.stderr.contains("certificate"), "\(wrongCA)")
 
             let dry = try await Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath,
-                                     "--cacert", fixture.caPath, "--dry-run"])
+                                           "--cacert", fixture.caPath, "--dry-run"])
             #expect(dry.status == 0 && dry.stdout == (expected + ["dry run: nothing applied"]).joined(separator: "\n") + "\n", "\(dry)")
             let applied = try await Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath,
-                                         "--cacert", fixture.caPath])
+                                               "--cacert", fixture.caPath])
             #expect(applied.status == 0 && applied.stdout.hasPrefix(expected.joined(separator: "\n") + "\napplied: "), "\(applied)")
             #expect(try await fixture.serviceNames() == ["dns", "web"])
 
             let missing = try await Lbctl.run(["apply", "-f", changed, "--server", server, "--token-file", fixture.tokenPath,
-                                         "--cacert", fixture.files.path + "/nonexistent.pem"])
+                                               "--cacert", fixture.files.path + "/nonexistent.pem"])
             #expect(missing.status == 2 && missing.stderr.contains("nonexistent.pem"), "\(missing)")
             let plain = try await Lbctl.run(["apply", "-f", changed, "--token-file", fixture.tokenPath, "--cacert", fixture.caPath])
             #expect(plain.status == 2, "--cacert without --server is a usage error\n\(plain)")

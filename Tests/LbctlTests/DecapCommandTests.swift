@@ -140,7 +140,7 @@ struct DecapCommandTests {
             for name in lab.decapPins { #expect(lab.pinned(name), "\(name) is pinned") }
 
             let again = try await lab.lbctl("decap", "attach", "bk0", "--vip", "198.51.100.78", "--vip", "2001:db8::78",
-                                      "--local", "10.88.0.9")
+                                            "--local", "10.88.0.9")
             #expect(again.status == 0, "\(again)")
             #expect(again.stdout.contains("already attached"), "\(again)")
             #expect(again.stdout.contains("vips: 198.51.100.78 2001:db8::78\n") && again.stdout.contains("local: 10.88.0.9\n"),

@@ -56,7 +56,7 @@ struct LbctlCommandLineTests {
         try await withTestNamespace { namespace in
 
             let result = try await Lbctl.run("attach", "nosuch0", "--gateway-mac", Fixtures.gatewayMAC,
-                                       pinPath: "\(bpffs.path)/lb", in: namespace)
+                                             pinPath: "\(bpffs.path)/lb", in: namespace)
             #expect(result.status == 2, "\(result)")
             #expect(result.stderr.contains("nosuch0"), "\(result)")
             #expect(!FileManager.default.fileExists(atPath: "\(bpffs.path)/lb"), "nothing is loaded for a missing interface")

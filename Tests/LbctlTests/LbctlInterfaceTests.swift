@@ -253,12 +253,12 @@ struct LbctlInterfaceTests {
                 let applied = try await Lbctl.run("apply", "-f", try files.write("\(name).yaml", text), pinPath: pin, in: namespace)
                 try #require(applied.status == 0, "\(applied)")
                 let web = try await roundTrip(socket, builder.tcp(from: Self.clientV4, 42000, to: Fixtures.webVIP, 80,
-                                                            payload: Array("sluice-web-\(name)".utf8)))
+                                                                  payload: Array("sluice-web-\(name)".utf8)))
                 #expect(web.map { ["10.1.0.1", "10.1.0.2", "10.1.0.3"].contains($0.outerDestination.description) } == true,
                         "after \(name): the web VIP is not balanced (\(String(describing: web?.outerDestination)))")
                 if name != "good" {
                     let dns = try await roundTrip(socket, builder.udp(from: Self.clientV4, 42001, to: "192.0.2.53", 53,
-                                                                payload: Array("sluice-dns-\(name)".utf8)))
+                                                                      payload: Array("sluice-dns-\(name)".utf8)))
                     #expect(dns?.outerDestination.description == "10.1.0.9",
                             "after \(name): the dns VIP is not balanced (\(String(describing: dns?.outerDestination)))")
                 }
