@@ -30,7 +30,7 @@ struct AgentLatencyBench {
         let agent: AgentProcess = bench.process, token = bench.token
         guard let port = URL(string: agent.baseURL)?.port else { throw CommandError("agent URL \(agent.baseURL)") }
         let files = [false, true].map { serviceFile(weightsChanged: $0) }
-        let first = try agent.curl("PUT", "/v1/services", body: files[0], token: token, timeoutSeconds: 600)
+        let first = try Blocking.run { try await agent.curl("PUT", "/v1/services", body: files[0], token: token, timeoutSeconds: 600) }
         guard first.status == 200 else { throw CommandError("PUT /v1/services: \(first)") }
 
         let seconds = options.quick ? 2.0 : 10.0
@@ -41,7 +41,8 @@ struct AgentLatencyBench {
         let loader = Thread {
             var index = 1
             while !stop.isSet {
-                let reply = try? agent.curl("PUT", "/v1/services", body: files[index % 2], token: token, timeoutSeconds: 600)
+                let body = files[index % 2]
+                let reply = try? Blocking.run { try await agent.curl("PUT", "/v1/services", body: body, token: token, timeoutSeconds: 600) }
                 if reply?.status == 200 { puts.add() }
                 index += 1
             }

@@ -29,7 +29,9 @@ final class BenchAgent {
 
                 """.appending(extraConfig).write(toFile: directory + "/agent.yaml", atomically: true, encoding: .utf8)
             try prepare(pinPath)
-            process = try AgentProcess(configPath: directory + "/agent.yaml", lbctl: lbctl, timeout: .seconds(120))
+            // The test-support helpers are async; the bench runs them from its synchronous thread.
+            let config = directory + "/agent.yaml"
+            process = try Blocking.run { try await AgentProcess(configPath: config, lbctl: lbctl, timeout: .seconds(120)) }
         } catch {
             close()
             throw error
@@ -37,7 +39,7 @@ final class BenchAgent {
     }
 
     func close() {
-        _ = process?.stop()
+        if let process { _ = try? Blocking.run { await process.stop() } }
         process = nil
         Dataplane.removePins(at: pinPath)
         mount.close()

@@ -168,7 +168,7 @@ struct ControlPlaneBench {
         let agent: AgentProcess = bench.process, token = bench.token
 
         func scrape() throws -> Int {
-            let reply = try agent.curl("GET", "/metrics", timeoutSeconds: 120)
+            let reply = try Blocking.run { try await agent.curl("GET", "/metrics", timeoutSeconds: 120) }
             guard reply.status == 200 else { throw CommandError("GET /metrics: \(reply)") }
             return reply.body.count
         }
@@ -180,7 +180,7 @@ struct ControlPlaneBench {
         let yaml = serviceFile(services: services, changedBackend: false)
             .replacingOccurrences(of: "node:\n", with: "node:\n  maglev_table_size: 1021\n")
         let putStart = ContinuousClock.now
-        let put = try agent.curl("PUT", "/v1/services", body: yaml, token: token, timeoutSeconds: 600)
+        let put = try Blocking.run { try await agent.curl("PUT", "/v1/services", body: yaml, token: token, timeoutSeconds: 600) }
         let putMs = milliseconds(since: putStart)
         guard put.status == 200 else { throw CommandError("PUT /v1/services of \(services)x10: \(put)") }
         let afterPut = try residentBytes(pid: agent.pid)
@@ -238,7 +238,7 @@ extension ControlPlaneBench {
 
     private func timedApply(_ lbctl: String, file: String, pinPath: String) throws -> (ms: Double, outcome: ApplyOutcome) {
         let start = ContinuousClock.now
-        let result = try Command.run(lbctl, ["apply", "-f", file, "--pin-path", pinPath])
+        let result = try Blocking.run { try await Command.run(lbctl, ["apply", "-f", file, "--pin-path", pinPath]) }
         let ms = milliseconds(since: start)
         guard result.status == 0 else { throw CommandError("lbctl apply failed:\n\(result)") }
         // "applied: N Maglev table(s) switched, B bytes written"

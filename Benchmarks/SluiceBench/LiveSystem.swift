@@ -84,8 +84,8 @@ enum LiveSystem {
     /// whichever CPU sent to it. Written through `ip netns exec`, whose fresh
     /// sysfs shows the namespace's interfaces.
     static func setThreadedNAPI(_ namespace: TestNamespace, _ interface: String) throws {
-        let result = try Command.run(TestNamespace.ip, ["netns", "exec", namespace.name, "/bin/sh", "-c",
-                                                        "echo 1 > /sys/class/net/\(interface)/threaded"])
+        let command = ["netns", "exec", namespace.name, "/bin/sh", "-c", "echo 1 > /sys/class/net/\(interface)/threaded"]
+        let result = try Blocking.run { try await Command.run(TestNamespace.ip, command) }
         guard result.status == 0 else { throw LiveError("threaded NAPI on \(interface): \(result.stderr)") }
     }
 

@@ -56,18 +56,19 @@ final class LiveTestbed: @unchecked Sendable {
         let tag = String(format: "%04x", UInt32.random(in: 0...0xffff))
         generatorInterface = "slg\(tag)"
         balancerInterface = "slb\(tag)"
-        generatorNamespace = try TestNamespace(prefix: "slbench-gen")
+        // The test-support helpers are async; this runs on the bench's synchronous main thread.
+        let generator = try Blocking.run { try await TestNamespace(prefix: "slbench-gen") }
+        generatorNamespace = generator
         do {
-            balancerNamespace = try TestNamespace(prefix: "slbench-lb")
+            balancerNamespace = try Blocking.run { try await TestNamespace(prefix: "slbench-lb") }
         } catch {
-            generatorNamespace.remove()
+            removeNamespaces([generator])
             throw error
         }
         do {
             bpffs = try BPFFSMount()
         } catch {
-            generatorNamespace.remove()
-            balancerNamespace.remove()
+            removeNamespaces([generatorNamespace, balancerNamespace])
             throw error
         }
         do {
@@ -88,28 +89,34 @@ final class LiveTestbed: @unchecked Sendable {
         defer { lock.unlock() }
         guard !closed else { return }
         closed = true
-        generatorNamespace.remove()
-        balancerNamespace.remove()
+        removeNamespaces([generatorNamespace, balancerNamespace])
         Dataplane.removePins(at: pinPath)
         bpffs.close()
     }
 
     /// Names left behind, if any (for the caller's check).
     var leftovers: [String] {
-        [generatorNamespace.name, balancerNamespace.name].filter(TestNamespace.exists)
+        let names = [generatorNamespace.name, balancerNamespace.name]
+        return (try? Blocking.run {
+            var left: [String] = []
+            for name in names { if await TestNamespace.exists(name) { left.append(name) } }
+            return left
+        }) ?? names
     }
 
     private func setUp() throws {
-        try generatorNamespace.ip("link", "add", generatorInterface, "type", "veth",
-                                  "peer", "name", balancerInterface, "netns", balancerNamespace.name)
-        try generatorNamespace.ip("link", "set", generatorInterface, "up")
-        try balancerNamespace.ip("link", "set", balancerInterface, "up")
-        generatorMAC = try generatorNamespace.macAddress(of: generatorInterface)
-        balancerMAC = try balancerNamespace.macAddress(of: balancerInterface)
+        let generator = generatorNamespace, balancer = balancerNamespace
+        let generatorName = generatorInterface, balancerName = balancerInterface
+        (generatorMAC, balancerMAC) = try Blocking.run {
+            try await generator.ip("link", "add", generatorName, "type", "veth", "peer", "name", balancerName, "netns", balancer.name)
+            try await generator.ip("link", "set", generatorName, "up")
+            try await balancer.ip("link", "set", balancerName, "up")
+            return (try await generator.macAddress(of: generatorName), try await balancer.macAddress(of: balancerName))
+        }
 
         // The sink: counts and drops what comes back; also what lets the
         // balancer's XDP_TX frames into the generator's veth at all.
-        let sink = programs.sink, generatorName = generatorInterface
+        let sink = programs.sink
         generatorIndex = try inGenerator {
             let index = if_nametoindex(generatorName)
             guard index != 0 else { throw LiveError("no interface \(generatorName)") }
@@ -118,7 +125,7 @@ final class LiveTestbed: @unchecked Sendable {
         }
 
         // The balancer, attached as lbctl attaches it, its next hop the generator.
-        let balancerName = balancerInterface, pin = pinPath
+        let pin = pinPath
         let gateway = MACAddress(bytes: generatorMAC)
         balancerIndex = try inBalancer {
             _ = try Attacher.attach(interface: balancerName, mode: .native, gateway: gateway, pinPath: pin,
@@ -205,4 +212,9 @@ final class LiveTestbed: @unchecked Sendable {
         return builder.tcp(from: Self.client, Self.clientPort, to: Self.vip, Self.port, flags: flags,
                            payload: [UInt8](repeating: 0x5a, count: LivePrograms.frameLength - headers))
     }
+}
+
+/// Removes `namespaces` (TestNamespace's helpers are async; the bench is synchronous).
+private func removeNamespaces(_ namespaces: [TestNamespace]) {
+    _ = try? Blocking.run { for namespace in namespaces { await namespace.remove() } }
 }

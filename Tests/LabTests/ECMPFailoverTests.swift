@@ -17,17 +17,17 @@ struct ECMPFailoverTests {
 
     /// A fresh two-balancer lab for `body`, taken down afterwards even when `body` throws.
     static func withTwoBalancerLab(_ body: (Lab) async throws -> Void) async throws {
-        let lab = try Lab(balancers: 2)
-        defer {
-            do { try lab.down() } catch { Issue.record(error, "lab \(lab.name) did not come down") }
+        try await Lab.withLab(balancers: 2) { lab in
+            try #require(lab.balancerCount == 2 && lab.balancers == [.lb, .lb2], "lab.sh info: \(lab.info)")
+            try await body(lab)
         }
-        try #require(lab.balancerCount == 2 && lab.balancers == [.lb, .lb2], "lab.sh info: \(lab.info)")
-        try await body(lab)
     }
 
     /// New flows each balancer has seen so far.
-    static func newFlows(_ lab: Lab) throws -> [Lab.Balancer: Int] {
-        try Dictionary(uniqueKeysWithValues: lab.balancers.map { ($0, try lab.stats(of: $0).newFlows) })
+    static func newFlows(_ lab: Lab) async throws -> [Lab.Balancer: Int] {
+        var flows: [Lab.Balancer: Int] = [:]
+        for balancer in lab.balancers { flows[balancer] = try await lab.stats(of: balancer).newFlows }
+        return flows
     }
 
     static func delta(_ after: [Lab.Balancer: Int], _ before: [Lab.Balancer: Int]) -> [Lab.Balancer: Int] {
@@ -60,65 +60,64 @@ struct ECMPFailoverTests {
         lab: Lab, sessions count: Int = 100, interval: Double = 0.3, settle: Duration = .seconds(3),
         beforeFailover: () async throws -> Void = {}
     ) async throws -> FailoverOutcome {
-        let flowsBefore = try newFlows(lab)
-        let sessions = try lab.startSessions(vip4, echoPort, count: count, interval: interval)
-        defer { sessions.stop() }
-        func describe(_ state: Lab.Sessions.State?) -> String {
-            "\(state?.summary ?? "no state yet"); client output: \(sessions.output)"
+        let flowsBefore = try await newFlows(lab)
+        return try await lab.withSessions(vip4, echoPort, count: count, interval: interval) { sessions in
+            func describe(_ state: Lab.Sessions.State?) -> String {
+                "\(state?.summary ?? "no state yet"); client output: \(sessions.output)"
+            }
+
+            // All open, a few rounds done, nothing broken.
+            let started = try await sessions.wait { $0.opened == count && $0.rounds >= 3 }
+            try #require(started?.opened == count && (started?.rounds ?? 0) >= 3 && started?.broken == 0,
+                         "the sessions did not all start: \(describe(started))")
+            let carried = try await delta(newFlows(lab), flowsBefore)
+
+            // A new backend set on both balancers: established flows stay where they are.
+            let grown = try await lab.applyEcho("be1:1,be2:1,be3:1")
+            for balancer in lab.balancers {
+                let echo = try #require(try await lab.status(of: balancer).service("echo"), "no echo service on \(balancer)")
+                try #require(echo.backends.count == 3, "\(balancer) did not take the new echo set: \(echo.backends)\n\(grown)")
+            }
+            let afterChange = try await sessions.waitRounds(2)
+            try #require(afterChange?.broken == 0 && afterChange?.alive == count,
+                         "sessions broke when the echo set grew (before any failover): \(describe(afterChange))")
+
+            try await beforeFailover()
+
+            // Balancer lb fails: the router sends everything to lb2.
+            try await lab.route(.lb2)
+            let failedAt = ContinuousClock.now
+            let roundsAtFailover = sessions.state()?.rounds ?? 0
+            let final = try await sessions.wait(timeout: settle + .seconds(20)) {
+                $0.rounds >= roundsAtFailover + 3 && ContinuousClock.now - failedAt >= settle
+            }
+            let state = try #require(final, "no sessions state: \(describe(final))")
+            try #require(state.rounds >= roundsAtFailover + 3, "the client stalled after the failover: \(describe(state))")
+            return FailoverOutcome(total: state.opened, broken: state.broken, carried: carried, final: state)
         }
-
-        // All open, a few rounds done, nothing broken.
-        let started = try await sessions.wait { $0.opened == count && $0.rounds >= 3 }
-        try #require(started?.opened == count && (started?.rounds ?? 0) >= 3 && started?.broken == 0,
-                     "the sessions did not all start: \(describe(started))")
-        let carried = try delta(newFlows(lab), flowsBefore)
-
-        // A new backend set on both balancers: established flows stay where they are.
-        let grown = try lab.applyEcho("be1:1,be2:1,be3:1")
-        for balancer in lab.balancers {
-            let echo = try #require(try lab.status(of: balancer).service("echo"), "no echo service on \(balancer)")
-            try #require(echo.backends.count == 3, "\(balancer) did not take the new echo set: \(echo.backends)\n\(grown)")
-        }
-        let afterChange = try await sessions.waitRounds(2)
-        try #require(afterChange?.broken == 0 && afterChange?.alive == count,
-                     "sessions broke when the echo set grew (before any failover): \(describe(afterChange))")
-
-        try await beforeFailover()
-
-        // Balancer lb fails: the router sends everything to lb2.
-        try lab.route(.lb2)
-        let failedAt = ContinuousClock.now
-        let roundsAtFailover = sessions.state()?.rounds ?? 0
-        try await Task.sleep(for: settle)
-        let final = try await sessions.wait(timeout: .seconds(20)) {
-            $0.rounds >= roundsAtFailover + 3 && ContinuousClock.now - failedAt >= settle
-        }
-        let state = try #require(final, "no sessions state: \(describe(final))")
-        try #require(state.rounds >= roundsAtFailover + 3, "the client stalled after the failover: \(describe(state))")
-        return FailoverOutcome(total: state.opened, broken: state.broken, carried: carried, final: state)
     }
 
     @Test("ECMP spreads new connections over both balancers, all answered; route lb2 sends them all through lb2")
     func ecmpSpreadsAndWithdraws() async throws {
         try await Self.withTwoBalancerLab { lab in
             for (host, port) in [(Self.vip4, 80), (Self.vip6, 80)] {
-                let before = try Self.newFlows(lab)
-                let result = try lab.client(.http, host, port, count: 100)
+                let before = try await Self.newFlows(lab)
+                let result = try await lab.client(.http, host, port, count: 100)
                 try #require(result.ok == 100 && result.failed == 0, "HTTP burst to \(host) failed:\n\(result.output)")
-                let spread = try Self.delta(Self.newFlows(lab), before)
+                let spread = try await Self.delta(Self.newFlows(lab), before)
                 #expect((spread[.lb] ?? 0) >= 10 && (spread[.lb2] ?? 0) >= 10,
                         "100 connections to \(host) were not spread over both balancers: \(spread)")
             }
 
-            try lab.route(.lb2)
-            let before = try Self.newFlows(lab)
-            let result = try lab.client(.echo, Self.vip4, Self.echoPort, count: 50)
+            try await lab.route(.lb2)
+            let before = try await Self.newFlows(lab)
+            let result = try await lab.client(.echo, Self.vip4, Self.echoPort, count: 50)
             try #require(result.ok == 50 && result.failed == 0, "echo burst through lb2 failed:\n\(result.output)")
-            let through = try Self.delta(Self.newFlows(lab), before)
+            let through = try await Self.delta(Self.newFlows(lab), before)
             #expect(through[.lb] == 0 && (through[.lb2] ?? 0) >= 50, "with route lb2: \(through)")
 
-            try lab.route(.both)
-            let again = try lab.client(.http, Self.vip4, 80, count: 50)
+            try await lab.route(.both)
+            let again = try await lab.client(.http, Self.vip4, 80, count: 50)
             #expect(again.ok == 50 && again.failed == 0, "after route both:\n\(again.output)")
         }
     }

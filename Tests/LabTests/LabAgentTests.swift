@@ -11,98 +11,93 @@ import Testing
 struct LabAgentTests {
     static let vip4 = "198.51.100.10"
 
-    /// A fresh lab for `body`, taken down afterwards even when `body` throws (the
-    /// agent and Prometheus made inside `body` are gone by then).
-    func withLab(_ body: (Lab) async throws -> Void) async throws {
-        let lab = try Lab()
-        defer {
-            do { try lab.down() } catch { Issue.record(error, "lab \(lab.name) did not come down") }
-        }
-        try await body(lab)
-    }
-
     @Test("a Prometheus server scraping the agent every second sees per-backend packet counters equal to lbctl stats; promtool accepts /metrics")
     func prometheusScrapesTheAgent() async throws {
-        try await withLab { lab in
-            let agent = try LabAgent(lab: lab)
-            let http = try lab.client(.http, Self.vip4, 80, count: 60)
+        try await Lab.withLab { lab in
+            let agent = try await LabAgent(lab: lab)
+            let http = try await lab.client(.http, Self.vip4, 80, count: 60)
             try #require(http.ok == 60 && http.failed == 0, "HTTP burst failed:\n\(http.output)")
-            let udp = try lab.client(.udp, Self.vip4, 53, count: 40)
+            let udp = try await lab.client(.udp, Self.vip4, 53, count: 40)
             try #require(udp.ok == 40 && udp.failed == 0, "UDP burst failed:\n\(udp.output)")
-            // The clients have exited; a scrape that starts after this instant holds all their packets.
-            try await Task.sleep(for: .milliseconds(200))
-            let trafficEnd = Date().timeIntervalSince1970
+            // The clients have exited; a scrape that starts after this instant (with 200 ms to
+            // spare) holds all their packets.
+            let trafficEnd = Date().timeIntervalSince1970 + 0.2
 
-            let metrics = try agent.request("GET", "/metrics")
+            let metrics = try await agent.request("GET", "/metrics")
             try #require(metrics.status == 200, "\(metrics)")
             let metricsFile = agent.directory + "/metrics.txt"
             try metrics.body.write(to: URL(fileURLWithPath: metricsFile))
-            let check = try Command.run("/bin/sh", ["-c", "promtool check metrics < '\(metricsFile)'"])
+            let check = try await Command.run("/bin/sh", ["-c", "promtool check metrics < '\(metricsFile)'"])
             #expect(check.status == 0, "promtool check metrics:\n\(check)")
 
             let port = try #require(agent.baseURL.split(separator: ":").last.map(String.init), "\(agent.baseURL)")
             let prometheus = try PrometheusServer(namespace: agent.namespace, targets: ["127.0.0.1:\(port)"])
-            defer { prometheus.stop() }
-
-            var expected: [String: Int] = [:], seen: [String: Int] = [:], lastScrape = 0.0
-            let deadline = ContinuousClock.now + .seconds(20)
-            while ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(500))
-                try #require(prometheus.isRunning, "prometheus exited:\n\(prometheus.log)")
-                expected = [:]
-                for service in try lab.stats().services {
-                    for backend in service.backends { expected["\(service.name) \(service.vip) \(backend.address)"] = backend.packets }
+            try await withCleanup {
+                var expected: [String: Int] = [:], seen: [String: Int] = [:], lastScrape = 0.0
+                let deadline = ContinuousClock.now + .seconds(20)
+                while ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(500))
+                    try #require(prometheus.isRunning, "prometheus exited:\n\(prometheus.log)")
+                    expected = [:]
+                    for service in try await lab.stats().services {
+                        for backend in service.backends { expected["\(service.name) \(service.vip) \(backend.address)"] = backend.packets }
+                    }
+                    // The time of the latest successful scrape, then the series (from that scrape or a later one).
+                    guard let up = try await prometheus.query(#"timestamp(up{job="sluice"} == 1)"#),
+                          let scraped = up.first.flatMap(Self.value), scraped >= trafficEnd,
+                          let series = try await prometheus.query("sluice_packets_total") else { continue }
+                    lastScrape = scraped
+                    seen = [:]
+                    for sample in series {
+                        guard let labels = sample["metric"] as? [String: String], let value = Self.value(sample) else { continue }
+                        seen["\(labels["service"] ?? "?") \(labels["vip"] ?? "?") \(labels["backend"] ?? "?")"] = Int(value)
+                    }
+                    if seen == expected { break }
                 }
-                // The time of the latest successful scrape, then the series (from that scrape or a later one).
-                guard let up = try prometheus.query(#"timestamp(up{job="sluice"} == 1)"#),
-                      let scraped = up.first.flatMap(Self.value), scraped >= trafficEnd,
-                      let series = try prometheus.query("sluice_packets_total") else { continue }
-                lastScrape = scraped
-                seen = [:]
-                for sample in series {
-                    guard let labels = sample["metric"] as? [String: String], let value = Self.value(sample) else { continue }
-                    seen["\(labels["service"] ?? "?") \(labels["vip"] ?? "?") \(labels["backend"] ?? "?")"] = Int(value)
-                }
-                if seen == expected { break }
+                #expect(lastScrape >= trafficEnd, "no scrape after the traffic within 20 s:\n\(prometheus.log)\n\(agent.process.stderr)")
+                let backendCount = try await lab.status().services.reduce(0) { $0 + $1.backends.count }
+                #expect(expected.count == backendCount && backendCount >= 14, "every (service, backend) in lbctl stats: \(expected)")
+                #expect(seen == expected, "Prometheus's sluice_packets_total (left) against lbctl stats --json (right)")
+                let web = expected.filter { $0.key.hasPrefix("web \(Self.vip4) ") }.values.reduce(0, +)
+                let dns = expected.filter { $0.key.hasPrefix("dns \(Self.vip4) ") }.values.reduce(0, +)
+                #expect(web >= 60 * 3 && dns == 40, "the traffic was counted: web \(web) packets, dns \(dns)")
+            } cleanup: {
+                await prometheus.stop()
             }
-            #expect(lastScrape >= trafficEnd, "no scrape after the traffic within 20 s:\n\(prometheus.log)\n\(agent.process.stderr)")
-            let backendCount = try lab.status().services.reduce(0) { $0 + $1.backends.count }
-            #expect(expected.count == backendCount && backendCount >= 14, "every (service, backend) in lbctl stats: \(expected)")
-            #expect(seen == expected, "Prometheus's sluice_packets_total (left) against lbctl stats --json (right)")
-            let web = expected.filter { $0.key.hasPrefix("web \(Self.vip4) ") }.values.reduce(0, +)
-            let dns = expected.filter { $0.key.hasPrefix("dns \(Self.vip4) ") }.values.reduce(0, +)
-            #expect(web >= 60 * 3 && dns == 40, "the traffic was counted: web \(web) packets, dns \(dns)")
         }
     }
 
     @Test("kill -9 of the agent during a burst of new connections: no client fails, GET /v1/services is unchanged, no _total counter goes back")
     func killNineAndRestart() async throws {
-        try await withLab { lab in
-            let agent = try LabAgent(lab: lab)
+        try await Lab.withLab { lab in
+            let agent = try await LabAgent(lab: lab)
             let yaml = try String(contentsOfFile: lab.directory + "/services.yaml", encoding: .utf8)
-            let put = try agent.request("PUT", "/v1/services", body: yaml, token: agent.token)
+            let put = try await agent.request("PUT", "/v1/services", body: yaml, token: agent.token)
             try #require(put.status == 200, "\(put)")
             try #require(FileManager.default.fileExists(atPath: agent.servicesPath), "the PUT set was persisted")
-            let servicesBefore = try agent.request("GET", "/v1/services")
+            let servicesBefore = try await agent.request("GET", "/v1/services")
             try #require(servicesBefore.status == 200, "\(servicesBefore)")
 
             // Clients open new connections (and send new UDP flows) in batches, back to back,
             // from before the kill until a batch that starts after the restart has finished.
             let restarted = Flag()
-            // On threads of their own: the clients block, and blocking two of Swift concurrency's
-            // few threads for seconds would starve this task (and every other test).
-            let http = OnThread { try Self.burstsUntil(restarted) { try lab.client(.http, Self.vip4, 80, count: 100) } }
-            let udp = OnThread { try Self.burstsUntil(restarted) { try lab.client(.udp, Self.vip4, 53, count: 50) } }
+            // Child tasks: each awaits its client processes, so neither holds a thread.
+            async let http = Self.burstsUntil(restarted) { try await lab.client(.http, Self.vip4, 80, count: 100) }
+            async let udp = Self.burstsUntil(restarted) { try await lab.client(.udp, Self.vip4, 53, count: 50) }
+            let startedBursts = ContinuousClock.now
+            while restarted.batchesStarted < 2 && ContinuousClock.now - startedBursts < .seconds(10) {
+                try await Task.sleep(for: .milliseconds(20))  // until both clients are sending
+            }
             try await Task.sleep(for: .milliseconds(300))
-            let metricsBefore = try agent.request("GET", "/metrics")
+            let metricsBefore = try await agent.request("GET", "/metrics")
             try #require(metricsBefore.status == 200, "\(metricsBefore)")
             let killedAt = Date()
-            let status = agent.kill()
+            let status = await agent.kill()
             #expect(status == SIGKILL, "the agent died of SIGKILL (status \(String(describing: status)))")
             try await Task.sleep(for: .milliseconds(500))
-            try agent.start()
+            try await agent.start()
             restarted.set()
-            let httpRun = try await http.value, udpRun = try await udp.value
+            let httpRun = try await http, udpRun = try await udp
 
             for (kind, run) in [("HTTP", httpRun), ("UDP", udpRun)] {
                 #expect(run.firstStart < killedAt && run.batches >= 2, "\(kind) clients ran across the kill: \(run.batches) batches")
@@ -110,13 +105,13 @@ struct LabAgentTests {
                         "\(kind): \(run.ok) of \(run.sent) answered, \(run.failed) failed\n\(run.failures.joined(separator: "\n"))")
             }
 
-            let servicesAfter = try agent.request("GET", "/v1/services")
+            let servicesAfter = try await agent.request("GET", "/v1/services")
             try #require(servicesAfter.status == 200, "\(servicesAfter)")
             let before = try JSONSerialization.jsonObject(with: servicesBefore.body) as? NSDictionary
             let after = try JSONSerialization.jsonObject(with: servicesAfter.body) as? NSDictionary
             #expect(before != nil && before == after, "GET /v1/services changed across the restart:\n\(servicesBefore.text)\n\(servicesAfter.text)")
 
-            let metricsAfter = try agent.request("GET", "/metrics")
+            let metricsAfter = try await agent.request("GET", "/metrics")
             try #require(metricsAfter.status == 200, "\(metricsAfter)")
             let old = Self.totals(metricsBefore.text), new = Self.totals(metricsAfter.text)
             #expect(old.count > 20, "the counters before the kill: \(old.keys.sorted())")
@@ -129,50 +124,15 @@ struct LabAgentTests {
         }
     }
 
-    /// `body` on a new Thread (not a Swift concurrency thread); `value` awaits its result.
-    final class OnThread<T: Sendable>: @unchecked Sendable {
-        private let lock = NSLock()
-        private var result: Result<T, any Error>?
-        private var waiter: CheckedContinuation<T, any Error>?
-
-        init(_ body: @escaping @Sendable () throws -> T) {
-            Thread { self.finish(Result { try body() }) }.start()
-        }
-
-        private func finish(_ outcome: Result<T, any Error>) {
-            lock.lock()
-            if let waiter {
-                self.waiter = nil
-                lock.unlock()
-                waiter.resume(with: outcome)
-            } else {
-                result = outcome
-                lock.unlock()
-            }
-        }
-
-        var value: T {
-            get async throws {
-                try await withCheckedThrowingContinuation { continuation in
-                    lock.lock()
-                    if let result {
-                        lock.unlock()
-                        continuation.resume(with: result)
-                    } else {
-                        waiter = continuation
-                        lock.unlock()
-                    }
-                }
-            }
-        }
-    }
-
-    /// Set once, read from other tasks.
+    /// Set once, read from other tasks; counts the batches begun, too.
     final class Flag: @unchecked Sendable {
         private let lock = NSLock()
         private var value = false
+        private var started = 0
         func set() { lock.withLock { value = true } }
         var isSet: Bool { lock.withLock { value } }
+        func batchStarted() { lock.withLock { started += 1 } }
+        var batchesStarted: Int { lock.withLock { started } }
     }
 
     struct BurstRun: Sendable {
@@ -182,13 +142,16 @@ struct LabAgentTests {
     }
 
     /// Runs `batch` back to back until `flag` is set, then once more.
-    static func burstsUntil(_ flag: Flag, _ batch: () throws -> Lab.ClientResult) throws -> BurstRun {
+    static func burstsUntil(_ flag: Flag, _ batch: @Sendable () async throws -> Lab.ClientResult) async throws -> BurstRun {
         var run = BurstRun()
         var last = false
         while true {
             last = flag.isSet
-            if run.batches == 0 { run.firstStart = Date() }
-            let result = try batch()
+            if run.batches == 0 {
+                run.firstStart = Date()
+                flag.batchStarted()
+            }
+            let result = try await batch()
             run.batches += 1
             run.sent += result.sent
             run.ok += result.ok

@@ -25,10 +25,13 @@ struct LabHealthTests {
         return yaml
     }
 
-    /// Web's and dns's state and health of `backend` in `lbctl status --json`.
-    static func health(_ lab: Lab, _ address: String) throws -> [String: String] {
+    static let up = ["web": "active/up", "dns": "active/up"], down = ["web": "down/down", "dns": "down/down"]
+
+    /// Web's and dns's state and health of backend `address` in `lbctl status --json` output.
+    static func health(_ result: CommandResult?, _ address: String) -> [String: String] {
+        guard let data = result?.stdoutData, let status = try? JSONDecoder().decode(Lab.Status.self, from: data) else { return [:] }
         var seen: [String: String] = [:]
-        for service in try lab.status().services where ["web", "dns"].contains(service.name) {
+        for service in status.services where ["web", "dns"].contains(service.name) {
             if let backend = service.backends.first(where: { $0.address == address }) {
                 seen[service.name] = "\(backend.state)/\(backend.health)"
             }
@@ -36,60 +39,64 @@ struct LabHealthTests {
         return seen
     }
 
-    /// Polls until `condition` holds; returns the time it took, or nil after `timeout`. It
-    /// blocks its thread rather than awaiting: a test run keeps Swift's few concurrency
-    /// threads busy, and a resumption waiting for one would add its wait to the time measured.
-    static func timeUntil(timeout: Duration, _ condition: () throws -> Bool) throws -> Duration? {
-        let start = ContinuousClock.now
-        while ContinuousClock.now - start < timeout {
-            if try condition() { return ContinuousClock.now - start }
-            Thread.sleep(forTimeInterval: 0.1)
-        }
-        return nil
+    /// Starts watching `lbctl status` until backend `address`'s health is `state` in web and
+    /// dns. The watch runs off the concurrency pool (CommandWatch): its looks, and the time
+    /// its first satisfied look ended, do not depend on when this test's task runs.
+    static func watch(_ lab: Lab, _ address: String, until state: [String: String], timeout: Duration) -> CommandWatch {
+        lab.watchLbctl(["status", "--json"], timeout: timeout) { health($0.first, address) == state }
+    }
+
+    /// The look that saw `state`, or a failure saying what was seen last.
+    static func satisfied(_ outcome: CommandWatch.Outcome, _ address: String, _ what: String, _ agent: LabAgent) throws -> CommandWatch.Look {
+        let last = outcome.look.map { "\(health($0.results.first, address))" } ?? (outcome.error ?? "no look")
+        return try #require(outcome.satisfied ? outcome.look : nil, "be1 \(what): last seen \(last)\n\(agent.process.stderr)")
     }
 
     @Test("a backend whose servers stop is taken out within interval x fall (+1 s): no new connection or datagram reaches it; it is back after rise")
-    func aDeadBackendIsTakenOutAndPutBack() throws {
-        let lab = try Lab()
-        defer {
-            do { try lab.down() } catch { Issue.record(error, "lab \(lab.name) did not come down") }
+    func aDeadBackendIsTakenOutAndPutBack() async throws {
+        try await Lab.withLab { lab in
+            let agent = try await LabAgent(lab: lab)
+            let put = try await agent.request("PUT", "/v1/services", body: try Self.checkedServices(lab), token: agent.token)
+            try #require(put.status == 200, "\(put)")
+            let be1 = try lab.info("be1_v4")
+            _ = try Self.satisfied(await Self.watch(lab, be1, until: Self.up, timeout: .seconds(10)).outcome, be1, "is not up and checked", agent)
+
+            // be1's servers die: within interval x fall + 1 s it is out of both tables. Timed
+            // from the start of the stop command to the end of the first look that saw it out
+            // (watched from before the stop).
+            let out = Self.watch(lab, be1, until: Self.down, timeout: .seconds(15))
+            let stop = try await lab.setServer("be1", running: false)
+            try #require(stop.duration < .seconds(1), "stopping be1's servers took \(stop.duration)")
+            let bound = Duration.seconds(Self.interval * Double(Self.fall) + 1)
+            let outcome = await out.outcome
+            let took = try Self.satisfied(outcome, be1, "was not taken out", agent).finished - stop.started
+            let after = outcome.previous.map { "after \($0.started - stop.started), " } ?? ""
+            let looks = outcome.previous.map { "looks of \($0.finished - $0.started) and \(outcome.look!.finished - outcome.look!.started)" } ?? ""
+            print("health (lab \(lab.name)): be1 out \(took) after its servers stopped (\(after)\(looks); bound \(bound))")
+            let logged = agent.process.stderr.split(separator: "\n").filter { $0.contains("health") }.joined(separator: "\n")
+            #expect(took <= bound, "be1 was taken out \(after)by \(took), more than interval x fall + 1 s = \(bound) (\(looks))\n\(logged)")
+            let metrics = try await agent.request("GET", "/metrics").text
+            #expect(metrics.contains(#"sluice_backend_up{service="web",vip="198.51.100.10",backend="\#(be1)"} 0"#), "\(metrics)")
+            #expect(metrics.contains(#"sluice_backend_active{service="web",vip="198.51.100.10",backend="\#(be1)"} 0"#))
+
+            // New connections and datagrams all go to be2 and be3, so every one is answered.
+            let before = try lab.log(of: "be1").count
+            let http = try await lab.client(.http, Self.vip4, 80, count: 60)
+            #expect(http.ok == 60 && http.failed == 0 && (http.backends["be1"] ?? 0) == 0, "HTTP with be1 down:\n\(http.output)")
+            let udp = try await lab.client(.udp, Self.vip4, 53, count: 40)
+            #expect(udp.ok == 40 && udp.failed == 0 && (udp.backends["be1"] ?? 0) == 0, "UDP with be1 down:\n\(udp.output)")
+            #expect(try lab.log(of: "be1").count == before, "be1's servers are down: nothing may have reached them")
+
+            // be1 comes back: after `rise` passing probes it is put back and takes new flows.
+            // Timed from the end of the start command (its servers listen) to the end of the
+            // first look that saw it back.
+            let back = Self.watch(lab, be1, until: Self.up, timeout: .seconds(20))
+            let start = try await lab.setServer("be1", running: true)
+            let returned = try Self.satisfied(await back.outcome, be1, "did not come back", agent).finished - start.exited
+            print("health (lab \(lab.name)): be1 back \(returned) after its servers started (rise \(Self.rise) x \(Self.interval) s)")
+            #expect(returned >= .seconds(Self.interval * Double(Self.rise - 1)), "back after \(returned): sooner than rise allows")
+            let again = try await lab.client(.http, Self.vip4, 80, count: 60)
+            #expect(again.ok == 60 && again.failed == 0 && (again.backends["be1"] ?? 0) > 0, "HTTP with be1 back:\n\(again.output)")
         }
-        let agent = try LabAgent(lab: lab)
-        let put = try agent.request("PUT", "/v1/services", body: try Self.checkedServices(lab), token: agent.token)
-        try #require(put.status == 200, "\(put)")
-        let be1 = try lab.info("be1_v4")
-        let up = try Self.timeUntil(timeout: .seconds(10)) { try Self.health(lab, be1) == ["web": "active/up", "dns": "active/up"] }
-        try #require(up != nil, "be1 is not up and checked: \((try? Self.health(lab, be1)) ?? [:])\n\(agent.process.stderr)")
-
-        // be1's servers die: within interval x fall + 1 s it is out of both tables.
-        let stopping = ContinuousClock.now
-        try lab.setServer("be1", running: false)
-        let stopped = ContinuousClock.now - stopping
-        try #require(stopped < .seconds(1), "stopping be1's servers took \(stopped)")
-        let bound = Duration.seconds(Self.interval * Double(Self.fall) + 1)
-        let out = try Self.timeUntil(timeout: .seconds(15)) { try Self.health(lab, be1) == ["web": "down/down", "dns": "down/down"] }
-        let took = try #require(out.map { $0 + stopped }, "be1 was not taken out: \((try? Self.health(lab, be1)) ?? [:])\n\(agent.process.stderr)")
-        print("health (lab \(lab.name)): be1 out \(took) after its servers stopped (bound \(bound))")
-        #expect(took <= bound, "be1 was taken out after \(took), more than interval x fall + 1 s = \(bound)")
-        let metrics = try agent.request("GET", "/metrics").text
-        #expect(metrics.contains(#"sluice_backend_up{service="web",vip="198.51.100.10",backend="\#(be1)"} 0"#), "\(metrics)")
-        #expect(metrics.contains(#"sluice_backend_active{service="web",vip="198.51.100.10",backend="\#(be1)"} 0"#))
-
-        // New connections and datagrams all go to be2 and be3, so every one is answered.
-        let before = try lab.log(of: "be1").count
-        let http = try lab.client(.http, Self.vip4, 80, count: 60)
-        #expect(http.ok == 60 && http.failed == 0 && (http.backends["be1"] ?? 0) == 0, "HTTP with be1 down:\n\(http.output)")
-        let udp = try lab.client(.udp, Self.vip4, 53, count: 40)
-        #expect(udp.ok == 40 && udp.failed == 0 && (udp.backends["be1"] ?? 0) == 0, "UDP with be1 down:\n\(udp.output)")
-        #expect(try lab.log(of: "be1").count == before, "be1's servers are down: nothing may have reached them")
-
-        // be1 comes back: after `rise` passing probes it is put back and takes new flows.
-        try lab.setServer("be1", running: true)
-        let back = try Self.timeUntil(timeout: .seconds(15)) { try Self.health(lab, be1) == ["web": "active/up", "dns": "active/up"] }
-        let returned = try #require(back, "be1 did not come back: \((try? Self.health(lab, be1)) ?? [:])\n\(agent.process.stderr)")
-        print("health (lab \(lab.name)): be1 back \(returned) after its servers started (rise \(Self.rise) x \(Self.interval) s)")
-        #expect(returned >= .seconds(Self.interval * Double(Self.rise - 1)), "back after \(returned): sooner than rise allows")
-        let again = try lab.client(.http, Self.vip4, 80, count: 60)
-        #expect(again.ok == 60 && again.failed == 0 && (again.backends["be1"] ?? 0) > 0, "HTTP with be1 back:\n\(again.output)")
     }
 }

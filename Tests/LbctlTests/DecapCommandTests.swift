@@ -10,8 +10,8 @@ import Testing
 
 /// A namespace with veth bk0 (the backend's interface, 10.88.0.2/24) <-> cl0
 /// (where test frames are sent from), a VIP on lo, rp_filter off, and a
-/// private bpffs. Everything goes away with `close()`.
-private final class DecapLab {
+/// private bpffs. Everything goes away with `close()`; `DecapLab.with { }` calls it.
+private final class DecapLab: @unchecked Sendable {
     static let backendAddress = "10.88.0.2"
     static let peerAddress = "10.88.0.1"
     static let vip = "198.51.100.77"
@@ -20,35 +20,41 @@ private final class DecapLab {
     let bpffs: BPFFSMount
     var pin: String { "\(bpffs.path)/lb" }
 
-    init(vipOnLo: Bool = true) throws {
-        namespace = try TestNamespace()
+    init(vipOnLo: Bool = true) async throws {
+        namespace = try await TestNamespace()
         do {
             bpffs = try BPFFSMount()
         } catch {
-            namespace.remove()
+            await namespace.remove()
             throw error
         }
         do {
-            try namespace.addVethPair("bk0", peer: "cl0")
-            try namespace.ip("addr", "add", "\(Self.backendAddress)/24", "dev", "bk0")
-            if vipOnLo { try namespace.ip("addr", "add", "\(Self.vip)/32", "dev", "lo") }
+            try await namespace.addVethPair("bk0", peer: "cl0")
+            try await namespace.ip("addr", "add", "\(Self.backendAddress)/24", "dev", "bk0")
+            if vipOnLo { try await namespace.ip("addr", "add", "\(Self.vip)/32", "dev", "lo") }
             // The inner source is no neighbour of bk0: strict reverse-path filtering would drop it.
             for key in ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.bk0.rp_filter=0"] {
-                try Command.check(TestNamespace.ip, ["netns", "exec", namespace.name, "/usr/sbin/sysctl", "-w", key])
+                try await Command.check(TestNamespace.ip, ["netns", "exec", namespace.name, "/usr/sbin/sysctl", "-w", key])
             }
         } catch {
-            close()
+            await close()
             throw error
         }
     }
 
-    func close() {
-        namespace.remove()
+    /// A lab for `body`, closed however `body` ends.
+    static func with(vipOnLo: Bool = true, _ body: (DecapLab) async throws -> Void) async throws {
+        let lab = try await DecapLab(vipOnLo: vipOnLo)
+        try await withCleanup { try await body(lab) } cleanup: { await lab.close() }
+    }
+
+    func close() async {
+        await namespace.remove()
         bpffs.close()
     }
 
-    func lbctl(_ arguments: String...) throws -> CommandResult {
-        try Lbctl.run(arguments + ["--pin-path", pin], in: namespace)
+    func lbctl(_ arguments: String...) async throws -> CommandResult {
+        try await Lbctl.run(arguments + ["--pin-path", pin], in: namespace)
     }
 
     func pinned(_ name: String) -> Bool { FileManager.default.fileExists(atPath: "\(pin)/\(name)") }
@@ -78,10 +84,20 @@ private final class UDPSocket: @unchecked Sendable {
 
     deinit { Glibc.close(fd) }
 
-    /// The next datagram and its source address, or nil after `milliseconds`.
-    func receive(milliseconds: Int32) -> (payload: [UInt8], source: String)? {
+    /// The next datagram and its source address, or nil after `timeout`. It never blocks its
+    /// thread: it looks, then sleeps a few milliseconds, and looks once more after the deadline.
+    func receive(timeout: Duration) async throws -> (payload: [UInt8], source: String)? {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if let datagram = receiveNow() { return datagram }
+            if ContinuousClock.now >= deadline { return nil }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    private func receiveNow() -> (payload: [UInt8], source: String)? {
         var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        guard poll(&poller, 1, milliseconds) > 0 else { return nil }
+        guard poll(&poller, 1, 0) > 0 else { return nil }
         var buffer = [UInt8](repeating: 0, count: 2048)
         var from = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
@@ -112,116 +128,116 @@ private func ipip(_ frame: [UInt8], from: String, to: String) -> [UInt8] {
 @Suite("lbctl decap", .enabled(if: getuid() == 0, "needs root: namespaces, XDP and bpffs"))
 struct DecapCommandTests {
     @Test("attach hooks the decapsulator with the interface's addresses and lo's VIPs; re-running it replaces them; detach removes it and its pins")
-    func attachReattachDetach() throws {
-        let lab = try DecapLab()
-        defer { lab.close() }
+    func attachReattachDetach() async throws {
+        try await DecapLab.with { lab in
 
-        let attach = try lab.lbctl("decap", "attach", "bk0")
-        #expect(attach.status == 0, "\(attach)")
-        #expect(attach.stdout.contains("local: \(DecapLab.backendAddress)\n"), "\(attach)")
-        #expect(attach.stdout.contains("vips: \(DecapLab.vip)\n"), "lo's 127.0.0.1 is no VIP: \(attach)")
-        let id = try lab.namespace.xdpProgramID(of: "bk0")
-        #expect(id != nil, "the program is attached")
-        for name in lab.decapPins { #expect(lab.pinned(name), "\(name) is pinned") }
+            let attach = try await lab.lbctl("decap", "attach", "bk0")
+            #expect(attach.status == 0, "\(attach)")
+            #expect(attach.stdout.contains("local: \(DecapLab.backendAddress)\n"), "\(attach)")
+            #expect(attach.stdout.contains("vips: \(DecapLab.vip)\n"), "lo's 127.0.0.1 is no VIP: \(attach)")
+            let id = try await lab.namespace.xdpProgramID(of: "bk0")
+            #expect(id != nil, "the program is attached")
+            for name in lab.decapPins { #expect(lab.pinned(name), "\(name) is pinned") }
 
-        let again = try lab.lbctl("decap", "attach", "bk0", "--vip", "198.51.100.78", "--vip", "2001:db8::78",
-                                  "--local", "10.88.0.9")
-        #expect(again.status == 0, "\(again)")
-        #expect(again.stdout.contains("already attached"), "\(again)")
-        #expect(again.stdout.contains("vips: 198.51.100.78 2001:db8::78\n") && again.stdout.contains("local: 10.88.0.9\n"),
-                "\(again)")
-        #expect(try lab.namespace.xdpProgramID(of: "bk0") == id, "the same program stays")
+            let again = try await lab.lbctl("decap", "attach", "bk0", "--vip", "198.51.100.78", "--vip", "2001:db8::78",
+                                            "--local", "10.88.0.9")
+            #expect(again.status == 0, "\(again)")
+            #expect(again.stdout.contains("already attached"), "\(again)")
+            #expect(again.stdout.contains("vips: 198.51.100.78 2001:db8::78\n") && again.stdout.contains("local: 10.88.0.9\n"),
+                    "\(again)")
+            #expect(try await lab.namespace.xdpProgramID(of: "bk0") == id, "the same program stays")
 
-        let detach = try lab.lbctl("decap", "detach", "bk0")
-        #expect(detach.status == 0, "\(detach)")
-        #expect(try lab.namespace.xdpProgramID(of: "bk0") == nil)
-        for name in lab.decapPins { #expect(!lab.pinned(name), "\(name) is unpinned") }
-        #expect(!FileManager.default.fileExists(atPath: lab.pin), "the empty pin directory is removed")
+            let detach = try await lab.lbctl("decap", "detach", "bk0")
+            #expect(detach.status == 0, "\(detach)")
+            #expect(try await lab.namespace.xdpProgramID(of: "bk0") == nil)
+            for name in lab.decapPins { #expect(!lab.pinned(name), "\(name) is unpinned") }
+            #expect(!FileManager.default.fileExists(atPath: lab.pin), "the empty pin directory is removed")
 
-        let twice = try lab.lbctl("decap", "detach", "bk0")
-        #expect(twice.status == 0 && twice.stdout.contains("no decapsulator was attached"), "\(twice)")
+            let twice = try await lab.lbctl("decap", "detach", "bk0")
+            #expect(twice.status == 0 && twice.stdout.contains("no decapsulator was attached"), "\(twice)")
+        }
     }
 
     @Test("bad addresses, no VIP and an unknown interface are bad input (exit 2): nothing is attached or pinned")
-    func badInput() throws {
-        let lab = try DecapLab(vipOnLo: false)
-        defer { lab.close() }
+    func badInput() async throws {
+        try await DecapLab.with(vipOnLo: false) { lab in
 
-        let badVIP = try lab.lbctl("decap", "attach", "bk0", "--vip", "198.51.100.300")
-        #expect(badVIP.status == 2, "\(badVIP)")
-        #expect(badVIP.stderr.contains("--vip") && badVIP.stderr.contains("198.51.100.300"), "\(badVIP)")
+            let badVIP = try await lab.lbctl("decap", "attach", "bk0", "--vip", "198.51.100.300")
+            #expect(badVIP.status == 2, "\(badVIP)")
+            #expect(badVIP.stderr.contains("--vip") && badVIP.stderr.contains("198.51.100.300"), "\(badVIP)")
 
-        let badLocal = try lab.lbctl("decap", "attach", "bk0", "--vip", DecapLab.vip, "--local", "fe80::1%bk0")
-        #expect(badLocal.status == 2, "\(badLocal)")
-        #expect(badLocal.stderr.contains("--local") && badLocal.stderr.contains("fe80::1%bk0"), "\(badLocal)")
+            let badLocal = try await lab.lbctl("decap", "attach", "bk0", "--vip", DecapLab.vip, "--local", "fe80::1%bk0")
+            #expect(badLocal.status == 2, "\(badLocal)")
+            #expect(badLocal.stderr.contains("--local") && badLocal.stderr.contains("fe80::1%bk0"), "\(badLocal)")
 
-        let noVIP = try lab.lbctl("decap", "attach", "bk0")
-        #expect(noVIP.status == 2, "\(noVIP)")
-        #expect(noVIP.stderr.contains("no VIP on lo and no --vip given"), "\(noVIP)")
+            let noVIP = try await lab.lbctl("decap", "attach", "bk0")
+            #expect(noVIP.status == 2, "\(noVIP)")
+            #expect(noVIP.stderr.contains("no VIP on lo and no --vip given"), "\(noVIP)")
 
-        let noInterface = try lab.lbctl("decap", "attach", "nosuch0", "--vip", DecapLab.vip)
-        #expect(noInterface.status == 2, "\(noInterface)")
+            let noInterface = try await lab.lbctl("decap", "attach", "nosuch0", "--vip", DecapLab.vip)
+            #expect(noInterface.status == 2, "\(noInterface)")
 
-        #expect(try lab.namespace.xdpProgramID(of: "bk0") == nil)
-        #expect(!FileManager.default.fileExists(atPath: lab.pin), "nothing was pinned")
+            #expect(try await lab.namespace.xdpProgramID(of: "bk0") == nil)
+            #expect(!FileManager.default.fileExists(atPath: lab.pin), "nothing was pinned")
+        }
     }
 
     @Test("another XDP program on the interface is an error (exit 1) and stays attached")
     func anotherProgram() async throws {
-        let lab = try DecapLab()
-        defer { lab.close() }
-        let other = try await lab.namespace.attachXDPPass(to: "bk0")
+        try await DecapLab.with { lab in
+            let other = try await lab.namespace.attachXDPPass(to: "bk0")
 
-        let attach = try lab.lbctl("decap", "attach", "bk0")
-        #expect(attach.status == 1, "\(attach)")
-        #expect(attach.stderr.contains("another XDP program"), "\(attach)")
-        let detach = try lab.lbctl("decap", "detach", "bk0")
-        #expect(detach.status == 1, "\(detach)")
-        #expect(try lab.namespace.xdpProgramID(of: "bk0") == other)
-        #expect(!FileManager.default.fileExists(atPath: "\(lab.pin)/sl_decap"))
+            let attach = try await lab.lbctl("decap", "attach", "bk0")
+            #expect(attach.status == 1, "\(attach)")
+            #expect(attach.stderr.contains("another XDP program"), "\(attach)")
+            let detach = try await lab.lbctl("decap", "detach", "bk0")
+            #expect(detach.status == 1, "\(detach)")
+            #expect(try await lab.namespace.xdpProgramID(of: "bk0") == other)
+            #expect(!FileManager.default.fileExists(atPath: "\(lab.pin)/sl_decap"))
+        }
     }
 
     @Test("detach removes only the decapsulator's pins: the balancer's under the same pin path stay")
-    func besideTheBalancer() throws {
-        let lab = try DecapLab()
-        defer { lab.close() }
-        let balancer = try lab.lbctl("attach", "cl0", "--mode", "generic", "--gateway-mac", "02:00:00:00:00:01")
-        #expect(balancer.status == 0, "\(balancer)")
-        let attach = try lab.lbctl("decap", "attach", "bk0", "--mode", "generic")
-        #expect(attach.status == 0, "\(attach)")
+    func besideTheBalancer() async throws {
+        try await DecapLab.with { lab in
+            let balancer = try await lab.lbctl("attach", "cl0", "--mode", "generic", "--gateway-mac", "02:00:00:00:00:01")
+            #expect(balancer.status == 0, "\(balancer)")
+            let attach = try await lab.lbctl("decap", "attach", "bk0", "--mode", "generic")
+            #expect(attach.status == 0, "\(attach)")
 
-        let detach = try lab.lbctl("decap", "detach", "bk0")
-        #expect(detach.status == 0, "\(detach)")
-        for name in lab.decapPins { #expect(!lab.pinned(name), "\(name) is unpinned") }
-        #expect(lab.pinned("sl_balancer") && lab.pinned("sl_conntrack"), "the balancer's pins stay")
-        #expect(try lab.namespace.xdpProgramID(of: "cl0") != nil, "the balancer stays attached")
-        #expect(try lab.lbctl("detach", "cl0").status == 0)
+            let detach = try await lab.lbctl("decap", "detach", "bk0")
+            #expect(detach.status == 0, "\(detach)")
+            for name in lab.decapPins { #expect(!lab.pinned(name), "\(name) is unpinned") }
+            #expect(lab.pinned("sl_balancer") && lab.pinned("sl_conntrack"), "the balancer's pins stay")
+            #expect(try await lab.namespace.xdpProgramID(of: "cl0") != nil, "the balancer stays attached")
+            #expect(try await lab.lbctl("detach", "cl0").status == 0)
+        }
     }
 
     @Test("a tunnelled frame reaches a UDP socket on the VIP once the decapsulator runs, and not before")
     func realFrameIsDelivered() async throws {
-        let lab = try DecapLab()
-        defer { lab.close() }
-        let socket = try await lab.namespace.run { try UDPSocket(binding: DecapLab.vip, port: 7777) }
-        let raw = try await RawSocket.open(interface: "cl0", in: lab.namespace)
+        try await DecapLab.with { lab in
+            let socket = try await lab.namespace.run { try UDPSocket(binding: DecapLab.vip, port: 7777) }
+            let raw = try await RawSocket.open(interface: "cl0", in: lab.namespace)
 
-        var builder = PacketBuilder()
-        builder.destinationMAC = try lab.namespace.macAddress(of: "bk0")
-        builder.sourceMAC = try lab.namespace.macAddress(of: "cl0")
-        let client = builder.udp(from: "203.0.113.5", 40000, to: DecapLab.vip, 7777, payload: Array("through the tunnel".utf8))
-        let frame = ipip(client, from: DecapLab.peerAddress, to: DecapLab.backendAddress)
+            var builder = PacketBuilder()
+            builder.destinationMAC = try await lab.namespace.macAddress(of: "bk0")
+            builder.sourceMAC = try await lab.namespace.macAddress(of: "cl0")
+            let client = builder.udp(from: "203.0.113.5", 40000, to: DecapLab.vip, 7777, payload: Array("through the tunnel".utf8))
+            let frame = ipip(client, from: DecapLab.peerAddress, to: DecapLab.backendAddress)
 
-        // Without the decapsulator this kernel (no ipip driver) cannot deliver it.
-        try raw.send(frame)
-        #expect(socket.receive(milliseconds: 500) == nil, "the tunnel was delivered without decapsulation")
+            // Without the decapsulator this kernel (no ipip driver) cannot deliver it.
+            try raw.send(frame)
+            #expect(try await socket.receive(timeout: .milliseconds(500)) == nil, "the tunnel was delivered without decapsulation")
 
-        let attach = try lab.lbctl("decap", "attach", "bk0")
-        try #require(attach.status == 0, "\(attach)")
-        try raw.send(frame)
-        let received = socket.receive(milliseconds: 3000)
-        #expect(received?.payload == Array("through the tunnel".utf8), "the inner datagram reaches the VIP's socket")
-        #expect(received?.source == "203.0.113.5", "from the client's address")
+            let attach = try await lab.lbctl("decap", "attach", "bk0")
+            try #require(attach.status == 0, "\(attach)")
+            try raw.send(frame)
+            let received = try await socket.receive(timeout: .seconds(3))
+            #expect(received?.payload == Array("through the tunnel".utf8), "the inner datagram reaches the VIP's socket")
+            #expect(received?.source == "203.0.113.5", "from the client's address")
 
-        #expect(try lab.lbctl("decap", "detach", "bk0").status == 0)
+            #expect(try await lab.lbctl("decap", "detach", "bk0").status == 0)
+        }
     }
 }

@@ -12,14 +12,14 @@ import Testing
 @Suite("lbctl on the command line")
 struct LbctlCommandLineTests {
     @Test("validate and apply refuse a bad service file with exit 2 and name the field", arguments: Fixtures.bad)
-    func badFileIsRefused(_ bad: Fixtures.BadFile) throws {
+    func badFileIsRefused(_ bad: Fixtures.BadFile) async throws {
         let files = try ScratchDirectory()
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
         let file = try files.write("bad.yaml", bad.text)
 
         for command in [["validate", "-f", file], ["apply", "-f", file, "--pin-path", "\(bpffs.path)/lb"]] {
-            let result = try Lbctl.run(command)
+            let result = try await Lbctl.run(command)
             #expect(result.status == 2, "\(result)")
             #expect(result.stdout.isEmpty, "\(result)")
             #expect(result.stderr.contains(file), "the message names the file\n\(result)")
@@ -31,63 +31,63 @@ struct LbctlCommandLineTests {
     }
 
     @Test("a refused apply leaves the applied configuration byte for byte as it was")
-    func refusedApplyChangesNothing() throws {
+    func refusedApplyChangesNothing() async throws {
         let files = try ScratchDirectory()
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
         let pin = "\(bpffs.path)/lb"
-        let applied = try Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin)
+        let applied = try await Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin)
         try #require(applied.status == 0, "\(applied)")
-        let before = try Lbctl.run("status", "--json", pinPath: pin)
+        let before = try await Lbctl.run("status", "--json", pinPath: pin)
         try #require(before.status == 0, "\(before)")
 
         for (index, bad) in Fixtures.bad.enumerated() {
-            let result = try Lbctl.run("apply", "-f", try files.write("bad\(index).yaml", bad.text), pinPath: pin)
+            let result = try await Lbctl.run("apply", "-f", try files.write("bad\(index).yaml", bad.text), pinPath: pin)
             #expect(result.status == 2, "\(bad.label): \(result)")
-            let after = try Lbctl.run("status", "--json", pinPath: pin)
+            let after = try await Lbctl.run("status", "--json", pinPath: pin)
             #expect(after.stdoutData == before.stdoutData, "\(bad.label) changed the status:\n\(before.stdout)\n---\n\(after.stdout)")
         }
     }
 
     @Test("attach to an interface that does not exist exits 2 and names it")
-    func attachToMissingInterface() throws {
+    func attachToMissingInterface() async throws {
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
-        let namespace = try TestNamespace()
-        defer { namespace.remove() }
+        try await withTestNamespace { namespace in
 
-        let result = try Lbctl.run("attach", "nosuch0", "--gateway-mac", Fixtures.gatewayMAC,
-                                   pinPath: "\(bpffs.path)/lb", in: namespace)
-        #expect(result.status == 2, "\(result)")
-        #expect(result.stderr.contains("nosuch0"), "\(result)")
-        #expect(!FileManager.default.fileExists(atPath: "\(bpffs.path)/lb"), "nothing is loaded for a missing interface")
+            let result = try await Lbctl.run("attach", "nosuch0", "--gateway-mac", Fixtures.gatewayMAC,
+                                             pinPath: "\(bpffs.path)/lb", in: namespace)
+            #expect(result.status == 2, "\(result)")
+            #expect(result.stderr.contains("nosuch0"), "\(result)")
+            #expect(!FileManager.default.fileExists(atPath: "\(bpffs.path)/lb"), "nothing is loaded for a missing interface")
+        }
     }
 
     @Test("attach with a malformed --gateway-mac exits 2, names the option and attaches nothing")
-    func attachWithBadGatewayMAC() throws {
+    func attachWithBadGatewayMAC() async throws {
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
-        let namespace = try TestNamespace()
-        defer { namespace.remove() }
-        try namespace.addVethPair("lb0", peer: "peer0")
+        try await withTestNamespace { namespace in
+            try await namespace.addVethPair("lb0", peer: "peer0")
 
-        for mac in ["02:00:00:00:00", "zz:00:00:00:00:01", "02:00:00:00:00:01:07"] {
-            let result = try Lbctl.run("attach", "lb0", "--gateway-mac", mac, pinPath: "\(bpffs.path)/lb", in: namespace)
-            #expect(result.status == 2, "\(result)")
-            #expect(result.stderr.contains("--gateway-mac") && result.stderr.contains(mac), "\(result)")
+            for mac in ["02:00:00:00:00", "zz:00:00:00:00:01", "02:00:00:00:00:01:07"] {
+                let result = try await Lbctl.run("attach", "lb0", "--gateway-mac", mac, pinPath: "\(bpffs.path)/lb", in: namespace)
+                #expect(result.status == 2, "\(result)")
+                #expect(result.stderr.contains("--gateway-mac") && result.stderr.contains(mac), "\(result)")
+            }
+            #expect(try await namespace.xdpProgramID(of: "lb0") == nil)
+            #expect(!FileManager.default.fileExists(atPath: "\(bpffs.path)/lb"))
         }
-        #expect(try namespace.xdpProgramID(of: "lb0") == nil)
-        #expect(!FileManager.default.fileExists(atPath: "\(bpffs.path)/lb"))
     }
 
     @Test("status, stats and flows exit 1 when nothing is pinned")
-    func readCommandsNeedAPinnedDataPlane() throws {
+    func readCommandsNeedAPinnedDataPlane() async throws {
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
         let pin = "\(bpffs.path)/lb"
         for command in ["status", "stats", "flows"] {
             for json in [false, true] {
-                let result = try Lbctl.run(json ? [command, "--json", "--pin-path", pin] : [command, "--pin-path", pin])
+                let result = try await Lbctl.run(json ? [command, "--json", "--pin-path", pin] : [command, "--pin-path", pin])
                 #expect(result.status == 1, "\(result)")
                 #expect(result.stderr.contains(pin), "\(result)")
             }
@@ -95,14 +95,14 @@ struct LbctlCommandLineTests {
     }
 
     @Test("status and stats --json parse and carry the documented keys")
-    func jsonOutputHasTheDocumentedKeys() throws {
+    func jsonOutputHasTheDocumentedKeys() async throws {
         let files = try ScratchDirectory()
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
         let pin = "\(bpffs.path)/lb"
-        try #require(try Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin).status == 0)
+        try #require(try await Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin).status == 0)
 
-        let status = try Lbctl.run("status", "--json", pinPath: pin)
+        let status = try await Lbctl.run("status", "--json", pinPath: pin)
         try #require(status.status == 0, "\(status)")
         let report = try status.json() as? [String: Any]
         expectKeys(report, ["pin_path", "program_id", "interfaces", "node", "services"], in: "status")
@@ -120,19 +120,19 @@ struct LbctlCommandLineTests {
             }
         }
 
-        let stats = try Lbctl.run("stats", "--json", pinPath: pin)
+        let stats = try await Lbctl.run("stats", "--json", pinPath: pin)
         try #require(stats.status == 0, "\(stats)")
         let counters = try stats.json() as? [String: Any]
         expectStatsKeys(counters)
         #expect((counters?["services"] as? [[String: Any]])?.map { $0["name"] as? String } == ["web", "web6"])
 
-        let flows = try Lbctl.run("flows", "--json", pinPath: pin)
+        let flows = try await Lbctl.run("flows", "--json", pinPath: pin)
         try #require(flows.status == 0, "\(flows)")
         #expect((try flows.json() as? [Any])?.isEmpty == true, "no traffic, no flows")
     }
 
     @Test("status --json prints unset node settings as null, as the README documents")
-    func unsetNodeSettingsAreNull() throws {
+    func unsetNodeSettingsAreNull() async throws {
         let files = try ScratchDirectory()
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
@@ -149,9 +149,9 @@ struct LbctlCommandLineTests {
                   - address: \(Fixtures.webBackends[0])
 
             """
-        let applied = try Lbctl.run("apply", "-f", try files.write("v4.yaml", v4Only), pinPath: pin)
+        let applied = try await Lbctl.run("apply", "-f", try files.write("v4.yaml", v4Only), pinPath: pin)
         try #require(applied.status == 0, "\(applied)")
-        let node = (try Lbctl.run("status", "--json", pinPath: pin).json() as? [String: Any])?["node"] as? [String: Any]
+        let node = (try await Lbctl.run("status", "--json", pinPath: pin).json() as? [String: Any])?["node"] as? [String: Any]
         // Swift's synthesized Encodable skips nil optionals, so the keys are absent instead of null.
         for key in ["source_v6", "gateway_mac"] {
             #expect(node?.keys.contains(key) == true && node?[key] is NSNull, "node.\(key) should be null: \(String(describing: node))")
@@ -159,50 +159,50 @@ struct LbctlCommandLineTests {
     }
 
     @Test("applying the same file twice prints \"no changes\" the second time")
-    func secondApplyChangesNothing() throws {
+    func secondApplyChangesNothing() async throws {
         let files = try ScratchDirectory()
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
         let pin = "\(bpffs.path)/lb"
         let file = try files.write("good.yaml", Fixtures.good)
 
-        let first = try Lbctl.run("apply", "-f", file, pinPath: pin)
+        let first = try await Lbctl.run("apply", "-f", file, pinPath: pin)
         #expect(first.status == 0, "\(first)")
         #expect(first.stdout.contains("+ service web \(Fixtures.webVIP):80/tcp (2 backends)"), "\(first)")
         #expect(first.stdout.contains("+ service web6 [\(Fixtures.web6VIP)]:443/tcp (2 backends)"), "\(first)")
         #expect(first.stdout.contains("applied:"), "\(first)")
-        let status = try Lbctl.run("status", "--json", pinPath: pin).stdoutData
+        let status = try await Lbctl.run("status", "--json", pinPath: pin).stdoutData
 
-        let second = try Lbctl.run("apply", "-f", file, pinPath: pin)
+        let second = try await Lbctl.run("apply", "-f", file, pinPath: pin)
         #expect(second.status == 0, "\(second)")
         #expect(second.stdout == "no changes\n", "\(second)")
-        #expect(try Lbctl.run("status", "--json", pinPath: pin).stdoutData == status, "generation and slots are untouched")
+        #expect(try await Lbctl.run("status", "--json", pinPath: pin).stdoutData == status, "generation and slots are untouched")
     }
 
     @Test("apply --dry-run prints the change and writes nothing")
-    func dryRunWritesNothing() throws {
+    func dryRunWritesNothing() async throws {
         let files = try ScratchDirectory()
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
         let pin = "\(bpffs.path)/lb"
-        try #require(try Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin).status == 0)
-        let before = try Lbctl.run("status", "--json", pinPath: pin)
+        try #require(try await Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin).status == 0)
+        let before = try await Lbctl.run("status", "--json", pinPath: pin)
 
-        let dry = try Lbctl.run("apply", "-f", try files.write("changed.yaml", Fixtures.changed), "--dry-run", pinPath: pin)
+        let dry = try await Lbctl.run("apply", "-f", try files.write("changed.yaml", Fixtures.changed), "--dry-run", pinPath: pin)
         #expect(dry.status == 0, "\(dry)")
         #expect(dry.stdout.contains("+ service dns 192.0.2.53:53/udp (1 backend)"), "\(dry)")
         #expect(dry.stdout.contains("dry run: nothing applied"), "\(dry)")
         #expect(!dry.stdout.contains("applied:"), "\(dry)")
-        #expect(try Lbctl.run("status", "--json", pinPath: pin).stdoutData == before.stdoutData)
+        #expect(try await Lbctl.run("status", "--json", pinPath: pin).stdoutData == before.stdoutData)
     }
 
     @Test("apply --dry-run on an empty pin path prints the change and pins nothing")
-    func dryRunPinsNothing() throws {
+    func dryRunPinsNothing() async throws {
         let files = try ScratchDirectory()
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
         let pin = "\(bpffs.path)/lb"
-        let dry = try Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), "--dry-run", pinPath: pin)
+        let dry = try await Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), "--dry-run", pinPath: pin)
         #expect(dry.status == 0, "\(dry)")
         #expect(dry.stdout.contains("+ service web \(Fixtures.webVIP):80/tcp (2 backends)"), "\(dry)")
         #expect(dry.stdout.contains("dry run: nothing applied"), "\(dry)")
@@ -211,28 +211,28 @@ struct LbctlCommandLineTests {
     }
 
     @Test("a service added while another is removed is served, in status and on the next apply")
-    func addAndRemoveInOneApply() throws {
+    func addAndRemoveInOneApply() async throws {
         let files = try ScratchDirectory()
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
         let pin = "\(bpffs.path)/lb"
-        try #require(try Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin).status == 0)
+        try #require(try await Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin).status == 0)
         // web renamed to www: one service removed and one added, on the same VIP.
         let renamed = try files.write("renamed.yaml", Fixtures.good.replacingOccurrences(of: "name: web\n", with: "name: www\n"))
-        let result = try Lbctl.run("apply", "-f", renamed, pinPath: pin)
+        let result = try await Lbctl.run("apply", "-f", renamed, pinPath: pin)
         #expect(result.status == 0, "\(result)")
         #expect(result.stdout.contains("+ service www \(Fixtures.webVIP):80/tcp (2 backends)"), "\(result)")
         #expect(result.stdout.contains("- service web\n"), "\(result)")
 
-        let report = try Lbctl.run("status", "--json", pinPath: pin).json() as? [String: Any]
+        let report = try await Lbctl.run("status", "--json", pinPath: pin).json() as? [String: Any]
         let names = (report?["services"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
         #expect(names.sorted() == ["web6", "www"], "\(String(describing: report))")
-        let again = try Lbctl.run("apply", "-f", renamed, pinPath: pin)
+        let again = try await Lbctl.run("apply", "-f", renamed, pinPath: pin)
         #expect(again.stdout == "no changes\n", "\(again)")
     }
 
     @Test("a VIP that moves from one service to another in one apply stays published, for its new service")
-    func vipMovesBetweenServices() throws {
+    func vipMovesBetweenServices() async throws {
         let files = try ScratchDirectory()
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
@@ -246,9 +246,9 @@ struct LbctlCommandLineTests {
 
             """
         }
-        try #require(try Lbctl.run("apply", "-f", try files.write("1.yaml", file("198.51.100.1", "198.51.100.2")), pinPath: pin).status == 0)
+        try #require(try await Lbctl.run("apply", "-f", try files.write("1.yaml", file("198.51.100.1", "198.51.100.2")), pinPath: pin).status == 0)
         // b's VIP moves to a, and b takes a new one.
-        let result = try Lbctl.run("apply", "-f", try files.write("2.yaml", file("198.51.100.2", "198.51.100.3")), pinPath: pin)
+        let result = try await Lbctl.run("apply", "-f", try files.write("2.yaml", file("198.51.100.2", "198.51.100.3")), pinPath: pin)
         #expect(result.status == 0, "\(result)")
 
         let dataplane = try Dataplane.open(pinPath: pin)
@@ -265,15 +265,15 @@ struct LbctlCommandLineTests {
     }
 
     @Test("a changed file prints its diff, and applying it again prints \"no changes\"")
-    func changedFilePrintsItsDiff() throws {
+    func changedFilePrintsItsDiff() async throws {
         let files = try ScratchDirectory()
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
         let pin = "\(bpffs.path)/lb"
-        try #require(try Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin).status == 0)
+        try #require(try await Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin).status == 0)
         let changed = try files.write("changed.yaml", Fixtures.changed)
 
-        let result = try Lbctl.run("apply", "-f", changed, pinPath: pin)
+        let result = try await Lbctl.run("apply", "-f", changed, pinPath: pin)
         #expect(result.status == 0, "\(result)")
         let lines = result.stdout.split(separator: "\n").map(String.init)
         #expect(lines.contains("+ service dns 192.0.2.53:53/udp (1 backend)"), "\(result)")
@@ -284,7 +284,7 @@ struct LbctlCommandLineTests {
         #expect(web.contains("weight \(Fixtures.webBackends[0]) 1 -> 3"), "\(result)")
         #expect(lines.last?.hasPrefix("applied:") == true, "\(result)")
 
-        let report = try Lbctl.run("status", "--json", pinPath: pin).json() as? [String: Any]
+        let report = try await Lbctl.run("status", "--json", pinPath: pin).json() as? [String: Any]
         let services = (report?["services"] as? [[String: Any]] ?? []).map { service in
             (service["name"] as? String ?? "?",
              (service["backends"] as? [[String: Any]] ?? []).map { "\($0["address"] ?? "?")/\($0["weight"] ?? "?")" })
@@ -293,7 +293,7 @@ struct LbctlCommandLineTests {
         #expect(services.first { $0.0 == "web" }?.1.sorted() == ["10.1.0.1/3", "10.1.0.3/1"])
         #expect(services.first { $0.0 == "dns" }?.1 == ["10.1.0.9/1"])
 
-        let again = try Lbctl.run("apply", "-f", changed, pinPath: pin)
+        let again = try await Lbctl.run("apply", "-f", changed, pinPath: pin)
         #expect(again.status == 0, "\(again)")
         #expect(again.stdout == "no changes\n", "\(again)")
     }

@@ -17,35 +17,26 @@ struct LbctlInterfaceTests {
     /// A namespace and a bpffs for one test, removed however it ends; then
     /// checks that neither is left behind.
     func withTestbed(_ body: (TestNamespace, BPFFSMount) async throws -> Void) async throws {
-        let namespace = try TestNamespace()
-        let bpffs: BPFFSMount
-        do { bpffs = try BPFFSMount() } catch {
-            namespace.remove()
-            throw error
+        var left: (name: String, mountPoint: String)?
+        try await withTestNamespace { namespace in
+            let bpffs = try BPFFSMount()
+            left = (namespace.name, bpffs.path)
+            try await withCleanup { try await body(namespace, bpffs) } cleanup: { bpffs.close() }
         }
-        let name = namespace.name, mountPoint = bpffs.path
-        do {
-            try await body(namespace, bpffs)
-        } catch {
-            namespace.remove()
-            bpffs.close()
-            throw error
-        }
-        namespace.remove()
-        bpffs.close()
-        #expect(!TestNamespace.exists(name), "namespace \(name) is left behind")
+        guard let (name, mountPoint) = left else { return }
+        #expect(!(await TestNamespace.exists(name)), "namespace \(name) is left behind")
         #expect(!isMounted(mountPoint), "bpffs \(mountPoint) is still mounted")
         #expect(!FileManager.default.fileExists(atPath: mountPoint), "\(mountPoint) is left behind")
     }
 
     /// lb0 <-> peer0 with XDP_PASS on peer0 and the balancer attached to lb0.
     func attachBalancer(_ namespace: TestNamespace, pin: String) async throws {
-        try namespace.addVethPair("lb0", peer: "peer0")
+        try await namespace.addVethPair("lb0", peer: "peer0")
         try await namespace.attachXDPPass(to: "peer0")
-        let attached = try Lbctl.run("attach", "lb0", "--gateway-mac", Fixtures.gatewayMAC, pinPath: pin, in: namespace)
+        let attached = try await Lbctl.run("attach", "lb0", "--gateway-mac", Fixtures.gatewayMAC, pinPath: pin, in: namespace)
         try #require(attached.status == 0, "\(attached)")
         #expect(attached.stdout.contains("attached to lb0 (native mode)"), "\(attached)")
-        #expect(try namespace.xdpProgramID(of: "lb0") != nil)
+        #expect(try await namespace.xdpProgramID(of: "lb0") != nil)
     }
 
     /// A frame sent into peer0, and the tunnel packet it came back as.
@@ -61,13 +52,13 @@ struct LbctlInterfaceTests {
             let pin = "\(bpffs.path)/lb"
             let files = try ScratchDirectory()
             try await attachBalancer(namespace, pin: pin)
-            let applied = try Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin, in: namespace)
+            let applied = try await Lbctl.run("apply", "-f", try files.write("good.yaml", Fixtures.good), pinPath: pin, in: namespace)
             try #require(applied.status == 0, "\(applied)")
 
-            let lbMAC = try namespace.macAddress(of: "lb0")
+            let lbMAC = try await namespace.macAddress(of: "lb0")
             var builder = PacketBuilder()
             builder.destinationMAC = lbMAC
-            builder.sourceMAC = try namespace.macAddress(of: "peer0")
+            builder.sourceMAC = try await namespace.macAddress(of: "peer0")
             let socket = try await RawSocket.open(interface: "peer0", in: namespace)
 
             // Frames that are not for a VIP go to the kernel and never come back.
@@ -93,9 +84,9 @@ struct LbctlInterfaceTests {
                 }
             }
 
-            let captured = try socket.receiveAll(for: .seconds(5)) { frames in
+            let captured = try await socket.receiveAll(for: .seconds(5)) { frames in
                 frames.count(where: { (try? TunnelFrame($0.bytes)) != nil }) >= exchanges.count
-            } + (try socket.receiveAll(for: .milliseconds(300)))
+            } + (try await socket.receiveAll(for: .milliseconds(300)))
             let tunnels = captured.compactMap { try? TunnelFrame($0.bytes) }
             for index in exchanges.indices {
                 let innerPacket = Array(exchanges[index].sent[14...])
@@ -131,40 +122,40 @@ struct LbctlInterfaceTests {
                 }
             }
 
-            try checkStats(namespace, pin: pin)
-            try checkFlows(namespace, pin: pin, backendOf: backendOf)
-            try checkStatus(namespace, pin: pin)
+            try await checkStats(namespace, pin: pin)
+            try await checkFlows(namespace, pin: pin, backendOf: backendOf)
+            try await checkStatus(namespace, pin: pin)
 
             // Attaching again is a no-op.
-            let again = try Lbctl.run("attach", "lb0", "--gateway-mac", Fixtures.gatewayMAC, pinPath: pin, in: namespace)
+            let again = try await Lbctl.run("attach", "lb0", "--gateway-mac", Fixtures.gatewayMAC, pinPath: pin, in: namespace)
             #expect(again.status == 0, "\(again)")
             #expect(again.stdout.contains("already attached to lb0"), "\(again)")
 
             // Another program on a second interface is refused and left in place.
-            try namespace.addVethPair("lb1", peer: "peer1")
+            try await namespace.addVethPair("lb1", peer: "peer1")
             let other = try await namespace.attachXDPPass(to: "lb1")
-            let refused = try Lbctl.run("attach", "lb1", "--gateway-mac", Fixtures.gatewayMAC, pinPath: pin, in: namespace)
+            let refused = try await Lbctl.run("attach", "lb1", "--gateway-mac", Fixtures.gatewayMAC, pinPath: pin, in: namespace)
             #expect(refused.status == 1, "\(refused)")
             #expect(refused.stderr.contains("lb1") && refused.stderr.contains(XDPPassProgram.name)
                     && refused.stderr.contains("\(other)"), "\(refused)")
-            #expect(try namespace.xdpProgramID(of: "lb1") == other)
+            #expect(try await namespace.xdpProgramID(of: "lb1") == other)
 
             // Detach removes the program from lb0 and, with it attached nowhere else, the pins.
-            let detached = try Lbctl.run("detach", "lb0", pinPath: pin, in: namespace)
+            let detached = try await Lbctl.run("detach", "lb0", pinPath: pin, in: namespace)
             #expect(detached.status == 0, "\(detached)")
             #expect(detached.stdout.contains("detached from lb0"), "\(detached)")
-            #expect(try namespace.xdpProgramID(of: "lb0") == nil)
-            #expect(try namespace.link("lb0")["xdp"] == nil)
+            #expect(try await namespace.xdpProgramID(of: "lb0") == nil)
+            #expect(try await namespace.link("lb0")["xdp"] == nil)
             #expect(!FileManager.default.fileExists(atPath: pin), "the pins are removed")
-            #expect(try namespace.xdpProgramID(of: "lb1") == other, "detach leaves other programs alone")
-            let status = try Lbctl.run("status", pinPath: pin, in: namespace)
+            #expect(try await namespace.xdpProgramID(of: "lb1") == other, "detach leaves other programs alone")
+            let status = try await Lbctl.run("status", pinPath: pin, in: namespace)
             #expect(status.status == 1, "\(status)")
         }
     }
 
     /// Counters match the frames sent exactly: nothing else reaches a VIP.
-    func checkStats(_ namespace: TestNamespace, pin: String) throws {
-        let result = try Lbctl.run("stats", "--json", pinPath: pin, in: namespace)
+    func checkStats(_ namespace: TestNamespace, pin: String) async throws {
+        let result = try await Lbctl.run("stats", "--json", pinPath: pin, in: namespace)
         try #require(result.status == 0, "\(result)")
         let stats = try #require(try result.json() as? [String: Any])
         expectStatsKeys(stats)
@@ -188,8 +179,8 @@ struct LbctlInterfaceTests {
     }
 
     /// One flow per (client, port, VIP), on the backend its packets went to.
-    func checkFlows(_ namespace: TestNamespace, pin: String, backendOf: [IPFlow: IPAddress]) throws {
-        let result = try Lbctl.run("flows", "--json", pinPath: pin, in: namespace)
+    func checkFlows(_ namespace: TestNamespace, pin: String, backendOf: [IPFlow: IPAddress]) async throws {
+        let result = try await Lbctl.run("flows", "--json", pinPath: pin, in: namespace)
         try #require(result.status == 0, "\(result)")
         let flows = try #require(try result.json() as? [[String: Any]])
         #expect(flows.count == 2 * Self.flowCount, "\(result.stdout)")
@@ -212,8 +203,8 @@ struct LbctlInterfaceTests {
     }
 
     /// Every documented key, now that the gateway and both sources are set.
-    func checkStatus(_ namespace: TestNamespace, pin: String) throws {
-        let result = try Lbctl.run("status", "--json", pinPath: pin, in: namespace)
+    func checkStatus(_ namespace: TestNamespace, pin: String) async throws {
+        let result = try await Lbctl.run("status", "--json", pinPath: pin, in: namespace)
         try #require(result.status == 0, "\(result)")
         let report = try #require(try result.json() as? [String: Any])
         expectKeys(report, ["pin_path", "program_id", "interfaces", "node", "services"], in: "status")
@@ -236,11 +227,11 @@ struct LbctlInterfaceTests {
     }
 
     /// Sends one frame into peer0 and returns the tunnel packet that carries it back, if one comes.
-    func roundTrip(_ socket: RawSocket, _ frame: [UInt8]) throws -> TunnelFrame? {
+    func roundTrip(_ socket: RawSocket, _ frame: [UInt8]) async throws -> TunnelFrame? {
         socket.drain()
         try socket.send(frame)
         let inner = Array(frame[14...])
-        let frames = try socket.receiveAll(for: .seconds(2)) { frames in
+        let frames = try await socket.receiveAll(for: .seconds(2)) { frames in
             frames.contains { (try? TunnelFrame($0.bytes))?.inner == inner }
         }
         return frames.lazy.compactMap { try? TunnelFrame($0.bytes) }.first { $0.inner == inner }
@@ -253,21 +244,21 @@ struct LbctlInterfaceTests {
             let files = try ScratchDirectory()
             try await attachBalancer(namespace, pin: pin)
             var builder = PacketBuilder()
-            builder.destinationMAC = try namespace.macAddress(of: "lb0")
-            builder.sourceMAC = try namespace.macAddress(of: "peer0")
+            builder.destinationMAC = try await namespace.macAddress(of: "lb0")
+            builder.sourceMAC = try await namespace.macAddress(of: "peer0")
             let socket = try await RawSocket.open(interface: "peer0", in: namespace)
 
             for (name, text) in [("good", Fixtures.good), ("changed", Fixtures.changed),
                                  ("renamed", Fixtures.changed.replacingOccurrences(of: "name: web\n", with: "name: www\n"))] {
-                let applied = try Lbctl.run("apply", "-f", try files.write("\(name).yaml", text), pinPath: pin, in: namespace)
+                let applied = try await Lbctl.run("apply", "-f", try files.write("\(name).yaml", text), pinPath: pin, in: namespace)
                 try #require(applied.status == 0, "\(applied)")
-                let web = try roundTrip(socket, builder.tcp(from: Self.clientV4, 42000, to: Fixtures.webVIP, 80,
-                                                            payload: Array("sluice-web-\(name)".utf8)))
+                let web = try await roundTrip(socket, builder.tcp(from: Self.clientV4, 42000, to: Fixtures.webVIP, 80,
+                                                                  payload: Array("sluice-web-\(name)".utf8)))
                 #expect(web.map { ["10.1.0.1", "10.1.0.2", "10.1.0.3"].contains($0.outerDestination.description) } == true,
                         "after \(name): the web VIP is not balanced (\(String(describing: web?.outerDestination)))")
                 if name != "good" {
-                    let dns = try roundTrip(socket, builder.udp(from: Self.clientV4, 42001, to: "192.0.2.53", 53,
-                                                                payload: Array("sluice-dns-\(name)".utf8)))
+                    let dns = try await roundTrip(socket, builder.udp(from: Self.clientV4, 42001, to: "192.0.2.53", 53,
+                                                                      payload: Array("sluice-dns-\(name)".utf8)))
                     #expect(dns?.outerDestination.description == "10.1.0.9",
                             "after \(name): the dns VIP is not balanced (\(String(describing: dns?.outerDestination)))")
                 }
@@ -279,19 +270,19 @@ struct LbctlInterfaceTests {
     func attachRefusesAForeignProgram() async throws {
         try await withTestbed { namespace, bpffs in
             let pin = "\(bpffs.path)/lb"
-            try namespace.addVethPair("lb1", peer: "peer1")
+            try await namespace.addVethPair("lb1", peer: "peer1")
             let other = try await namespace.attachXDPPass(to: "lb1")
 
-            let refused = try Lbctl.run("attach", "lb1", "--gateway-mac", Fixtures.gatewayMAC, pinPath: pin, in: namespace)
+            let refused = try await Lbctl.run("attach", "lb1", "--gateway-mac", Fixtures.gatewayMAC, pinPath: pin, in: namespace)
             #expect(refused.status == 1, "\(refused)")
             #expect(refused.stderr.contains("lb1") && refused.stderr.contains(XDPPassProgram.name)
                     && refused.stderr.contains("id \(other)"), "\(refused)")
-            #expect(try namespace.xdpProgramID(of: "lb1") == other)
+            #expect(try await namespace.xdpProgramID(of: "lb1") == other)
             #expect(!FileManager.default.fileExists(atPath: pin), "nothing is loaded for a refused attach")
 
-            let detach = try Lbctl.run("detach", "lb1", pinPath: pin, in: namespace)
+            let detach = try await Lbctl.run("detach", "lb1", pinPath: pin, in: namespace)
             #expect(detach.status == 1, "detach leaves a foreign program alone: \(detach)")
-            #expect(try namespace.xdpProgramID(of: "lb1") == other)
+            #expect(try await namespace.xdpProgramID(of: "lb1") == other)
         }
     }
 }

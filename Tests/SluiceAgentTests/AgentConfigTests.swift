@@ -161,16 +161,16 @@ struct AgentConfigTests {
     }
 
     @Test("lbctl agent --config exits 2 with the error on one line; a missing file names the path")
-    func commandLine() throws {
+    func commandLine() async throws {
         let files = try ScratchDirectory()
         let path = try files.write("agent.yaml", "token_file: /t\nsync:\n  key_file: /k\n  batch_interval: 1d\n")
-        let result = try Lbctl.run(["agent", "--config", path])
+        let result = try await Lbctl.run(["agent", "--config", path])
         #expect(result.status == 2, "\(result)")
         #expect(result.stderr == "lbctl: error: \(path):4: field \"sync.batch_interval\": \"1d\" is not a duration from 1ms to 10s (e.g. 50ms, 10s)\n",
                 "\(result)")
 
         let missing = files.path + "/nonexistent.yaml"
-        let absent = try Lbctl.run(["agent", "--config", missing])
+        let absent = try await Lbctl.run(["agent", "--config", missing])
         #expect(absent.status == 2 && absent.stderr == "lbctl: error: \(missing): cannot open: No such file or directory\n", "\(absent)")
     }
 

@@ -12,88 +12,73 @@ import Glibc
 
 public final class AgentProcess: @unchecked Sendable {
     /// e.g. `http://127.0.0.1:41234`.
-    public private(set) var baseURL = ""
+    public let baseURL: String
     public let configPath: String
     /// The network namespace the agent runs in (`/run/netns/NAME`), nil for the caller's.
     public let namespace: String?
-    private let process = Process()
+    private let child: ChildProcess
     private let outURL: URL
     private let errURL: URL
-    private let exited = DispatchSemaphore(value: 0)
-    private var reaped = false
 
     /// Starts `lbctl agent --config configPath` and waits until it listens (or fails).
     /// `lbctl`: the binary to run (default: the lbctl under test).
-    public init(configPath: String, namespace: String? = nil, lbctl: String = Lbctl.path, timeout: Duration = .seconds(30)) throws {
+    public init(configPath: String, namespace: String? = nil, lbctl: String = Lbctl.path, timeout: Duration = .seconds(30)) async throws {
         self.configPath = configPath
         self.namespace = namespace
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-agent-\(UUID().uuidString.prefix(12))")
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: false)
-        outURL = scratch.appendingPathComponent("stdout")
-        errURL = scratch.appendingPathComponent("stderr")
-        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
-        defer {
-            try? out.close()
-            try? err.close()
-        }
+        let outURL = scratch.appendingPathComponent("stdout"), errURL = scratch.appendingPathComponent("stderr")
+        self.outURL = outURL
+        self.errURL = errURL
         // nsenter execs lbctl: the process (and its pid, which signals go to) is the agent itself.
         let (executable, arguments) = Self.command(in: namespace, lbctl, ["agent", "--config", configPath])
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = out
-        process.standardError = err
-        process.terminationHandler = { [exited] _ in exited.signal() }
-        try process.run()
+        let child: ChildProcess
+        do {
+            child = try Command.withOutputFiles(stdout: outURL, stderr: errURL) { out, err in
+                try ChildProcess(executable, arguments, stdout: out, stderr: err)
+            }
+        } catch {
+            try? FileManager.default.removeItem(at: scratch)
+            throw error
+        }
+        self.child = child
 
+        // Polls the agent's stdout for the address it prints; it reads once more after
+        // every sleep before it looks at the clock, so a late resumption costs no answer.
         let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if let line = stdout.split(separator: "\n").first(where: { $0.contains("listening on ") }),
+        while true {
+            let printed = (try? String(contentsOf: outURL, encoding: .utf8)) ?? ""
+            if let line = printed.split(separator: "\n").first(where: { $0.contains("listening on ") }),
                let url = line.split(separator: " ").first(where: { $0.hasPrefix("http://") || $0.hasPrefix("https://") }) {
                 baseURL = String(url)
                 return
             }
-            if !process.isRunning { break }
-            usleep(20_000)
+            if !child.isRunning || ContinuousClock.now >= deadline { break }
+            try await Task.sleep(for: .milliseconds(20))
         }
-        let why = process.isRunning ? "did not listen within \(timeout)" : "exited with \(process.terminationStatus)"
-        kill()
-        throw CommandError("lbctl agent \(why)\nstdout: \(stdout)\nstderr: \(stderr)")
+        let why = child.isRunning ? "did not listen within \(timeout)" : "exited with \(child.status ?? -1)"
+        await child.stop(signal: SIGKILL)
+        let output = "stdout: \((try? String(contentsOf: outURL, encoding: .utf8)) ?? "")\n"
+            + "stderr: \((try? String(contentsOf: errURL, encoding: .utf8)) ?? "")"
+        try? FileManager.default.removeItem(at: scratch)
+        throw CommandError("lbctl agent \(why)\n\(output)")
     }
 
     public var stdout: String { (try? String(contentsOf: outURL, encoding: .utf8)) ?? "" }
     public var stderr: String { (try? String(contentsOf: errURL, encoding: .utf8)) ?? "" }
-    public var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { child.pid }
+    public var isRunning: Bool { child.isRunning }
 
-    /// Sends `signal` and waits up to `timeout` for the exit; returns its status and how long it took
-    /// (nil status: still running, then killed).
+    /// Sends `signal` and waits up to `timeout` for the exit; returns its status and how long
+    /// the agent took to exit after the signal (nil status: still running, then killed).
     @discardableResult
-    public func stop(signal: Int32 = SIGTERM, timeout: Duration = .seconds(10)) -> (status: Int32?, elapsed: Duration) {
-        guard !reaped else { return (process.terminationStatus, .zero) }
-        let start = ContinuousClock.now
-        Glibc.kill(process.processIdentifier, signal)
-        let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
-        if exited.wait(timeout: .now() + seconds) == .timedOut {
-            kill()
-            return (nil, ContinuousClock.now - start)
-        }
-        reaped = true
-        process.waitUntilExit()
-        return (process.terminationStatus, ContinuousClock.now - start)
+    public func stop(signal: Int32 = SIGTERM, timeout: Duration = .seconds(10)) async -> (status: Int32?, elapsed: Duration) {
+        await child.stop(signal: signal, timeout: timeout)
     }
 
-    private func kill() {
-        guard !reaped else { return }
-        Glibc.kill(process.processIdentifier, SIGKILL)
-        exited.wait()
-        reaped = true
-        process.waitUntilExit()
-    }
-
+    /// A test that forgets to stop the agent: SIGKILL, not awaited.
     deinit {
-        kill()
+        child.killInBackground()
         try? FileManager.default.removeItem(at: outURL.deletingLastPathComponent())
     }
 
@@ -120,7 +105,7 @@ public final class AgentProcess: @unchecked Sendable {
     }
 
     public func request(_ method: String, _ path: String, body: String? = nil, token: String? = nil) async throws -> Reply {
-        if namespace != nil { return try curl(method, path, body: body, token: token) }
+        if namespace != nil { return try await curl(method, path, body: body, token: token) }
         var request = URLRequest(url: URL(string: baseURL + path)!, timeoutInterval: 30)
         request.httpMethod = method
         if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
@@ -130,11 +115,10 @@ public final class AgentProcess: @unchecked Sendable {
         return Reply(status: http.statusCode, body: data, contentType: http.value(forHTTPHeaderField: "Content-Type"))
     }
 
-    /// One HTTP exchange through curl, run in the agent's namespace (synchronous; for
-    /// agents in another namespace and for callers outside Swift concurrency). Extra
-    /// curl options (`--cacert FILE`) go in `curlOptions`.
+    /// One HTTP exchange through curl, run in the agent's namespace (for agents in another
+    /// namespace). Extra curl options (`--cacert FILE`) go in `curlOptions`.
     public func curl(_ method: String, _ path: String, body: String? = nil, token: String? = nil,
-                     curlOptions: [String] = [], timeoutSeconds: Int = 30) throws -> Reply {
+                     curlOptions: [String] = [], timeoutSeconds: Int = 30) async throws -> Reply {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-curl-\(UUID().uuidString.prefix(12))")
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: false)
         defer { try? FileManager.default.removeItem(at: scratch) }
@@ -149,7 +133,7 @@ public final class AgentProcess: @unchecked Sendable {
         }
         arguments.append(baseURL + path)
         let (executable, full) = Self.command(in: namespace, "/usr/bin/curl", arguments)
-        let result = try Command.run(executable, full)
+        let result = try await Command.run(executable, full)
         guard result.status == 0 else { throw CommandError("curl failed:\n\(result)") }
         let fields = result.stdout.split(separator: " ", maxSplits: 1).map(String.init)
         guard let status = fields.first.flatMap({ Int($0) }) else { throw CommandError("curl printed no status:\n\(result)") }

@@ -1,8 +1,9 @@
 // The namespace lab (scripts/lab.sh) as a test fixture: a client, a router, the
 // balancer and three backends with real servers, driven the way an operator
 // drives it, through the script. Each Lab has a unique name, so labs run side
-// by side (and beside the other suites), and is taken down on deinit, so a
-// failing test still leaves nothing behind.
+// by side (and beside the other suites), at most `LabSlots.shared.permits` at once.
+// `Lab.withLab { }` brings one up and takes it down however the test ends; every
+// command is awaited, never waited for on a thread.
 import CLibbpf
 import Foundation
 import Glibc
@@ -17,49 +18,128 @@ public final class Lab: @unchecked Sendable {
         "sl" + String(format: "%06x", UInt32.random(in: 0..<0x100_0000))
     }
 
-    /// Runs `lab.sh COMMAND NAME ARGS...` with the tests' lbctl and lab root;
-    /// `environment` adds or overrides variables (PYTHON=/bin/false...).
-    public static func run(_ command: String, _ name: String, _ arguments: [String] = [],
-                           environment: [String: String] = [:]) throws -> CommandResult {
+    /// `lab.sh COMMAND NAME ARGS...` with the tests' lbctl and lab root as a command line;
+    /// `environment` adds or overrides variables (PYTHON=/bin/false...). Through env(1):
+    /// lab.sh closes inherited descriptors and its Python unblocks SIGTERM/SIGINT itself,
+    /// so servers left running neither hold the socket through which Process learns of the
+    /// script's exit nor ignore `down`.
+    static func invocation(_ command: String, _ name: String, _ arguments: [String] = [],
+                           environment: [String: String] = [:]) -> (String, [String]) {
         var env = ["LBCTL": Lbctl.path, "LAB_ROOT": root]
         env.merge(environment) { $1 }
-        // Through env(1): Command.run has no environment parameter of its own. lab.sh
-        // closes inherited descriptors and its Python unblocks SIGTERM/SIGINT itself,
-        // so servers left running neither hold Command.run's pipes nor ignore `down`.
         let assignments = env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-        return try Command.run("/usr/bin/env", assignments + [script, command, name] + arguments)
+        return ("/usr/bin/env", assignments + [script, command, name] + arguments)
+    }
+
+    /// Runs `lab.sh COMMAND NAME ARGS...` and awaits it.
+    public static func run(_ command: String, _ name: String, _ arguments: [String] = [],
+                           environment: [String: String] = [:]) async throws -> CommandResult {
+        let (executable, full) = invocation(command, name, arguments, environment: environment)
+        return try await Command.run(executable, full)
     }
 
     public let name: String
     /// `lab.sh info`: addresses, namespaces, interfaces and paths.
     public let info: [String: String]
+    /// The `LabSlots.shared` permits this lab gives back when it comes down (0 for labs of
+    /// `withLabs`, whose scope holds them).
+    private let permits: Int
 
     private let lock = NSLock()
     private var isDown = false
 
-    /// Brings up a new lab (about a second). lab.sh cleans up after a failed
-    /// bring-up itself; the thrown error carries its output. `balancers: 2` adds
-    /// NAME-lb2 behind an ECMP route (LAB_BALANCERS=2; see LabECMP.swift).
-    public init(name: String = Lab.uniqueName(), balancers: Int = 1) throws {
+    private init(name: String, info: [String: String], permits: Int) {
         self.name = name
-        try Self.checked(Self.run("up", name, environment: balancers == 1 ? [:] : ["LAB_BALANCERS": String(balancers)]))
+        self.info = info
+        self.permits = permits
+    }
+
+    /// Brings up a new lab (about a second) once one of `LabSlots.shared`'s permits is free,
+    /// and holds it until `down()`. lab.sh cleans up after a failed bring-up itself; the
+    /// thrown error carries its output. `balancers: 2` adds NAME-lb2 behind an ECMP route
+    /// (LAB_BALANCERS=2; see LabECMP.swift). Prefer `withLab { }`, which always takes it down.
+    public static func up(name: String = Lab.uniqueName(), balancers: Int = 1) async throws -> Lab {
+        try await LabSlots.shared.acquire()
         do {
-            info = try Self.parseInfo(Self.checked(Self.run("info", name)).stdout)
+            return try await bringUp(name: name, balancers: balancers, permits: 1)
         } catch {
-            _ = try? Self.run("down", name)
+            await LabSlots.shared.release()
             throw error
         }
     }
 
-    deinit { try? down() }
+    private static func bringUp(name: String, balancers: Int, permits: Int) async throws -> Lab {
+        try checked(await run("up", name, environment: balancers == 1 ? [:] : ["LAB_BALANCERS": String(balancers)]))
+        do {
+            let info = try parseInfo(checked(await run("info", name)).stdout)
+            return Lab(name: name, info: info, permits: permits)
+        } catch {
+            _ = try? await run("down", name)
+            throw error
+        }
+    }
 
-    /// Removes the lab; later calls do nothing.
-    public func down() throws {
-        lock.lock()
-        defer { lock.unlock() }
-        guard !isDown else { return }
-        isDown = true
-        try Self.checked(Self.run("down", name))
+    /// A fresh lab for `body`, taken down afterwards however `body` ends.
+    public static func withLab<T>(balancers: Int = 1, _ body: (Lab) async throws -> T) async throws -> T {
+        try await withLabs(1, balancers: balancers) { try await body($0[0]) }
+    }
+
+    /// `count` fresh labs at once for `body` (their permits taken together, so two tests
+    /// that each need two cannot each hold one and wait for ever), all taken down
+    /// afterwards however `body` ends. A lab that does not come down fails the test; when
+    /// `body` failed already its error is the one thrown, the teardown's goes to stderr.
+    public static func withLabs<T>(_ count: Int, balancers: Int = 1, _ body: ([Lab]) async throws -> T) async throws -> T {
+        try await LabSlots.shared.withPermits(count) {
+            var labs: [Lab] = []
+            let outcome: Result<T, any Error>
+            do {
+                for _ in 0..<count { labs.append(try await bringUp(name: uniqueName(), balancers: balancers, permits: 0)) }
+                outcome = .success(try await body(labs))
+            } catch {
+                outcome = .failure(error)
+            }
+            var teardown: [String] = []
+            for lab in labs {
+                do { try await lab.down() } catch { teardown.append("lab \(lab.name) did not come down: \(error)") }
+            }
+            if !teardown.isEmpty {
+                guard case .failure = outcome else { throw CommandError(teardown.joined(separator: "\n")) }
+                FileHandle.standardError.write(Data((teardown.joined(separator: "\n") + "\n").utf8))
+            }
+            return try outcome.get()
+        }
+    }
+
+    /// True for the first caller only.
+    private func takeDown() -> Bool {
+        lock.withLock {
+            defer { isDown = true }
+            return !isDown
+        }
+    }
+
+    /// A lab nobody took down: `lab.sh down` is started, not awaited, and the permit goes
+    /// back when it has finished.
+    deinit {
+        guard takeDown() else { return }
+        let permits = self.permits
+        let (executable, arguments) = Self.invocation("down", name)
+        let null = FileHandle.nullDevice
+        let child = try? ChildProcess(executable, arguments, stdout: null, stderr: null)
+        guard permits > 0 || child != nil else { return }
+        Task {
+            await child?.exited()
+            if permits > 0 { await LabSlots.shared.release(permits) }
+        }
+    }
+
+    /// Removes the lab and gives back its permit; later calls do nothing.
+    public func down() async throws {
+        guard takeDown() else { return }
+        let outcome: Result<CommandResult, any Error>
+        do { outcome = .success(try await Self.run("down", name)) } catch { outcome = .failure(error) }
+        if permits > 0 { await LabSlots.shared.release(permits) }
+        try Self.checked(outcome.get())
     }
 
     public static func parseInfo(_ text: String) -> [String: String] {
@@ -97,48 +177,52 @@ public final class Lab: @unchecked Sendable {
         public var errors: [String]
         /// The command's whole exchange, for failure messages.
         public var output: String = ""
+        /// When the client started and exited, as the reaper saw it.
+        public var started: ContinuousClock.Instant = .now
+        public var exited: ContinuousClock.Instant = .now
 
         enum CodingKeys: String, CodingKey { case sent, ok, failed, backends, errors }
     }
 
     /// COUNT new connections (datagrams for udp) from the client to HOST:PORT.
     /// The client exits 1 when some failed; that is in the result, not an error.
-    public func client(_ kind: ClientKind, _ host: String, _ port: Int, count: Int) throws -> ClientResult {
-        let result = try Self.run("client", name, [kind.rawValue, host, String(port), String(count)])
+    public func client(_ kind: ClientKind, _ host: String, _ port: Int, count: Int) async throws -> ClientResult {
+        let result = try await Self.run("client", name, [kind.rawValue, host, String(port), String(count)])
         guard var decoded = try? JSONDecoder().decode(ClientResult.self, from: result.stdoutData) else {
             throw CommandError("lab client printed no result:\n\(result)")
         }
         decoded.output = result.description
+        decoded.started = result.started
+        decoded.exited = result.exited
         return decoded
     }
 
     /// Rewrites the echo service's backends (`be1:1,be2:0`) and applies them.
     @discardableResult
-    public func applyEcho(_ spec: String) throws -> CommandResult {
-        try Self.checked(Self.run("apply", name, [spec]))
+    public func applyEcho(_ spec: String) async throws -> CommandResult {
+        try Self.checked(await Self.run("apply", name, [spec]))
     }
 
     /// `lab.sh server-stop|server-start NAME BACKEND`: takes a backend's servers away (as a
     /// crash would) or starts them again and waits until they listen.
-    public func setServer(_ backend: String, running: Bool) throws {
-        try Self.checked(Self.run(running ? "server-start" : "server-stop", name, [backend]))
+    @discardableResult
+    public func setServer(_ backend: String, running: Bool) async throws -> CommandResult {
+        try Self.checked(await Self.run(running ? "server-start" : "server-stop", name, [backend]))
     }
 
     /// `lbctl ARGS... --pin-path <the lab's>` in the balancer's namespace.
-    public func lbctl(_ arguments: String...) throws -> CommandResult {
-        try Self.run("lbctl", name, arguments)
+    public func lbctl(_ arguments: String...) async throws -> CommandResult {
+        try await lbctl(on: .lb, arguments)
     }
 
     /// `lbctl stats --json`, decoded.
-    public func stats() throws -> Stats {
-        let result = try Self.checked(lbctl("stats", "--json"))
-        return try decode(Stats.self, result)
+    public func stats() async throws -> Stats {
+        try await stats(of: .lb)
     }
 
     /// `lbctl status --json`, decoded.
-    public func status() throws -> Status {
-        let result = try Self.checked(lbctl("status", "--json"))
-        return try decode(Status.self, result)
+    public func status() async throws -> Status {
+        try await status(of: .lb)
     }
 
     /// The subset of `lbctl stats --json` the tests read.
@@ -183,9 +267,9 @@ public final class Lab: @unchecked Sendable {
     }
 
     /// `ip -n NS -j -s link show dev IF` → stats64.
-    public func linkCounters(namespace: String, interface: String) throws -> LinkCounters {
+    public func linkCounters(namespace: String, interface: String) async throws -> LinkCounters {
         struct Link: Decodable { var stats64: LinkCounters }
-        let result = try Command.check("/usr/sbin/ip", ["-n", namespace, "-j", "-s", "link", "show", "dev", interface])
+        let result = try await Command.check("/usr/sbin/ip", ["-n", namespace, "-j", "-s", "link", "show", "dev", interface])
         guard let link = try decode([Link].self, result).first else { throw CommandError("no link in:\n\(result)") }
         return link.stats64
     }
@@ -207,7 +291,7 @@ public final class Lab: @unchecked Sendable {
         }
     }
 
-    private func decode<T: Decodable>(_ type: T.Type, _ result: CommandResult) throws -> T {
+    func decode<T: Decodable>(_ type: T.Type, _ result: CommandResult) throws -> T {
         do { return try JSONDecoder().decode(type, from: result.stdoutData) } catch {
             throw CommandError("cannot decode \(type): \(error)\n\(result)")
         }
@@ -235,6 +319,13 @@ public final class Lab: @unchecked Sendable {
         try Session(lab: self, host: host, port: port, interval: interval)
     }
 
+    /// A session for `body`, stopped (awaited) however `body` ends.
+    public func withSession<T>(_ host: String, _ port: Int, interval: Double = 0.1,
+                               _ body: (Session) async throws -> T) async throws -> T {
+        let session = try startSession(host, port, interval: interval)
+        return try await withCleanup { try await body(session) } cleanup: { await session.stop() }
+    }
+
     public final class Session: @unchecked Sendable {
         /// What the session client writes after every exchange.
         public struct State: Decodable, Sendable {
@@ -248,8 +339,7 @@ public final class Lab: @unchecked Sendable {
 
         public let stateFile: String
         public let outputFile: String
-        private let process = Process()
-        private let exited = DispatchSemaphore(value: 0)
+        private let child: ChildProcess
 
         convenience init(lab: Lab, host: String, port: Int, interval: Double) throws {
             try self.init(lab: lab, prefix: "session") { ["session", host, String(port), $0, String(interval)] }
@@ -261,21 +351,15 @@ public final class Lab: @unchecked Sendable {
             let base = "\(lab.directory)/\(prefix)-\(UUID().uuidString.prefix(8))"
             stateFile = base + ".json"
             outputFile = base + ".out"
-            _ = FileManager.default.createFile(atPath: outputFile, contents: nil)
-            let output = try FileHandle(forWritingTo: URL(fileURLWithPath: outputFile))
-            defer { try? output.close() }
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["LBCTL=\(Lbctl.path)", "LAB_ROOT=\(Lab.root)", Lab.script, "client", lab.name]
-                + arguments(stateFile)
-            process.standardInput = FileHandle.nullDevice
-            process.standardOutput = output
-            process.standardError = output
-            let exited = exited, process = process
-            process.terminationHandler = { _ in exited.signal() }
-            try process.run()
+            let (executable, full) = Lab.invocation("client", lab.name, arguments(stateFile))
+            let output = URL(fileURLWithPath: outputFile)
+            child = try Command.withOutputFiles(stdout: output, stderr: output) { out, err in
+                try ChildProcess(executable, full, stdout: out, stderr: err)
+            }
         }
 
-        deinit { _ = stop() }
+        /// A session nobody stopped: SIGKILL, not awaited (lab.sh down ends it too).
+        deinit { child.killInBackground() }
 
         /// The latest state, nil until the first exchange is done.
         public func state() -> State? { decodeState(State.self) }
@@ -292,34 +376,28 @@ public final class Lab: @unchecked Sendable {
             return try? JSONDecoder().decode(T.self, from: data)
         }
 
-        /// Polls the state file until `condition` holds, the client exits or `timeout` passes.
+        /// Polls the state file until `condition` holds, the client exits or `timeout` passes;
+        /// it reads once more after every sleep before it looks at the clock.
         func poll<T: Decodable>(_: T.Type, timeout: Duration, until condition: (T) -> Bool) async throws -> T? {
             let deadline = ContinuousClock.now + timeout
             while true {
                 if let current = decodeState(T.self), condition(current) { return current }
-                if ContinuousClock.now >= deadline || !process.isRunning { return decodeState(T.self) }
+                if ContinuousClock.now >= deadline || !child.isRunning { return decodeState(T.self) }
                 try await Task.sleep(for: .milliseconds(50))
             }
         }
 
-        /// Ends the client with SIGTERM (it then writes `closed`) and waits for it;
-        /// returns its exit status. Safe to call twice.
+        /// Ends the client with SIGTERM (it then writes `closed`) and awaits its exit (SIGKILL
+        /// after `timeout`); returns its exit status. Safe to call twice.
         @discardableResult
-        public func stop(timeout: Double = 5) -> Int32 {
-            guard process.processIdentifier > 0 else { return -1 } // never started
+        public func stop(timeout: Duration = .seconds(5)) async -> Int32 {
             // lab.sh execs the client (through ip netns exec): the process is the client.
-            if process.isRunning {
-                kill(process.processIdentifier, SIGTERM)
-                if exited.wait(timeout: .now() + timeout) == .timedOut {
-                    kill(process.processIdentifier, SIGKILL)
-                    exited.wait()
-                }
-            }
-            return process.terminationStatus
+            if let status = await child.stop(signal: SIGTERM, timeout: timeout).status { return status }
+            return await child.exited()
         }
 
         /// Whether the client is still running.
-        public var isRunning: Bool { process.isRunning }
+        public var isRunning: Bool { child.isRunning }
 
         /// The output the client printed (errors, usually nothing).
         public var output: String { (try? String(contentsOfFile: outputFile, encoding: .utf8)) ?? "" }

@@ -2,8 +2,9 @@
 // own config, token and services file in a private temp directory, listening on the
 // namespace's loopback (port 0: the kernel picks). It can be killed with SIGKILL and
 // started again on the same config, as an operator's supervisor would, and is reached
-// with curl run in the namespace. deinit kills it and removes its files, so a failing
-// test leaves nothing running (kill it before the lab goes down).
+// with curl run in the namespace. deinit kills it (SIGKILL, not awaited) and removes its
+// files, so a failing test leaves nothing running; lab.sh down ends whatever runs in the
+// lab's namespaces as well.
 import Foundation
 import Glibc
 
@@ -21,7 +22,7 @@ public final class LabAgent: @unchecked Sendable {
 
     /// Starts the agent in the namespace of `lab`'s balancer `balancer` (lb2 in a
     /// two-balancer lab); waits until it listens.
-    public init(lab: Lab, balancer: Lab.Balancer = .lb, extraConfig: String = "") throws {
+    public init(lab: Lab, balancer: Lab.Balancer = .lb, extraConfig: String = "") async throws {
         namespace = try lab.info(balancer == .lb ? "lb_ns" : "lb2_ns")
         pinPath = try lab.info(balancer == .lb ? "pin_path" : "lb2_pin_path")
         directory = FileManager.default.temporaryDirectory
@@ -40,15 +41,15 @@ public final class LabAgent: @unchecked Sendable {
                 services_file: \(servicesPath)
                 \(extraConfig)
                 """.write(toFile: configPath, atomically: true, encoding: .utf8)
-            process = try AgentProcess(configPath: configPath, namespace: namespace)
+            process = try await AgentProcess(configPath: configPath, namespace: namespace)
         } catch {
             try? FileManager.default.removeItem(atPath: directory)
             throw error
         }
     }
 
+    /// The agent process goes with its own deinit (SIGKILL, not awaited).
     deinit {
-        process.stop(signal: SIGKILL)
         try? FileManager.default.removeItem(atPath: directory)
     }
 
@@ -57,38 +58,38 @@ public final class LabAgent: @unchecked Sendable {
 
     /// SIGKILL, no chance to clean up; waits until it is gone. Returns its exit status.
     @discardableResult
-    public func kill() -> Int32? { process.stop(signal: SIGKILL).status }
+    public func kill() async -> Int32? { await process.stop(signal: SIGKILL).status }
 
     /// Starts a new agent on the same config (after kill() or stop()).
-    public func start() throws {
-        process.stop(signal: SIGKILL) // harmless when it is already gone
-        process = try AgentProcess(configPath: configPath, namespace: namespace)
+    public func start() async throws {
+        await process.stop(signal: SIGKILL) // harmless when it is already gone
+        process = try await AgentProcess(configPath: configPath, namespace: namespace)
     }
 
     /// One HTTP exchange with the agent, through curl in its namespace.
-    public func request(_ method: String, _ path: String, body: String? = nil, token: String? = nil) throws -> AgentProcess.Reply {
-        try process.curl(method, path, body: body, token: token)
+    public func request(_ method: String, _ path: String, body: String? = nil, token: String? = nil) async throws -> AgentProcess.Reply {
+        try await process.curl(method, path, body: body, token: token)
     }
 }
 
 /// A Prometheus server (Debian's /usr/bin/prometheus) in a network namespace, scraping
 /// `targets` every `interval`, with its TSDB in a private temp directory. deinit kills
-/// it and removes the directory.
+/// it (SIGKILL, not awaited) and removes the directory.
 public final class PrometheusServer: @unchecked Sendable {
     public static let binary = "/usr/bin/prometheus"
     public let namespace: String
     public let directory: String
     public let listen: String
-    private let process = Process()
-    private let exited = DispatchSemaphore(value: 0)
-    private var reaped = false
+    private let child: ChildProcess
 
     /// `port`: any port free in `namespace`'s loopback (a lab's namespace is fresh, so a
     /// fixed one below the ephemeral range is free there).
     public init(namespace: String, targets: [String], port: Int = 9090, interval: String = "1s") throws {
         self.namespace = namespace
-        listen = "127.0.0.1:\(port)"
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-prometheus-\(UUID().uuidString.prefix(12))").path
+        let listen = "127.0.0.1:\(port)"
+        self.listen = listen
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-prometheus-\(UUID().uuidString.prefix(12))").path
+        self.directory = directory
         try FileManager.default.createDirectory(atPath: directory + "/data", withIntermediateDirectories: true)
         do {
             let list = targets.map { "'\($0)'" }.joined(separator: ", ")
@@ -102,19 +103,13 @@ public final class PrometheusServer: @unchecked Sendable {
                     static_configs:
                       - targets: [\(list)]
                 """.write(toFile: directory + "/prometheus.yml", atomically: true, encoding: .utf8)
-            _ = FileManager.default.createFile(atPath: directory + "/log", contents: nil)
-            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: directory + "/log"))
-            defer { try? log.close() }
             let (executable, arguments) = AgentProcess.command(in: namespace, Self.binary, [
                 "--config.file=\(directory)/prometheus.yml", "--storage.tsdb.path=\(directory)/data",
                 "--web.listen-address=\(listen)", "--log.level=warn"])
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = arguments
-            process.standardInput = FileHandle.nullDevice
-            process.standardOutput = log
-            process.standardError = log
-            process.terminationHandler = { [exited] _ in exited.signal() }
-            try process.run()
+            let log = URL(fileURLWithPath: directory + "/log")
+            child = try Command.withOutputFiles(stdout: log, stderr: log) { out, err in
+                try ChildProcess(executable, arguments, stdout: out, stderr: err)
+            }
         } catch {
             try? FileManager.default.removeItem(atPath: directory)
             throw error
@@ -122,28 +117,24 @@ public final class PrometheusServer: @unchecked Sendable {
     }
 
     deinit {
-        stop()
+        child.killInBackground()
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    public var isRunning: Bool { process.isRunning }
+    public var isRunning: Bool { child.isRunning }
     public var log: String { (try? String(contentsOfFile: directory + "/log", encoding: .utf8)) ?? "" }
 
     /// SIGKILL (its TSDB is thrown away anyway) and wait.
-    public func stop() {
-        guard !reaped else { return }
-        reaped = true
-        Glibc.kill(process.processIdentifier, SIGKILL)
-        exited.wait()
-        process.waitUntilExit()
+    public func stop() async {
+        await child.stop(signal: SIGKILL)
     }
 
     /// `GET /api/v1/query?query=QUERY` → `data.result` (nil when the server does not answer yet).
-    public func query(_ query: String) throws -> [[String: Any]]? {
+    public func query(_ query: String) async throws -> [[String: Any]]? {
         let encoded = query.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? query
         let (executable, arguments) = AgentProcess.command(in: namespace, "/usr/bin/curl", [
             "-sS", "--max-time", "5", "http://\(listen)/api/v1/query?query=\(encoded)"])
-        let result = try Command.run(executable, arguments)
+        let result = try await Command.run(executable, arguments)
         guard result.status == 0,
               let object = try? JSONSerialization.jsonObject(with: result.stdoutData) as? [String: Any],
               object["status"] as? String == "success",

@@ -1,4 +1,4 @@
-// The two-balancer lab (`Lab(balancers: 2)`, lab.sh's LAB_BALANCERS=2): NAME-lb and
+// The two-balancer lab (`Lab.withLab(balancers: 2)`, lab.sh's LAB_BALANCERS=2): NAME-lb and
 // NAME-lb2 behind an ECMP multipath route on the router, hashed on layer 4, so the
 // connections of one client spread over both. `route(.lb2)` withdraws lb from the
 // router as a failed node would be; `route(.both)` restores ECMP. Plus `Sessions`, many
@@ -21,28 +21,37 @@ extension Lab {
     public var balancers: [Balancer] { balancerCount == 2 ? [.lb, .lb2] : [.lb] }
 
     /// `lab.sh route NAME both|lb|lb2`: replaces the router's VIP routes.
-    public func route(_ route: Route) throws {
-        try Self.checked(Self.run("route", name, [route.rawValue]))
+    public func route(_ route: Route) async throws {
+        try Self.checked(await Self.run("route", name, [route.rawValue]))
     }
 
     /// `lbctl ARGS... --pin-path <lb2's>` in lb2's namespace.
-    public func lbctl2(_ arguments: String...) throws -> CommandResult {
-        try Self.run("lbctl2", name, arguments)
+    public func lbctl2(_ arguments: String...) async throws -> CommandResult {
+        try await lbctl(on: .lb2, arguments)
     }
 
     /// `lbctl ARGS...` on `balancer`, with its pin path, in its namespace.
-    public func lbctl(on balancer: Balancer, _ arguments: [String]) throws -> CommandResult {
-        try Self.run(balancer == .lb ? "lbctl" : "lbctl2", name, arguments)
+    public func lbctl(on balancer: Balancer, _ arguments: [String]) async throws -> CommandResult {
+        try await Self.run(balancer == .lb ? "lbctl" : "lbctl2", name, arguments)
+    }
+
+    /// `lbctl ARGS...` on each of `balancers`, run side by side again and again off the
+    /// concurrency pool (CommandWatch, which starts at once) until `condition` holds for
+    /// their results, in the order of `balancers`.
+    public func watchLbctl(_ arguments: [String], on balancers: [Balancer] = [.lb], every interval: Duration = .milliseconds(100),
+                           timeout: Duration, until condition: @escaping @Sendable ([CommandResult]) -> Bool) -> CommandWatch {
+        CommandWatch(balancers.map { Self.invocation($0 == .lb ? "lbctl" : "lbctl2", name, arguments) },
+                     every: interval, timeout: timeout, until: condition)
     }
 
     /// `lbctl stats --json` of `balancer`, decoded.
-    public func stats(of balancer: Balancer) throws -> Stats {
-        try decodeECMP(Stats.self, Self.checked(lbctl(on: balancer, ["stats", "--json"])))
+    public func stats(of balancer: Balancer) async throws -> Stats {
+        try decode(Stats.self, Self.checked(await lbctl(on: balancer, ["stats", "--json"])))
     }
 
     /// `lbctl status --json` of `balancer`, decoded.
-    public func status(of balancer: Balancer) throws -> Status {
-        try decodeECMP(Status.self, Self.checked(lbctl(on: balancer, ["status", "--json"])))
+    public func status(of balancer: Balancer) async throws -> Status {
+        try decode(Status.self, Self.checked(await lbctl(on: balancer, ["status", "--json"])))
     }
 
     /// Per-service packet counters of `lbctl stats --json` (what a balancer tunnelled).
@@ -59,14 +68,8 @@ extension Lab {
     }
 
     /// The per-service counters of `balancer`.
-    public func serviceCounters(of balancer: Balancer) throws -> ServiceCounters {
-        try decodeECMP(ServiceCounters.self, Self.checked(lbctl(on: balancer, ["stats", "--json"])))
-    }
-
-    private func decodeECMP<T: Decodable>(_ type: T.Type, _ result: CommandResult) throws -> T {
-        do { return try JSONDecoder().decode(type, from: result.stdoutData) } catch {
-            throw CommandError("cannot decode \(type): \(error)\n\(result)")
-        }
+    public func serviceCounters(of balancer: Balancer) async throws -> ServiceCounters {
+        try decode(ServiceCounters.self, Self.checked(await lbctl(on: balancer, ["stats", "--json"])))
     }
 
     // MARK: Many long-lived sessions
@@ -77,8 +80,15 @@ extension Lab {
         try Sessions(lab: self, host: host, port: port, count: count, interval: interval)
     }
 
+    /// Sessions for `body`, stopped (awaited) however `body` ends.
+    public func withSessions<T>(_ host: String, _ port: Int, count: Int, interval: Double = 0.3,
+                                _ body: (Sessions) async throws -> T) async throws -> T {
+        let sessions = try startSessions(host, port, count: count, interval: interval)
+        return try await withCleanup { try await body(sessions) } cleanup: { await sessions.stop() }
+    }
+
     /// Many long-lived connections in one client process; the client is ended
-    /// (SIGTERM, then SIGKILL) by `stop()` or on deinit.
+    /// (SIGTERM, then SIGKILL) by `stop()`, or killed on deinit.
     public final class Sessions: @unchecked Sendable {
         /// One connection's record: what the one-connection session client writes.
         public typealias Connection = Session.State
@@ -147,8 +157,8 @@ extension Lab {
         }
 
         /// Ends the client with SIGTERM (it then writes every connection `closed`) and
-        /// waits for it; returns its exit status. Safe to call twice.
+        /// awaits its exit; returns its exit status. Safe to call twice.
         @discardableResult
-        public func stop(timeout: Double = 5) -> Int32 { client.stop(timeout: timeout) }
+        public func stop(timeout: Duration = .seconds(5)) async -> Int32 { await client.stop(timeout: timeout) }
     }
 }

@@ -1,13 +1,14 @@
 // A throw-away network namespace for tests that touch real interfaces: a
 // unique name, commands and Swift code run inside it, veth pairs, and cleanup
-// that runs however the test ends.
+// that runs however the test ends (`withTestNamespace`).
 import CLibbpf
 import Foundation
 import Glibc
 
 /// A named network namespace (`ip netns add sltest-<id>`), removed by
-/// `remove()` or at the latest on deinit. Nothing here ever touches the host
-/// namespace's interfaces or routes: links are created inside the namespace.
+/// `remove()` or, as a safety net, on deinit (not awaited there). Nothing here ever
+/// touches the host namespace's interfaces or routes: links are created inside the
+/// namespace.
 public final class TestNamespace: @unchecked Sendable {
     public static let ip = "/usr/sbin/ip"
     public static let nsenter = "/usr/bin/nsenter"
@@ -22,69 +23,79 @@ public final class TestNamespace: @unchecked Sendable {
 
     /// Creates the namespace with loopback up and IPv6 off, so the kernel's
     /// own neighbour discovery and MLD chatter never mixes into captures.
-    public init(prefix: String = "sltest") throws {
+    public init(prefix: String = "sltest") async throws {
         name = "\(prefix)-\(UUID().uuidString.prefix(8).lowercased())"
-        try Command.check(Self.ip, ["netns", "add", name])
+        try await Command.check(Self.ip, ["netns", "add", name])
         do {
-            try ip("link", "set", "lo", "up")
+            try await ip("link", "set", "lo", "up")
             // /proc/sys/net shows the namespace of whoever opens it: here, nsenter's child.
-            try exec(["/bin/sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && "
-                      + "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"], check: true)
+            try await exec(["/bin/sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && "
+                            + "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"], check: true)
         } catch {
-            remove()
+            await remove()
             throw error
         }
     }
 
-    deinit { remove() }
+    /// A namespace nobody removed: `ip netns del`, started and not awaited.
+    deinit {
+        guard takeRemoval() else { return }
+        let null = FileHandle.nullDevice
+        _ = try? ChildProcess(Self.ip, ["netns", "del", name], stdout: null, stderr: null)
+    }
+
+    /// True for the first caller only.
+    private func takeRemoval() -> Bool {
+        lock.withLock {
+            defer { removed = true }
+            return !removed
+        }
+    }
 
     /// Deletes the namespace; its veths and their XDP programs go with it.
     /// Safe to call more than once.
-    public func remove() {
-        lock.lock()
-        defer { lock.unlock() }
-        guard !removed else { return }
-        removed = true
-        _ = try? Command.run(Self.ip, ["netns", "del", name])
+    public func remove() async {
+        guard takeRemoval() else { return }
+        _ = try? await Command.run(Self.ip, ["netns", "del", name])
     }
 
     /// Names of every namespace `ip netns` knows.
-    public static func list() -> [String] {
-        let output = (try? Command.run(ip, ["netns", "list"]).stdout) ?? ""
+    public static func list() async -> [String] {
+        let output = (try? await Command.run(ip, ["netns", "list"]).stdout) ?? ""
         return output.split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) }
     }
 
     /// True while `ip netns` still knows the namespace called `name`.
-    public static func exists(_ name: String) -> Bool {
-        list().contains(name) || access("/run/netns/\(name)", F_OK) == 0
+    public static func exists(_ name: String) async -> Bool {
+        await list().contains(name) || access("/run/netns/\(name)", F_OK) == 0
     }
 
     // MARK: Commands
 
     /// `ip -n NAME arguments...`; throws unless it exits 0.
     @discardableResult
-    public func ip(_ arguments: String...) throws -> CommandResult {
-        try Command.check(Self.ip, ["-n", name] + arguments)
+    public func ip(_ arguments: String...) async throws -> CommandResult {
+        try await Command.check(Self.ip, ["-n", name] + arguments)
     }
 
     /// Runs a command inside the namespace with nsenter, which keeps the
     /// host's mounts (bpffs pins stay visible, unlike with `ip netns exec`).
     @discardableResult
-    public func exec(_ command: [String], check: Bool = false) throws -> CommandResult {
+    public func exec(_ command: [String], check: Bool = false) async throws -> CommandResult {
         let arguments = ["--net=\(path)"] + command
-        return check ? try Command.check(Self.nsenter, arguments) : try Command.run(Self.nsenter, arguments)
+        return check ? try await Command.check(Self.nsenter, arguments) : try await Command.run(Self.nsenter, arguments)
     }
 
     /// Creates the veth pair `name` <-> `peer` inside the namespace, both up.
-    public func addVethPair(_ name: String, peer: String) throws {
-        try ip("link", "add", name, "type", "veth", "peer", "name", peer)
-        try ip("link", "set", name, "up")
-        try ip("link", "set", peer, "up")
+    public func addVethPair(_ name: String, peer: String) async throws {
+        try await ip("link", "add", name, "type", "veth", "peer", "name", peer)
+        try await ip("link", "set", name, "up")
+        try await ip("link", "set", peer, "up")
     }
 
     /// `ip -j link show` of one interface, as a JSON object.
-    public func link(_ interface: String) throws -> [String: Any] {
-        let output = try ip("-j", "link", "show", "dev", interface).stdoutData
+    public func link(_ interface: String) async throws -> [String: Any] {
+        let output = try await ip("-j", "link", "show", "dev", interface).stdoutData
         guard let links = try JSONSerialization.jsonObject(with: output) as? [[String: Any]], let link = links.first else {
             throw CommandError("ip -n \(name) -j link show \(interface): unexpected output")
         }
@@ -92,8 +103,8 @@ public final class TestNamespace: @unchecked Sendable {
     }
 
     /// The interface's MAC address, read through `ip -j` (sysfs shows the host's namespace).
-    public func macAddress(of interface: String) throws -> [UInt8] {
-        guard let text = try link(interface)["address"] as? String else {
+    public func macAddress(of interface: String) async throws -> [UInt8] {
+        guard let text = try await link(interface)["address"] as? String else {
             throw CommandError("\(interface) in \(name) has no link-layer address")
         }
         let bytes = text.split(separator: ":").compactMap { UInt8($0, radix: 16) }
@@ -102,8 +113,8 @@ public final class TestNamespace: @unchecked Sendable {
     }
 
     /// The id of the XDP program attached to the interface, if any.
-    public func xdpProgramID(of interface: String) throws -> UInt32? {
-        guard let xdp = try link(interface)["xdp"] as? [String: Any] else { return nil }
+    public func xdpProgramID(of interface: String) async throws -> UInt32? {
+        guard let xdp = try await link(interface)["xdp"] as? [String: Any] else { return nil }
         if let prog = xdp["prog"] as? [String: Any], let id = prog["id"] as? Int { return UInt32(id) }
         if let attached = xdp["attached"] as? [[String: Any]],
            let id = attached.lazy.compactMap({ ($0["prog"] as? [String: Any])?["id"] as? Int }).first {
@@ -186,4 +197,10 @@ public final class XDPPassProgram {
         guard rc == 0 else { throw CommandError("bpf_obj_get_info_by_fd: \(String(cString: strerror(-rc)))") }
         return info.id
     }
+}
+
+/// A fresh namespace for `body`, removed (awaited) however `body` ends.
+public func withTestNamespace<T>(prefix: String = "sltest", _ body: (TestNamespace) async throws -> T) async throws -> T {
+    let namespace = try await TestNamespace(prefix: prefix)
+    return try await withCleanup { try await body(namespace) } cleanup: { await namespace.remove() }
 }

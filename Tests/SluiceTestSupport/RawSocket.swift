@@ -69,33 +69,25 @@ public final class RawSocket: @unchecked Sendable {
 
     /// The next frame received (not sent) on the interface, or nil when none
     /// arrives within `timeout`.
-    public func receive(timeout: Duration) throws -> CapturedFrame? {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let left = deadline - ContinuousClock.now
-            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let milliseconds = max(0, Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
-            let ready = poll(&poller, 1, milliseconds)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                throw CommandError("poll on \(interface): \(String(cString: strerror(errno)))")
-            }
-            if ready == 0 { return nil }
-            guard let frame = try read(), !frame.isOutgoing else { continue }
-            return frame
-        }
+    public func receive(timeout: Duration) async throws -> CapturedFrame? {
+        try await receiveAll(for: timeout) { !$0.isEmpty }.first
     }
 
-    /// Every frame received within `duration`, or until `enough` is satisfied.
+    /// Every frame received within `duration`, or until `enough` is satisfied. It never
+    /// blocks its thread: it takes what is queued, then sleeps a few milliseconds (frames
+    /// wait in the socket meanwhile), and after the deadline it still takes what is queued,
+    /// so a late resumption of this task loses no frame that arrived in time.
     public func receiveAll(for duration: Duration,
-                           until enough: ([CapturedFrame]) -> Bool = { _ in false }) throws -> [CapturedFrame] {
+                           until enough: ([CapturedFrame]) -> Bool = { _ in false }) async throws -> [CapturedFrame] {
         let deadline = ContinuousClock.now + duration
         var frames: [CapturedFrame] = []
-        while ContinuousClock.now < deadline, !enough(frames) {
-            guard let frame = try receive(timeout: deadline - ContinuousClock.now) else { break }
-            frames.append(frame)
+        while true {
+            while !enough(frames), let frame = try readNow() {
+                if !frame.isOutgoing { frames.append(frame) }
+            }
+            if enough(frames) || ContinuousClock.now >= deadline { return frames }
+            try await Task.sleep(for: .milliseconds(5))
         }
-        return frames
     }
 
     /// Discards whatever is queued.
