@@ -210,7 +210,7 @@ struct ECMPSyncTests {
                 // out (6 s after its only datagram): watched off the concurrency pool from before
                 // the burst, so a late resumption of this task cannot make it look too late.
                 let everywhere = lab.balancers.map { "\($0): 20 dns, 20 echo" }
-                let reached = lab.watchLbctl(["flows", "--json"], on: lab.balancers, timeout: .seconds(10)) { counts($0) == everywhere }
+                let reached = try lab.watchLbctl(["flows", "--json"], on: lab.balancers, every: .milliseconds(100), timeout: .seconds(10)) { counts($0) == everywhere }
                 let udp = try await lab.client(.udp, ECMPFailoverTests.vip4, 53, count: 20)
                 let burstEnd = udp.exited
                 try #require(udp.ok == 20, "\(udp.output)")

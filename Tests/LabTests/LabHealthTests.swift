@@ -42,8 +42,8 @@ struct LabHealthTests {
     /// Starts watching `lbctl status` until backend `address`'s health is `state` in web and
     /// dns. The watch runs off the concurrency pool (CommandWatch): its looks, and the time
     /// its first satisfied look ended, do not depend on when this test's task runs.
-    static func watch(_ lab: Lab, _ address: String, until state: [String: String], timeout: Duration) -> CommandWatch {
-        lab.watchLbctl(["status", "--json"], timeout: timeout) { health($0.first, address) == state }
+    static func watch(_ lab: Lab, _ address: String, until state: [String: String], timeout: Duration) throws -> CommandWatch {
+        try lab.watchLbctl(["status", "--json"], timeout: timeout) { health($0.first, address) == state }
     }
 
     /// The look that saw `state`, or a failure saying what was seen last.
@@ -64,7 +64,7 @@ struct LabHealthTests {
             // be1's servers die: within interval x fall + 1 s it is out of both tables. Timed
             // from the start of the stop command to the end of the first look that saw it out
             // (watched from before the stop).
-            let out = Self.watch(lab, be1, until: Self.down, timeout: .seconds(15))
+            let out = try Self.watch(lab, be1, until: Self.down, timeout: .seconds(15))
             let stop = try await lab.setServer("be1", running: false)
             try #require(stop.duration < .seconds(1), "stopping be1's servers took \(stop.duration)")
             let bound = Duration.seconds(Self.interval * Double(Self.fall) + 1)
@@ -90,7 +90,7 @@ struct LabHealthTests {
             // be1 comes back: after `rise` passing probes it is put back and takes new flows.
             // Timed from the end of the start command (its servers listen) to the end of the
             // first look that saw it back.
-            let back = Self.watch(lab, be1, until: Self.up, timeout: .seconds(20))
+            let back = try Self.watch(lab, be1, until: Self.up, timeout: .seconds(20))
             let start = try await lab.setServer("be1", running: true)
             let returned = try Self.satisfied(await back.outcome, be1, "did not come back", agent).finished - start.exited
             print("health (lab \(lab.name)): be1 back \(returned) after its servers started (rise \(Self.rise) x \(Self.interval) s)")

@@ -19,8 +19,11 @@ private final class LoopbackServer: @unchecked Sendable {
 
     let port: UInt16
     private let fd: Int32
+    private let lock = NSLock()
+    private var closed = false
 
-    init(_ behaviour: Behaviour) throws {
+    /// `serve: false` binds and answers nothing (no thread): for a port to release at once.
+    init(_ behaviour: Behaviour, serve: Bool = true) throws {
         let udp: Bool
         if case .udpEcho = behaviour { udp = true } else { udp = false }
         let fd = socket(AF_INET, Int32(udp ? SOCK_DGRAM.rawValue : SOCK_STREAM.rawValue), 0)
@@ -36,6 +39,7 @@ private final class LoopbackServer: @unchecked Sendable {
         }
         guard fd >= 0, bound else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         port = UInt16(bigEndian: address.sin_port)
+        guard serve else { return }
         switch behaviour {
         case .silent: break
         case .http(let status):
@@ -72,14 +76,22 @@ private final class LoopbackServer: @unchecked Sendable {
         }
     }
 
-    /// A port nothing listens on (bound, then released).
+    /// A port nothing listens on (bound, then released). No thread serves it: one that
+    /// started after the close would read whatever socket got the descriptor number next.
     static func closedPort(udp: Bool = false) throws -> UInt16 {
-        let server = try LoopbackServer(udp ? .udpEcho : .silent)
+        let server = try LoopbackServer(udp ? .udpEcho : .silent, serve: false)
         server.close()
         return server.port
     }
 
+    /// Closes the socket once (deinit calls it again: a second close(2) would close whatever
+    /// descriptor of the test process had taken the number meanwhile).
     func close() {
+        let first = lock.withLock {
+            defer { closed = true }
+            return !closed
+        }
+        guard first else { return }
         shutdown(fd, Int32(SHUT_RDWR))
         Glibc.close(fd)
     }
