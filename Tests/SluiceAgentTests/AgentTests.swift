@@ -25,7 +25,7 @@ final class AgentFixture: @unchecked Sendable {
 
     init(applied yaml: String? = Fixtures.good, persisted: String? = nil, tls: Bool = false) async throws {
         files = try ScratchDirectory()
-        dataplane = try TestDataplane(yaml: yaml)
+        dataplane = try await TestDataplane.make(yaml: yaml)
         tokenPath = try files.write("token", Self.token + "\n")
         servicesPath = files.path + "/state/services.yaml"
         if let persisted {

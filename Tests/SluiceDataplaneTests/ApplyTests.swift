@@ -44,8 +44,8 @@ struct ApplyTests {
         return table.map { $0 == Maglev.noBackend ? $0 : ids[configured.backends[Int($0)].address]! }
     }
 
-    @Test func aChangedServiceGetsANewTableSwitchedInAndTheOldTableIsNeverWritten() throws {
-        let lb = try TestDataplane(yaml: before)
+    @Test func aChangedServiceGetsANewTableSwitchedInAndTheOldTableIsNeverWritten() async throws {
+        let lb = try await TestDataplane.make(yaml: before)
         let state = try lb.appliedState()
         let webSlot = try #require(state.service(named: "web")).slot
         let dnsSlot = try #require(state.service(named: "dns6")).slot
@@ -78,8 +78,8 @@ struct ApplyTests {
         }
     }
 
-    @Test func applyingTheSameFileAgainWritesNothing() throws {
-        let lb = try TestDataplane(yaml: after)
+    @Test func applyingTheSameFileAgainWritesNothing() async throws {
+        let lb = try await TestDataplane.make(yaml: after)
         let state = try lb.appliedState()
         let tables = try state.services.map { try lb.maglevInnerMapID(slot: $0.slot) }
 
@@ -98,8 +98,8 @@ struct ApplyTests {
         #expect(third.bytesWritten == 0 && third.tablesWritten == 0)
     }
 
-    @Test func reapplyingAFileWithoutServicesReportsNoChange() throws {
-        let lb = try TestDataplane()
+    @Test func reapplyingAFileWithoutServicesReportsNoChange() async throws {
+        let lb = try await TestDataplane.make()
         let file = "node: { source_v4: 192.0.2.10, maglev_table_size: 251 }\nservices: []\n"
         try lb.apply(yaml: file)
         let again = try lb.apply(yaml: file)
@@ -107,8 +107,8 @@ struct ApplyTests {
         #expect(again.diff.isEmpty, "diff: \(again.diff.lines)")
     }
 
-    @Test func aFirstApplyWritesATableForEveryService() throws {
-        let lb = try TestDataplane()
+    @Test func aFirstApplyWritesATableForEveryService() async throws {
+        let lb = try await TestDataplane.make()
         let result = try lb.apply(yaml: before)
         #expect(result.tablesWritten == 2)
         #expect(result.bytesWritten >= 2 * Maglev.defaultTableSize * 4)

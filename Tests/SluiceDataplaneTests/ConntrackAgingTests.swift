@@ -18,8 +18,8 @@ struct ConntrackAgingTests {
             .first { IPAddress(words: $0.0.src, family: $0.0.family) == IPAddress(client) }?.1
     }
 
-    @Test func forwardingStampsTheEntryWithTheAgentsClock() throws {
-        let lb = try TestDataplane(yaml: services)
+    @Test func forwardingStampsTheEntryWithTheAgentsClock() async throws {
+        let lb = try await TestDataplane.make(yaml: services)
         let aging = lb.dataplane
         try aging.tickClock(100)
         _ = try lb.run(PacketBuilder().tcp(from: "198.18.0.1", 40000, to: "198.51.100.10", 80))
@@ -29,8 +29,8 @@ struct ConntrackAgingTests {
         #expect(try entry(lb, from: "198.18.0.1")?.last_seen == 107, "a conntrack hit stamps it again")
     }
 
-    @Test func aSweepDeletesWhatWasIdlePastItsProtocolsTimeoutOnly() throws {
-        let lb = try TestDataplane(yaml: services)
+    @Test func aSweepDeletesWhatWasIdlePastItsProtocolsTimeoutOnly() async throws {
+        let lb = try await TestDataplane.make(yaml: services)
         let aging = lb.dataplane
         try aging.tickClock(1000)
         _ = try lb.run(PacketBuilder().tcp(from: "198.18.1.1", 40000, to: "198.51.100.10", 80))
@@ -57,8 +57,8 @@ struct ConntrackAgingTests {
         #expect(after.ctMisses == before.ctMisses + 1 && after.newFlows == before.newFlows + 1)
     }
 
-    @Test func aPeersRecordIsStampedAndARefreshOfALocalFlowKeepsItYoung() throws {
-        let lb = try TestDataplane(yaml: services)
+    @Test func aPeersRecordIsStampedAndARefreshOfALocalFlowKeepsItYoung() async throws {
+        let lb = try await TestDataplane.make(yaml: services)
         let aging = lb.dataplane
         let sync = try ConntrackSync(dataplane: lb.dataplane)
         try aging.tickClock(500)

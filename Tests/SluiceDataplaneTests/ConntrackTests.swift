@@ -73,8 +73,8 @@ struct ConntrackTests {
         return try TunnelFrame(output).outerDestination
     }
 
-    @Test func establishedFlowsKeepTheirBackendWhenTheBackendSetChanges() throws {
-        let lb = try TestDataplane(yaml: initial)
+    @Test func establishedFlowsKeepTheirBackendWhenTheBackendSetChanges() async throws {
+        let lb = try await TestDataplane.make(yaml: initial)
 
         // Open every connection: Maglev places each SYN.
         var placed: [Connection: IPAddress] = [:]
@@ -139,8 +139,8 @@ struct ConntrackTests {
         #expect(try lb.nodeStats() - before == NodeStats(.tx, newFlows: 1))
     }
 
-    @Test func aPacketOfAFlowConntrackDoesNotKnowIsPlacedByMaglevAndRemembered() throws {
-        let lb = try TestDataplane(yaml: initial)
+    @Test func aPacketOfAFlowConntrackDoesNotKnowIsPlacedByMaglevAndRemembered() async throws {
+        let lb = try await TestDataplane.make(yaml: initial)
         for c in [Connection(client: "198.18.200.1", port: 44_444, vip: "198.51.100.40", vipPort: 80),
                   Connection(client: "2001:db8:c::beef", port: 44_445, vip: "2001:db8::40", vipPort: 443)] {
             let expected = try #require(lb.model.backend(for: c.flow)?.address)
@@ -157,8 +157,8 @@ struct ConntrackTests {
         }
     }
 
-    @Test func aSYNACKIsTreatedAsAPacketOfAnEstablishedFlowNotAsANewConnection() throws {
-        let lb = try TestDataplane(yaml: initial)
+    @Test func aSYNACKIsTreatedAsAPacketOfAnEstablishedFlowNotAsANewConnection() async throws {
+        let lb = try await TestDataplane.make(yaml: initial)
         // A flow Maglev moves when the set grows.
         let oldModel = lb.model
         let grownModel = MaglevModel(try ServiceFileParser.parse(grown, file: "grown.yaml"))
@@ -172,8 +172,8 @@ struct ConntrackTests {
         #expect(try lb.nodeStats() - before == NodeStats(.tx, ctHits: 2, packets: 2))
     }
 
-    @Test func udpFlowsAreTrackedLikeTCPFlows() throws {
-        let lb = try TestDataplane(yaml: """
+    @Test func udpFlowsAreTrackedLikeTCPFlows() async throws {
+        let lb = try await TestDataplane.make(yaml: """
             node: { source_v4: 192.0.2.10, maglev_table_size: 4099 }
             services:
               - { name: dns, vip: 198.51.100.53, port: 53, protocol: udp,
@@ -237,8 +237,8 @@ struct ConntrackEpochTests {
         try lb.dataplane[.vipFilter].updateBatch(keys: words, values: applied)
     }
 
-    @Test func anEstablishedFlowOfARemovedServiceIsNoLongerForwarded() throws {
-        let lb = try TestDataplane(yaml: initial)
+    @Test func anEstablishedFlowOfARemovedServiceIsNoLongerForwarded() async throws {
+        let lb = try await TestDataplane.make(yaml: initial)
         _ = try open(web, lb)
         _ = try open(web6, lb)
         var file = lb.serviceFile
@@ -257,8 +257,8 @@ struct ConntrackEpochTests {
         try expectPassesUntouched(web, lb, "still no VIP after its slot is reused")
     }
 
-    @Test func anEstablishedFlowOfAServiceWhoseVIPMovedIsNoLongerForwarded() throws {
-        let lb = try TestDataplane(yaml: initial)
+    @Test func anEstablishedFlowOfAServiceWhoseVIPMovedIsNoLongerForwarded() async throws {
+        let lb = try await TestDataplane.make(yaml: initial)
         let slot = try #require(lb.appliedState().service(named: "app")).slot
         _ = try open(web, lb)
         _ = try open(web6, lb)
@@ -279,8 +279,8 @@ struct ConntrackEpochTests {
         #expect(try lb.nodeStats() - before == NodeStats(.tx, ctHits: 1))
     }
 
-    @Test func aFlowRecordedForAServiceWhoseVIPNowBelongsToAnotherSlotIsPlacedAgain() throws {
-        let lb = try TestDataplane(yaml: initial)
+    @Test func aFlowRecordedForAServiceWhoseVIPNowBelongsToAnotherSlotIsPlacedAgain() async throws {
+        let lb = try await TestDataplane.make(yaml: initial)
         _ = try open(web, lb)
         // Renamed: the old service goes (its slot is freed), the same VIP comes back in a new slot.
         var file = lb.serviceFile
@@ -299,8 +299,8 @@ struct ConntrackEpochTests {
         #expect(try packets(lb.counters()) - packets(vipBefore) == 1, "counted for the service in slot \(slot)")
     }
 
-    @Test func anEstablishedFlowSurvivesABackendChangeAndADrainWithItsEpoch() throws {
-        let lb = try TestDataplane(yaml: initial)
+    @Test func anEstablishedFlowSurvivesABackendChangeAndADrainWithItsEpoch() async throws {
+        let lb = try await TestDataplane.make(yaml: initial)
         let epochs = { try lb.dataplane[.vipEpochs].arrayValues(as: UInt32.self) }
         let placed = try open(web, lb)
         let start = try epochs()

@@ -32,8 +32,8 @@ private let twoServices = """
 
 @Suite(requiresRoot)
 struct CounterTests {
-    @Test func perServiceAndPerBackendPacketsAndBytesAddUpAfterAKnownNumberOfPackets() throws {
-        let lb = try TestDataplane(yaml: twoServices)
+    @Test func perServiceAndPerBackendPacketsAndBytesAddUpAfterAKnownNumberOfPackets() async throws {
+        let lb = try await TestDataplane.make(yaml: twoServices)
         let b = PacketBuilder()
         // What each backend should have counted, from the model.
         var expected: [String: [String: (packets: UInt64, bytes: UInt64)]] = [:]
@@ -99,8 +99,8 @@ struct CounterTests {
         #expect(snapshot.ipOptions == 0)
     }
 
-    @Test func theVerdictCountersCountEveryPacketOnce() throws {
-        let lb = try TestDataplane(yaml: Config.standard)
+    @Test func theVerdictCountersCountEveryPacketOnce() async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
         let b = PacketBuilder()
         let frames = [
             b.tcp(from: "198.18.0.1", 1, to: "198.51.100.10", 80),          // tx
@@ -122,8 +122,8 @@ struct CounterTests {
         #expect(stats.newFlows == 3 && stats.ctHits == 3 && stats.ctMisses == 0)
     }
 
-    @Test func aNewServiceInAFreedSlotStartsFromZero() throws {
-        let lb = try TestDataplane(yaml: """
+    @Test func aNewServiceInAFreedSlotStartsFromZero() async throws {
+        let lb = try await TestDataplane.make(yaml: """
             node: { source_v4: 192.0.2.10, maglev_table_size: 251 }
             services:
               - { name: old, vip: 198.51.100.60, port: 80, protocol: tcp, backends: [ {address: 10.6.0.1} ] }

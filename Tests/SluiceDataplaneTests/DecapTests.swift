@@ -38,6 +38,11 @@ final class TestDecap {
         }
     }
 
+    /// As `init`, on a thread of its own (the object load is the verifier's work).
+    static func make(locals: [String] = TestDecap.locals, vips: [String] = TestDecap.vips) async throws -> TestDecap {
+        try await offPool { try TestDecap(locals: locals, vips: vips) }
+    }
+
     deinit {
         DecapDataplane.removePins(at: pinPath)
         mount.close()
@@ -276,8 +281,8 @@ private let balancerTunnels: [(String, [UInt8])] = [
 @Suite(requiresRoot)
 struct DecapTests {
     @Test(arguments: DecapCase.all)
-    func eachFrameGetsTheVerdictOutputAndCounterTheDecapsulatorGivesIt(_ c: DecapCase) throws {
-        let decap = try TestDecap()
+    func eachFrameGetsTheVerdictOutputAndCounterTheDecapsulatorGivesIt(_ c: DecapCase) async throws {
+        let decap = try await TestDecap.make()
         let before = try decap.counts()
         let (verdict, output) = try decap.run(c.frame)
         let delta = try decap.counts() - before
@@ -299,14 +304,14 @@ struct DecapTests {
     /// decapsulator on that backend gives the kernel the client's IP packet
     /// under the tunnel frame's link header.
     @Test(arguments: balancerTunnels)
-    func whatTheBalancerTunnelsIsStrippedBackToTheClientPacket(_ name: String, _ client: [UInt8]) throws {
-        let lb = try TestDataplane(yaml: Config.standard)
+    func whatTheBalancerTunnelsIsStrippedBackToTheClientPacket(_ name: String, _ client: [UInt8]) async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
         defer { lb.close() }
         let (lbVerdict, tunnelled) = try lb.run(client)
         try #require(XDPVerdict(rawValue: lbVerdict) == .tx, "the balancer tunnels the \(name) frame")
         let frame = try TunnelFrame(tunnelled)
 
-        let decap = try TestDecap()
+        let decap = try await TestDecap.make()
         let before = try decap.counts()
         let (verdict, output) = try decap.run(tunnelled)
         #expect(verdict == .pass)
@@ -320,8 +325,8 @@ struct DecapTests {
         #expect(vlanTag(of: output)?.tci == vlanTag(of: client)?.tci)
     }
 
-    @Test func rewritingTheAddressSetsReplacesThem() throws {
-        let decap = try TestDecap(locals: ["10.1.0.21"], vips: ["198.51.100.10"])
+    @Test func rewritingTheAddressSetsReplacesThem() async throws {
+        let decap = try await TestDecap.make(locals: ["10.1.0.21"], vips: ["198.51.100.10"])
         let toFirst = tunnel(synV4, from: lbV4, to: "10.1.0.21")
         let toSecond = tunnel(synV4, from: lbV4, to: "10.1.0.22")
         #expect(try decap.run(toFirst).output == synV4)
@@ -336,8 +341,8 @@ struct DecapTests {
         #expect(try decap.counts() - before == DecapCounts(decapsulated: 1, notLocal: 1))
     }
 
-    @Test func theDecapsulatorPinsBesideTheBalancerAndRemovesOnlyItsOwnPins() throws {
-        let lb = try TestDataplane(yaml: Config.standard)
+    @Test func theDecapsulatorPinsBesideTheBalancerAndRemovesOnlyItsOwnPins() async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
         defer { lb.close() }
         let decap = try DecapDataplane.openOrLoad(pinPath: lb.pinPath)
         let names = [SL_PROG_DECAP] + DecapDataplane.Map.allCases.map(\.rawValue)

@@ -31,8 +31,8 @@ struct HealthApplyTests {
         return try #require(entry, "\(service) \(address) in \(report.services)")
     }
 
-    @Test func aDownBackendGetsNoNewFlowsWhileItsEstablishedFlowsStay() throws {
-        let lb = try TestDataplane()
+    @Test func aDownBackendGetsNoNewFlowsWhileItsEstablishedFlowsStay() async throws {
+        let lb = try await TestDataplane.make()
         try lb.apply(try desired(), health: HealthVerdicts(down: ["web": []]))
         #expect(try backend(lb, "web", b1).health == "up")
         #expect(try backend(lb, "dns", IPAddress("10.1.0.31")!).health == "unchecked")
@@ -61,8 +61,8 @@ struct HealthApplyTests {
         #expect(try destination(lb, client: pinned, flags: [.ack]) == b1)
     }
 
-    @Test func whenEveryBackendIsDownTheTableInEffectStays() throws {
-        let lb = try TestDataplane()
+    @Test func whenEveryBackendIsDownTheTableInEffectStays() async throws {
+        let lb = try await TestDataplane.make()
         try lb.apply(try desired(), health: HealthVerdicts(down: ["web": [b1, b2]]))
         let slot = try #require(try lb.appliedState().service(named: "web")).slot
         let table = try #require(try lb.maglevInnerMapID(slot: slot))
@@ -85,8 +85,8 @@ struct HealthApplyTests {
         #expect(try backend(lb, "web", b3).state == "down")
     }
 
-    @Test func anApplyWithoutVerdictsKeepsThemAndRemovingTheCheckClearsThem() throws {
-        let lb = try TestDataplane()
+    @Test func anApplyWithoutVerdictsKeepsThemAndRemovingTheCheckClearsThem() async throws {
+        let lb = try await TestDataplane.make()
         try lb.apply(try desired(), health: HealthVerdicts(down: ["web": [b1]]))
 
         // A local `lbctl apply` (no verdicts) that changes a weight keeps b1 out.
@@ -108,8 +108,8 @@ struct HealthApplyTests {
         #expect(try lb.appliedState().service(named: "web")!.backends.allSatisfy { !$0.isChecked && !$0.isDown && !$0.isExcluded })
     }
 
-    @Test func theSameVerdictsAgainWriteNothing() throws {
-        let lb = try TestDataplane()
+    @Test func theSameVerdictsAgainWriteNothing() async throws {
+        let lb = try await TestDataplane.make()
         try lb.apply(try desired(), health: HealthVerdicts(down: ["web": [b2]]))
         let again = try lb.apply(try desired(), health: HealthVerdicts(down: ["web": [b2]]))
         #expect(!again.healthChanged && again.bytesWritten == 0 && again.tablesWritten == 0)

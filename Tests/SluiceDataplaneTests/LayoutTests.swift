@@ -56,8 +56,8 @@ struct LayoutTests {
         #expect(MemoryLayout<sl_service_info>.size == Int(SL_SERVICE_NAME_LEN) + 20 + 4 + 4)
     }
 
-    @Test func everyMapsKeyAndValueMatchTheSwiftStructsInSizeAndFieldOffsets() throws {
-        let lb = try TestDataplane()
+    @Test func everyMapsKeyAndValueMatchTheSwiftStructsInSizeAndFieldOffsets() async throws {
+        let lb = try await TestDataplane.make()
         let d = lb.dataplane
         let u32 = 4
         // (map, Swift key, Swift value): nil means a plain __u32.

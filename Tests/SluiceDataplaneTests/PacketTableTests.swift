@@ -237,8 +237,8 @@ extension PacketCase {
 @Suite(requiresRoot)
 struct PacketTableTests {
     @Test(arguments: PacketCase.all)
-    func eachFrameGetsTheVerdictOutputAndCountersTheSpecificationGivesIt(_ c: PacketCase) throws {
-        let lb = try TestDataplane(yaml: Config.standard)
+    func eachFrameGetsTheVerdictOutputAndCountersTheSpecificationGivesIt(_ c: PacketCase) async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
         let before = try lb.nodeStats()
         let (verdict, output) = try lb.run(c.frame)
         let delta = try lb.nodeStats() - before
@@ -280,8 +280,8 @@ struct PacketTableTests {
         }
     }
 
-    @Test func aVIPPacketIsDroppedAsNoGatewayUntilTheNextHopMACIsSet() throws {
-        let lb = try TestDataplane(gateway: nil)
+    @Test func aVIPPacketIsDroppedAsNoGatewayUntilTheNextHopMACIsSet() async throws {
+        let lb = try await TestDataplane.make(gateway: nil)
         try lb.apply(yaml: Config.standard)
         let syn = PacketBuilder().tcp(from: client4, 40060, to: "198.51.100.10", 80)
 
@@ -297,8 +297,8 @@ struct PacketTableTests {
         #expect(try TunnelFrame(output).destinationMAC == TestDataplane.gatewayMAC)
     }
 
-    @Test func aFrameIsPassedUntouchedWhenNoServiceIsConfigured() throws {
-        let lb = try TestDataplane()
+    @Test func aFrameIsPassedUntouchedWhenNoServiceIsConfigured() async throws {
+        let lb = try await TestDataplane.make()
         let syn = PacketBuilder().tcp(from: client4, 40061, to: "198.51.100.10", 80)
         let (verdict, output) = try lb.run(syn)
         #expect(verdict == XDPVerdict.pass.rawValue)

@@ -14,8 +14,8 @@ import Testing
 
 @Suite(requiresRoot)
 struct PinTests {
-    @Test func theProgramOfABalancerPinnedWithoutTheNewerMapsIsStillFound() throws {
-        let lb = try TestDataplane()
+    @Test func theProgramOfABalancerPinnedWithoutTheNewerMapsIsStillFound() async throws {
+        let lb = try await TestDataplane.make()
         let id = try lb.dataplane.program.identity().id
         for name in [Dataplane.Map.vipFilter, .vipEpochs].map(\.rawValue) { #expect(unlink("\(lb.pinPath)/\(name)") == 0) }
         let error = #expect(throws: ControlError.self) { try Dataplane.open(pinPath: lb.pinPath) }
@@ -42,8 +42,8 @@ struct MapListTests {
         #expect(declared.count == DecapDataplane.Map.allCases.count)
     }
 
-    @Test func aPinnedMapOfAnotherLayoutIsRefusedAsAnOlderLbctls() throws {
-        let lb = try TestDataplane()
+    @Test func aPinnedMapOfAnotherLayoutIsRefusedAsAnOlderLbctls() async throws {
+        let lb = try await TestDataplane.make()
         // An older lbctl's sl_clock: same name, another value size.
         let path = "\(lb.pinPath)/\(Dataplane.Map.clock.rawValue)"
         #expect(unlink(path) == 0)

@@ -39,8 +39,8 @@ struct PrefilterTests {
         VIPFilter(words: try lb.dataplane[.vipFilter].arrayValues(as: UInt64.self))
     }
 
-    @Test func theBitsInTheMapAfterEachApplyAreExactlyTheModelsBitsForTheAppliedVIPs() throws {
-        let lb = try TestDataplane(yaml: Config.standard)
+    @Test func theBitsInTheMapAfterEachApplyAreExactlyTheModelsBitsForTheAppliedVIPs() async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
         #expect(try filter(of: lb) == VIPFilter(services: lb.serviceFile.services))
         #expect(try filter(of: lb) != VIPFilter(), "an applied VIP sets bits")
 
@@ -58,8 +58,8 @@ struct PrefilterTests {
         #expect(try filter(of: lb) == VIPFilter(), "no VIP, no bit")
     }
 
-    @Test func theProgramTestsTheBitTheModelComputesForEveryVIP() throws {
-        let lb = try TestDataplane(yaml: randomServices)
+    @Test func theProgramTestsTheBitTheModelComputesForEveryVIP() async throws {
+        let lb = try await TestDataplane.make(yaml: randomServices)
         for service in lb.serviceFile.services {
             let bit = VIPFilter.bit(address: service.vip, port: service.port, protocolNumber: service.proto.number)
             let word = UInt32(bit / VIPFilter.wordBits), mask = UInt64(1) << UInt64(bit % VIPFilter.wordBits)
@@ -86,8 +86,8 @@ struct PrefilterTests {
         }
     }
 
-    @Test func aPacketForNoVIPWhoseBitCollidesWithAVIPsStillPassesUntouched() throws {
-        let lb = try TestDataplane(yaml: Config.standard)
+    @Test func aPacketForNoVIPWhoseBitCollidesWithAVIPsStillPassesUntouched() async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
         let filter = try filter(of: lb)
         var rng = SeededGenerator(seed: 7)
 

@@ -72,8 +72,8 @@ private let manyServices = """
 
 @Suite(requiresRoot)
 struct RandomFlowTests {
-    @Test func tenThousandRandomFlowsGoToTheBackendTheSwiftModelPredicts() throws {
-        let lb = try TestDataplane(yaml: manyServices)
+    @Test func tenThousandRandomFlowsGoToTheBackendTheSwiftModelPredicts() async throws {
+        let lb = try await TestDataplane.make(yaml: manyServices)
         let services = lb.serviceFile.services
         let node = lb.serviceFile.node
         var rng = SeededGenerator(seed: 0x5111_ce00_0000_2024)

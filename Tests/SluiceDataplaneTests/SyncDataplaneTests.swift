@@ -34,8 +34,8 @@ struct SyncDataplaneTests {
         return try TunnelFrame(output).outerDestination
     }
 
-    @Test func placedFlowsAreReportedOnlyWhileSyncIsOnAndEstablishedOnesNever() throws {
-        let lb = try TestDataplane(yaml: services)
+    @Test func placedFlowsAreReportedOnlyWhileSyncIsOnAndEstablishedOnesNever() async throws {
+        let lb = try await TestDataplane.make(yaml: services)
         let sync = try ConntrackSync(dataplane: lb.dataplane)
         _ = try lb.run(syn("198.18.0.1"))
         #expect(try sync.newFlows().isEmpty, "sync is off by default")
@@ -61,8 +61,8 @@ struct SyncDataplaneTests {
         #expect(try sync.newFlows().isEmpty)
     }
 
-    @Test func aPeersRecordSteersItsFlowAndNamesThePeer() throws {
-        let lb = try TestDataplane(yaml: services)
+    @Test func aPeersRecordSteersItsFlowAndNamesThePeer() async throws {
+        let lb = try await TestDataplane.make(yaml: services)
         let sync = try ConntrackSync(dataplane: lb.dataplane)
         try sync.setPeers([IPAddress("10.10.4.2")!])
         // A flow Maglev would place elsewhere than 10.1.0.23, placed there by a peer.
@@ -79,8 +79,8 @@ struct SyncDataplaneTests {
         #expect(try lb.dataplane.flows().first { $0.source == client }?.origin == "local")
     }
 
-    @Test func aFresherLocalEntryIsKeptAndUnknownRecordsAreRefused() throws {
-        let lb = try TestDataplane(yaml: services)
+    @Test func aFresherLocalEntryIsKeptAndUnknownRecordsAreRefused() async throws {
+        let lb = try await TestDataplane.make(yaml: services)
         let sync = try ConntrackSync(dataplane: lb.dataplane)
         let local = try #require(try destination(lb, syn("198.18.2.1")))
         let other = ["10.1.0.21", "10.1.0.22", "10.1.0.23"].first { IPAddress($0) != local }!
@@ -98,15 +98,15 @@ struct SyncDataplaneTests {
         #expect(try destination(lb, ack("198.18.2.4")) == IPAddress("10.1.0.22"))
     }
 
-    @Test func aCopyOfOneNodesTableMakesAnotherForwardItsFlowsAlike() throws {
-        let a = try TestDataplane(yaml: services)
+    @Test func aCopyOfOneNodesTableMakesAnotherForwardItsFlowsAlike() async throws {
+        let a = try await TestDataplane.make(yaml: services)
         let clients = (1...40).map { "198.18.3.\($0)" }
         for client in clients { _ = try a.run(syn(client)) }
         let copy = try ConntrackSync(dataplane: a.dataplane).snapshot()
         #expect(copy.count == clients.count)
 
         // Node B has a backend more: Maglev alone would move some of these flows.
-        let b = try TestDataplane(yaml: webAndDNS(webBackends: "{address: 10.1.0.21}, {address: 10.1.0.22}, {address: 10.1.0.23}, {address: 10.1.0.24}"))
+        let b = try await TestDataplane.make(yaml: webAndDNS(webBackends: "{address: 10.1.0.21}, {address: 10.1.0.22}, {address: 10.1.0.23}, {address: 10.1.0.24}"))
         let moved = clients.filter { b.model.backend(for: IPFlow(frame: syn($0))!)?.address != a.model.backend(for: IPFlow(frame: syn($0))!)?.address }
         #expect(!moved.isEmpty, "the scenario needs flows that B's table places elsewhere")
         #expect(try ConntrackSync(dataplane: b.dataplane).insert(copy, origin: 1).applied == clients.count)

@@ -144,6 +144,12 @@ public final class TestDataplane {
         if let yaml { try apply(yaml: yaml) }
     }
 
+    /// Loads and configures a balancer as `init` does, on a thread of its own, so the
+    /// verifier's work does not hold a thread of the concurrency pool.
+    public static func make(yaml: String? = nil, gateway: [UInt8]? = TestDataplane.gatewayMAC) async throws -> TestDataplane {
+        try await offPool { try TestDataplane(yaml: yaml, gateway: gateway) }
+    }
+
     deinit { close() }
 
     /// Removes the pins and the private bpffs. Safe to call twice.
