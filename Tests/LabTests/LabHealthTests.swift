@@ -69,12 +69,18 @@ struct LabHealthTests {
             try #require(stop.duration < .seconds(1), "stopping be1's servers took \(stop.duration)")
             let bound = Duration.seconds(Self.interval * Double(Self.fall) + 1)
             let outcome = await out.outcome
-            let took = try Self.satisfied(outcome, be1, "was not taken out", agent).finished - stop.started
+            let seen = try Self.satisfied(outcome, be1, "was not taken out", agent)
+            let took = seen.finished - stop.started
+            // A look reads the maps somewhere inside its run (nsenter + lbctl status: 0.1 s on
+            // a quiet machine, 0.5-0.9 s when every core is busy with the other suites), so
+            // the take-out is known to within one look: that much is added to the bound.
+            let lookLength = seen.finished - seen.started
             let after = outcome.previous.map { "after \($0.started - stop.started), " } ?? ""
             let looks = outcome.previous.map { "looks of \($0.finished - $0.started) and \(outcome.look!.finished - outcome.look!.started)" } ?? ""
             print("health (lab \(lab.name)): be1 out \(took) after its servers stopped (\(after)\(looks); bound \(bound))")
             let logged = agent.process.stderr.split(separator: "\n").filter { $0.contains("health") }.joined(separator: "\n")
-            #expect(took <= bound, "be1 was taken out \(after)by \(took), more than interval x fall + 1 s = \(bound) (\(looks))\n\(logged)")
+            #expect(took <= bound + lookLength,
+                    "be1 was taken out \(after)by \(took), more than interval x fall + 1 s = \(bound) and the look that saw it (\(looks))\n\(logged)")
             let metrics = try await agent.request("GET", "/metrics").text
             #expect(metrics.contains(#"sluice_backend_up{service="web",vip="198.51.100.10",backend="\#(be1)"} 0"#), "\(metrics)")
             #expect(metrics.contains(#"sluice_backend_active{service="web",vip="198.51.100.10",backend="\#(be1)"} 0"#))
