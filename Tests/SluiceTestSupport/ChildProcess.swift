@@ -12,6 +12,10 @@ import Foundation
 import Glibc
 
 public final class ChildProcess: @unchecked Sendable {
+    /// Foundation's `Process.run()` on Linux is not safe from several threads at once: a
+    /// clean-clone run crashed inside it (a bad read in memmove) while other tests spawned
+    /// from the pool and from watch timers. Spawns take their turn; a spawn takes ~1 ms.
+    private static let spawning = NSLock()
     private let process = Process()
     private let latch = ExitLatch()
 
@@ -25,7 +29,7 @@ public final class ChildProcess: @unchecked Sendable {
         process.standardError = stderr
         // Captures the latch, not self: a child left running keeps only its latch alive.
         process.terminationHandler = { [latch] process in latch.finish(status: process.terminationStatus) }
-        try process.run()
+        try Self.spawning.withLock { try process.run() }
     }
 
     public var pid: Int32 { process.processIdentifier }
