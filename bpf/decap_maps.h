@@ -3,9 +3,9 @@
  * This file contains the BTF definitions of the maps of the backend-side
  * decapsulation program (decap.bpf.c). Like the balancer's maps (maps.h) they
  * are pinned by name (LIBBPF_PIN_BY_NAME) under the loader's pin root, beside
- * the balancer's when both run on one host, under their C identifiers; the
- * control plane's list of them is DecapDataplane.Map (a test checks that the
- * two agree). Keys and values are the structs of lb_shared.h and nothing else.
+ * the balancer's when both run on one host; the C identifiers are the
+ * SL_MAP_DECAP_* names of lb_shared.h. Keys and values are the structs of
+ * lb_shared.h and nothing else.
  */
 #ifndef SLUICE_DECAP_MAPS_H
 #define SLUICE_DECAP_MAPS_H

@@ -40,14 +40,29 @@
 /* Outer TTL / hop limit of tunnelled packets. */
 #define SL_OUTER_TTL 64
 
-/* The programs' names, as pinned under the pin path (bpffs). The maps are pinned
- * under their C identifiers (maps.h, decap_maps.h); the control plane lists
- * them once (Dataplane.Map, DecapDataplane.Map) and a test checks both lists. */
+/* Names of the maps, as pinned under the pin path (bpffs). */
+#define SL_MAP_VIPS "sl_vips"
+#define SL_MAP_MAGLEV "sl_maglev"
+#define SL_MAP_BACKENDS "sl_backends"
+#define SL_MAP_CONNTRACK "sl_conntrack"
+#define SL_MAP_CONFIG "sl_config"
+#define SL_MAP_STATS "sl_stats"
+#define SL_MAP_VIP_STATS "sl_vip_stats"
+#define SL_MAP_BACKEND_STATS "sl_backend_stats"
+#define SL_MAP_SERVICES "sl_services"
+#define SL_MAP_VIP_FILTER "sl_vip_filter"
+#define SL_MAP_VIP_EPOCHS "sl_vip_epochs"
+#define SL_MAP_FLOW_EVENTS "sl_flow_events"
+#define SL_MAP_PEERS "sl_peers"
+#define SL_MAP_CLOCK "sl_clock"
 #define SL_PROG_BALANCER "sl_balancer"
 
 /* The backend side (lbctl decap): its program and maps, pinned beside the
  * balancer's under the same pin path. */
 #define SL_MAX_DECAP_ADDRS 1024
+#define SL_MAP_DECAP_LOCALS "sl_decap_locals"
+#define SL_MAP_DECAP_VIPS "sl_decap_vips"
+#define SL_MAP_DECAP_STATS "sl_decap_stats"
 #define SL_PROG_DECAP "sl_decap"
 
 enum sl_family {

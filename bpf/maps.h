@@ -3,9 +3,8 @@
  * This file contains the BTF definitions of every map the balancer shares with
  * the control plane. Each map is pinned by name (LIBBPF_PIN_BY_NAME) under the
  * loader's pin root, so the data plane keeps its state with no Swift process
- * alive, under its C identifier; the control plane's list of them is
- * Dataplane.Map (a test checks that the two agree). Keys and values are the
- * structs of lb_shared.h and nothing else.
+ * alive; the C identifiers are the SL_MAP_* names of lb_shared.h. Keys and
+ * values are the structs of lb_shared.h and nothing else.
  */
 #ifndef SLUICE_MAPS_H
 #define SLUICE_MAPS_H
