@@ -3,8 +3,7 @@
  * This file contains the BTF definitions of the maps of the backend-side
  * decapsulation program (decap.bpf.c). Like the balancer's maps (maps.h) they
  * are pinned by name (LIBBPF_PIN_BY_NAME) under the loader's pin root, beside
- * the balancer's when both run on one host; the C identifiers are the
- * SL_MAP_DECAP_* names of lb_shared.h. Keys and values are the structs of
+ * the balancer's when both run on one host. Keys and values are the structs of
  * lb_shared.h and nothing else.
  */
 #ifndef SLUICE_DECAP_MAPS_H
@@ -33,6 +32,15 @@ struct {
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_decap_vips SEC(".maps");
+
+/* What lbctl decap attach configured: the GUE port to strip. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_decap_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_decap_config SEC(".maps");
 
 /* The program's counters, per CPU: an array of one. */
 struct {

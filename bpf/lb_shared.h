@@ -37,32 +37,30 @@
 #define SL_VIP_FILTER_WORDS 1024 /* 2^SL_VIP_FILTER_BITS / SL_VIP_FILTER_WORD_BITS (a literal, so Swift imports it) */
 #define SL_VIP_FILTER_MULT 0x9e3779b1u
 
-/* Outer TTL / hop limit of tunnelled packets. */
+/* Outer TTL / hop limit of tunnelled packets, and the TTL of the ICMP errors
+ * the balancer sends. */
 #define SL_OUTER_TTL 64
 
-/* Names of the maps, as pinned under the pin path (bpffs). */
-#define SL_MAP_VIPS "sl_vips"
-#define SL_MAP_MAGLEV "sl_maglev"
-#define SL_MAP_BACKENDS "sl_backends"
-#define SL_MAP_CONNTRACK "sl_conntrack"
-#define SL_MAP_CONFIG "sl_config"
-#define SL_MAP_STATS "sl_stats"
-#define SL_MAP_VIP_STATS "sl_vip_stats"
-#define SL_MAP_BACKEND_STATS "sl_backend_stats"
-#define SL_MAP_SERVICES "sl_services"
-#define SL_MAP_VIP_FILTER "sl_vip_filter"
-#define SL_MAP_VIP_EPOCHS "sl_vip_epochs"
-#define SL_MAP_FLOW_EVENTS "sl_flow_events"
-#define SL_MAP_PEERS "sl_peers"
-#define SL_MAP_CLOCK "sl_clock"
+/* The UDP destination port of GUE tunnels when the service file names none
+ * (node.gue_port), and of lbctl decap when --gue-port is not given. */
+#define SL_GUE_DEFAULT_PORT 6080
+
+/* How a service's packets reach its backends (service.forwarding). The
+ * balancer reads it from the chosen backend's sl_backend.forwarding, so an
+ * established flow follows its service's mode from its next packet on. */
+enum sl_forwarding {
+	SL_FWD_IPIP = 0,   /* IP-in-IP: 4in4, 6in6, 4in6 */
+	SL_FWD_GUE = 1,    /* outer IP + UDP to gue_port, then the inner packet (GUE variant 1) */
+	SL_FWD_L2DSR = 2,  /* only the Ethernet header changes: to the backend's MAC */
+};
+
+/* The program names, as pinned under the pin path (bpffs). The maps are
+ * pinned under their C names (maps.h, decap_maps.h). */
 #define SL_PROG_BALANCER "sl_balancer"
 
 /* The backend side (lbctl decap): its program and maps, pinned beside the
  * balancer's under the same pin path. */
 #define SL_MAX_DECAP_ADDRS 1024
-#define SL_MAP_DECAP_LOCALS "sl_decap_locals"
-#define SL_MAP_DECAP_VIPS "sl_decap_vips"
-#define SL_MAP_DECAP_STATS "sl_decap_stats"
 #define SL_PROG_DECAP "sl_decap"
 
 enum sl_family {
@@ -91,6 +89,9 @@ struct sl_backend {
 	__u8 flags;        /* enum sl_backend_flags */
 	__u16 weight;      /* configured weight (control plane bookkeeping) */
 	__u32 service_id;  /* owning service slot */
+	__u8 mac[6];       /* l2dsr: the backend's MAC on the attached interface; all zero = not resolved */
+	__u8 forwarding;   /* enum sl_forwarding of the owning service */
+	__u8 pad;          /* always zero */
 };
 
 /* The data plane reads none of these: they record for every lbctl process
@@ -162,6 +163,9 @@ struct sl_config {
 	__u8 flags;          /* enum sl_config_flags */
 	__u8 pad;
 	__u32 maglev_size;   /* the node's M (control-plane bookkeeping; 0 = never applied) */
+	__u16 tunnel_mtu;    /* largest packet the path to the backends carries, encapsulation
+	                      * included (host order); 0 = no limit: no MSS clamp, no ICMP */
+	__be16 gue_port;     /* UDP destination port of GUE tunnels, network order */
 };
 
 enum sl_config_flags {
@@ -169,6 +173,7 @@ enum sl_config_flags {
 	SL_CFG_HAS_SOURCE_V6 = 1 << 1,
 	SL_CFG_HAS_GATEWAY = 1 << 2,
 	SL_CFG_SYNC = 1 << 3,        /* report new flows in sl_flow_events (an agent syncs them) */
+	SL_CFG_TUNNEL_MTU_SET = 1 << 4, /* tunnel_mtu came from the service file, not the interface */
 };
 
 /* Value of sl_vip_stats and sl_backend_stats (per CPU). */
@@ -185,6 +190,8 @@ enum sl_drop_reason {
 	SL_DROP_NO_SOURCE,      /* no node source address for the tunnel family */
 	SL_DROP_NO_GATEWAY,     /* no next-hop MAC configured */
 	SL_DROP_ENCAP,          /* the frame could not grow for the tunnel header */
+	SL_DROP_TOO_BIG,        /* over tunnel_mtu once encapsulated, and IPv4 without DF: cannot fragment */
+	SL_DROP_NO_NEIGHBOUR,   /* l2dsr: the backend's MAC is not resolved */
 	SL_DROP__MAX,
 };
 
@@ -201,6 +208,9 @@ struct sl_stats {
 	__u64 ip_options;            /* IPv4 packets to a VIP that carry options */
 	__u64 drops[SL_DROP__MAX];   /* indexed by enum sl_drop_reason */
 	__u64 flow_events_lost;      /* new flows not reported: sl_flow_events was full */
+	__u64 mss_clamped;           /* SYNs whose MSS option was lowered to fit tunnel_mtu */
+	__u64 icmp_too_big;          /* ICMP "fragmentation needed" / ICMPv6 "packet too big" sent to clients */
+	__u64 icmp_steered;          /* inbound ICMP errors about a VIP's flow, forwarded to its backend */
 };
 
 /* Value of sl_services, indexed by service slot. Control-plane metadata kept
@@ -211,6 +221,8 @@ struct sl_service_info {
 	struct sl_vip_key vip;
 	__u32 maglev_size;
 	__u32 generation;   /* bumped on each table switch */
+	__u8 forwarding;    /* enum sl_forwarding */
+	__u8 pad[3];        /* always zero */
 };
 
 /* Key of sl_decap_locals (outer destinations that are this host) and of
@@ -219,6 +231,12 @@ struct sl_addr_key {
 	__u32 addr[4];   /* network order; IPv4 in addr[0] */
 	__u8 family;     /* enum sl_family */
 	__u8 pad[3];     /* always zero */
+};
+
+/* Value of sl_decap_config (an array of one), written by lbctl decap attach. */
+struct sl_decap_config {
+	__be16 gue_port;      /* UDP destination port of GUE tunnels to strip, network order; 0 = none */
+	__u8 pad[2];          /* always zero */
 };
 
 /* Value of sl_decap_stats (a per-CPU array of one). */

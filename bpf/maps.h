@@ -3,8 +3,7 @@
  * This file contains the BTF definitions of every map the balancer shares with
  * the control plane. Each map is pinned by name (LIBBPF_PIN_BY_NAME) under the
  * loader's pin root, so the data plane keeps its state with no Swift process
- * alive; the C identifiers are the SL_MAP_* names of lb_shared.h. Keys and
- * values are the structs of lb_shared.h and nothing else.
+ * alive. Keys and values are the structs of lb_shared.h and nothing else.
  */
 #ifndef SLUICE_MAPS_H
 #define SLUICE_MAPS_H
