@@ -3,29 +3,36 @@
  * This file contains the backend side of direct server return: the XDP entry
  * point sl_decap, which strips the tunnel header the balancer added so the
  * kernel delivers the inner packet to the VIP configured on this host (the
- * kernel here may have no ipip/ip6_tunnel driver at all). It handles
+ * kernel here may have no ipip/ip6_tunnel/fou driver at all). It handles
  *
- *   Ethernet [one VLAN tag] outer IPv4 (protocol 4)        inner IPv4
- *   Ethernet [one VLAN tag] outer IPv6 (next header 41, 4) inner IPv6, IPv4
+ *   Ethernet [one VLAN tag] outer IPv4 (protocol 4)                   inner IPv4
+ *   Ethernet [one VLAN tag] outer IPv6 (next header 41, 4)            inner IPv6, IPv4
+ *   Ethernet [one VLAN tag] outer IPv4/IPv6 + UDP to the GUE port     inner IPv4, IPv6
  *
- * and only when the outer destination is in sl_decap_locals and the inner
- * destination is in sl_decap_vips. The outer header is removed by moving the
- * link-layer header forward over it (the inner ethertype is written in) and
- * moving the head of the frame; the inner packet is not touched, so its
- * checksums stay valid. Every packet is counted once in sl_decap_stats:
+ * (GUE variant 1, "direct IP encapsulation": the inner packet follows the UDP
+ * header, its version nibble says which family; sl_decap_config.gue_port, 0 =
+ * GUE off), and only when the outer destination is in sl_decap_locals and the
+ * inner destination is in sl_decap_vips. The outer headers are removed by
+ * moving the link-layer header forward over them (the inner ethertype is
+ * written in) and moving the head of the frame; the inner packet is not
+ * touched, so its checksums stay valid. Every packet is counted once in
+ * sl_decap_stats:
  *
- *   decapsulated  stripped, XDP_PASS
+ *   decapsulated  stripped (either kind), XDP_PASS
  *   not_local     a tunnel to another host's address: XDP_PASS untouched
  *   not_vip       a tunnel for a destination that is no VIP here: XDP_PASS untouched
- *   malformed     a tunnel to us whose inner header is impossible or cut: XDP_DROP
- *   passed        anything else (not a tunnel; outer IPv4 with options or
- *                 fragmented; a bad outer header): XDP_PASS untouched
+ *   malformed     a tunnel to us whose inner header is impossible or cut, or a
+ *                 GUE datagram to us whose UDP length is not its IP payload's or
+ *                 whose inner version is neither 4 nor 6: XDP_DROP
+ *   passed        anything else (not a tunnel; UDP to another port; outer IPv4
+ *                 with options or fragmented; a bad outer header): XDP_PASS untouched
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "lb_shared.h"
@@ -45,8 +52,8 @@ enum sl_decap_outcome {
 
 /* The tunnel as the outer parser found it. */
 struct sl_tunnel {
-	__u32 outer_len;     /* bytes of the outer IP header, removed by decap */
-	__u32 payload_len;   /* bytes the outer header says it carries */
+	__u32 outer_len;     /* bytes of the outer IP (and UDP) header, removed by decap */
+	__u32 payload_len;   /* bytes the outer headers say they carry: the inner packet's room */
 	__u8 inner_family;   /* enum sl_family */
 };
 
@@ -67,9 +74,54 @@ static __always_inline void sl_addr_key_v6(struct sl_addr_key *key, const struct
 	key->family = SL_FAMILY_V6;
 }
 
-/* An outer IPv4 header carrying IPv4 (protocol 4) to one of our addresses.
- * Options and fragments are not tunnels this program handles: the kernel
- * gets them as they are, like any outer header that does not add up. */
+/* The outer destination is this host, or the tunnel is not ours to strip. */
+static __always_inline int sl_decap_local(const struct sl_addr_key *dst)
+{
+	return bpf_map_lookup_elem(&sl_decap_locals, dst) ? SL_DECAP_CONTINUE : SL_DECAP_NOT_LOCAL;
+}
+
+/* UDP after the outer header (the cursor is on it; t holds the outer header's
+ * length and payload). A datagram to the GUE port is a tunnel: to us, its UDP
+ * length must be the IP payload's and the first nibble after it an IP version.
+ * The outer UDP checksum is not verified (IPv4 outers carry 0): the inner
+ * packet keeps its own checksums, which the stack checks after decap. */
+static __always_inline int sl_decap_gue(struct sl_cursor *c, struct sl_tunnel *t, const struct sl_addr_key *dst)
+{
+	struct udphdr *udp = c->pos;
+	const struct sl_decap_config *cfg;
+	__u32 zero = 0;
+	__u8 *first;
+	int rc;
+
+	if (t->payload_len < sizeof(*udp) || (void *)(udp + 1) > c->end)
+		return SL_DECAP_PASSED;
+	cfg = bpf_map_lookup_elem(&sl_decap_config, &zero);
+	if (!cfg || !cfg->gue_port || udp->dest != cfg->gue_port)
+		return SL_DECAP_PASSED;
+	rc = sl_decap_local(dst);
+	if (rc != SL_DECAP_CONTINUE)
+		return rc;
+	if (bpf_ntohs(udp->len) != t->payload_len)
+		return SL_DECAP_MALFORMED;
+	first = (void *)(udp + 1);
+	if ((void *)(first + 1) > c->end)
+		return SL_DECAP_MALFORMED;
+	/* Variant 0 (a GUE header, first nibble 0) and anything else: not what the balancer sends. */
+	if (*first >> 4 == SL_IPV4_VERSION)
+		t->inner_family = SL_FAMILY_V4;
+	else if (*first >> 4 == SL_IPV6_VERSION)
+		t->inner_family = SL_FAMILY_V6;
+	else
+		return SL_DECAP_MALFORMED;
+	t->outer_len += sizeof(*udp);
+	t->payload_len -= sizeof(*udp);
+	c->pos = first;
+	return SL_DECAP_CONTINUE;
+}
+
+/* An outer IPv4 header carrying IPv4 (protocol 4) or GUE to one of our
+ * addresses. Options and fragments are not tunnels this program handles: the
+ * kernel gets them as they are, like any outer header that does not add up. */
 static __always_inline int sl_decap_outer_ipv4(struct sl_cursor *c, struct sl_tunnel *t)
 {
 	struct iphdr *iph = c->pos;
@@ -80,7 +132,7 @@ static __always_inline int sl_decap_outer_ipv4(struct sl_cursor *c, struct sl_tu
 		return SL_DECAP_PASSED;
 	if (iph->version != SL_IPV4_VERSION || iph->ihl != SL_IPV4_MIN_IHL)
 		return SL_DECAP_PASSED;
-	if (iph->protocol != IPPROTO_IPIP)
+	if (iph->protocol != IPPROTO_IPIP && iph->protocol != IPPROTO_UDP)
 		return SL_DECAP_PASSED;
 	if (iph->frag_off & bpf_htons(SL_IP_MF | SL_IP_OFFSET))
 		return SL_DECAP_PASSED;
@@ -89,18 +141,17 @@ static __always_inline int sl_decap_outer_ipv4(struct sl_cursor *c, struct sl_tu
 		return SL_DECAP_PASSED;
 
 	sl_addr_key_v4(&key, iph->daddr);
-	if (!bpf_map_lookup_elem(&sl_decap_locals, &key))
-		return SL_DECAP_NOT_LOCAL;
-
 	t->outer_len = sizeof(*iph);
 	t->payload_len = tot_len - sizeof(*iph);
-	t->inner_family = SL_FAMILY_V4;
 	c->pos = iph + 1;
-	return SL_DECAP_CONTINUE;
+	if (iph->protocol == IPPROTO_UDP)
+		return sl_decap_gue(c, t, &key);
+	t->inner_family = SL_FAMILY_V4;
+	return sl_decap_local(&key);
 }
 
-/* An outer IPv6 header carrying IPv6 (next header 41) or IPv4 (4) to one of
- * our addresses. Extension headers are not tunnels this program handles. */
+/* An outer IPv6 header carrying IPv6 (next header 41), IPv4 (4) or GUE to one
+ * of our addresses. Extension headers are not tunnels this program handles. */
 static __always_inline int sl_decap_outer_ipv6(struct sl_cursor *c, struct sl_tunnel *t)
 {
 	struct ipv6hdr *ip6h = c->pos;
@@ -115,20 +166,19 @@ static __always_inline int sl_decap_outer_ipv6(struct sl_cursor *c, struct sl_tu
 		t->inner_family = SL_FAMILY_V6;
 	else if (ip6h->nexthdr == IPPROTO_IPIP)
 		t->inner_family = SL_FAMILY_V4;
-	else
+	else if (ip6h->nexthdr != IPPROTO_UDP)
 		return SL_DECAP_PASSED;
 	payload_len = bpf_ntohs(ip6h->payload_len);
 	if ((void *)(ip6h + 1) + payload_len > c->end)
 		return SL_DECAP_PASSED;
 
 	sl_addr_key_v6(&key, &ip6h->daddr);
-	if (!bpf_map_lookup_elem(&sl_decap_locals, &key))
-		return SL_DECAP_NOT_LOCAL;
-
 	t->outer_len = sizeof(*ip6h);
 	t->payload_len = payload_len;
 	c->pos = ip6h + 1;
-	return SL_DECAP_CONTINUE;
+	if (ip6h->nexthdr == IPPROTO_UDP)
+		return sl_decap_gue(c, t, &key);
+	return sl_decap_local(&key);
 }
 
 /* The inner packet's destination, once its header is known to be whole and
@@ -217,7 +267,7 @@ static __always_inline int sl_decap_process(struct xdp_md *ctx)
 		.end = (void *)(long)ctx->data_end,
 	};
 	struct sl_packet pkt;
-	struct sl_tunnel t;
+	struct sl_tunnel t = {}; /* zeroed: clang may spill a field a path never set, which the verifier refuses */
 	struct sl_addr_key dst;
 	__be16 eth_proto;
 	int rc;

@@ -1,4 +1,4 @@
-// The backend side of direct server return (lbctl decap): the pinned sl_decap program, its address maps, attach and detach.
+// The backend side of direct server return (lbctl decap): the pinned sl_decap program, its address maps and GUE port, attach and detach.
 import CLibbpf
 import CSluice
 import Glibc
@@ -13,6 +13,7 @@ public final class DecapDataplane: Sendable {
     package enum Map: String, MapList {
         case locals = "sl_decap_locals"
         case vips = "sl_decap_vips"
+        case config = "sl_decap_config"
         case stats = "sl_decap_stats"
 
         package static let object = ObjectKind(what: "decapsulator", objectName: "sluice_decap", program: SL_PROG_DECAP,
@@ -71,6 +72,22 @@ public final class DecapDataplane: Sendable {
             } catch {
                 throw .bpf(error, while: "writing the \(what) addresses")
             }
+        }
+    }
+
+    /// The UDP destination port of GUE tunnels to strip; 0 turns GUE stripping off.
+    public func setGUEPort(_ port: UInt16) throws(ControlError) {
+        var config = sl_decap_config()
+        config.gue_port = port.bigEndian
+        do { try self[.config].update(UInt32(0), config) } catch {
+            throw .bpf(error, while: "writing \(Map.config.rawValue)")
+        }
+    }
+
+    /// The GUE port being stripped (0: none).
+    public func guePort() throws(ControlError) -> UInt16 {
+        do { return UInt16(bigEndian: try self[.config].lookup(UInt32(0), as: sl_decap_config.self)?.gue_port ?? 0) } catch {
+            throw .bpf(error, while: "reading \(Map.config.rawValue)")
         }
     }
 
@@ -161,16 +178,19 @@ public enum Decap {
         public var mode: XDPMode
         public var locals: [IPAddress]
         public var vips: [IPAddress]
+        /// The GUE port stripped (0: GUE off).
+        public var guePort: UInt16
         public var alreadyAttached: Bool
     }
 
     /// Attaches the decapsulator pinned at `pinPath` (loading it first if
     /// needed) to `interface` and replaces its address sets. Without
     /// `locals`, every address on the interface; without `vips`, every
-    /// address on `lo` except 127.0.0.0/8 and ::1. Re-running it only
-    /// rewrites the sets; another program on the interface is an error.
+    /// address on `lo` except 127.0.0.0/8 and ::1. `guePort` is the UDP port of
+    /// GUE tunnels to strip (0: none). Re-running it only rewrites the sets and
+    /// the port; another program on the interface is an error.
     public static func attach(interface name: String, mode: XDPMode, vips: [IPAddress]?, locals: [IPAddress]?,
-                              pinPath: String) throws(ControlError) -> Outcome {
+                              guePort: UInt16 = UInt16(SL_GUE_DEFAULT_PORT), pinPath: String) throws(ControlError) -> Outcome {
         let interface = try NetworkInterface.named(name)
         // Everything that can be refused is checked before anything is loaded or written.
         let vipSet = (vips ?? loopbackVIPs()).uniqueSorted()
@@ -183,9 +203,11 @@ public enum Decap {
         let check = try PinnedObject<DecapDataplane.Map>.checkAttach(name, pinPath: pinPath)
         let outcome = try PinnedObject<DecapDataplane.Map>.finishAttach(check, try DecapDataplane.openOrLoad(pinPath: pinPath).pinned,
                                                                          mode: mode) { pinned throws(ControlError) in
-            try DecapDataplane(pinned).setAddresses(locals: localSet, vips: vipSet)
+            let decap = DecapDataplane(pinned)
+            try decap.setAddresses(locals: localSet, vips: vipSet)
+            try decap.setGUEPort(guePort)
         }
-        return Outcome(interface: outcome.interface, mode: outcome.mode, locals: localSet, vips: vipSet,
+        return Outcome(interface: outcome.interface, mode: outcome.mode, locals: localSet, vips: vipSet, guePort: guePort,
                        alreadyAttached: outcome.alreadyAttached)
     }
 

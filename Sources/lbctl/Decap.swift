@@ -1,12 +1,13 @@
 // lbctl decap attach|detach IFACE: the backend side of direct server return, stripping the balancer's tunnels.
 import ArgumentParser
+import CSluice
 import SluiceControl
 import SluiceCore
 
 struct DecapCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "decap",
-        abstract: "Run the decapsulator on a backend: strip the balancer's IP-in-IP tunnels in XDP so the kernel delivers the inner packet.",
+        abstract: "Run the decapsulator on a backend: strip the balancer's IP-in-IP and GUE tunnels in XDP so the kernel delivers the inner packet.",
         subcommands: [DecapAttach.self, DecapDetach.self])
 }
 
@@ -23,6 +24,9 @@ struct DecapAttach: ParsableCommand {
     @Option(name: .customLong("local"), help: ArgumentHelp(
         "An outer destination that is this host (repeatable; default: every address on IFACE).", valueName: "ADDR"))
     var locals: [String] = []
+    @Option(name: .customLong("gue-port"), help: ArgumentHelp(
+        "The UDP port of GUE tunnels to strip (the balancer's node.gue_port); 0 = strip no GUE.", valueName: "N"))
+    var guePort: UInt16 = UInt16(SL_GUE_DEFAULT_PORT)
     @Option(help: "XDP mode: native (driver) or generic (skb).") var mode: XDPModeArgument = .native
     @OptionGroup var global: GlobalOptions
 
@@ -38,11 +42,12 @@ struct DecapAttach: ParsableCommand {
         let outcome = try Decap.attach(interface: interface, mode: mode.mode,
                                        vips: vips.isEmpty ? nil : vips.compactMap(IPAddress.init),
                                        locals: locals.isEmpty ? nil : locals.compactMap(IPAddress.init),
-                                       pinPath: global.pinPath)
+                                       guePort: guePort, pinPath: global.pinPath)
         let verb = outcome.alreadyAttached ? "decapsulator already attached to" : "decapsulator attached to"
         print("\(verb) \(interface) (\(outcome.mode.rawValue) mode), pins in \(global.pinPath)")
         print("local: \(outcome.locals.map(\.description).joined(separator: " "))")
         print("vips: \(outcome.vips.map(\.description).joined(separator: " "))")
+        print("gue_port: \(outcome.guePort == 0 ? "off" : String(outcome.guePort))")
     }
 }
 

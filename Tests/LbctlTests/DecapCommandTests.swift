@@ -58,7 +58,7 @@ private final class DecapLab: @unchecked Sendable {
     }
 
     func pinned(_ name: String) -> Bool { FileManager.default.fileExists(atPath: "\(pin)/\(name)") }
-    var decapPins: [String] { ["sl_decap", "sl_decap_locals", "sl_decap_vips", "sl_decap_stats"] }
+    var decapPins: [String] { ["sl_decap", "sl_decap_locals", "sl_decap_vips", "sl_decap_config", "sl_decap_stats"] }
 }
 
 /// A UDP socket bound inside a namespace (the socket stays there).
@@ -135,13 +135,15 @@ struct DecapCommandTests {
             #expect(attach.status == 0, "\(attach)")
             #expect(attach.stdout.contains("local: \(DecapLab.backendAddress)\n"), "\(attach)")
             #expect(attach.stdout.contains("vips: \(DecapLab.vip)\n"), "lo's 127.0.0.1 is no VIP: \(attach)")
+            #expect(attach.stdout.contains("gue_port: 6080\n"), "GUE on its default port: \(attach)")
             let id = try await lab.namespace.xdpProgramID(of: "bk0")
             #expect(id != nil, "the program is attached")
             for name in lab.decapPins { #expect(lab.pinned(name), "\(name) is pinned") }
 
             let again = try await lab.lbctl("decap", "attach", "bk0", "--vip", "198.51.100.78", "--vip", "2001:db8::78",
-                                            "--local", "10.88.0.9")
+                                            "--local", "10.88.0.9", "--gue-port", "0")
             #expect(again.status == 0, "\(again)")
+            #expect(again.stdout.contains("gue_port: off\n"), "\(again)")
             #expect(again.stdout.contains("already attached"), "\(again)")
             #expect(again.stdout.contains("vips: 198.51.100.78 2001:db8::78\n") && again.stdout.contains("local: 10.88.0.9\n"),
                     "\(again)")
@@ -173,6 +175,9 @@ struct DecapCommandTests {
             let noVIP = try await lab.lbctl("decap", "attach", "bk0")
             #expect(noVIP.status == 2, "\(noVIP)")
             #expect(noVIP.stderr.contains("no VIP on lo and no --vip given"), "\(noVIP)")
+
+            let badPort = try await lab.lbctl("decap", "attach", "bk0", "--vip", DecapLab.vip, "--gue-port", "65536")
+            #expect(badPort.status == 2 && badPort.stderr.contains("gue-port"), "\(badPort)")
 
             let noInterface = try await lab.lbctl("decap", "attach", "nosuch0", "--vip", DecapLab.vip)
             #expect(noInterface.status == 2, "\(noInterface)")
