@@ -1,7 +1,8 @@
 // The backend-side decapsulator (bpf/decap.bpf.c) through BPF_PROG_TEST_RUN:
 // one frame per behaviour with the verdict, the output and the counters it
 // must produce; tunnels made by the balancer itself are stripped back to the
-// client's packet; the address sets and the pins are the control plane's.
+// client's packet; GUE (UDP to the configured port) is stripped like IP-in-IP;
+// the address sets, the GUE port and the pins are the control plane's.
 
 import CSluice
 import Glibc
@@ -25,12 +26,16 @@ final class TestDecap {
     let pinPath: String
     let decap: DecapDataplane
 
+    /// The GUE port the fixture strips (lbctl decap attach's default).
+    static let guePort = UInt16(SL_GUE_DEFAULT_PORT)
+
     init(locals: [String] = TestDecap.locals, vips: [String] = TestDecap.vips) throws {
         mount = try BPFFSMount()
         pinPath = mount.path + "/lb"
         do {
             decap = try DecapDataplane.openOrLoad(pinPath: pinPath)
             try decap.setAddresses(locals: locals.map { IPAddress($0)! }, vips: vips.map { IPAddress($0)! })
+            try decap.setGUEPort(Self.guePort)
         } catch {
             DecapDataplane.removePins(at: pinPath)
             mount.close()
@@ -266,7 +271,70 @@ extension DecapCase {
                 tunnel(synV6, from: lbV6, to: "2001:db8:1::21", inner: { var p = ipPacket(synV6); p.setBE16(4, p.be16(4) + 1); return p }())),
     ]
 
-    static let all = stripped + passedUntouched + notOurs + malformedInner
+    static let gue: [DecapCase] = [
+        strip("GUE over IPv4 carrying an IPv4 SYN is stripped to the client's packet",
+              gueFrame(synV4, from: lbV4, to: "10.1.0.21"), to: synV4),
+        strip("GUE over IPv4 carrying an IPv6 SYN is stripped with the IPv6 ethertype",
+              gueFrame(synV6, from: lbV4, to: "10.1.0.22"), to: synV6),
+        strip("GUE over IPv6 carrying an IPv6 SYN is stripped to the client's packet",
+              gueFrame(synV6, from: lbV6, to: "2001:db8:1::21"), to: synV6),
+        strip("GUE over IPv6 carrying an IPv4 SYN is stripped with the IPv4 ethertype",
+              gueFrame(synMixed, from: lbV6, to: "2001:db8:2::1"), to: synMixed),
+        strip("GUE over IPv4 carrying a UDP datagram with a payload is stripped",
+              gueFrame(udpV4, from: lbV4, to: "10.1.0.23"), to: udpV4),
+        strip("a VLAN-tagged GUE-over-IPv6 SYN keeps its tag and gets the IPv4 ethertype inside it",
+              gueFrame(tagged(0x0abc).tcp(from: client4, 40030, to: "198.51.100.20", 8080), from: lbV6, to: "2001:db8:2::2"),
+              to: tagged(0x0abc).tcp(from: client4, 40030, to: "198.51.100.20", 8080)),
+        untouched("GUE over IPv4 to another host's address is left alone",
+                  gueFrame(synV4, from: lbV4, to: "10.1.0.99"), DecapCounts(notLocal: 1)),
+        untouched("GUE over IPv6 to another host's address is left alone, even with a UDP length that is wrong",
+                  gueFrame(synV6, from: lbV6, to: "2001:db8:1::99", udpLength: 9), DecapCounts(notLocal: 1)),
+        untouched("GUE to us for an address that is no VIP here is left alone",
+                  gueFrame(plain.tcp(from: client4, 40031, to: "198.51.100.99", 80), from: lbV4, to: "10.1.0.21"),
+                  DecapCounts(notVIP: 1)),
+        untouched("GUE over IPv6 to us for an IPv6 address that is no VIP here is left alone",
+                  gueFrame(plain.tcp(from: client6, 40032, to: "2001:db8::99", 443), from: lbV6, to: "2001:db8:1::21"),
+                  DecapCounts(notVIP: 1)),
+        untouched("UDP to another port on us is plain UDP: passed untouched",
+                  gueFrame(synV4, from: lbV4, to: "10.1.0.21", port: TestDecap.guePort + 1), DecapCounts(passed: 1)),
+        untouched("UDP over IPv6 to another port on us is plain UDP: passed untouched",
+                  gueFrame(synV6, from: lbV6, to: "2001:db8:1::21", port: 4789), DecapCounts(passed: 1)),
+        untouched("an IP payload too short for a UDP header is the kernel's to judge: passed untouched",
+                  gueFrame(synV4, from: lbV4, to: "10.1.0.21", inner: []).dropLastIPBytes(1), DecapCounts(passed: 1)),
+        dropped("GUE to us whose UDP length is longer than the IP payload is dropped",
+                gueFrame(synV4, from: lbV4, to: "10.1.0.21", udpLength: UInt16(8 + ipPacket(synV4).count + 1))),
+        dropped("GUE over IPv6 to us whose UDP length is shorter than the IP payload is dropped",
+                gueFrame(synV6, from: lbV6, to: "2001:db8:1::21", udpLength: UInt16(8 + ipPacket(synV6).count - 1))),
+        dropped("GUE to us with a variant 0 header (first nibble 0) is dropped",
+                gueFrame(synV4, from: lbV4, to: "10.1.0.21", inner: [0x00, 0x00, 0x00, 0x00] + ipPacket(synV4))),
+        dropped("GUE to us whose inner first nibble is 5 is dropped",
+                gueFrame(synV4, from: lbV4, to: "10.1.0.21", inner: { var p = ipPacket(synV4); p[0] = 0x55; return p }())),
+        dropped("GUE to us carrying nothing after the UDP header is dropped",
+                gueFrame(synV4, from: lbV4, to: "10.1.0.21", inner: [])),
+        dropped("GUE to us with a truncated inner IPv4 header is dropped",
+                gueFrame(synV4, from: lbV4, to: "10.1.0.21", inner: Array(ipPacket(synV4).prefix(12)))),
+        dropped("GUE over IPv6 to us whose inner IPv6 payload_len runs past the datagram is dropped",
+                gueFrame(synV6, from: lbV6, to: "2001:db8:1::21", inner: { var p = ipPacket(synV6); p.setBE16(4, p.be16(4) + 1); return p }())),
+    ]
+
+    static let all = stripped + passedUntouched + notOurs + malformedInner + gue
+}
+
+/// A GUE frame to the fixture's port unless `port` says otherwise.
+private func gueFrame(_ frame: [UInt8], from: String, to: String, port: UInt16 = TestDecap.guePort, inner: [UInt8]? = nil,
+                      udpLength: UInt16? = nil) -> [UInt8] {
+    GUEFrame.wrap(frame, from: from, to: to, sourcePort: 50123, port: port, inner: inner, udpLength: udpLength)
+}
+
+extension Array where Element == UInt8 {
+    /// An untagged IPv4 frame whose packet is `n` bytes shorter (tot_len and the checksum follow).
+    fileprivate func dropLastIPBytes(_ n: Int) -> [UInt8] {
+        var f = Array(dropLast(n))
+        f.setBE16(16, f.be16(16) - UInt16(n))
+        f.setBE16(24, 0)
+        f.setBE16(24, internetChecksum(f[14..<34]))
+        return f
+    }
 }
 
 /// Client frames the balancer tunnels (Config.standard), by tunnel kind.
@@ -339,6 +407,27 @@ struct DecapTests {
         #expect(try decap.run(toFirst).output == toFirst)
         #expect(try decap.run(toSecond).output == synV4)
         #expect(try decap.counts() - before == DecapCounts(decapsulated: 1, notLocal: 1))
+    }
+
+    /// GUE stripping follows sl_decap_config: port 0 turns it off, another port moves it.
+    @Test func theGUEPortDecidesWhichUDPIsATunnel() async throws {
+        let decap = try await TestDecap.make()
+        let at6080 = gueFrame(synV4, from: lbV4, to: "10.1.0.21")
+        let at7000 = gueFrame(synV4, from: lbV4, to: "10.1.0.21", port: 7000)
+        #expect(try decap.decap.guePort() == TestDecap.guePort)
+        #expect(try decap.run(at6080).output == synV4)
+
+        try decap.decap.setGUEPort(0)
+        #expect(try decap.decap.guePort() == 0)
+        var before = try decap.counts()
+        #expect(try decap.run(at6080).output == at6080, "GUE off: UDP to 6080 is plain UDP")
+        #expect(try decap.counts() - before == DecapCounts(passed: 1))
+
+        try decap.decap.setGUEPort(7000)
+        before = try decap.counts()
+        #expect(try decap.run(at6080).output == at6080)
+        #expect(try decap.run(at7000).output == synV4)
+        #expect(try decap.counts() - before == DecapCounts(decapsulated: 1, passed: 1))
     }
 
     @Test func theDecapsulatorPinsBesideTheBalancerAndRemovesOnlyItsOwnPins() async throws {
