@@ -4,7 +4,12 @@
 lab-client.py http HOST PORT COUNT      COUNT new TCP connections, one HTTP GET each
 lab-client.py udp HOST PORT COUNT       COUNT datagrams, each from a new socket (a new flow)
 lab-client.py echo HOST PORT COUNT      COUNT new TCP connections to an echo service, one line each
+lab-client.py upload HOST PORT COUNT MB COUNT connections to a count service, each sending MB MiB
+                                        and checking the byte count the server answers
   each prints one JSON object: {"sent", "ok", "failed", "backends": {NAME: n}, "errors": [...]}
+lab-client.py dfudp HOST PORT SIZE      one connected UDP socket sending SIZE-byte datagrams with DF
+  (IP_PMTUDISC_DO) every 0.1 s until the kernel's path MTU for HOST drops (an ICMP "fragmentation
+  needed" / "packet too big" came back) or 3 s pass; prints {"sent", "mtu_before", "mtu", "errors"}
 lab-client.py session HOST PORT STATEFILE [INTERVAL]
   one long-lived TCP connection to an echo service: a line every INTERVAL seconds (0.2),
   each echo checked; STATEFILE is rewritten after every exchange with
@@ -73,14 +78,51 @@ def echo_once(host, port, n):
     return name
 
 
-ONCE = {"http": http_once, "udp": udp_once, "echo": echo_once}
+def upload_once(host, port, _n, mbytes):
+    size = mbytes << 20
+    with socket.create_connection((host, port), timeout=10) as s:
+        block = b"u" * 65536
+        for _ in range(size // len(block)):
+            s.sendall(block)
+        s.shutdown(socket.SHUT_WR)
+        answer = s.makefile("rb").readline().decode()
+    name, _, count = answer.strip().partition(" ")
+    if count != str(size):
+        raise RuntimeError(f"sent {size} bytes, the server answered {answer[:60]!r}")
+    return name
 
 
-def burst(kind, host, port, count):
+ONCE = {"http": http_once, "udp": udp_once, "echo": echo_once, "upload": upload_once}
+
+
+def df_udp(host, port, size):
+    v6 = family_of(host) == socket.AF_INET6
+    # <netinet/in.h>: IP_MTU_DISCOVER 10, IP_MTU 14, IPV6_MTU_DISCOVER 23, IPV6_MTU 24; *_PMTUDISC_DO 2
+    level, discover, mtu_opt = (socket.IPPROTO_IPV6, 23, 24) if v6 else (socket.IPPROTO_IP, 10, 14)
+    result = {"sent": 0, "mtu_before": None, "mtu": None, "errors": []}
+    with socket.socket(family_of(host), socket.SOCK_DGRAM) as s:
+        s.setsockopt(level, discover, 2)
+        s.connect((host, port))
+        result["mtu_before"] = result["mtu"] = s.getsockopt(level, mtu_opt)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and result["mtu"] == result["mtu_before"]:
+            try:
+                s.send(b"d" * size)
+                result["sent"] += 1
+            except OSError as e:  # EMSGSIZE once the ICMP answer is in
+                if len(result["errors"]) < 5:
+                    result["errors"].append(repr(e))
+            time.sleep(0.1)
+            result["mtu"] = s.getsockopt(level, mtu_opt)
+    print(json.dumps(result, sort_keys=True))
+    return 0 if result["mtu"] < result["mtu_before"] else 1
+
+
+def burst(kind, host, port, count, *extra):
     result = {"sent": count, "ok": 0, "failed": 0, "backends": {}, "errors": []}
     for n in range(count):
         try:
-            name = ONCE[kind](host, port, n)
+            name = ONCE[kind](host, port, n, *extra)
             result["ok"] += 1
             result["backends"][name] = result["backends"].get(name, 0) + 1
         except Exception as e:  # noqa: BLE001 - every failure is counted and reported
@@ -287,8 +329,12 @@ def main(argv):
     take_signals()
     mode = argv[1]
     host, port = argv[2], int(argv[3])
+    if mode == "upload":
+        return burst(mode, host, port, int(argv[4]), int(argv[5]))
     if mode in ONCE:
         return burst(mode, host, port, int(argv[4]))
+    if mode == "dfudp":
+        return df_udp(host, port, int(argv[4]))
     if mode == "session":
         return session(host, port, argv[4], float(argv[5]) if len(argv) > 5 else 0.2)
     if mode == "sessions":

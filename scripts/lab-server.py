@@ -6,6 +6,7 @@ lab-server.py NAME LOGFILE SPEC...   where SPEC is PROTO:ADDRESS:PORT (IPv6 in b
   tcp-http  answers every HTTP request with "NAME\\n"
   udp       answers every datagram with "NAME <datagram>"
   tcp-echo  answers every line with "NAME <line>" (a long-lived connection)
+  tcp-count reads until the client shuts its side, then answers "NAME <bytes read>"
 
 Every request, datagram or connection appends "PROTO VIP:PORT CLIENT_ADDRESS" to LOGFILE:
 with direct server return the backend sees the client's real address.
@@ -66,6 +67,22 @@ def echo_conn(conn, local, peer):
             conn.sendall(NAME.encode() + b" " + line)
 
 
+def count_conn(conn, local, peer):
+    log("count", local, peer)
+    with conn:
+        conn.settimeout(30)
+        total = 0
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            total += len(chunk)
+        conn.sendall(f"{NAME} {total}\n".encode())
+
+
+HANDLERS = {"tcp-http": http_conn, "tcp-echo": echo_conn, "tcp-count": count_conn}
+
+
 def serve_tcp(sock, handler):
     local = sock.getsockname()
     while True:
@@ -96,8 +113,7 @@ def main():
         if proto == "udp":
             target, args = serve_udp, (listen(family, socket.SOCK_DGRAM, host, port),)
         else:
-            handler = http_conn if proto == "tcp-http" else echo_conn
-            target, args = serve_tcp, (listen(family, socket.SOCK_STREAM, host, port), handler)
+            target, args = serve_tcp, (listen(family, socket.SOCK_STREAM, host, port), HANDLERS[proto])
         threads.append(threading.Thread(target=target, args=args, daemon=True))
     for t in threads:
         t.start()

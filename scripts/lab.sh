@@ -17,6 +17,9 @@
 #   scripts/lab.sh exec NAME NODE CMD...  run CMD in NAME-NODE (client router lb be1 be2 be3)
 #   scripts/lab.sh server-stop NAME BE    stop backend BE's servers (as a crash would)
 #   scripts/lab.sh server-start NAME BE   start them again and wait until they listen
+#   scripts/lab.sh decap NAME on|off      attach (as `up` does) or detach every backend's decapsulator
+#   scripts/lab.sh capture NAME NODE IF FILE [TCPDUMP ARGS...]  tcpdump -U on NODE's IF into FILE
+#                                     (exec'd with SIGTERM unblocked: SIGTERM ends it cleanly)
 #
 # Topology (interface names are per namespace, addresses exist only inside the lab, so
 # several labs with different NAMEs run side by side):
@@ -39,6 +42,20 @@
 # over both nodes. `route NAME lb|lb2` withdraws one of them, `route NAME both` restores
 # ECMP. The count is kept in the lab's directory: later commands need no LAB_BALANCERS.
 #
+# With LAB_SEGMENT=shared at `up` (for l2dsr: direct routing on one Ethernet segment), the
+# balancer's link is a port of the backends' bridge instead of a link of its own:
+#
+#   NAME-router br0 10.10.3.1 fd10:3::1 (ports r-lb, r-be1..r-be3)
+#   NAME-lb     lb0 10.10.3.2 fd10:3::2 (balancer, XDP; default route via 10.10.3.1)
+#
+# and the router routes the VIPs to 10.10.3.2 / fd10:3::2 on br0. The backends are as in
+# the default lab (their decapsulators serve ipip and gue services; an l2dsr service needs
+# none: `decap NAME off`). LAB_TUNNEL_MTU at `up` (default 1600) sets the MTU of the
+# balancer's and the backends' links: 1500, the client's, leaves no room for a tunnel
+# header, so the balancer's MSS clamping and ICMP answers are what carry big packets.
+# Both are kept in the lab's directory like the balancer count. LAB_SEGMENT=shared and
+# LAB_BALANCERS=2 do not go together.
+#
 # A client packet to a VIP goes client -> router -> lb; the lb tunnels it (IPIP, 6in6 or
 # 4in6) back to the router, which forwards it to the backend; the backend strips the
 # tunnel (lbctl decap) and answers the client straight through the router (direct
@@ -46,7 +63,8 @@
 #
 # Environment: LBCTL (default .build/debug/lbctl of this repository), PYTHON (default
 # Debian's /usr/bin/python3), LAB_ROOT (default /tmp: the lab dir is $LAB_ROOT/sluice-lab-NAME),
-# LAB_BALANCERS (1 or 2, default 1; read by `up` only).
+# LAB_BALANCERS (1 or 2, default 1), LAB_SEGMENT (own or shared, default own), LAB_TUNNEL_MTU
+# (1280-9000, default 1600; these three are read by `up` only).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -73,7 +91,7 @@ VIP6=2001:db8:100::10   # web6 (TCP 80, 6in6)
 VIP4IN6=198.51.100.20   # web4in6 (TCP 80, IPv4 VIP with IPv6 backends: 4in6)
 WEB_WEIGHTS=(1 2 3)
 NEVER_VIP=192.0.2.254   # for the router's decap program, which must never decapsulate
-TUNNEL_MTU=1600         # lb and backend segment: room for the 20/40-byte tunnel header
+GUE_PORT=6080           # the backends' decapsulators strip GUE to this UDP port (node.gue_port)
 
 die() { echo "lab.sh: $*" >&2; exit 2; }
 
@@ -99,6 +117,18 @@ set_name() {
     # LAB_BALANCERS.
     if [[ -f $DIR/balancers ]]; then BALANCERS=$(cat "$DIR/balancers"); else BALANCERS=${LAB_BALANCERS:-1}; fi
     [[ $BALANCERS == 1 || $BALANCERS == 2 ]] || die "LAB_BALANCERS must be 1 or 2, got '$BALANCERS'"
+    # The segment and the tunnel MTU, recorded by `up` the same way.
+    if [[ -f $DIR/segment ]]; then SEGMENT=$(cat "$DIR/segment"); else SEGMENT=${LAB_SEGMENT:-own}; fi
+    [[ $SEGMENT == own || $SEGMENT == shared ]] || die "LAB_SEGMENT must be own or shared, got '$SEGMENT'"
+    [[ $SEGMENT == own || $BALANCERS == 1 ]] || die "LAB_SEGMENT=shared has one balancer (LAB_BALANCERS=1)"
+    # lb and backend links: by default room for the 20/40(+8 GUE)-byte tunnel header.
+    if [[ -f $DIR/tunnel_mtu ]]; then TUNNEL_MTU=$(cat "$DIR/tunnel_mtu"); else TUNNEL_MTU=${LAB_TUNNEL_MTU:-1600}; fi
+    [[ $TUNNEL_MTU =~ ^[0-9]+$ ]] && ((TUNNEL_MTU >= 1280 && TUNNEL_MTU <= 9000)) ||
+        die "LAB_TUNNEL_MTU must be 1280-9000, got '$TUNNEL_MTU'"
+    if [[ $SEGMENT == shared ]]; then
+        # The balancer sits on the backends' segment, the router's br0 its gateway.
+        LB_V4=10.10.3.2 LB_V6=fd10:3::2 ROUTER_LB_V4=$ROUTER_BE_V4 ROUTER_LB_V6=$ROUTER_BE_V6
+    fi
     if ((BALANCERS == 2)); then
         NODES=(client router lb lb2 "${BACKENDS[@]}")
     else
@@ -147,7 +177,8 @@ start_server() { # BACKEND
     : >"$DIR/$b.server.out"
     (close_inherited_fds; exec ip netns exec "$(ns "$b")" "$PYTHON" -u "$REPO/scripts/lab-server.py" "$b" "$DIR/$b.log" \
         "tcp-http:$VIP4:80" "tcp-http:$VIP4IN6:80" "tcp-http:[$VIP6]:80" \
-        "udp:$VIP4:53" "tcp-echo:$VIP4:7" "tcp-http:$v4:8080" "udp:$v4:53") >"$DIR/$b.server.out" 2>&1 </dev/null &
+        "udp:$VIP4:53" "udp:$VIP4IN6:53" "tcp-echo:$VIP4:7" "tcp-count:$VIP4:9" "tcp-count:$VIP4IN6:9" \
+        "tcp-http:$v4:8080" "udp:$v4:53") >"$DIR/$b.server.out" 2>&1 </dev/null &
     echo $! >"$DIR/$b.server.pid"
 }
 
@@ -181,6 +212,32 @@ check_backend() { # BACKEND
     [[ " ${BACKENDS[*]} " == *" $1 "* ]] || die "unknown backend '$1' (${BACKENDS[*]})"
 }
 
+# Backend side of the tunnel: XDP strips IPIP/6in6/4in6 and GUE for the VIPs on lo.
+attach_decap() { # BACKEND
+    lbctl_in "$1" decap attach eth0 --gue-port $GUE_PORT --pin-path "$BPFFS/$1" >"$DIR/$1.decap.out"
+}
+
+cmd_decap() { # on|off
+    local b
+    for b in "${BACKENDS[@]}"; do
+        case $1 in
+            on) attach_decap "$b" ;;
+            off) lbctl_in "$b" decap detach eth0 --pin-path "$BPFFS/$b" >"$DIR/$b.decap.out" ;;
+            *) die "decap: want on or off, got '$1'" ;;
+        esac
+    done
+}
+
+# tcpdump in NODE, exec'd (so a signal reaches it) with SIGTERM and SIGINT unblocked: a
+# caller's blocked mask is inherited, and tcpdump would otherwise never end on SIGTERM.
+cmd_capture() { # NODE IF FILE [TCPDUMP ARGS: -Q in, -c N, the filter...]
+    local node=${1:?node} iface=${2:?interface} file=${3:?file}
+    shift 3
+    exec ip netns exec "$(ns "$node")" "$PYTHON" -c \
+        'import os, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT}); os.execvp(sys.argv[1], sys.argv[1:])' \
+        tcpdump -i "$iface" -U -n -w "$file" "$@"
+}
+
 # --- up ---------------------------------------------------------------------------
 cmd_up() {
     local node b i
@@ -199,6 +256,8 @@ cmd_up() {
 
     mkdir -p "$BPFFS"
     ((BALANCERS == 1)) || echo "$BALANCERS" >"$DIR/balancers"
+    [[ $SEGMENT == own ]] || echo "$SEGMENT" >"$DIR/segment"
+    ((TUNNEL_MTU == 1600)) || echo "$TUNNEL_MTU" >"$DIR/tunnel_mtu"
     mount -t bpf bpf "$BPFFS" -o mode=0700
 
     for node in "${NODES[@]}"; do
@@ -223,12 +282,19 @@ cmd_up() {
         ip -n "$R" link add "r-$b" mtu $TUNNEL_MTU type veth peer name eth0 mtu $TUNNEL_MTU netns "$(ns "$b")"
         ip -n "$R" link set "r-$b" master br0 up
     done
+    [[ $SEGMENT == own ]] || ip -n "$R" link set r-lb master br0 up
 
     # Router.
     ip -n "$R" addr add $ROUTER_CLIENT_V4/24 dev r-client
     ip -n "$R" addr add $ROUTER_CLIENT_V6/64 dev r-client nodad
-    ip -n "$R" addr add $ROUTER_LB_V4/24 dev r-lb
-    ip -n "$R" addr add $ROUTER_LB_V6/64 dev r-lb nodad
+    if [[ $SEGMENT == own ]]; then
+        ip -n "$R" addr add $ROUTER_LB_V4/24 dev r-lb
+        ip -n "$R" addr add $ROUTER_LB_V6/64 dev r-lb nodad
+    else
+        # The balancer's tunnels come in on br0 and go back out of it to the backends:
+        # no ICMP redirects telling the lb to skip us (its XDP sends to the gateway MAC).
+        sysctl_in router net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.br0.send_redirects=0
+    fi
     ip -n "$R" addr add $ROUTER_BE_V4/24 dev br0
     ip -n "$R" addr add $ROUTER_BE_V6/64 dev br0 nodad
     local router_ifs=(r-client r-lb br0)
@@ -294,8 +360,7 @@ cmd_up() {
             net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2 \
             net.ipv4.conf.eth0.rp_filter=0 net.ipv4.conf.lo.rp_filter=0
         start_server "$b"
-        # Backend side of the tunnel: XDP strips IPIP/6in6/4in6 for the VIPs on lo.
-        lbctl_in "$b" decap attach eth0 --pin-path "$BPFFS/$b" >"$DIR/$b.decap.out"
+        attach_decap "$b"
     done
 
     # XDP_TX on a veth only delivers when the peer veth runs an XDP program (docs/DEVELOPING.md):
@@ -330,6 +395,13 @@ cmd_up() {
     nx router ping -6 -c1 -W1 -q "$LB_V6" >/dev/null 2>&1 || true
     if ((BALANCERS == 2)); then nx router ping -6 -c1 -W1 -q "$LB2_V6" >/dev/null 2>&1 || true; fi
     nx router ping -6 -c1 -W1 -q "$CLIENT_V6" >/dev/null 2>&1 || true
+    # On the shared segment the balancer sends l2dsr frames to the backends' MACs itself.
+    if [[ $SEGMENT == shared ]]; then
+        for b in "${BACKENDS[@]}"; do
+            nx lb ping -c1 -W1 -q "$(be_v4 "$b")" >/dev/null 2>&1 || true
+            nx lb ping -6 -c1 -W1 -q "$(be_v6 "$b")" >/dev/null 2>&1 || true
+        done
+    fi
 
     trap - EXIT ERR INT TERM
     echo "lab $NAME is up: $DIR"
@@ -412,6 +484,9 @@ client_v4=$CLIENT_V4
 client_v6=$CLIENT_V6
 lb_v4=$LB_V4
 lb_v6=$LB_V6
+segment=$SEGMENT
+tunnel_mtu=$TUNNEL_MTU
+gue_port=$GUE_PORT
 vip4=$VIP4
 vip6=$VIP6
 vip4in6=$VIP4IN6
@@ -468,7 +543,7 @@ need_two() { ((BALANCERS == 2)) || die "lab $NAME has one balancer (bring it up 
 
 main() {
     local cmd=${1:-}
-    [[ $# -ge 2 ]] || die "usage: lab.sh up|down|info|services|apply|lbctl|lbctl2|route|client|exec|server-stop|server-start NAME [ARGS...]"
+    [[ $# -ge 2 ]] || die "usage: lab.sh up|down|info|services|apply|lbctl|lbctl2|route|client|exec|server-stop|server-start|decap|capture NAME [ARGS...]"
     shift
     set_name "$1"; shift
     case $cmd in
@@ -486,6 +561,8 @@ main() {
         exec) local node=${1:?node}; shift; nx "$node" "$@" ;;
         server-stop) check_backend "${1:?backend}"; stop_server "$1" ;;
         server-start) check_backend "${1:?backend}"; start_server "$1"; wait_server "$1" ;;
+        decap) cmd_decap "${1:?on or off}" ;;
+        capture) cmd_capture "$@" ;;
         *) die "unknown command '$cmd'" ;;
     esac
 }
