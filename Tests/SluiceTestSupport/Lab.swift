@@ -38,6 +38,30 @@ public final class Lab: @unchecked Sendable {
         return try await Command.run(executable, full)
     }
 
+    /// How `lab.sh up` builds the lab: LAB_BALANCERS, LAB_SEGMENT and LAB_TUNNEL_MTU.
+    public struct Variant: Sendable {
+        /// 1, or 2 for NAME-lb2 behind an ECMP route (see LabECMP.swift).
+        public var balancers = 1
+        /// The balancer on the backends' segment (a port of their bridge), for l2dsr.
+        public var sharedSegment = false
+        /// The MTU of the balancer's and backends' links; nil = lab.sh's 1600 (room for tunnels).
+        public var tunnelMTU: Int?
+
+        public init(balancers: Int = 1, sharedSegment: Bool = false, tunnelMTU: Int? = nil) {
+            self.balancers = balancers
+            self.sharedSegment = sharedSegment
+            self.tunnelMTU = tunnelMTU
+        }
+
+        var environment: [String: String] {
+            var env: [String: String] = [:]
+            if balancers != 1 { env["LAB_BALANCERS"] = String(balancers) }
+            if sharedSegment { env["LAB_SEGMENT"] = "shared" }
+            if let tunnelMTU { env["LAB_TUNNEL_MTU"] = String(tunnelMTU) }
+            return env
+        }
+    }
+
     public let name: String
     /// `lab.sh info`: addresses, namespaces, interfaces and paths.
     public let info: [String: String]
@@ -61,15 +85,15 @@ public final class Lab: @unchecked Sendable {
     public static func up(name: String = Lab.uniqueName(), balancers: Int = 1) async throws -> Lab {
         try await LabSlots.shared.acquire()
         do {
-            return try await bringUp(name: name, balancers: balancers, permits: 1)
+            return try await bringUp(name: name, variant: Variant(balancers: balancers), permits: 1)
         } catch {
             await LabSlots.shared.release()
             throw error
         }
     }
 
-    private static func bringUp(name: String, balancers: Int, permits: Int) async throws -> Lab {
-        try checked(await run("up", name, environment: balancers == 1 ? [:] : ["LAB_BALANCERS": String(balancers)]))
+    private static func bringUp(name: String, variant: Variant, permits: Int) async throws -> Lab {
+        try checked(await run("up", name, environment: variant.environment))
         do {
             let info = try parseInfo(checked(await run("info", name)).stdout)
             return Lab(name: name, info: info, permits: permits)
@@ -81,7 +105,12 @@ public final class Lab: @unchecked Sendable {
 
     /// A fresh lab for `body`, taken down afterwards however `body` ends.
     public static func withLab<T>(balancers: Int = 1, _ body: (Lab) async throws -> T) async throws -> T {
-        try await withLabs(1, balancers: balancers) { try await body($0[0]) }
+        try await withLabs(1, variant: Variant(balancers: balancers)) { try await body($0[0]) }
+    }
+
+    /// The same for a lab of another `variant`.
+    public static func withLab<T>(_ variant: Variant, _ body: (Lab) async throws -> T) async throws -> T {
+        try await withLabs(1, variant: variant) { try await body($0[0]) }
     }
 
     /// `count` fresh labs at once for `body` (their permits taken together, so two tests
@@ -89,11 +118,15 @@ public final class Lab: @unchecked Sendable {
     /// afterwards however `body` ends. A lab that does not come down fails the test; when
     /// `body` failed already its error is the one thrown, the teardown's goes to stderr.
     public static func withLabs<T>(_ count: Int, balancers: Int = 1, _ body: ([Lab]) async throws -> T) async throws -> T {
+        try await withLabs(count, variant: Variant(balancers: balancers), body)
+    }
+
+    private static func withLabs<T>(_ count: Int, variant: Variant, _ body: ([Lab]) async throws -> T) async throws -> T {
         try await LabSlots.shared.withPermits(count) {
             var labs: [Lab] = []
             let outcome: Result<T, any Error>
             do {
-                for _ in 0..<count { labs.append(try await bringUp(name: uniqueName(), balancers: balancers, permits: 0)) }
+                for _ in 0..<count { labs.append(try await bringUp(name: uniqueName(), variant: variant, permits: 0)) }
                 outcome = .success(try await body(labs))
             } catch {
                 outcome = .failure(error)
@@ -165,7 +198,7 @@ public final class Lab: @unchecked Sendable {
 
     // MARK: Traffic
 
-    public enum ClientKind: String, Sendable { case http, udp, echo }
+    public enum ClientKind: String, Sendable { case http, udp, echo, upload }
 
     /// What `lab-client.py http|udp|echo` prints.
     public struct ClientResult: Decodable, Sendable {
@@ -186,8 +219,10 @@ public final class Lab: @unchecked Sendable {
 
     /// COUNT new connections (datagrams for udp) from the client to HOST:PORT.
     /// The client exits 1 when some failed; that is in the result, not an error.
-    public func client(_ kind: ClientKind, _ host: String, _ port: Int, count: Int) async throws -> ClientResult {
-        let result = try await Self.run("client", name, [kind.rawValue, host, String(port), String(count)])
+    /// `upload` takes `megabytes` (MiB sent per connection).
+    public func client(_ kind: ClientKind, _ host: String, _ port: Int, count: Int, megabytes: Int = 1) async throws -> ClientResult {
+        let extra = kind == .upload ? [String(megabytes)] : []
+        let result = try await Self.run("client", name, [kind.rawValue, host, String(port), String(count)] + extra)
         guard var decoded = try? JSONDecoder().decode(ClientResult.self, from: result.stdoutData) else {
             throw CommandError("lab client printed no result:\n\(result)")
         }
