@@ -38,17 +38,20 @@
 #include "hash.h"
 #include "encap.h"
 
-/* Source ports 49152-65535 (RFC 8086 3.3): 14 bits of the flow hash. */
+/* Source ports 49152-65535 (RFC 8086 3.3): the top 14 bits of the hash. */
 #define SL_GUE_SPORT_BASE 0xc000
-#define SL_GUE_SPORT_MASK 0x3fff
-#define SL_GUE_SPORT_SHIFT 16   /* the hash's high bits: Maglev uses it modulo M */
+#define SL_GUE_SPORT_SHIFT 18
 
-/* The tunnel's UDP source port for a flow, network order. */
+/* The tunnel's UDP source port for a flow, network order: the flow's words
+ * folded by XOR, then Fibonacci hashing, as the VIP prefilter does. One
+ * multiply, not jhash: it runs for every packet of a GUE flow, and all it
+ * must do is spread flows (the same flow always gets the same port). */
 static __always_inline __be16 sl_gue_sport(const struct sl_flow_key *key)
 {
-	__u32 hash = sl_flow_hash(key);
+	__u32 x = key->src[0] ^ key->src[1] ^ key->src[2] ^ key->src[3] ^
+		  ((__u32)key->sport | ((__u32)key->dport << SL_PORT_BITS)) ^ key->proto;
 
-	return bpf_htons(SL_GUE_SPORT_BASE | ((hash >> SL_GUE_SPORT_SHIFT) & SL_GUE_SPORT_MASK));
+	return bpf_htons(SL_GUE_SPORT_BASE | (x * SL_VIP_FILTER_MULT) >> SL_GUE_SPORT_SHIFT);
 }
 
 /* The one's-complement sum of the whole inner packet, from its headers alone.

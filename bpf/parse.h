@@ -259,8 +259,10 @@ static __always_inline int sl_parse_packet(struct xdp_md *ctx, struct sl_packet 
 	if (rc != SL_CONTINUE)
 		return rc;
 	pkt->l4 = c.pos;
-	if (pkt->ip_proto == IPPROTO_ICMP || pkt->ip_proto == IPPROTO_ICMPV6)
+	if (pkt->ip_proto == IPPROTO_ICMP || pkt->ip_proto == IPPROTO_ICMPV6) {
+		pkt->proto = 0; /* the flow's: icmp_error.h reads it from the quote */
 		return SL_CONTINUE;
+	}
 	return sl_parse_l4(&c, pkt);
 }
 
