@@ -337,13 +337,13 @@ extension Array where Element == UInt8 {
     }
 }
 
-/// Client frames the balancer tunnels (Config.standard), by tunnel kind.
-private let balancerTunnels: [(String, [UInt8])] = [
-    ("4in4", plain.tcp(from: client4, 41001, to: "198.51.100.10", 80, payload: [UInt8](repeating: 0x5a, count: 300))),
-    ("6in6", plain.tcp(from: client6, 41002, to: "2001:db8::80", 443)),
-    ("4in6", plain.tcp(from: client4, 41003, to: "198.51.100.20", 8080)),
-    ("4in4 under a VLAN tag", tagged(0x0064).udp(from: client4, 41004, to: "198.51.100.10", 53, payload: (0..<40).map { UInt8($0) })),
-    ("4in6 under a VLAN tag", tagged(0x0065).tcp(from: client4, 41005, to: "198.51.100.20", 8080)),
+/// Client frames the balancer tunnels (Config.standard), by tunnel kind, with their service.
+private let balancerTunnels: [(String, String, [UInt8])] = [
+    ("4in4", "web", plain.tcp(from: client4, 41001, to: "198.51.100.10", 80, payload: [UInt8](repeating: 0x5a, count: 300))),
+    ("6in6", "web6", plain.tcp(from: client6, 41002, to: "2001:db8::80", 443)),
+    ("4in6", "mixed", plain.tcp(from: client4, 41003, to: "198.51.100.20", 8080)),
+    ("4in4 under a VLAN tag", "dns", tagged(0x0064).udp(from: client4, 41004, to: "198.51.100.10", 53, payload: (0..<40).map { UInt8($0) })),
+    ("4in6 under a VLAN tag", "mixed", tagged(0x0065).tcp(from: client4, 41005, to: "198.51.100.20", 8080)),
 ]
 
 @Suite(requiresRoot)
@@ -368,16 +368,18 @@ struct DecapTests {
         }
     }
 
-    /// The balancer tunnels a client's frame to one of its backends; the
-    /// decapsulator on that backend gives the kernel the client's IP packet
-    /// under the tunnel frame's link header.
-    @Test(arguments: balancerTunnels)
-    func whatTheBalancerTunnelsIsStrippedBackToTheClientPacket(_ name: String, _ client: [UInt8]) async throws {
+    /// The balancer tunnels a client's frame to one of its backends, in IP-in-IP or GUE
+    /// (to the decapsulator's port); the decapsulator on that backend gives the kernel the
+    /// client's IP packet under the tunnel frame's link header.
+    @Test(arguments: balancerTunnels, [SL_FWD_IPIP, SL_FWD_GUE])
+    func whatTheBalancerTunnelsIsStrippedBackToTheClientPacket(_ tunnel: (String, String, [UInt8]), _ mode: sl_forwarding) async throws {
+        let (name, service, client) = tunnel
         let lb = try await TestDataplane.make(yaml: Config.standard)
         defer { lb.close() }
+        try lb.setForwarding(mode, of: service)
+        try lb.setTunnel(mtu: 0)  // GUE to 6080, the port TestDecap strips
         let (lbVerdict, tunnelled) = try lb.run(client)
-        try #require(XDPVerdict(rawValue: lbVerdict) == .tx, "the balancer tunnels the \(name) frame")
-        let frame = try TunnelFrame(tunnelled)
+        try #require(XDPVerdict(rawValue: lbVerdict) == .tx, "the balancer tunnels the \(name) frame (mode \(mode.rawValue))")
 
         let decap = try await TestDecap.make()
         let before = try decap.counts()
@@ -385,11 +387,11 @@ struct DecapTests {
         #expect(verdict == .pass)
         #expect(try decap.counts() - before == DecapCounts(decapsulated: 1))
 
-        var link = Array(tunnelled.prefix(frame.linkHeaderLength))
-        link.setBE16(frame.linkHeaderLength - 2, frame.innerFamily == .v4 ? 0x0800 : 0x86dd)
-        let clientPacket = Array(client[(vlanTag(of: client) == nil ? 14 : 18)...])
-        #expect(frame.inner == clientPacket)
-        #expect(output == link + clientPacket, "\(name): Ethernet (tag kept) + the client's packet, byte for byte")
+        let linkLength = vlanTag(of: client) == nil ? 14 : 18
+        let clientPacket = Array(client[linkLength...])
+        var link = Array(tunnelled.prefix(linkLength))
+        link.setBE16(linkLength - 2, client.be16(linkLength - 2))
+        #expect(output == link + clientPacket, "\(name), mode \(mode.rawValue): Ethernet (tag kept) + the client's packet, byte for byte")
         #expect(vlanTag(of: output)?.tci == vlanTag(of: client)?.tci)
     }
 
