@@ -230,12 +230,14 @@ cmd_decap() { # on|off
 
 # tcpdump in NODE, exec'd (so a signal reaches it) with SIGTERM and SIGINT unblocked: a
 # caller's blocked mask is inherited, and tcpdump would otherwise never end on SIGTERM.
+# Immediate mode and -U: every frame is in FILE as soon as it is seen (buffered, the last
+# second's frames were lost when SIGTERM came); an 8 MiB buffer rides out bursts on a busy machine.
 cmd_capture() { # NODE IF FILE [TCPDUMP ARGS: -Q in, -c N, the filter...]
     local node=${1:?node} iface=${2:?interface} file=${3:?file}
     shift 3
     exec ip netns exec "$(ns "$node")" "$PYTHON" -c \
         'import os, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT}); os.execvp(sys.argv[1], sys.argv[1:])' \
-        tcpdump -i "$iface" -U -n -w "$file" "$@"
+        tcpdump -i "$iface" --immediate-mode -B 8192 -U -n -w "$file" "$@"
 }
 
 # --- up ---------------------------------------------------------------------------

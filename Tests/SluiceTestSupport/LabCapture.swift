@@ -13,15 +13,15 @@ extension Lab {
         private let outputFile: String
         private let child: ChildProcess
 
-        /// Starts tcpdump in `node`'s namespace on `interface` (frames in `direction`, at most
-        /// `count` of them if given) and waits until it listens.
-        init(lab: Lab, node: String, interface: String, direction: String, filter: [String], count: Int?) async throws {
+        /// Starts tcpdump in `node`'s namespace on `interface` (frames arriving only, unless
+        /// `bothWays`; at most `count` of them if given) and waits until it listens.
+        init(lab: Lab, node: String, interface: String, bothWays: Bool, filter: [String], count: Int?) async throws {
             let base = "\(lab.directory)/capture-\(node)-\(interface)-\(UUID().uuidString.prefix(6))"
             file = base + ".pcap"
             outputFile = base + ".out"
             place = "\(node) \(interface)"
             let limit = count.map { ["-c", String($0)] } ?? []
-            let (executable, arguments) = Lab.invocation("capture", lab.name, [node, interface, file, "-Q", direction] + limit + filter)
+            let (executable, arguments) = Lab.invocation("capture", lab.name, [node, interface, file] + (bothWays ? [] : ["-Q", "in"]) + limit + filter)
             let output = URL(fileURLWithPath: outputFile)
             child = try Command.withOutputFiles(stdout: output, stderr: output) { out, err in
                 try ChildProcess(executable, arguments, stdout: out, stderr: err)
@@ -42,9 +42,22 @@ extension Lab {
         /// Nobody stopped it: SIGKILL, not awaited (lab.sh down ends it too).
         deinit { child.killInBackground() }
 
-        /// Ends tcpdump (SIGTERM: it writes what it holds) and awaits it. Safe to call twice.
+        /// Ends tcpdump once the file has stopped growing for 200 ms (it writes each frame as it
+        /// sees it; 5 s at most), then awaits it. Safe to call twice.
         public func stop() async {
-            if child.isRunning { _ = await child.stop(signal: SIGTERM, timeout: .seconds(5)) }
+            guard child.isRunning else { return }
+            let deadline = ContinuousClock.now + .seconds(5)
+            var size = fileSize(), stableSince = ContinuousClock.now
+            while ContinuousClock.now - stableSince < .milliseconds(200), ContinuousClock.now < deadline, child.isRunning {
+                try? await Task.sleep(for: .milliseconds(50))
+                let now = fileSize()
+                if now != size { size = now; stableSince = .now }
+            }
+            _ = await child.stop(signal: SIGTERM, timeout: .seconds(5))
+        }
+
+        private func fileSize() -> Int {
+            ((try? FileManager.default.attributesOfItem(atPath: file))?[.size] as? Int) ?? 0
         }
 
         /// What tcpdump printed (its "N packets captured" summary once stopped).
@@ -56,22 +69,24 @@ extension Lab {
         }
 
         /// tshark's expert errors for the file, with every checksum check on, UDP to
-        /// `guePort` read as the IP packet it carries; nil when there are none. DNS is off:
-        /// the lab's UDP service on port 53 speaks plain text, which tshark calls malformed DNS.
+        /// `guePort` read as the IP packet it carries; nil when there are none. UDP to 53 is
+        /// read as plain data: the lab's queries are text, which tshark calls malformed DNS
+        /// (and with 53 taken, no other dissector claims them by a random source port).
         public func expertErrors(guePort: Int) async throws -> String? {
             let result = try await Command.check("/usr/bin/tshark", [
-                "-r", file, "-q", "-z", "expert,error", "-d", "udp.port==\(guePort),ip", "--disable-protocol", "dns",
+                "-r", file, "-q", "-z", "expert,error", "-d", "udp.port==\(guePort),ip", "-d", "udp.port==53,data",
                 "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE",
             ])
             return result.stdout.contains("Errors (") ? "\(place): \(file)\n\(result.stdout)" : nil
         }
     }
 
-    /// Starts capturing what arrives on (`outgoing`: leaves) `node`'s `interface` (`filter`:
-    /// tcpdump's expression words); `stop()` it before reading the file.
-    public func capture(_ node: String, _ interface: String, outgoing: Bool = false, filter: [String] = [],
+    /// Starts capturing what arrives on `node`'s `interface` (`filter`: tcpdump's expression
+    /// words); `stop()` it before reading the file. For what a node sends, `bothWays` and a
+    /// filter on its address: tcpdump's `-Q out` captured nothing on the lab's veths.
+    public func capture(_ node: String, _ interface: String, bothWays: Bool = false, filter: [String] = [],
                         count: Int? = nil) async throws -> Capture {
-        try await Capture(lab: self, node: node, interface: interface, direction: outgoing ? "out" : "in", filter: filter, count: count)
+        try await Capture(lab: self, node: node, interface: interface, bothWays: bothWays, filter: filter, count: count)
     }
 
     /// The records of a classic pcap file (either byte order, microsecond or nanosecond).
