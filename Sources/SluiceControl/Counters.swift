@@ -32,6 +32,12 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
     public var drops: [String: UInt64]
     /// New flows the data plane could not report for sync (sl_flow_events was full).
     public var flowEventsLost: UInt64
+    /// SYNs whose MSS was lowered to fit tunnel_mtu.
+    public var mssClamped: UInt64
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" sent to clients.
+    public var icmpTooBig: UInt64
+    /// Inbound ICMP errors about a VIP's flow, forwarded to its backend.
+    public var icmpSteered: UInt64
     public var services: [ServiceTraffic]
 
     enum CodingKeys: String, CodingKey {
@@ -41,12 +47,16 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         case conntrackHits = "conntrack_hits"
         case conntrackMisses = "conntrack_misses"
         case ipOptions = "ip_options"
+        case mssClamped = "mss_clamped"
+        case icmpTooBig = "icmp_too_big"
+        case icmpSteered = "icmp_steered"
     }
 
     /// Names of the XDP verdicts, indexed by action.
     public static let verdictNames = ["aborted", "drop", "pass", "tx", "redirect"]
     /// Names of enum sl_drop_reason, indexed by value.
-    public static let dropNames = ["malformed", "truncated", "no_backend", "no_source", "no_gateway", "encap"]
+    public static let dropNames = ["malformed", "truncated", "no_backend", "no_source", "no_gateway", "encap",
+                                   "too_big", "no_neighbour"]
 
     static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> CounterSnapshot {
         let node = try NodeCounters.read(from: dataplane)
@@ -72,7 +82,8 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         }
         return CounterSnapshot(verdicts: node.verdicts, newFlows: node.newFlows, conntrackHits: node.conntrackHits,
                                conntrackMisses: node.conntrackMisses, fragments: node.fragments, ipOptions: node.ipOptions,
-                               drops: node.drops, flowEventsLost: node.flowEventsLost, services: services)
+                               drops: node.drops, flowEventsLost: node.flowEventsLost, mssClamped: node.mssClamped,
+                               icmpTooBig: node.icmpTooBig, icmpSteered: node.icmpSteered, services: services)
     }
 }
 
@@ -89,6 +100,9 @@ public struct NodeCounters: Sendable, Equatable {
     /// By reason (CounterSnapshot.dropNames).
     public var drops: [String: UInt64]
     public var flowEventsLost: UInt64 = 0
+    public var mssClamped: UInt64 = 0
+    public var icmpTooBig: UInt64 = 0
+    public var icmpSteered: UInt64 = 0
 
     /// All zero.
     public init() {
@@ -116,6 +130,9 @@ public struct NodeCounters: Sendable, Equatable {
         counters.fragments = total.fragments
         counters.ipOptions = total.ip_options
         counters.flowEventsLost = total.flow_events_lost
+        counters.mssClamped = total.mss_clamped
+        counters.icmpTooBig = total.icmp_too_big
+        counters.icmpSteered = total.icmp_steered
         return counters
     }
 
@@ -130,6 +147,9 @@ public struct NodeCounters: Sendable, Equatable {
         out.fragments = lhs.fragments &- rhs.fragments
         out.ipOptions = lhs.ipOptions &- rhs.ipOptions
         out.flowEventsLost = lhs.flowEventsLost &- rhs.flowEventsLost
+        out.mssClamped = lhs.mssClamped &- rhs.mssClamped
+        out.icmpTooBig = lhs.icmpTooBig &- rhs.icmpTooBig
+        out.icmpSteered = lhs.icmpSteered &- rhs.icmpSteered
         return out
     }
 }
@@ -141,7 +161,8 @@ extension NodeCounters: CustomStringConvertible {
         for name in CounterSnapshot.verdictNames where verdicts[name, default: 0] != 0 { parts.append("\(name)=\(verdicts[name]!)") }
         for name in CounterSnapshot.dropNames where drops[name, default: 0] != 0 { parts.append("drop.\(name)=\(drops[name]!)") }
         for (name, value) in [("new_flows", newFlows), ("ct_hits", conntrackHits), ("ct_misses", conntrackMisses),
-                              ("fragments", fragments), ("ip_options", ipOptions), ("flow_events_lost", flowEventsLost)]
+                              ("fragments", fragments), ("ip_options", ipOptions), ("flow_events_lost", flowEventsLost),
+                              ("mss_clamped", mssClamped), ("icmp_too_big", icmpTooBig), ("icmp_steered", icmpSteered)]
             where value != 0 { parts.append("\(name)=\(value)") }
         return parts.isEmpty ? "(none)" : parts.joined(separator: " ")
     }
