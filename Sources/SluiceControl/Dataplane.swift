@@ -110,9 +110,9 @@ public final class Dataplane: Sendable {
     }
 
     /// Writes the MACs of l2dsr backends, by backend id: only the sl_backends slots whose MAC
-    /// differs (nil clears it: the data plane then drops as no_neighbour). Returns how many changed.
+    /// differs. Returns how many changed.
     @discardableResult
-    public func setBackendMACs(_ macs: [UInt32: MACAddress?]) throws(ControlError) -> Int {
+    public func setBackendMACs(_ macs: [UInt32: MACAddress]) throws(ControlError) -> Int {
         var written = 0
         do {
             for (id, mac) in macs.sorted(by: { $0.key < $1.key }) {

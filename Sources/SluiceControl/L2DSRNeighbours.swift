@@ -54,3 +54,25 @@ struct L2DSRNeighbours {
         }
     }
 }
+
+extension Dataplane {
+    /// Brings the MACs of the applied l2dsr backends in line with the neighbour table, and pokes
+    /// the neighbours that are missing or not confirmed so the kernel checks them again (the
+    /// agent calls it every second). A neighbour that vanished keeps its last MAC. Returns how
+    /// many backend slots changed.
+    public func refreshNeighbourMACs() throws(ControlError) -> Int {
+        let backends = try appliedState().services.flatMap(\.neighbourBackends)
+        guard !backends.isEmpty else { return 0 }
+        let attached = XDPHook.attachedInterfaces(programID: try programID()).map(\.name)
+        let routes = Route.table(), table = Neighbours.table()
+        var changes: [UInt32: MACAddress] = [:]
+        for backend in backends {
+            guard let name = Route.onLinkInterface(for: backend.address, among: attached, routes: routes),
+                  let interface = try? NetworkInterface.named(name) else { continue }
+            let entry = table.first { $0.address == backend.address && $0.interfaceIndex == interface.index }
+            if entry?.isConfirmed != true { Neighbours.poke(backend.address, via: interface) }
+            if let mac = entry?.mac, mac != backend.mac { changes[backend.id] = mac }
+        }
+        return try setBackendMACs(changes)
+    }
+}
