@@ -24,7 +24,7 @@ public enum Neighbours {
         var entries: [Entry] = []
         NetlinkDump.run(type: 30 /* RTM_GETNEIGH */, header: [UInt8](repeating: 0, count: 12)) { type, body in
             guard type == 28 /* RTM_NEWNEIGH */, body.count >= 12 else { return }
-            let family = Int32(body[0])
+            let family = Int32(body[body.startIndex])
             let index = body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: Int32.self) }
             let state = body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt16.self) }
             let usable = nudReachable | nudStale | nudDelay | nudProbe | nudNoARP | nudPermanent

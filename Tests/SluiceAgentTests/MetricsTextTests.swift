@@ -64,7 +64,7 @@ struct MetricsTextTests {
         }
         let types = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count
         let helps = text.split(separator: "\n").filter { $0.hasPrefix("# HELP ") }.count
-        #expect(types == 22 && helps == 22, "every family has HELP and TYPE (\(types), \(helps))")
+        #expect(types == 25 && helps == 25, "every family has HELP and TYPE (\(types), \(helps))")
         #expect(text.hasSuffix("\n"))
         #expect(!text.contains("sluice_sync_"), "no sync series without sync")
 
@@ -92,6 +92,6 @@ struct MetricsTextTests {
         ] {
             #expect(syncLines.contains(expected), "missing: \(expected)\n\(synced)")
         }
-        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 31)
+        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 34)
     }
 }
