@@ -74,6 +74,8 @@ struct L2DSRTests {
 
         let attached = try await Lbctl.run("attach", "lb0", "--gateway-mac", Fixtures.gatewayMAC, pinPath: pin, in: balancer)
         try #require(attached.status == 0, "\(attached)")
+        let afterAttach = try await status(pin, in: balancer).node
+        #expect(afterAttach["tunnel_mtu"] as? Int == 1500, "attach writes lb0's MTU: \(afterAttach)")
 
         let offLink = try await Lbctl.run("apply", "-f", try files.write("off.yaml", services(["10.77.0.2", "10.99.0.5"])),
                                           pinPath: pin, in: balancer)
