@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * This file contains the encapsulation of a packet for direct server return:
- * IPv4-in-IPv4, IPv6-in-IPv6 and IPv4-in-IPv6. The frame grows at its head by
- * the outer header; the new frame is
+ * This file contains IP-in-IP encapsulation for direct server return
+ * (IPv4-in-IPv4, IPv6-in-IPv6 and IPv4-in-IPv6) and what every header the
+ * balancer pushes in front of a packet shares (gue.h and pmtu.h use it too):
+ * growing the frame at its head and writing the new link-layer header, and
+ * the outer IPv4 and IPv6 headers. An IP-in-IP frame is
  *
  *   Ethernet (to the gateway, from our own MAC) [VLAN tag, as received]
  *   outer IPv4 or IPv6 header (node -> backend)
@@ -27,7 +29,6 @@
 #include "parse.h"
 #include "csum.h"
 
-#define SL_IP_DF 0x4000              /* iphdr.frag_off, host order: don't fragment */
 #define SL_IPV6_VERSION_SHIFT 28     /* in the first 32-bit word of struct ipv6hdr */
 #define SL_IPV6_TCLASS_SHIFT 20
 
@@ -46,13 +47,14 @@ static __always_inline void sl_mac_copy(void *dst, const void *src)
 
 /*
  * Grows the frame by outer_len bytes and writes its new link-layer header:
- * destination the gateway, source the old frame's destination (our MAC), the
- * VLAN tag kept if there was one, and outer_proto as the L3 ethertype.
- * Returns the place of the outer IP header, with outer_len bytes checked to
- * lie inside the frame, or NULL if the frame could not grow.
+ * destination dst_mac (which must not point into the frame), source the old
+ * frame's destination (our MAC), the VLAN tag kept if there was one, and
+ * outer_proto as the L3 ethertype. Returns the place of the outer IP header,
+ * with outer_len bytes checked to lie inside the frame, or NULL if the frame
+ * could not grow.
  */
 static __always_inline void *sl_encap_push_l2(struct xdp_md *ctx, const struct sl_packet *pkt,
-					      const struct sl_config *cfg, __u32 outer_len,
+					      const void *dst_mac, __u32 outer_len,
 					      __be16 outer_proto)
 {
 	__u16 our_mac[SL_MAC_WORDS];
@@ -76,7 +78,7 @@ static __always_inline void *sl_encap_push_l2(struct xdp_md *ctx, const struct s
 	eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return NULL;
-	sl_mac_copy(eth->dst, cfg->gateway_mac);
+	sl_mac_copy(eth->dst, dst_mac);
 	sl_mac_copy(eth->src, our_mac);
 	if (has_vlan) {
 		vlan = (void *)(eth + 1);
@@ -95,8 +97,9 @@ static __always_inline void *sl_encap_push_l2(struct xdp_md *ctx, const struct s
 	return outer;
 }
 
-/* An option-less outer IPv4 header carrying inner_len bytes of IPv4. */
+/* An option-less IPv4 header carrying inner_len bytes of protocol. */
 static __always_inline void sl_write_outer_ipv4(struct iphdr *iph, __u8 tos, __u32 inner_len,
+						__u8 protocol, __be16 frag_off,
 						__be32 saddr, __be32 daddr)
 {
 	/* Built aside so that the checksum is summed from registers and the
@@ -108,9 +111,9 @@ static __always_inline void sl_write_outer_ipv4(struct iphdr *iph, __u8 tos, __u
 		.tos = tos,
 		.tot_len = bpf_htons(sizeof(h) + inner_len),
 		.id = 0,
-		.frag_off = bpf_htons(SL_IP_DF),
+		.frag_off = frag_off,
 		.ttl = SL_OUTER_TTL,
-		.protocol = IPPROTO_IPIP,
+		.protocol = protocol,
 		.check = 0,
 		.saddr = saddr,
 		.daddr = daddr,
@@ -148,10 +151,11 @@ static __always_inline int sl_encap_4in4(struct xdp_md *ctx, const struct sl_pac
 {
 	struct iphdr *outer;
 
-	outer = sl_encap_push_l2(ctx, pkt, cfg, sizeof(*outer), bpf_htons(ETH_P_IP));
+	outer = sl_encap_push_l2(ctx, pkt, cfg->gateway_mac, sizeof(*outer), bpf_htons(ETH_P_IP));
 	if (!outer)
 		return SL_RC_DROP(SL_DROP_ENCAP);
-	sl_write_outer_ipv4(outer, pkt->tos, pkt->ip_len, cfg->source_v4, be->addr[0]);
+	sl_write_outer_ipv4(outer, pkt->tos, pkt->ip_len, IPPROTO_IPIP, bpf_htons(SL_IP_DF),
+			    cfg->source_v4, be->addr[0]);
 	return XDP_TX;
 }
 
@@ -162,29 +166,38 @@ static __always_inline int sl_encap_in6(struct xdp_md *ctx, const struct sl_pack
 {
 	struct ipv6hdr *outer;
 
-	outer = sl_encap_push_l2(ctx, pkt, cfg, sizeof(*outer), bpf_htons(ETH_P_IPV6));
+	outer = sl_encap_push_l2(ctx, pkt, cfg->gateway_mac, sizeof(*outer), bpf_htons(ETH_P_IPV6));
 	if (!outer)
 		return SL_RC_DROP(SL_DROP_ENCAP);
 	sl_write_outer_ipv6(outer, pkt->tos, pkt->ip_len, nexthdr, cfg->source_v6, be->addr);
 	return XDP_TX;
 }
 
-/* Tunnels the packet to the backend. Returns XDP_TX, or a drop: NO_SOURCE when
- * the node has no source address of the outer family, NO_BACKEND for an IPv6
- * VIP with an IPv4 backend (the control plane never configures one), ENCAP
- * when the frame cannot grow. */
+/* Returns SL_CONTINUE when a tunnel from this node to the backend can carry
+ * the packet, else a drop: NO_SOURCE when the node has no source address of
+ * the outer family, NO_BACKEND for an IPv6 VIP with an IPv4 backend (the
+ * control plane never configures one). Shared by IP-in-IP and GUE. */
+static __always_inline int sl_encap_check(const struct sl_packet *pkt, const struct sl_config *cfg,
+					  const struct sl_backend *be)
+{
+	if (pkt->family == SL_FAMILY_V4 && be->family == SL_FAMILY_V4)
+		return cfg->flags & SL_CFG_HAS_SOURCE_V4 ? SL_CONTINUE : SL_RC_DROP(SL_DROP_NO_SOURCE);
+	if (be->family != SL_FAMILY_V6)
+		return SL_RC_DROP(SL_DROP_NO_BACKEND);
+	return cfg->flags & SL_CFG_HAS_SOURCE_V6 ? SL_CONTINUE : SL_RC_DROP(SL_DROP_NO_SOURCE);
+}
+
+/* Tunnels the packet to the backend with IP-in-IP. Returns XDP_TX, a drop of
+ * sl_encap_check(), or ENCAP when the frame cannot grow. */
 static __always_inline int sl_encap(struct xdp_md *ctx, const struct sl_packet *pkt,
 				    const struct sl_config *cfg, const struct sl_backend *be)
 {
-	if (pkt->family == SL_FAMILY_V4 && be->family == SL_FAMILY_V4) {
-		if (!(cfg->flags & SL_CFG_HAS_SOURCE_V4))
-			return SL_RC_DROP(SL_DROP_NO_SOURCE);
+	int rc = sl_encap_check(pkt, cfg, be);
+
+	if (rc != SL_CONTINUE)
+		return rc;
+	if (be->family == SL_FAMILY_V4)
 		return sl_encap_4in4(ctx, pkt, cfg, be);
-	}
-	if (be->family != SL_FAMILY_V6)
-		return SL_RC_DROP(SL_DROP_NO_BACKEND);
-	if (!(cfg->flags & SL_CFG_HAS_SOURCE_V6))
-		return SL_RC_DROP(SL_DROP_NO_SOURCE);
 	return sl_encap_in6(ctx, pkt, cfg, be,
 			    pkt->family == SL_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6);
 }

@@ -4,10 +4,12 @@
  * dispatch between its stages: parse the frame, test the destination against
  * the VIP prefilter (anything else passes to the kernel untouched), find the
  * flow's service and backend (a current conntrack entry, else sl_vips and
- * Maglev), count the packet, and tunnel it to the backend with XDP_TX. The
- * stages live in the headers named after their concern and follow the
- * return-code convention of verdict.h; every packet leaves through
- * record_action(), which counts its verdict.
+ * Maglev), count the packet, and send it to the backend with XDP_TX the way
+ * its service forwards (forward.h). ICMP errors about a VIP's flows take
+ * their own way to the flow's backend (icmp_error.h). The stages live in the
+ * headers named after their concern and follow the return-code convention of
+ * verdict.h; every packet leaves through record_action(), which counts its
+ * verdict.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -19,7 +21,8 @@
 #include "stats.h"
 #include "conntrack.h"
 #include "maglev.h"
-#include "encap.h"
+#include "forward.h"
+#include "icmp_error.h"
 
 /* Where a packet goes: its service slot and backend. */
 struct sl_target {
@@ -54,7 +57,7 @@ static __always_inline int sl_place_flow(const struct sl_packet *pkt, const stru
  * in sl_vips (no VIP: pass, counting nothing else) and placed by Maglev. A
  * packet for a VIP is counted for its VIP and backend once the backend is
  * known, before the tunnel header is written (so a later NO_SOURCE or ENCAP
- * drop is counted there too). */
+ * drop, or an ICMP "too big" answer, is counted there too). */
 static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 {
 	struct sl_packet pkt;
@@ -71,6 +74,8 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 	rc = sl_parse_packet(ctx, &pkt, st);
 	if (rc != SL_CONTINUE)
 		return rc;
+	if (pkt.ip_proto != pkt.proto)
+		return sl_steer_icmp(ctx, &pkt, st);
 
 	sl_vip_key_build(&pkt, &vip_key);
 	if (!sl_vip_filter_test(&vip_key))
@@ -104,7 +109,7 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 		return SL_RC_DROP(SL_DROP_NO_BACKEND);
 
 	sl_count_traffic(target.service_id, target.backend_id, pkt.frame_len);
-	return sl_encap(ctx, &pkt, cfg, be);
+	return sl_forward(ctx, &pkt, cfg, be, &flow_key, st);
 }
 
 SEC("xdp")

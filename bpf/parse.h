@@ -6,8 +6,10 @@
  * cursor walks the frame and every header is bounds-checked before it is
  * read. The parsers fill a struct sl_packet and return a verdict.h code:
  * malformed and truncated headers are drops, traffic the balancer does not
- * handle (not IP, fragments, other protocols) is XDP_PASS. It also builds the
- * VIP and flow keys from a parsed packet.
+ * handle (not IP, fragments, other protocols) is XDP_PASS. ICMP and ICMPv6
+ * stop after the IP header (pkt->ip_proto says so): icmp_error.h decides
+ * whether they are errors about a VIP's flow. It also builds the VIP and flow
+ * keys from a parsed TCP or UDP packet.
  */
 #ifndef SLUICE_PARSE_H
 #define SLUICE_PARSE_H
@@ -30,6 +32,7 @@
 #define SL_IHL_UNIT 4                 /* iphdr.ihl and tcphdr.doff count 32-bit words */
 #define SL_IPV4_MIN_IHL (sizeof(struct iphdr) / SL_IHL_UNIT)
 #define SL_TCP_MIN_DOFF (sizeof(struct tcphdr) / SL_IHL_UNIT)
+#define SL_IP_DF 0x4000               /* iphdr.frag_off, host order: don't fragment */
 #define SL_IP_MF 0x2000               /* iphdr.frag_off, host order: more fragments */
 #define SL_IP_OFFSET 0x1fff           /* iphdr.frag_off, host order: fragment offset */
 #define SL_IPV6_TCLASS_HI_SHIFT 4     /* traffic class = priority:4 . flow_lbl[0] >> 4 */
@@ -55,6 +58,21 @@ struct sl_ports {
 	__be16 dest;
 };
 
+/* The start of every ICMP and ICMPv6 message (linux/icmp.h pulls in libc). */
+struct sl_icmp_hdr {
+	__u8 type;
+	__u8 code;
+	__sum16 check;
+	__be32 rest;  /* unused, or the MTU: 16 bits for ICMP (low half), 32 for ICMPv6 */
+};
+
+#define SL_ICMP_DEST_UNREACH 3
+#define SL_ICMP_FRAG_NEEDED 4     /* code of SL_ICMP_DEST_UNREACH */
+#define SL_ICMP_TIME_EXCEEDED 11
+#define SL_ICMPV6_DEST_UNREACH 1
+#define SL_ICMPV6_PKT_TOOBIG 2
+#define SL_ICMPV6_TIME_EXCEED 3
+
 /* Where the parser is in the frame. */
 struct sl_cursor {
 	void *pos;
@@ -67,14 +85,18 @@ struct sl_packet {
 	struct sl_eth *eth;
 	struct sl_vlan_hdr *vlan;  /* NULL when the frame has no tag */
 	void *l3;                  /* struct iphdr or struct ipv6hdr */
+	void *l4;                  /* what follows the IP header: TCP, UDP, ICMP or ICMPv6 */
 	__u32 frame_len;           /* data_end - data on entry */
 	__u32 ip_len;              /* the IP packet's own length: tot_len or 40 + payload_len */
-	__be16 sport;              /* network order, as in the packet */
+	__be16 sport;              /* of the flow, network order */
 	__be16 dport;
 	__u8 family;               /* enum sl_family */
-	__u8 proto;                /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 proto;                /* of the flow: IPPROTO_TCP or IPPROTO_UDP */
+	__u8 ip_proto;             /* what the IP header carries: proto, or ICMP / ICMPv6 */
+	__u8 l3_len;               /* bytes of the IP header, options included */
 	__u8 tos;                  /* IPv4 TOS or IPv6 traffic class */
 	__u8 ip_options;           /* IPv4 header longer than 20 bytes */
+	__u8 df;                   /* IPv4 with DF set, or IPv6: must not be fragmented */
 	__u8 tcp_syn;              /* TCP SYN without ACK: a connection opens */
 };
 
@@ -129,15 +151,19 @@ static __always_inline int sl_parse_ipv4(struct sl_cursor *c, struct sl_packet *
 		st->fragments++;
 		return XDP_PASS;
 	}
-	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
+	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP &&
+	    iph->protocol != IPPROTO_ICMP)
 		return XDP_PASS;
 
 	pkt->l3 = iph;
 	pkt->family = SL_FAMILY_V4;
 	pkt->proto = iph->protocol;
+	pkt->ip_proto = iph->protocol;
+	pkt->l3_len = hdr_len;
 	pkt->tos = iph->tos;
 	pkt->ip_len = tot_len;
 	pkt->ip_options = hdr_len > sizeof(*iph);
+	pkt->df = !!(iph->frag_off & bpf_htons(SL_IP_DF));
 	c->pos += hdr_len;
 	return SL_CONTINUE;
 }
@@ -162,12 +188,16 @@ static __always_inline int sl_parse_ipv6(struct sl_cursor *c, struct sl_packet *
 		st->fragments++;
 		return XDP_PASS;
 	}
-	if (ip6h->nexthdr != IPPROTO_TCP && ip6h->nexthdr != IPPROTO_UDP)
+	if (ip6h->nexthdr != IPPROTO_TCP && ip6h->nexthdr != IPPROTO_UDP &&
+	    ip6h->nexthdr != IPPROTO_ICMPV6)
 		return XDP_PASS;
 
 	pkt->l3 = ip6h;
 	pkt->family = SL_FAMILY_V6;
 	pkt->proto = ip6h->nexthdr;
+	pkt->ip_proto = ip6h->nexthdr;
+	pkt->l3_len = sizeof(*ip6h);
+	pkt->df = 1;
 	pkt->tos = ip6h->priority << SL_IPV6_TCLASS_HI_SHIFT |
 		   ip6h->flow_lbl[0] >> SL_IPV6_TCLASS_HI_SHIFT;
 	pkt->ip_len = ip_len;
@@ -203,7 +233,9 @@ static __always_inline int sl_parse_l4(struct sl_cursor *c, struct sl_packet *pk
 }
 
 /* Parses the whole frame. SL_CONTINUE means pkt describes a TCP or UDP packet
- * over IPv4 or IPv6 whose headers all lie inside the frame. */
+ * over IPv4 or IPv6 whose headers all lie inside the frame, or an ICMP or
+ * ICMPv6 packet (pkt->ip_proto) whose IP header does and whose message is
+ * still to be read from pkt->l4. */
 static __always_inline int sl_parse_packet(struct xdp_md *ctx, struct sl_packet *pkt,
 					   struct sl_stats *st)
 {
@@ -226,6 +258,11 @@ static __always_inline int sl_parse_packet(struct xdp_md *ctx, struct sl_packet 
 		return XDP_PASS;
 	if (rc != SL_CONTINUE)
 		return rc;
+	pkt->l4 = c.pos;
+	if (pkt->ip_proto == IPPROTO_ICMP || pkt->ip_proto == IPPROTO_ICMPV6) {
+		pkt->proto = 0; /* the flow's: icmp_error.h reads it from the quote */
+		return SL_CONTINUE;
+	}
 	return sl_parse_l4(&c, pkt);
 }
 

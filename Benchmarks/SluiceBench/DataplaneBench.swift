@@ -38,6 +38,7 @@ struct DataplaneBench {
             }
             var run = ConfigRun(meter: meter, floors: floors, balancer: balancer, vips: config.vips, backends: config.backends)
             try run.measure(into: &report, fillConntrack: !options.quick)
+            if config == configs[0] { try run.measureModes(into: &report) }
             if let fill = run.fillNote { fills.append(fill) }
             meter = run.meter
         }
@@ -346,15 +347,15 @@ struct ConfigRun {
         self.backends = backends
     }
 
-    private var suffix: String { "vips\(vips).backends\(backends)" }
+    var suffix: String { "vips\(vips).backends\(backends)" }
     private var label: String { "\(vips) VIP\(vips == 1 ? "" : "s"), \(backends) backends" }
 
-    private func file(_ kind: ServiceKind) -> ServiceFile {
+    func file(_ kind: ServiceKind) -> ServiceFile {
         ServiceFile(node: NodeConfig(sourceV4: IPAddress("192.0.2.10")!, sourceV6: IPAddress("2001:db8:ffff::10")!),
                     services: [kind.service(backends: backends)] + (vips > 1 ? Array(ServiceKind.others.prefix(vips - 1)) : []))
     }
 
-    private func tunnel(_ kind: ServiceKind, family: IPAddress.Family, proto: UInt8) -> (_ output: [UInt8], _ input: [UInt8]) throws -> Void {
+    func tunnel(_ kind: ServiceKind, family: IPAddress.Family, proto: UInt8) -> (_ output: [UInt8], _ input: [UInt8]) throws -> Void {
         let addresses = Set(kind.service(backends: backends).backends.map(\.address))
         return { output, input in
             let t = try TunnelFrame(output)
@@ -375,7 +376,7 @@ struct ConfigRun {
     }
 
     /// Records a flow by sending its SYN once through the balancer itself.
-    private func record(_ synFrame: [UInt8], _ name: String) throws {
+    func record(_ synFrame: [UInt8], _ name: String) throws {
         let before = try balancer.counters()
         let result = try balancer.program.testRun(synFrame)
         let delta = try balancer.counters() - before
@@ -410,12 +411,12 @@ struct ConfigRun {
                 expected: { NodeStats(.tx, newFlows: $0, packets: $0) })
     }
 
-    private enum Target {
+    enum Target {
         case encap(Double, String)  // limit, readable
         case pass(Double, String)
     }
 
-    private mutating func figure(_ scenario: String, _ description: String, _ subject: Subject, target: Target,
+    mutating func figure(_ scenario: String, _ description: String, _ subject: Subject, target: Target,
                                  extra: [String: Double] = [:], into report: inout BenchReport) throws -> Samples {
         let name = "dataplane.\(scenario).\(suffix)"
         let isEncap: Bool

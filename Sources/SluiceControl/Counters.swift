@@ -100,8 +100,11 @@ public struct NodeCounters: Sendable, Equatable {
     /// By reason (CounterSnapshot.dropNames).
     public var drops: [String: UInt64]
     public var flowEventsLost: UInt64 = 0
+    /// SYNs whose MSS option was lowered to fit tunnel_mtu.
     public var mssClamped: UInt64 = 0
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" answers sent to clients.
     public var icmpTooBig: UInt64 = 0
+    /// Inbound ICMP errors about a VIP's flow, forwarded to the flow's backend.
     public var icmpSteered: UInt64 = 0
 
     /// All zero.

@@ -21,7 +21,7 @@ private let vipKey = swiftLayout(sl_vip_key.self, "sl_vip_key",
 private let vip = swiftLayout(sl_vip.self, "sl_vip", ["id": \.id, "maglev_size": \.maglev_size])
 private let backend = swiftLayout(sl_backend.self, "sl_backend",
                                   ["addr": \.addr, "family": \.family, "flags": \.flags, "weight": \.weight,
-                                   "service_id": \.service_id])
+                                   "service_id": \.service_id, "mac": \.mac, "forwarding": \.forwarding, "pad": \.pad])
 private let flowKey = swiftLayout(sl_flow_key.self, "sl_flow_key",
                                   ["src": \.src, "dst": \.dst, "sport": \.sport, "dport": \.dport, "proto": \.proto,
                                    "family": \.family, "pad": \.pad])
@@ -30,30 +30,33 @@ private let ctEntry = swiftLayout(sl_ct_entry.self, "sl_ct_entry",
                                    "last_seen": \.last_seen, "origin": \.origin, "pad": \.pad])
 private let config = swiftLayout(sl_config.self, "sl_config",
                                  ["source_v4": \.source_v4, "source_v6": \.source_v6, "gateway_mac": \.gateway_mac,
-                                  "flags": \.flags, "pad": \.pad, "maglev_size": \.maglev_size])
+                                  "flags": \.flags, "pad": \.pad, "maglev_size": \.maglev_size,
+                                  "tunnel_mtu": \.tunnel_mtu, "gue_port": \.gue_port])
 private let counter = swiftLayout(sl_counter.self, "sl_counter", ["packets": \.packets, "bytes": \.bytes])
 private let stats = swiftLayout(sl_stats.self, "sl_stats",
                                 ["verdicts": \.verdicts, "new_flows": \.new_flows, "ct_hits": \.ct_hits,
                                  "ct_misses": \.ct_misses, "fragments": \.fragments, "ip_options": \.ip_options,
-                                 "drops": \.drops, "flow_events_lost": \.flow_events_lost])
+                                 "drops": \.drops, "flow_events_lost": \.flow_events_lost,
+                                 "mss_clamped": \.mss_clamped, "icmp_too_big": \.icmp_too_big,
+                                 "icmp_steered": \.icmp_steered])
 private let serviceInfo = swiftLayout(sl_service_info.self, "sl_service_info",
                                       ["name": \.name, "vip": \.vip, "maglev_size": \.maglev_size,
-                                       "generation": \.generation])
+                                       "generation": \.generation, "forwarding": \.forwarding, "pad": \.pad])
 
 @Suite(requiresRoot)
 struct LayoutTests {
     @Test func theSharedStructsHaveTheSizesTheirCommentsPromise() {
         #expect(MemoryLayout<sl_vip_key>.size == 20)
         #expect(MemoryLayout<sl_vip>.size == 8)
-        #expect(MemoryLayout<sl_backend>.size == 24)
+        #expect(MemoryLayout<sl_backend>.size == 32)
         #expect(MemoryLayout<sl_flow_key>.size == 40)
         #expect(MemoryLayout<sl_ct_entry>.size == 16)
         #expect(MemoryLayout<sl_flow_event>.size == 48)
         #expect(MemoryLayout<sl_addr_key>.size == 20)
-        #expect(MemoryLayout<sl_config>.size == 32)
+        #expect(MemoryLayout<sl_config>.size == 36)
         #expect(MemoryLayout<sl_counter>.size == 16)
-        #expect(MemoryLayout<sl_stats>.size == 8 * (Int(SL_VERDICTS) + 6 + Int(SL_DROP__MAX.rawValue)))
-        #expect(MemoryLayout<sl_service_info>.size == Int(SL_SERVICE_NAME_LEN) + 20 + 4 + 4)
+        #expect(MemoryLayout<sl_stats>.size == 8 * (Int(SL_VERDICTS) + 9 + Int(SL_DROP__MAX.rawValue)))
+        #expect(MemoryLayout<sl_service_info>.size == Int(SL_SERVICE_NAME_LEN) + 20 + 4 + 4 + 4)
     }
 
     @Test func everyMapsKeyAndValueMatchTheSwiftStructsInSizeAndFieldOffsets() async throws {
@@ -118,7 +121,7 @@ struct LayoutTests {
         #expect(CounterSnapshot.verdictNames.count == Int(SL_VERDICTS))
         #expect(DropReason.allCases.map(\.rawValue) ==
                 [SL_DROP_MALFORMED, SL_DROP_TRUNCATED, SL_DROP_NO_BACKEND, SL_DROP_NO_SOURCE, SL_DROP_NO_GATEWAY,
-                 SL_DROP_ENCAP].map(\.rawValue))
+                 SL_DROP_ENCAP, SL_DROP_TOO_BIG, SL_DROP_NO_NEIGHBOUR].map(\.rawValue))
         #expect(CounterSnapshot.dropNames.count == Int(SL_DROP__MAX.rawValue))
         #expect(SL_OUTER_TTL == 64, "the tunnel checks expect TTL 64")
         #expect(VIPFilter.bits == Int(SL_VIP_FILTER_BITS))

@@ -26,6 +26,10 @@ public struct PacketBuilder: Sendable {
     /// `moreFragments` adds a fragment extension header.
     public var fragmentOffset: UInt16 = 0
     public var moreFragments = false
+    /// IPv4 DF (don't fragment).
+    public var dontFragment = false
+    /// TCP options, padded with zero (end-of-options) bytes to a multiple of 4.
+    public var tcpOptions: [UInt8] = []
 
     public init() {}
 
@@ -37,12 +41,15 @@ public struct PacketBuilder: Sendable {
         segment.appendBig(dport)
         segment.appendBig(UInt32(0x1000_0001))                          // sequence number
         segment.appendBig(flags.contains(.ack) ? UInt32(0x2000_0001) : 0) // acknowledgment number
-        segment.append(5 << 4)                                           // data offset 5, reserved 0
+        var options = tcpOptions
+        while options.count % 4 != 0 { options.append(0) }
+        precondition(options.count <= 40, "TCP options are at most 40 bytes")
+        segment.append(UInt8(5 + options.count / 4) << 4)                // data offset, reserved 0
         segment.append(flags.reduce(0) { $0 | $1.rawValue })
         segment.appendBig(UInt16(65535))                                 // window
         segment.appendBig(UInt16(0))                                     // checksum, below
         segment.appendBig(UInt16(0))                                     // urgent pointer
-        segment += payload
+        segment += options + payload
         Self.setChecksum(&segment, at: 16, pseudo: Self.pseudoHeader(src, dst, protocol: 6, length: segment.count))
         return frame(ip(src, dst, protocol: 6, payload: segment))
     }
@@ -70,6 +77,21 @@ public struct PacketBuilder: Sendable {
         message += Array("sluice-ping".utf8)
         let proto: UInt8 = v6 ? 58 : 1
         // ICMPv4 has no pseudo header; ICMPv6 does.
+        Self.setChecksum(&message, at: 2, pseudo: v6 ? Self.pseudoHeader(src, dst, protocol: proto, length: message.count) : [])
+        return frame(ip(src, dst, protocol: proto, payload: message))
+    }
+
+    /// An ICMP or ICMPv6 error from `from` (a router) to `to` with `type`, `code`, the 32-bit
+    /// word after the checksum (`rest`: unused, or the MTU) and `quoting` (an IP packet, as
+    /// much of it as a router would quote) as its body.
+    public func icmpError(from: String, to: String, type: UInt8, code: UInt8, rest: UInt32 = 0,
+                          quoting quote: [UInt8]) -> [UInt8] {
+        let (src, dst) = Self.addresses(from, to)
+        let v6 = src.family == .v6
+        var message: [UInt8] = [type, code, 0, 0]
+        message.appendBig(rest)
+        message += quote
+        let proto: UInt8 = v6 ? 58 : 1
         Self.setChecksum(&message, at: 2, pseudo: v6 ? Self.pseudoHeader(src, dst, protocol: proto, length: message.count) : [])
         return frame(ip(src, dst, protocol: proto, payload: message))
     }
@@ -118,7 +140,7 @@ public struct PacketBuilder: Sendable {
         var header: [UInt8] = [0x40 | UInt8(headerLength / 4), tos]
         header.appendBig(UInt16(headerLength + payload.count))
         header.appendBig(UInt16(0x1234))                                  // identification
-        header.appendBig((moreFragments ? 0x2000 : 0) | (fragmentOffset & 0x1fff))
+        header.appendBig((dontFragment ? 0x4000 : 0) | (moreFragments ? 0x2000 : 0) | (fragmentOffset & 0x1fff))
         header += [ttl, proto, 0, 0]
         header += src.bytes + dst.bytes + options
         let sum = internetChecksum(header)

@@ -25,7 +25,7 @@ public enum XDPVerdict: UInt32, CaseIterable, Sendable, CustomStringConvertible 
 
 /// enum sl_drop_reason.
 public enum DropReason: UInt32, CaseIterable, Sendable, CustomStringConvertible {
-    case malformed = 0, truncated, noBackend, noSource, noGateway, encap
+    case malformed = 0, truncated, noBackend, noSource, noGateway, encap, tooBig, noNeighbour
 
     public var description: String { CounterSnapshot.dropNames[Int(rawValue)] }
 }
@@ -37,7 +37,8 @@ public typealias NodeStats = NodeCounters
 extension NodeCounters {
     /// One packet's expected effect: its verdict (and drop reason), plus the flow counters named.
     public init(_ verdict: XDPVerdict, drop: DropReason? = nil, newFlows: UInt64 = 0, ctHits: UInt64 = 0,
-                ctMisses: UInt64 = 0, fragments: UInt64 = 0, ipOptions: UInt64 = 0, packets: UInt64 = 1) {
+                ctMisses: UInt64 = 0, fragments: UInt64 = 0, ipOptions: UInt64 = 0, mssClamped: UInt64 = 0,
+                icmpTooBig: UInt64 = 0, icmpSteered: UInt64 = 0, packets: UInt64 = 1) {
         self.init()
         verdicts[verdict.description] = packets
         if let drop { drops[drop.description] = packets }
@@ -46,6 +47,9 @@ extension NodeCounters {
         conntrackMisses = ctMisses
         self.fragments = fragments
         self.ipOptions = ipOptions
+        self.mssClamped = mssClamped
+        self.icmpTooBig = icmpTooBig
+        self.icmpSteered = icmpSteered
     }
 
     public subscript(verdict: XDPVerdict) -> UInt64 { verdicts[verdict.description, default: 0] }

@@ -1,0 +1,189 @@
+// The forwarding modes through the real balancer (BPF_PROG_TEST_RUN): the
+// exact frame l2dsr and GUE send for each family, GUE's source-port entropy,
+// and that an established flow follows its service's mode.
+
+import CSluice
+import SluiceControl
+import SluiceCore
+import SluiceTestSupport
+import Testing
+
+let clientV4 = "203.0.113.7"
+let clientV6 = "2001:db8:c::7"
+let backendMAC: [UInt8] = [0x02, 0xbe, 0x00, 0x00, 0x00, 0x21]
+let guePort: UInt16 = 6080
+
+extension TestDataplane {
+    func setForwarding(_ mode: sl_forwarding, of service: String, mac: [UInt8] = [0, 0, 0, 0, 0, 0]) throws {
+        try dataplane.setForwarding(mode, of: service, mac: mac)
+    }
+
+    func setTunnel(mtu: UInt16) throws { try dataplane.setTunnel(mtu: mtu, guePort: guePort) }
+
+    /// Runs `frame` and returns the output with the counters it moved.
+    func runCounted(_ frame: [UInt8]) throws -> (verdict: UInt32, output: [UInt8], counted: NodeStats) {
+        let before = try nodeStats()
+        let (verdict, output) = try run(frame)
+        return (verdict, output, try nodeStats() - before)
+    }
+}
+
+/// The GUE frame the balancer must send for `input` to `backend` with UDP source port `sport`:
+/// the IP-in-IP frame's link layer, an outer header of protocol 17, UDP, the input's IP packet.
+func expectedGUEFrame(input: [UInt8], backend: IPAddress, node: NodeConfig, sport: UInt16) -> [UInt8] {
+    let range = ipPacketRange(ofFrame: input)!
+    let inner = Array(input[range])
+    var udp: [UInt8] = []
+    udp.appendBig16(sport)
+    udp.appendBig16(guePort)
+    udp.appendBig16(UInt16(8 + inner.count))
+    udp.appendBig16(0)
+    var outer = expectedOuterHeader(inner: inner, backend: backend, node: node)
+    if backend.family == .v4 {
+        outer[9] = 17
+        outer.setBE16(2, UInt16(20 + udp.count + inner.count))
+        outer.setBE16(10, 0)
+        outer.setBE16(10, internetChecksum(outer))
+    } else {
+        outer[6] = 17
+        outer.setBE16(4, UInt16(udp.count + inner.count))
+        let pseudo = node.sourceV6!.bytes + backend.bytes + [0, 0] + be16Bytes(UInt16(udp.count + inner.count)) + [0, 0, 0, 17]
+        var sum = internetChecksum(pseudo + udp + inner)
+        if sum == 0 { sum = 0xffff }
+        udp.setBE16(6, sum)
+    }
+    let link = Array(expectedTunnelFrame(input: input, backend: backend, node: node).prefix(range.lowerBound))
+    return link + outer + udp + inner + input[range.upperBound...]
+}
+
+func be16Bytes(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xff)] }
+
+extension Array where Element == UInt8 {
+    mutating func appendBig16(_ value: UInt16) { self += be16Bytes(value) }
+}
+
+/// Where the UDP header of a GUE frame starts (untagged frames).
+func gueUDPOffset(_ frame: [UInt8]) -> Int { frame.be16(12) == 0x0800 ? 14 + 20 : 14 + 40 }
+
+@Suite("Forwarding modes", requiresRoot)
+struct ForwardingModeTests {
+    @Test("l2dsr: only the Ethernet header changes, to the backend's MAC from ours", arguments: [
+        ("web", clientV4, "198.51.100.10", UInt16(80)), ("web6", clientV6, "2001:db8::80", UInt16(443)),
+    ])
+    func l2dsrFrame(service: String, client: String, vip: String, port: UInt16) async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
+        defer { lb.close() }
+        try lb.setForwarding(SL_FWD_L2DSR, of: service, mac: backendMAC)
+        try lb.setTunnel(mtu: 1500)
+        for frame in [PacketBuilder().tcp(from: client, 40000, to: vip, port),
+                      PacketBuilder().tcp(from: client, 40000, to: vip, port, flags: [.ack], payload: Array(repeating: 7, count: 1460))] {
+            let (verdict, output, counted) = try lb.runCounted(frame)
+            #expect(verdict == XDPVerdict.tx.rawValue)
+            #expect(output == backendMAC + Array(frame[0..<6]) + Array(frame[12...]), "dst = backend, src = ours, the rest untouched")
+            #expect(counted.mssClamped == 0 && counted.icmpTooBig == 0, "l2dsr grows nothing: no clamp, no ICMP")
+        }
+    }
+
+    @Test("l2dsr: a backend whose MAC is not resolved is a counted drop")
+    func l2dsrUnresolved() async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
+        defer { lb.close() }
+        try lb.setForwarding(SL_FWD_L2DSR, of: "web")
+        let (verdict, _, counted) = try lb.runCounted(PacketBuilder().tcp(from: clientV4, 40000, to: "198.51.100.10", 80))
+        #expect(verdict == XDPVerdict.drop.rawValue)
+        #expect(counted == NodeStats(.drop, drop: .noNeighbour, newFlows: 1))
+    }
+
+    @Test("gue: outer IP + UDP to gue_port, source port from the flow, IPv6 checksum valid", arguments: [
+        ("web", clientV4, "198.51.100.10", UInt16(80), false), ("dns", clientV4, "198.51.100.10", UInt16(53), true),
+        ("web6", clientV6, "2001:db8::80", UInt16(443), false), ("dns6", clientV6, "2001:db8::53", UInt16(53), true),
+        ("mixed", clientV4, "198.51.100.20", UInt16(8080), false),
+    ])
+    func gueFrame(service: String, client: String, vip: String, port: UInt16, udp: Bool) async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
+        defer { lb.close() }
+        try lb.setForwarding(SL_FWD_GUE, of: service)
+        try lb.setTunnel(mtu: 0)
+        let b = PacketBuilder()
+        let frame = udp ? b.udp(from: client, 5353, to: vip, port, payload: Array(0..<77))
+                        : b.tcp(from: client, 40001, to: vip, port, payload: Array(repeating: 0x5a, count: 301))
+        let (verdict, output) = try lb.run(frame)
+        #expect(verdict == XDPVerdict.tx.rawValue)
+        let backend = try #require(lb.model.backend(for: IPFlow(frame: frame)!)).address
+        let at = gueUDPOffset(output)
+        let sport = output.be16(at)
+        #expect((49152...65535).contains(sport), "source port in the dynamic range")
+        let expected = expectedGUEFrame(input: frame, backend: backend, node: lb.serviceFile.node, sport: sport)
+        #expect(output == expected, "\(hex(output)) != \(hex(expected))")
+        if backend.family == .v6 {
+            #expect(output.be16(at + 6) != 0, "IPv6 outer: a real UDP checksum")
+        }
+        let (_, again) = try lb.run(frame)
+        #expect(again.be16(at) == sport, "one flow, one source port")
+    }
+
+    @Test("gue over IPv6: an inner IPv4 UDP datagram without a checksum goes with checksum 0")
+    func gueZeroChecksum() async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
+        defer { lb.close() }
+        try lb.setForwarding(SL_FWD_GUE, of: "mixed")
+        // mixed is TCP; a v4 UDP VIP with v6 backends is what needs it: make dns's backends v6.
+        var file = lb.serviceFile
+        let dns = file.services.firstIndex { $0.name == "dns" }!
+        file.services[dns].backends = [Backend(address: IPAddress("2001:db8:2::53")!)]
+        try lb.apply(file)
+        try lb.setForwarding(SL_FWD_GUE, of: "dns")
+        try lb.setTunnel(mtu: 0)
+        var frame = PacketBuilder().udp(from: clientV4, 5353, to: "198.51.100.10", 53, payload: Array(0..<40))
+        frame.setBE16(14 + 20 + 6, 0)
+        let (verdict, output) = try lb.run(frame)
+        #expect(verdict == XDPVerdict.tx.rawValue)
+        #expect(output.be16(gueUDPOffset(output) + 6) == 0)
+        #expect(Array(output.suffix(frame.count - 14)) == Array(frame[14...]), "inner packet untouched")
+    }
+
+    @Test("gue: 10,000 flows use over 1,000 source ports")
+    func gueEntropy() async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
+        defer { lb.close() }
+        try lb.setForwarding(SL_FWD_GUE, of: "web")
+        try lb.setTunnel(mtu: 0)
+        var ports = Set<UInt16>()
+        for i in 0..<10_000 {
+            let client = "203.0.\(113 + i / 5000).\(i % 250 + 1)"
+            let frame = PacketBuilder().tcp(from: client, UInt16(20000 + i % 20), to: "198.51.100.10", 80)
+            let (verdict, output) = try lb.run(frame)
+            #expect(verdict == XDPVerdict.tx.rawValue)
+            ports.insert(output.be16(gueUDPOffset(output)))
+        }
+        #expect(ports.count >= 1000, "\(ports.count) distinct source ports")
+        #expect(ports.allSatisfy { $0 >= 49152 })
+    }
+
+    @Test("an established flow follows its service's mode from its next packet, on the same backend")
+    func modeChangeKeepsBackend() async throws {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
+        defer { lb.close() }
+        let syn = PacketBuilder().tcp(from: clientV4, 41000, to: "198.51.100.10", 80)
+        let ack = PacketBuilder().tcp(from: clientV4, 41000, to: "198.51.100.10", 80, flags: [.ack], payload: [1, 2, 3])
+        let (_, first) = try lb.run(syn)
+        let backend = try TunnelFrame(first).outerDestination
+        // Move every other backend's weight away, as a new Maglev table would place the flow elsewhere.
+        var file = lb.serviceFile
+        let web = file.services.firstIndex { $0.name == "web" }!
+        for i in file.services[web].backends.indices where file.services[web].backends[i].address != backend {
+            file.services[web].backends[i].weight = 5
+        }
+        try lb.apply(file)
+        try lb.setForwarding(SL_FWD_GUE, of: "web")
+        try lb.setTunnel(mtu: 1500)
+        let (verdict, output, counted) = try lb.runCounted(ack)
+        #expect(verdict == XDPVerdict.tx.rawValue)
+        #expect(counted.ctHits == 1, "still the conntrack entry")
+        let sport = output.be16(gueUDPOffset(output))
+        #expect(output == expectedGUEFrame(input: ack, backend: backend, node: lb.serviceFile.node, sport: sport))
+        try lb.setForwarding(SL_FWD_L2DSR, of: "web", mac: backendMAC)
+        let (_, l2) = try lb.run(ack)
+        #expect(Array(l2[0..<6]) == backendMAC)
+    }
+}
