@@ -71,6 +71,7 @@ extension ConfigRun {
             }
         }
         compareModes(into: &report)
+        report.method["dataplane.modes"] = "dataplane.mode.*: 1 VIP, \(backends) backends, the set applied through the real Applier, then each backend's mode (and, for l2dsr, a MAC: the bench has no neighbour table) and tunnel_mtu 1500 written into the maps as an apply writes them, so the size check (and for SYNs the MSS option walk: the frames carry no options) runs as in production; *_vs_ipip: the same figure over the ipip one of this run"
     }
 
     /// gue and l2dsr over ipip, figure by figure.

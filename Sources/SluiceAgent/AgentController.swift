@@ -69,11 +69,14 @@ public struct ApplyResponse: Codable, Sendable, Equatable {
     public var diff: ConfigDiff
     public var tablesWritten: Int
     public var bytesWritten: Int
+    /// l2dsr backends applied without a MAC (nil for validate, and from older agents).
+    public var unresolvedNeighbours: [UnresolvedNeighbour]?
 
     enum CodingKeys: String, CodingKey {
         case applied, changed, changes, diff
         case tablesWritten = "tables_written"
         case bytesWritten = "bytes_written"
+        case unresolvedNeighbours = "unresolved_neighbours"
     }
 }
 
@@ -101,6 +104,8 @@ public actor AgentController {
     private nonisolated let logger: Logger
     /// Ticks the conntrack clock, ages out idle flows and counts the table; a service beside the server.
     public nonisolated let conntrack: ConntrackKeeper
+    /// Keeps l2dsr backends' MACs current; a service beside the server.
+    public nonisolated let neighbours: NeighbourKeeper
     /// Runs the services' health checks; run it as a service beside the server.
     public nonisolated let health: HealthMonitor
     /// Connection-state sync with peer balancers (nil: not configured); a service beside the server.
@@ -120,6 +125,7 @@ public actor AgentController {
         let dataplane = try await DataplaneOwner.openOrLoad(pinPath: config.pinPath)
         self.dataplane = dataplane
         health = HealthMonitor(defaults: config.healthDefaults, logger: logger)
+        neighbours = NeighbourKeeper(dataplane: dataplane, logger: logger)
         let sync: SyncService?
         if let syncConfig = config.sync {
             sync = try await SyncService(config: syncConfig, dataplane: dataplane, logger: logger)
@@ -268,7 +274,8 @@ public actor AgentController {
         let diff = ConfigDiff.between(current: previous, desired: desired)
         if !diff.isEmpty { shared.withLock { $0.lastApply = Date().timeIntervalSince1970 } }
         return ApplyResponse(applied: true, changed: !diff.isEmpty, changes: diff.lines, diff: diff,
-                             tablesWritten: result.tablesWritten, bytesWritten: result.bytesWritten)
+                             tablesWritten: result.tablesWritten, bytesWritten: result.bytesWritten,
+                             unresolvedNeighbours: result.unresolved)
     }
 
     public nonisolated func metrics() async throws -> [UInt8] {

@@ -111,7 +111,7 @@ public enum AgentServer {
         let app = Application(
             router: router(controller), server: server,
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: "sluice"),
-            services: [controller.conntrack, controller.health] + (controller.sync.map { [$0] } ?? []),
+            services: [controller.conntrack, controller.health, controller.neighbours] + (controller.sync.map { [$0] } ?? []),
             onServerRunning: { channel in
                 // Tests and scripts wait for this line; with port 0 it is how they learn the port.
                 let port = channel.localAddress?.port ?? config.port

@@ -46,6 +46,9 @@ public actor DataplaneOwner {
     /// What the maps say is applied, read in order with the writes.
     func appliedStateNow() throws(ControlError) -> AppliedState { try dataplane.appliedState() }
 
+    /// Writes the l2dsr backends' MACs as the neighbour table has them now (see `Dataplane.refreshNeighbourMACs`).
+    public func refreshNeighbourMACs() throws(ControlError) -> Int { try dataplane.refreshNeighbourMACs() }
+
     /// Publishes the conntrack clock.
     public func tickClock(_ seconds: UInt32) throws(ControlError) { try dataplane.tickClock(seconds) }
 

@@ -128,6 +128,14 @@ public enum MetricsRenderer {
         out.family("sluice_ip_options_packets_total", .counter, "VIP packets with IPv4 options, forwarded.")
         out.sample("sluice_ip_options_packets_total", "", counters.ipOptions)
 
+        out.family("sluice_mss_clamped_total", .counter, "TCP SYNs whose MSS option was lowered to fit the tunnel MTU.")
+        out.sample("sluice_mss_clamped_total", "", counters.mssClamped)
+        out.family("sluice_icmp_too_big_sent_total", .counter,
+                   "ICMP fragmentation-needed / ICMPv6 packet-too-big errors sent to clients (over the tunnel MTU).")
+        out.sample("sluice_icmp_too_big_sent_total", "", counters.icmpTooBig)
+        out.family("sluice_icmp_errors_steered_total", .counter, "Inbound ICMP errors about a VIP's flow, forwarded to its backend.")
+        out.sample("sluice_icmp_errors_steered_total", "", counters.icmpSteered)
+
         out.family("sluice_drops_total", .counter, "Packets the data plane dropped, by reason.")
         for reason in CounterSnapshot.dropNames {
             out.sample("sluice_drops_total", PrometheusText.labels(["reason": reason]), counters.drops[reason] ?? 0)

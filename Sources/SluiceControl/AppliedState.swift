@@ -10,12 +10,16 @@ public struct AppliedBackend: Sendable, Equatable {
     public var weight: Int
     /// sl_backend.flags: in use, and what health checks decided (enum sl_backend_flags).
     public var flags: UInt8
+    /// l2dsr: the MAC packets are sent to; nil while not resolved (or for a tunnel mode).
+    public var mac: MACAddress?
 
-    public init(id: UInt32, address: IPAddress, weight: Int, flags: UInt8 = UInt8(SL_BACKEND_F_IN_USE.rawValue)) {
+    public init(id: UInt32, address: IPAddress, weight: Int, flags: UInt8 = UInt8(SL_BACKEND_F_IN_USE.rawValue),
+                mac: MACAddress? = nil) {
         self.id = id
         self.address = address
         self.weight = weight
         self.flags = flags
+        self.mac = mac
     }
 
     /// An agent health-checks it.
@@ -36,6 +40,9 @@ public struct AppliedService: Sendable {
     public var generation: UInt32
     public var backends: [AppliedBackend]
 
+    /// The l2dsr backends, whose MACs must follow the neighbour table.
+    public var neighbourBackends: [AppliedBackend] { service.forwarding == .l2dsr ? backends : [] }
+
     public init(slot: UInt32, service: Service, maglevSize: Int, generation: UInt32, backends: [AppliedBackend]) {
         self.slot = slot
         self.service = service
@@ -55,7 +62,8 @@ public struct AppliedState: Sendable {
 
     public var serviceFile: ServiceFile {
         let size = config.maglev_size == 0 ? Maglev.defaultTableSize : Int(config.maglev_size)
-        return ServiceFile(node: NodeConfig(sourceV4: config.sourceV4, sourceV6: config.sourceV6, maglevTableSize: size),
+        return ServiceFile(node: NodeConfig(sourceV4: config.sourceV4, sourceV6: config.sourceV6, maglevTableSize: size,
+                                            tunnelMTU: config.fileTunnelMTU, guePort: config.fileGUEPort),
                            services: services.map(\.service))
     }
 
@@ -71,14 +79,16 @@ public struct AppliedState: Sendable {
             for (id, backend) in slots.enumerated() where backend.flags & inUse != 0 {
                 guard let address = IPAddress(words: backend.addr, family: backend.family) else { continue }
                 byService[backend.service_id, default: []].append(
-                    AppliedBackend(id: UInt32(id), address: address, weight: Int(backend.weight), flags: backend.flags))
+                    AppliedBackend(id: UInt32(id), address: address, weight: Int(backend.weight), flags: backend.flags,
+                                   mac: backend.macAddress))
             }
             var services: [AppliedService] = []
             for (slot, info) in infos.enumerated() where info.name.0 != 0 {
-                guard let vip = info.vip.address, let proto = info.vip.l4Protocol else { continue }
+                guard let vip = info.vip.address, let proto = info.vip.l4Protocol,
+                      let forwarding = Forwarding(cValue: info.forwarding) else { continue }
                 let backends = byService[UInt32(slot)] ?? []
                 let service = Service(name: info.serviceName, vip: vip, port: info.vip.hostPort, proto: proto,
-                                      forwarding: .ipip,
+                                      forwarding: forwarding,
                                       backends: backends.map { Backend(address: $0.address, weight: $0.weight) })
                 services.append(AppliedService(slot: UInt32(slot), service: service, maglevSize: Int(info.maglev_size),
                                                generation: info.generation, backends: backends))

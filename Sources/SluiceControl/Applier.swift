@@ -6,11 +6,13 @@ import SluiceBPF
 import SluiceCore
 
 public struct ApplyResult: Sendable {
-    public init(diff: ConfigDiff, tablesWritten: Int, bytesWritten: Int, healthChanged: Bool = false) {
+    public init(diff: ConfigDiff, tablesWritten: Int, bytesWritten: Int, healthChanged: Bool = false,
+                unresolved: [UnresolvedNeighbour] = []) {
         self.diff = diff
         self.tablesWritten = tablesWritten
         self.bytesWritten = bytesWritten
         self.healthChanged = healthChanged
+        self.unresolved = unresolved
     }
 
     /// What changes in the data plane's configuration (health checks are not part of it).
@@ -21,6 +23,8 @@ public struct ApplyResult: Sendable {
     public var tablesWritten: Int
     /// Bytes written into maps (tables, backends, services, VIPs).
     public var bytesWritten: Int
+    /// l2dsr backends applied without a MAC (their neighbour did not answer in time).
+    public var unresolved: [UnresolvedNeighbour]
 }
 
 /// What an agent's health checks found, handed to `Applier.apply`.
@@ -37,14 +41,21 @@ enum Applier {
     /// Applies `desired` (its health checks aside: the maps keep none). With `health`, the
     /// backends' health flags are set from it and down backends are left out of their tables
     /// (HealthPolicy); without, the flags the maps hold are kept. Nothing is written when
-    /// nothing changes or on a dry run.
+    /// nothing changes or on a dry run. l2dsr services are checked against the interfaces the
+    /// balancer runs on first (bad input when it is not attached or a backend is not on-link)
+    /// and, unless on a dry run, their backends' MACs resolved (up to a second).
     static func apply(_ desired: ServiceFile, to dataplane: Dataplane, dryRun: Bool = false,
                              health: HealthVerdicts? = nil) throws(ControlError) -> ApplyResult {
         let state = try AppliedState.read(from: dataplane)
         let target = desired.withoutHealthChecks
+        let attached = XDPHook.attachedInterfaces(programID: try dataplane.programID()).map(\.name)
+        var neighbours = try L2DSRNeighbours(checking: target, attached: attached)
+        if !dryRun { neighbours.resolve() }
         let diff = ConfigDiff.between(current: state.serviceFile, desired: target)
-        let plan = try Plan(state: state, desired: target, health: health)
-        guard !dryRun, !diff.isEmpty || plan.healthChanged else {
+        let plan = try Plan(state: state, desired: target, health: health, macs: neighbours.macs,
+                            interfaceMTU: attached.compactMap { NetworkInterface.mtu(of: $0) }.min())
+        let unresolved = dryRun ? [] : neighbours.unresolved(in: target)
+        guard !dryRun, !diff.isEmpty || plan.hasWrites else {
             return ApplyResult(diff: diff, tablesWritten: 0, bytesWritten: 0, healthChanged: plan.healthChanged)
         }
         var writer = Writer(dataplane: dataplane)
@@ -54,7 +65,7 @@ enum Applier {
             throw .bpf(error, while: "applying the configuration to \(dataplane.pinPath)")
         }
         return ApplyResult(diff: diff, tablesWritten: writer.tables, bytesWritten: writer.bytes,
-                           healthChanged: plan.healthChanged)
+                           healthChanged: plan.healthChanged, unresolved: unresolved)
     }
 }
 
@@ -65,8 +76,11 @@ struct Plan {
         var slot: UInt32
         var backendIDs: [UInt32]          // parallel to service.backends
         var flags: [UInt8]                // parallel to service.backends: sl_backend.flags
+        var slots: [sl_backend]           // parallel to service.backends: what sl_backends must hold
         var newBackendIDs: Set<UInt32>
         var needsTable: Bool
+        /// Only the forwarding mode changed: sl_service_info is rewritten, the table stays.
+        var needsInfo: Bool
         var isNewSlot: Bool
         var previous: AppliedService?
     }
@@ -75,8 +89,18 @@ struct Plan {
     var freedBackendIDs: [UInt32] = []
     /// A kept backend's flags change (new backends are in the diff anyway).
     var healthChanged = false
+    /// sl_config as the desired set wants it.
+    var config: sl_config
+    /// Something must be written even when the diff is empty: sl_config (an interface's MTU,
+    /// the first GUE port) or a backend slot (health flags, a MAC).
+    var hasWrites = false
 
-    init(state: AppliedState, desired: ServiceFile, health: HealthVerdicts?) throws(ControlError) {
+    /// `macs`: the l2dsr backends' MACs found now; `interfaceMTU`: the smallest MTU of the
+    /// interfaces the balancer is attached to.
+    init(state: AppliedState, desired: ServiceFile, health: HealthVerdicts?, macs: [IPAddress: MACAddress] = [:],
+         interfaceMTU: Int? = nil) throws(ControlError) {
+        config = Self.config(state.config, node: desired.node, interfaceMTU: interfaceMTU)
+        hasWrites = !bytewiseEqual(config, state.config)
         let size = desired.node.maglevTableSize
         let desiredNames = Set(desired.services.map(\.name))
         removedServices = state.services.filter { !desiredNames.contains($0.service.name) }
@@ -109,18 +133,65 @@ struct Plan {
             let flags = Self.flags(service, previous: previous, health: health)
             let excludedBefore = Set((previous?.backends ?? []).filter(\.isExcluded).map(\.address))
             let excluded = Set(zip(service.backends, flags).filter { $1 & Self.excludedFlag != 0 }.map(\.0.address))
-            let needsTable = previous.map { $0.service != service || $0.maglevSize != size || excludedBefore != excluded } ?? true
+            var sameMode = service
+            sameMode.forwarding = previous?.service.forwarding ?? service.forwarding
+            let needsTable = previous.map { $0.service != sameMode || $0.maglevSize != size || excludedBefore != excluded } ?? true
+            let slots = zip(zip(service.backends, ids), flags).map { pair, flags in
+                Self.backendSlot(pair.0, service: service, slot: slot, flags: flags,
+                                 mac: macs[pair.0.address] ?? Self.keptMAC(pair.1, state: state, service: service))
+            }
+            hasWrites = hasWrites || zip(ids, slots).contains { id, new in
+                Int(id) >= state.backendSlots.count || !bytewiseEqual(state.backendSlots[Int(id)], new)
+            }
             let before = Dictionary((previous?.backends ?? []).map { ($0.address, $0.flags) }, uniquingKeysWith: { a, _ in a })
             healthChanged = healthChanged || zip(service.backends, flags).contains { backend, new in
                 before[backend.address].map { $0 != new } ?? false
             }
-            entries.append(Entry(service: service, slot: slot, backendIDs: ids, flags: flags, newBackendIDs: fresh,
-                                 needsTable: needsTable, isNewSlot: previous == nil, previous: previous))
+            entries.append(Entry(service: service, slot: slot, backendIDs: ids, flags: flags, slots: slots, newBackendIDs: fresh,
+                                 needsTable: needsTable, needsInfo: !needsTable && previous?.service.forwarding != service.forwarding,
+                                 isNewSlot: previous == nil, previous: previous))
         }
         freedBackendIDs += removedServices.flatMap { $0.backends.map(\.id) }
     }
 
     static let excludedFlag = UInt8(SL_BACKEND_F_EXCLUDED.rawValue)
+
+    /// sl_config for `node`: tunnel_mtu from the file (marked as such), else from the attached
+    /// interfaces, else as attach wrote it (0 when a file's value is all there was); the GUE
+    /// port in network order.
+    static func config(_ current: sl_config, node: NodeConfig, interfaceMTU: Int?) -> sl_config {
+        var config = current
+        config.setSources(v4: node.sourceV4, v6: node.sourceV6)
+        config.maglev_size = UInt32(node.maglevTableSize)
+        if let mtu = node.tunnelMTU {
+            config.setTunnelMTU(mtu, fromFile: true)
+        } else if let mtu = interfaceMTU {
+            config.setTunnelMTU(mtu, fromFile: false)
+        } else if current.fileTunnelMTU != nil {
+            config.setTunnelMTU(0, fromFile: false)
+        }
+        config.gue_port = node.effectiveGUEPort.bigEndian
+        return config
+    }
+
+    /// What sl_backends holds for one backend of `service`.
+    static func backendSlot(_ backend: Backend, service: Service, slot: UInt32, flags: UInt8, mac: MACAddress?) -> sl_backend {
+        var value = sl_backend()
+        value.addr = backend.address.words
+        value.family = backend.address.family.rawValue
+        value.flags = flags
+        value.weight = UInt16(backend.weight)
+        value.service_id = slot
+        value.forwarding = service.forwarding.cValue
+        if service.forwarding == .l2dsr { value.setMAC(mac) }
+        return value
+    }
+
+    /// The MAC an l2dsr backend keeps when its neighbour did not answer now: the one its slot holds.
+    private static func keptMAC(_ id: UInt32, state: AppliedState, service: Service) -> MACAddress? {
+        guard service.forwarding == .l2dsr, Int(id) < state.backendSlots.count else { return nil }
+        return state.backendSlots[Int(id)].macAddress
+    }
 
     /// Each backend's sl_backend.flags: from the verdicts when given, else as the maps hold them
     /// (a new backend is unchecked and up); then HealthPolicy says which are left out.
@@ -177,12 +248,8 @@ struct Writer {
 
     mutating func write(_ plan: Plan, state: AppliedState, desired: ServiceFile) throws(BPFError) {
         let size = desired.node.maglevTableSize
-        var config = state.config
-        if config.sourceV4 != desired.node.sourceV4 || config.sourceV6 != desired.node.sourceV6
-            || config.maglev_size != UInt32(size) {
-            config.setSources(v4: desired.node.sourceV4, v6: desired.node.sourceV6)
-            config.maglev_size = UInt32(size)
-            try dataplane[.config].update(UInt32(0), config)
+        if !bytewiseEqual(plan.config, state.config) {
+            try dataplane[.config].update(UInt32(0), plan.config)
             bytes += MemoryLayout<sl_config>.size
         }
         // The prefilter must never hide a VIP, not even for one packet: every
@@ -198,17 +265,22 @@ struct Writer {
         // M is published before its table, a growing (or new) one after.
         let shrinking = { (entry: Plan.Entry) in size < (entry.previous?.maglevSize ?? size) }
         for entry in changed {
-            try writeBackends(entry)
+            try writeBackends(entry, state: state)
             if entry.isNewSlot {
                 try dataplane[.vipStats].updatePerCPU(entry.slot, sl_counter())
             }
             if shrinking(entry) { try writeVIP(entry, size: size) }
         }
-        // Health flags of services whose table stays: bookkeeping only, written any time.
-        for entry in plan.entries where !entry.needsTable { try writeBackends(entry) }
+        // Services whose table stays: health flags (bookkeeping), MACs and a new forwarding
+        // mode, which the data plane reads from each backend: established flows keep their
+        // backend and their next packet goes the new way.
+        for entry in plan.entries where !entry.needsTable {
+            try writeBackends(entry, state: state)
+            if entry.needsInfo { try writeServiceInfo(entry, size: size, generation: entry.previous?.generation ?? 0) }
+        }
         try switchTables(changed, size: size)
         for entry in changed {
-            try writeServiceInfo(entry, size: size)
+            try writeServiceInfo(entry, size: size, generation: (entry.previous?.generation ?? 0) &+ 1)
             if !shrinking(entry) || entry.isNewSlot { try writeVIP(entry, size: size) }
         }
         // Withdraw every VIP no desired service owns any more (removed services,
@@ -281,19 +353,12 @@ struct Writer {
         bytes += changed.count * MemoryLayout<UInt64>.size
     }
 
-    /// Writes the backends that are new or whose weight or flags change.
-    private mutating func writeBackends(_ entry: Plan.Entry) throws(BPFError) {
-        let previous = Dictionary((entry.previous?.backends ?? []).map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
-        for ((backend, id), flags) in zip(zip(entry.service.backends, entry.backendIDs), entry.flags) {
-            var slot = sl_backend()
-            slot.addr = backend.address.words
-            slot.family = backend.address.family.rawValue
-            slot.flags = flags
-            slot.weight = UInt16(backend.weight)
-            slot.service_id = entry.slot
+    /// Writes the backend slots that are new or differ in any byte (weight, flags, mode, MAC).
+    private mutating func writeBackends(_ entry: Plan.Entry, state: AppliedState) throws(BPFError) {
+        for (id, slot) in zip(entry.backendIDs, entry.slots) {
             if entry.newBackendIDs.contains(id) {
                 try dataplane[.backendStats].updatePerCPU(id, sl_counter())
-            } else if let old = previous[id], old.weight == backend.weight, old.flags == flags {
+            } else if Int(id) < state.backendSlots.count, bytewiseEqual(state.backendSlots[Int(id)], slot) {
                 continue
             }
             try dataplane[.backends].update(id, slot)
@@ -328,12 +393,13 @@ struct Writer {
         tables += entries.count
     }
 
-    private mutating func writeServiceInfo(_ entry: Plan.Entry, size: Int) throws(BPFError) {
+    private mutating func writeServiceInfo(_ entry: Plan.Entry, size: Int, generation: UInt32) throws(BPFError) {
         var info = sl_service_info()
         info.setName(entry.service.name)
         info.vip = sl_vip_key(service: entry.service)
         info.maglev_size = UInt32(size)
-        info.generation = (entry.previous?.generation ?? 0) &+ 1
+        info.generation = generation
+        info.forwarding = entry.service.forwarding.cValue
         try dataplane[.services].update(entry.slot, info)
         bytes += MemoryLayout<sl_service_info>.size
     }
@@ -347,7 +413,5 @@ struct Writer {
 extension sl_vip_key {
     /// The same VIP (address, port, protocol, family): byte for byte, padding included
     /// (every key is built zeroed).
-    func sameKey(as other: sl_vip_key) -> Bool {
-        withUnsafeBytes(of: self) { l in withUnsafeBytes(of: other) { r in l.elementsEqual(r) } }
-    }
+    func sameKey(as other: sl_vip_key) -> Bool { bytewiseEqual(self, other) }
 }

@@ -24,6 +24,7 @@ public enum Attacher {
         let dataplane = try Dataplane.openOrLoad(pinPath: pinPath, conntrackSize: conntrackSize)
         let outcome = try PinnedObject<Dataplane.Map>.finishAttach(check, dataplane.pinnedObject, mode: mode) { _ throws(ControlError) in
             try dataplane.setGateway(mac)
+            if let mtu = NetworkInterface.mtu(of: name) { try dataplane.setInterfaceMTU(mtu) }
         }
         return Outcome(interface: outcome.interface, mode: outcome.mode, gateway: mac, alreadyAttached: outcome.alreadyAttached)
     }

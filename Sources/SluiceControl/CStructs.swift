@@ -69,10 +69,64 @@ extension sl_config {
         if v6 != nil { flags |= v6Flag }
     }
 
+    /// tunnel_mtu when the service file set it (SL_CFG_TUNNEL_MTU_SET), else nil.
+    var fileTunnelMTU: Int? {
+        flags & UInt8(SL_CFG_TUNNEL_MTU_SET.rawValue) != 0 ? Int(tunnel_mtu) : nil
+    }
+
+    /// The GUE port as the service file names it: nil for the default (or never applied).
+    var fileGUEPort: UInt16? {
+        let port = UInt16(bigEndian: gue_port)
+        return port == 0 || port == NodeConfig.defaultGUEPort ? nil : port
+    }
+
+    /// `mtu` as the path's MTU; `fromFile` sets SL_CFG_TUNNEL_MTU_SET.
+    mutating func setTunnelMTU(_ mtu: Int, fromFile: Bool) {
+        tunnel_mtu = UInt16(clamping: mtu)
+        let set = UInt8(SL_CFG_TUNNEL_MTU_SET.rawValue)
+        flags = fromFile ? flags | set : flags & ~set
+    }
+
     mutating func setGateway(_ mac: MACAddress) {
         withUnsafeMutableBytes(of: &gateway_mac) { raw in
             for (i, byte) in mac.bytes.enumerated() { raw[i] = byte }
         }
         flags |= UInt8(SL_CFG_HAS_GATEWAY.rawValue)
     }
+}
+
+extension Forwarding {
+    /// enum sl_forwarding.
+    var cValue: UInt8 {
+        switch self {
+        case .ipip: UInt8(SL_FWD_IPIP.rawValue)
+        case .gue: UInt8(SL_FWD_GUE.rawValue)
+        case .l2dsr: UInt8(SL_FWD_L2DSR.rawValue)
+        }
+    }
+
+    init?(cValue: UInt8) {
+        guard let mode = Forwarding.allCases.first(where: { $0.cValue == cValue }) else { return nil }
+        self = mode
+    }
+}
+
+extension sl_backend {
+    /// The resolved MAC (l2dsr), nil when all zero.
+    var macAddress: MACAddress? {
+        let bytes = withUnsafeBytes(of: mac) { Array($0) }
+        return bytes.allSatisfy { $0 == 0 } ? nil : MACAddress(bytes: bytes)
+    }
+
+    mutating func setMAC(_ address: MACAddress?) {
+        withUnsafeMutableBytes(of: &mac) { raw in
+            for i in raw.indices { raw[i] = address?.bytes[i] ?? 0 }
+        }
+    }
+
+}
+
+/// Two C structs byte for byte, padding included (every one is built zeroed).
+func bytewiseEqual<T>(_ lhs: T, _ rhs: T) -> Bool {
+    withUnsafeBytes(of: lhs) { l in withUnsafeBytes(of: rhs) { r in l.elementsEqual(r) } }
 }

@@ -32,6 +32,12 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
     public var drops: [String: UInt64]
     /// New flows the data plane could not report for sync (sl_flow_events was full).
     public var flowEventsLost: UInt64
+    /// SYNs whose MSS was lowered to fit tunnel_mtu.
+    public var mssClamped: UInt64
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" sent to clients.
+    public var icmpTooBig: UInt64
+    /// Inbound ICMP errors about a VIP's flow, forwarded to its backend.
+    public var icmpSteered: UInt64
     public var services: [ServiceTraffic]
 
     enum CodingKeys: String, CodingKey {
@@ -41,6 +47,9 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         case conntrackHits = "conntrack_hits"
         case conntrackMisses = "conntrack_misses"
         case ipOptions = "ip_options"
+        case mssClamped = "mss_clamped"
+        case icmpTooBig = "icmp_too_big"
+        case icmpSteered = "icmp_steered"
     }
 
     /// Names of the XDP verdicts, indexed by action.
@@ -73,7 +82,8 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         }
         return CounterSnapshot(verdicts: node.verdicts, newFlows: node.newFlows, conntrackHits: node.conntrackHits,
                                conntrackMisses: node.conntrackMisses, fragments: node.fragments, ipOptions: node.ipOptions,
-                               drops: node.drops, flowEventsLost: node.flowEventsLost, services: services)
+                               drops: node.drops, flowEventsLost: node.flowEventsLost, mssClamped: node.mssClamped,
+                               icmpTooBig: node.icmpTooBig, icmpSteered: node.icmpSteered, services: services)
     }
 }
 

@@ -109,13 +109,40 @@ public final class Dataplane: Sendable {
         try updateConfig { $0.setGateway(mac) }
     }
 
+    /// Writes the MACs of l2dsr backends, by backend id: only the sl_backends slots whose MAC
+    /// differs. Returns how many changed.
+    @discardableResult
+    public func setBackendMACs(_ macs: [UInt32: MACAddress]) throws(ControlError) -> Int {
+        var written = 0
+        do {
+            for (id, mac) in macs.sorted(by: { $0.key < $1.key }) {
+                guard var slot = try self[.backends].lookup(id, as: sl_backend.self), slot.family != 0,
+                      slot.macAddress != mac else { continue }
+                slot.setMAC(mac)
+                try self[.backends].update(id, slot)
+                written += 1
+            }
+        } catch {
+            throw .bpf(error, while: "writing backend MACs into \(Map.backends.rawValue)")
+        }
+        return written
+    }
+
+    /// Writes the MTU of an interface the balancer is attached to into sl_config.tunnel_mtu,
+    /// unless the service file set it.
+    public func setInterfaceMTU(_ mtu: Int) throws(ControlError) {
+        try updateConfig { config in
+            if config.fileTunnelMTU == nil { config.setTunnelMTU(mtu, fromFile: false) }
+        }
+    }
+
     /// Changes sl_config in place (a read and, when it changed, one write).
     func updateConfig(_ change: (inout sl_config) -> Void) throws(ControlError) {
         do {
             let old = try self[.config].lookup(UInt32(0), as: sl_config.self) ?? sl_config()
             var config = old
             change(&config)
-            if withUnsafeBytes(of: config, { new in withUnsafeBytes(of: old) { new.elementsEqual($0) } }) { return }
+            if bytewiseEqual(config, old) { return }
             try self[.config].update(UInt32(0), config)
         } catch {
             throw .bpf(error, while: "writing \(Map.config.rawValue)")

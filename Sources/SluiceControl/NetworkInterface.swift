@@ -16,6 +16,20 @@ public struct NetworkInterface: Sendable, Equatable {
         return NetworkInterface(name: name, index: Int32(index))
     }
 
+    /// The MTU of the interface called `name` in this namespace (SIOCGIFMTU: /sys/class/net
+    /// shows the namespace sysfs was mounted in, which under `nsenter --net` is another one).
+    public static func mtu(of name: String) -> Int? {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var request = ifreq()
+        withUnsafeMutableBytes(of: &request.ifr_ifrn.ifrn_name) { raw in
+            for (i, byte) in name.utf8.prefix(raw.count - 1).enumerated() { raw[i] = byte }
+        }
+        guard ioctl(fd, UInt(SIOCGIFMTU), &request) == 0 else { return nil }
+        return Int(request.ifr_ifru.ifru_mtu)
+    }
+
     /// Every interface of this namespace.
     public static func all() -> [NetworkInterface] {
         guard let list = if_nameindex() else { return [] }

@@ -13,9 +13,15 @@ public struct StatusReport: Sendable, Codable, Equatable {
         public var sourceV6: String?
         public var gatewayMAC: String?
         public var maglevTableSize: Int
+        /// The path MTU in effect (sl_config.tunnel_mtu); nil: no limit.
+        public var tunnelMTU: Int?
+        /// Where it came from: "service_file" or "interface" (nil with no limit).
+        public var tunnelMTUSource: String?
+        public var guePort: UInt16
         enum CodingKeys: String, CodingKey {
             case sourceV4 = "source_v4", sourceV6 = "source_v6", gatewayMAC = "gateway_mac"
-            case maglevTableSize = "maglev_table_size"
+            case maglevTableSize = "maglev_table_size", tunnelMTU = "tunnel_mtu", tunnelMTUSource = "tunnel_mtu_source"
+            case guePort = "gue_port"
         }
 
         // Unset values are written as null, so scripts always find every key.
@@ -25,6 +31,9 @@ public struct StatusReport: Sendable, Codable, Equatable {
             try container.encode(sourceV6, forKey: .sourceV6)
             try container.encode(gatewayMAC, forKey: .gatewayMAC)
             try container.encode(maglevTableSize, forKey: .maglevTableSize)
+            try container.encode(tunnelMTU, forKey: .tunnelMTU)
+            try container.encode(tunnelMTUSource, forKey: .tunnelMTUSource)
+            try container.encode(guePort, forKey: .guePort)
         }
     }
     public struct BackendStatus: Sendable, Codable, Equatable {
@@ -36,6 +45,8 @@ public struct StatusReport: Sendable, Codable, Equatable {
         /// "up" or "down" as the agent's health check last found it; "unchecked" without one.
         public var health: String
         public var id: UInt32
+        /// l2dsr: the MAC its packets go to; nil while unresolved, and for the tunnel modes.
+        public var mac: String?
 
         init(_ backend: AppliedBackend) {
             address = backend.address.description
@@ -43,6 +54,20 @@ public struct StatusReport: Sendable, Codable, Equatable {
             state = backend.weight == 0 ? "drained" : backend.isExcluded ? "down" : "active"
             health = backend.isChecked ? (backend.isDown ? "down" : "up") : "unchecked"
             id = backend.id
+            mac = backend.mac?.description
+        }
+
+        enum CodingKeys: String, CodingKey { case address, weight, state, health, id, mac }
+
+        // mac is written as null when unset, so scripts always find it.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(address, forKey: .address)
+            try container.encode(weight, forKey: .weight)
+            try container.encode(state, forKey: .state)
+            try container.encode(health, forKey: .health)
+            try container.encode(id, forKey: .id)
+            try container.encode(mac, forKey: .mac)
         }
     }
     public struct ServiceStatus: Sendable, Codable, Equatable {
@@ -79,7 +104,10 @@ public struct StatusReport: Sendable, Codable, Equatable {
             pinPath: dataplane.pinPath, programID: id,
             interfaces: Attacher.attachedInterfaces(programID: id).map { Interface(name: $0.name, mode: $0.mode.rawValue) },
             node: Node(sourceV4: file.node.sourceV4?.description, sourceV6: file.node.sourceV6?.description,
-                       gatewayMAC: state.config.gateway?.description, maglevTableSize: file.node.maglevTableSize),
+                       gatewayMAC: state.config.gateway?.description, maglevTableSize: file.node.maglevTableSize,
+                       tunnelMTU: state.config.tunnel_mtu == 0 ? nil : Int(state.config.tunnel_mtu),
+                       tunnelMTUSource: state.config.tunnel_mtu == 0 ? nil : file.node.tunnelMTU != nil ? "service_file" : "interface",
+                       guePort: file.node.effectiveGUEPort),
             services: state.services.map { applied in
                 ServiceStatus(name: applied.service.name, vip: applied.service.vip.description, port: applied.service.port,
                               protocol: applied.service.proto.rawValue, forwarding: applied.service.forwarding.rawValue,

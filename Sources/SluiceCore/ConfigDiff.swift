@@ -69,7 +69,7 @@ public struct ConfigDiff: Equatable, Sendable, Codable {
 /// How one service, matched by name, differs.
 public struct ServiceChange: Equatable, Sendable, Codable {
     public var name: String
-    /// The VIP, port, protocol or forwarding mode changed: the service moves.
+    /// The VIP, port or protocol changed: the service moves.
     public var vipChanged: Bool
     /// Old and new endpoint (`198.51.100.10:80/tcp`) when `vipChanged`.
     public var vipChange: ValueChange?
@@ -83,11 +83,15 @@ public struct ServiceChange: Equatable, Sendable, Codable {
     public var weightsChanged: [WeightChange]
     /// Old and new health check (`none` when unset), when it changed.
     public var healthCheckChange: ValueChange?
+    /// Old and new forwarding mode, when it changed: the backends and established flows stay,
+    /// and their next packets go the new way.
+    public var forwardingChange: ValueChange?
 
     /// Nil when the two are the same (backend order does not count).
     static func between(current: Service, desired: Service) -> ServiceChange? {
         let vipChanged = current.vip != desired.vip || current.port != desired.port
-            || current.proto != desired.proto || current.forwarding != desired.forwarding
+            || current.proto != desired.proto
+        let forwardingChanged = current.forwarding != desired.forwarding
         let now = Dictionary(current.backends.map { ($0.address, $0) }, uniquingKeysWith: { first, _ in first })
         let next = Dictionary(desired.backends.map { ($0.address, $0) }, uniquingKeysWith: { first, _ in first })
 
@@ -98,7 +102,8 @@ public struct ServiceChange: Equatable, Sendable, Codable {
             return WeightChange(address: address, from: old, to: new)
         }
         let healthChanged = current.healthCheck != desired.healthCheck
-        guard vipChanged || !added.isEmpty || !removed.isEmpty || !weights.isEmpty || healthChanged else { return nil }
+        guard vipChanged || forwardingChanged || !added.isEmpty || !removed.isEmpty || !weights.isEmpty || healthChanged
+        else { return nil }
         return ServiceChange(
             name: desired.name, vipChanged: vipChanged,
             vipChange: vipChanged ? ValueChange(field: "vip", from: current.endpoint, to: desired.endpoint) : nil,
@@ -107,6 +112,9 @@ public struct ServiceChange: Equatable, Sendable, Codable {
             healthCheckChange: healthChanged
                 ? ValueChange(field: "healthcheck", from: current.healthCheck?.summary ?? "none",
                               to: desired.healthCheck?.summary ?? "none")
+                : nil,
+            forwardingChange: forwardingChanged
+                ? ValueChange(field: "forwarding", from: current.forwarding.rawValue, to: desired.forwarding.rawValue)
                 : nil)
     }
 
@@ -114,6 +122,7 @@ public struct ServiceChange: Equatable, Sendable, Codable {
     var parts: [String] {
         var parts: [String] = []
         if let vipChange { parts.append(vipChange.text) }
+        if let forwardingChange { parts.append(forwardingChange.text) }
         parts += addedBackends.map { "+ backend \($0.address) (weight \($0.weight))" }
         parts += backendsRemoved.map { "- backend \($0)" }
         parts += weightsChanged.map { "weight \($0.address) \($0.from) -> \($0.to)" }
@@ -130,6 +139,7 @@ public struct ServiceChange: Equatable, Sendable, Codable {
         case backendsRemoved = "backends_removed"
         case weightsChanged = "weights_changed"
         case healthCheckChange = "healthcheck_change"
+        case forwardingChange = "forwarding_change"
     }
 }
 
@@ -171,6 +181,15 @@ public struct ValueChange: Equatable, Sendable, Codable {
         if current.maglevTableSize != desired.maglevTableSize {
             changes.append(ValueChange(field: "maglev_table_size", from: String(current.maglevTableSize),
                                        to: String(desired.maglevTableSize)))
+        }
+        if current.tunnelMTU != desired.tunnelMTU {
+            changes.append(ValueChange(field: "tunnel_mtu", from: current.tunnelMTU.map(String.init) ?? "none",
+                                       to: desired.tunnelMTU.map(String.init) ?? "none"))
+        }
+        // An unset port is the default one: naming it changes nothing in the data plane.
+        if current.effectiveGUEPort != desired.effectiveGUEPort {
+            changes.append(ValueChange(field: "gue_port", from: String(current.effectiveGUEPort),
+                                       to: String(desired.effectiveGUEPort)))
         }
         return changes
     }

@@ -36,13 +36,27 @@ public struct NodeConfig: Equatable, Hashable, Sendable, Codable {
     public var sourceV6: IPAddress?
     /// M of every service's Maglev table; a prime.
     public var maglevTableSize: Int
+    /// MTU of the path to the backends, encapsulation included; nil: the attached interface's.
+    public var tunnelMTU: Int?
+    /// UDP destination port of GUE tunnels; nil: `defaultGUEPort`.
+    public var guePort: UInt16?
+
+    /// The allowed `tunnel_mtu`: IPv6's minimum MTU up to what sl_config.tunnel_mtu holds.
+    public static let tunnelMTURange = 1280...65535
+    /// The GUE port when the file names none (SL_GUE_DEFAULT_PORT in lb_shared.h).
+    public static let defaultGUEPort: UInt16 = 6080
 
     public init(sourceV4: IPAddress? = nil, sourceV6: IPAddress? = nil,
-                maglevTableSize: Int = Maglev.defaultTableSize) {
+                maglevTableSize: Int = Maglev.defaultTableSize, tunnelMTU: Int? = nil, guePort: UInt16? = nil) {
         self.sourceV4 = sourceV4
         self.sourceV6 = sourceV6
         self.maglevTableSize = maglevTableSize
+        self.tunnelMTU = tunnelMTU
+        self.guePort = guePort
     }
+
+    /// The GUE port in effect.
+    public var effectiveGUEPort: UInt16 { guePort ?? Self.defaultGUEPort }
 
     /// The outer source for tunnels to a backend of `family`.
     public func source(for family: IPAddress.Family) -> IPAddress? {
@@ -53,6 +67,8 @@ public struct NodeConfig: Equatable, Hashable, Sendable, Codable {
         case sourceV4 = "source_v4"
         case sourceV6 = "source_v6"
         case maglevTableSize = "maglev_table_size"
+        case tunnelMTU = "tunnel_mtu"
+        case guePort = "gue_port"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -60,6 +76,8 @@ public struct NodeConfig: Equatable, Hashable, Sendable, Codable {
         sourceV4 = try container.decodeIfPresent(IPAddress.self, forKey: .sourceV4)
         sourceV6 = try container.decodeIfPresent(IPAddress.self, forKey: .sourceV6)
         maglevTableSize = try container.decodeIfPresent(Int.self, forKey: .maglevTableSize) ?? Maglev.defaultTableSize
+        tunnelMTU = try container.decodeIfPresent(Int.self, forKey: .tunnelMTU)
+        guePort = try container.decodeIfPresent(UInt16.self, forKey: .guePort)
     }
 }
 
@@ -76,10 +94,18 @@ public enum L4Protocol: String, Hashable, Sendable, Codable, CaseIterable {
     }
 }
 
-/// How packets reach a backend. IP-in-IP is the only mode; the tunnel kind
-/// (4in4, 6in6, 4in6) follows from the VIP and backend families.
+/// How packets reach a backend (enum sl_forwarding). For the tunnels the kind (4in4, 6in6,
+/// 4in6) follows from the VIP and backend families.
 public enum Forwarding: String, Hashable, Sendable, Codable, CaseIterable {
+    /// IP-in-IP.
     case ipip
+    /// Outer IP + UDP to `node.gue_port`, then the inner packet.
+    case gue
+    /// Only the Ethernet destination changes, to the backend's MAC: backends on the balancer's segment.
+    case l2dsr
+
+    /// Whether packets are wrapped in an outer IP header from the node's source address.
+    public var tunnels: Bool { self != .l2dsr }
 }
 
 public struct Backend: Equatable, Hashable, Sendable, Codable {

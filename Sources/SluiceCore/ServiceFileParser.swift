@@ -23,7 +23,7 @@ public enum ServiceFileParser {
     }
 
     static let topKeys = ["node", "services"]
-    static let nodeKeys = ["source_v4", "source_v6", "maglev_table_size"]
+    static let nodeKeys = ["source_v4", "source_v6", "maglev_table_size", "tunnel_mtu", "gue_port"]
     static let serviceKeys = ["name", "vip", "port", "protocol", "forwarding", "backends", "healthcheck"]
     static let backendKeys = ["address", "weight"]
 
@@ -71,6 +71,20 @@ public enum ServiceFileParser {
             }
             node.maglevTableSize = number
         }
+        if let mtu = reader.optional(fields, "tunnel_mtu") {
+            let raw = try reader.scalar(mtu, field: "node.tunnel_mtu")
+            guard let number = Int(raw), NodeConfig.tunnelMTURange.contains(number) else {
+                throw reader.error(at: mtu, field: "node.tunnel_mtu", Complaint.notATunnelMTU(raw))
+            }
+            node.tunnelMTU = number
+        }
+        if let port = reader.optional(fields, "gue_port") {
+            let raw = try reader.scalar(port, field: "node.gue_port")
+            guard let number = Int(raw), (1...65535).contains(number) else {
+                throw reader.error(at: port, field: "node.gue_port", Complaint.notAPort(raw))
+            }
+            node.guePort = UInt16(number)
+        }
         return node
     }
 
@@ -104,7 +118,7 @@ public enum ServiceFileParser {
         if let node = reader.optional(fields, "forwarding") {
             let raw = try reader.scalar(node, field: "forwarding")
             guard let mode = Forwarding(rawValue: raw) else {
-                throw reader.error(at: node, field: "forwarding", "\(ConfigError.show(raw)) is not a forwarding mode (ipip)")
+                throw reader.error(at: node, field: "forwarding", Complaint.notAForwardingMode(raw))
             }
             forwarding = mode
         }

@@ -63,6 +63,12 @@ struct ServiceFileValidator {
         if size < Maglev.minimumTableSize || size > limits.maxMaglevSize || !Maglev.isPrime(size) {
             throw fail(nil, nil, "node.maglev_table_size", Complaint.notATableSize(String(size), limit: limits.maxMaglevSize))
         }
+        if let mtu = node.tunnelMTU, !NodeConfig.tunnelMTURange.contains(mtu) {
+            throw fail(nil, nil, "node.tunnel_mtu", Complaint.notATunnelMTU(String(mtu)))
+        }
+        if node.guePort == 0 {
+            throw fail(nil, nil, "node.gue_port", Complaint.notAPort("0"))
+        }
     }
 
     private func validateName(_ service: Service, index: Int, names: inout [String: Int],
@@ -94,6 +100,8 @@ struct ServiceFileValidator {
             if let first = seen.updateValue(position, forKey: address) {
                 throw fail(index, service, "\(path).address", "\(address) is listed twice (also backends[\(first)])")
             }
+            // l2dsr only rewrites the Ethernet header: no tunnel, no outer source.
+            guard service.forwarding.tunnels else { continue }
             // 4in6 exists; 6in4 does not (the data plane never builds it).
             if service.vip.family == .v6 && address.family == .v4 {
                 throw fail(index, service, "\(path).address",
@@ -145,6 +153,15 @@ enum Complaint {
 
     static func notAnAddress(_ raw: String, family: IPAddress.Family?) -> String {
         "\(ConfigError.show(raw)) is not an \(family?.description ?? "IP") address"
+    }
+
+    static func notATunnelMTU(_ raw: String) -> String {
+        "\(ConfigError.show(raw)) is not a tunnel MTU (\(NodeConfig.tunnelMTURange.lowerBound)-\(NodeConfig.tunnelMTURange.upperBound))"
+    }
+
+    static func notAForwardingMode(_ raw: String) -> String {
+        let modes = Forwarding.allCases.map(\.rawValue).joined(separator: ", ")
+        return "\(ConfigError.show(raw)) is not a forwarding mode (\(modes); nat and fullnat are not available yet)"
     }
 
     static func notATableSize(_ raw: String, limit: Int?) -> String {

@@ -46,10 +46,14 @@ struct Apply: AsyncParsableCommand {
         } else {
             result = try Dataplane.openOrLoad(pinPath: global.pinPath).apply(desired, dryRun: dryRun)
         }
-        report(lines: result.diff.lines, applied: !dryRun, tables: result.tablesWritten, bytes: result.bytesWritten)
+        report(lines: result.diff.lines, applied: !dryRun, tables: result.tablesWritten, bytes: result.bytesWritten,
+               unresolved: result.unresolved)
     }
 
-    private func report(lines: [String], applied: Bool, tables: Int, bytes: Int) {
+    private func report(lines: [String], applied: Bool, tables: Int, bytes: Int, unresolved: [UnresolvedNeighbour]) {
+        for neighbour in unresolved {
+            FileHandle.standardError.write(Data("lbctl: warning: \(neighbour)\n".utf8))
+        }
         if lines.isEmpty {
             print("no changes")
             return
@@ -122,7 +126,8 @@ struct Apply: AsyncParsableCommand {
             throw RemoteError(message: "\(url): the answer is not an apply result: \(String(decoding: data.prefix(500), as: UTF8.self))",
                               isBadInput: false)
         }
-        report(lines: answer.changes, applied: answer.applied, tables: answer.tablesWritten, bytes: answer.bytesWritten)
+        report(lines: answer.changes, applied: answer.applied, tables: answer.tablesWritten, bytes: answer.bytesWritten,
+               unresolved: answer.unresolvedNeighbours ?? [])
     }
 }
 

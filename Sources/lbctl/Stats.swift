@@ -17,6 +17,7 @@ struct Stats: ParsableCommand {
         print("verdicts:  \(verdicts)")
         print("flows:     new \(snapshot.newFlows), conntrack hits \(snapshot.conntrackHits), misses \(snapshot.conntrackMisses)")
         print("other:     fragments passed \(snapshot.fragments), ip options forwarded \(snapshot.ipOptions)")
+        print("mtu:       mss clamped \(snapshot.mssClamped), icmp too big sent \(snapshot.icmpTooBig), icmp errors steered \(snapshot.icmpSteered)")
         print("drops:     \(drops)")
         var rows: [[String]] = []
         for service in snapshot.services {

@@ -16,15 +16,18 @@ struct Status: ParsableCommand {
         print("pin path:   \(report.pinPath) (program id \(report.programID))")
         print("interfaces: \(interfaces.isEmpty ? "none" : interfaces)")
         print("node:       source_v4 \(report.node.sourceV4 ?? "-"), source_v6 \(report.node.sourceV6 ?? "-"), gateway \(report.node.gatewayMAC ?? "-"), maglev_table_size \(report.node.maglevTableSize)")
+        let mtu = report.node.tunnelMTU.map { "\($0) (from the \(report.node.tunnelMTUSource == "service_file" ? "service file" : "interface"))" }
+        print("tunnels:    tunnel_mtu \(mtu ?? "none (no limit)"), gue_port \(report.node.guePort)")
         var rows: [[String]] = []
         for service in report.services {
             for backend in service.backends {
-                rows.append([service.name, "\(formatVIP(service.vip, service.port))/\(service.protocol)",
-                             backend.address, String(backend.weight), backend.state, backend.health])
+                let mac = service.forwarding == "l2dsr" ? backend.mac ?? "unresolved" : "-"
+                rows.append([service.name, "\(formatVIP(service.vip, service.port))/\(service.protocol)", service.forwarding,
+                             backend.address, String(backend.weight), backend.state, backend.health, mac])
             }
         }
         print("")
-        printTable(["SERVICE", "VIP", "BACKEND", "WEIGHT", "STATE", "HEALTH"], rows)
+        printTable(["SERVICE", "VIP", "FORWARDING", "BACKEND", "WEIGHT", "STATE", "HEALTH", "MAC"], rows)
     }
 }
 

@@ -302,10 +302,12 @@ struct LbctlCommandLineTests {
 /// The keys README documents for `lbctl stats --json`.
 func expectStatsKeys(_ counters: [String: Any]?, sourceLocation: SourceLocation = #_sourceLocation) {
     expectKeys(counters, ["verdicts", "new_flows", "conntrack_hits", "conntrack_misses", "fragments", "ip_options",
-                          "drops", "services"], in: "stats", sourceLocation: sourceLocation)
+                          "drops", "flow_events_lost", "mss_clamped", "icmp_too_big", "icmp_steered", "services"],
+               in: "stats", sourceLocation: sourceLocation)
     expectKeys(counters?["verdicts"], ["aborted", "drop", "pass", "tx", "redirect"], in: "stats.verdicts",
                sourceLocation: sourceLocation)
-    expectKeys(counters?["drops"], ["malformed", "truncated", "no_backend", "no_source", "no_gateway", "encap"],
+    expectKeys(counters?["drops"], ["malformed", "truncated", "no_backend", "no_source", "no_gateway", "encap",
+                                    "too_big", "no_neighbour"],
                in: "stats.drops", sourceLocation: sourceLocation)
     for service in counters?["services"] as? [Any] ?? [] {
         expectKeys(service, ["name", "vip", "port", "protocol", "packets", "bytes", "backends"], in: "stats.services[]",

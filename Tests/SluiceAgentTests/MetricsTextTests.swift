@@ -20,8 +20,9 @@ struct MetricsTextTests {
         let counters = try JSONDecoder().decode(CounterSnapshot.self, from: Data("""
             {"verdicts": {"aborted": 0, "drop": 1, "pass": 2, "tx": 7, "redirect": 0},
              "new_flows": 5, "conntrack_hits": 2, "conntrack_misses": 1, "fragments": 3, "ip_options": 4,
-             "drops": {"malformed": 1, "truncated": 0, "no_backend": 0, "no_source": 0, "no_gateway": 0, "encap": 0},
-             "flow_events_lost": 6,
+             "drops": {"malformed": 1, "truncated": 0, "no_backend": 0, "no_source": 0, "no_gateway": 0, "encap": 0,
+                       "too_big": 12, "no_neighbour": 13},
+             "flow_events_lost": 6, "mss_clamped": 14, "icmp_too_big": 15, "icmp_steered": 16,
              "services": [{"name": "web", "vip": "192.0.2.10", "port": 80, "protocol": "tcp", "packets": 7, "bytes": 700,
                            "backends": [{"address": "10.1.0.1", "packets": 7, "bytes": 700},
                                         {"address": "10.1.0.2", "packets": 18446744073709551615, "bytes": 0}]}]}
@@ -54,6 +55,8 @@ struct MetricsTextTests {
             "sluice_conntrack_entries 9", "sluice_conntrack_capacity_entries 1024", "sluice_conntrack_expired_total 11",
             "sluice_fragments_passed_total 3", "sluice_ip_options_packets_total 4",
             #"sluice_drops_total{reason="malformed"} 1"#, #"sluice_xdp_verdicts_total{verdict="tx"} 7"#,
+            #"sluice_drops_total{reason="too_big"} 12"#, #"sluice_drops_total{reason="no_neighbour"} 13"#,
+            "sluice_mss_clamped_total 14", "sluice_icmp_too_big_sent_total 15", "sluice_icmp_errors_steered_total 16",
             "sluice_services 1", "sluice_last_apply_timestamp_seconds 1764000000.5", "sluice_flow_events_lost_total 6",
             "# TYPE sluice_packets_total counter", "# TYPE sluice_backend_weight gauge",
         ] {
@@ -61,7 +64,7 @@ struct MetricsTextTests {
         }
         let types = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count
         let helps = text.split(separator: "\n").filter { $0.hasPrefix("# HELP ") }.count
-        #expect(types == 22 && helps == 22, "every family has HELP and TYPE (\(types), \(helps))")
+        #expect(types == 25 && helps == 25, "every family has HELP and TYPE (\(types), \(helps))")
         #expect(text.hasSuffix("\n"))
         #expect(!text.contains("sluice_sync_"), "no sync series without sync")
 
@@ -89,6 +92,6 @@ struct MetricsTextTests {
         ] {
             #expect(syncLines.contains(expected), "missing: \(expected)\n\(synced)")
         }
-        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 31)
+        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 34)
     }
 }
