@@ -191,7 +191,7 @@ public enum Decap {
     /// the port; another program on the interface is an error.
     public static func attach(interface name: String, mode: XDPMode, vips: [IPAddress]?, locals: [IPAddress]?,
                               guePort: UInt16 = UInt16(SL_GUE_DEFAULT_PORT), pinPath: String) throws(ControlError) -> Outcome {
-        let interface = try NetworkInterface.named(name)
+        _ = try NetworkInterface.named(name)  // refuses an unknown interface before anything is written
         // Everything that can be refused is checked before anything is loaded or written.
         let vipSet = (vips ?? loopbackVIPs()).uniqueSorted()
         guard !vipSet.isEmpty else { throw .badInput("no VIP on lo and no --vip given") }
