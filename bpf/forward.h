@@ -61,9 +61,11 @@ static __always_inline int sl_forward(struct xdp_md *ctx, const struct sl_packet
 
 	if (be->forwarding == SL_FWD_L2DSR)
 		return sl_l2dsr(pkt, be);
-	rc = sl_pmtu_check(ctx, pkt, cfg, sl_tunnel_overhead(be), st);
-	if (rc != SL_CONTINUE)
-		return rc;
+	if (cfg->tunnel_mtu) {
+		rc = sl_pmtu_check(ctx, pkt, cfg, sl_tunnel_overhead(be), st);
+		if (rc != SL_CONTINUE)
+			return rc;
+	}
 	if (be->forwarding == SL_FWD_GUE)
 		return sl_encap_gue(ctx, pkt, cfg, be, key);
 	return sl_encap(ctx, pkt, cfg, be);

@@ -3,6 +3,7 @@
 // and that an established flow follows its service's mode.
 
 import CSluice
+import Foundation
 import SluiceControl
 import SluiceCore
 import SluiceTestSupport
@@ -185,5 +186,64 @@ struct ForwardingModeTests {
         try lb.setForwarding(SL_FWD_L2DSR, of: "web", mac: backendMAC)
         let (_, l2) = try lb.run(ack)
         #expect(Array(l2[0..<6]) == backendMAC)
+    }
+}
+
+@Suite("Forwarding modes on the wire", requiresRoot)
+struct ForwardingWireTests {
+    /// One frame of every kind the new modes send: l2dsr, GUE over both outers (TCP, UDP,
+    /// 4in6), clamped SYNs, ICMP and ICMPv6 "too big" answers, steered ICMP errors.
+    func framesOfEveryKind() async throws -> [[UInt8]] {
+        let lb = try await TestDataplane.make(yaml: Config.standard)
+        defer { lb.close() }
+        try lb.setTunnel(mtu: 1500)
+        var out: [[UInt8]] = []
+        func send(_ frame: [UInt8]) throws {
+            let (verdict, output) = try lb.run(frame)
+            #expect(verdict == XDPVerdict.tx.rawValue)
+            out.append(output)
+        }
+        var syn = PacketBuilder()
+        syn.tcpOptions = mssOption(1460) + [1, 1, 4, 2]
+        var df = PacketBuilder()
+        df.dontFragment = true
+        let b = PacketBuilder()
+        try lb.setForwarding(SL_FWD_L2DSR, of: "web", mac: backendMAC)
+        try send(b.tcp(from: clientV4, 43000, to: "198.51.100.10", 80, payload: Array(repeating: 1, count: 100)))
+        for service in ["web", "dns", "web6", "dns6", "mixed"] { try lb.setForwarding(SL_FWD_GUE, of: service) }
+        try send(syn.tcp(from: clientV4, 43001, to: "198.51.100.10", 80))
+        try send(b.udp(from: clientV4, 43002, to: "198.51.100.10", 53, payload: Array(0..<64)))
+        try send(syn.tcp(from: clientV6, 43003, to: "2001:db8::80", 443))
+        try send(b.udp(from: clientV6, 43004, to: "2001:db8::53", 53, payload: Array(0..<64)))
+        try send(b.tcp(from: clientV4, 43005, to: "198.51.100.20", 8080, flags: [.ack], payload: Array(repeating: 2, count: 500)))
+        try send(df.tcp(from: clientV4, 43006, to: "198.51.100.10", 80, flags: [.ack], payload: Array(repeating: 3, count: 1460)))
+        try send(b.tcp(from: clientV6, 43007, to: "2001:db8::80", 443, flags: [.ack], payload: Array(repeating: 4, count: 1440)))
+        let quote6 = quotedReply(vip: "2001:db8::80", port: 443, client: clientV6, clientPort: 43003, keep: 1232)
+        try send(b.icmpError(from: routerV6, to: "2001:db8::80", type: 2, code: 0, rest: 1400, quoting: quote6))
+        try lb.setForwarding(SL_FWD_IPIP, of: "web")
+        try send(syn.tcp(from: clientV4, 43008, to: "198.51.100.10", 80))
+        let quote4 = quotedReply(vip: "198.51.100.10", port: 80, client: clientV4, clientPort: 43008, keep: 548)
+        try send(b.icmpError(from: routerV4, to: "198.51.100.10", type: 3, code: 4, rest: 1400, quoting: quote4))
+        return out
+    }
+
+    /// tshark's expert errors for `frames`, or nil.
+    func tsharkErrors(_ frames: [[UInt8]]) async throws -> String? {
+        let file = "/tmp/sluice-wire-\(UInt32.random(in: 0...UInt32.max)).pcap"
+        defer { unlink(file) }
+        try Data(pcap(frames)).write(to: URL(fileURLWithPath: file))
+        return try await TShark.expertErrors(pcap: file, guePort: Int(guePort))
+    }
+
+    @Test("tshark reads every frame the modes send without a malformed or bad-checksum mark")
+    func tsharkFindsNoError() async throws {
+        let frames = try await framesOfEveryKind()
+        #expect(frames.count == 11)
+        let errors = try await tsharkErrors(frames)
+        #expect(errors == nil, "\(errors ?? "")")
+        // The check itself: one flipped payload byte is a bad checksum to tshark.
+        var broken = frames
+        broken[1][broken[1].count - 1] ^= 0xff
+        #expect(try await tsharkErrors(broken) != nil, "tshark must flag a corrupted GUE frame")
     }
 }

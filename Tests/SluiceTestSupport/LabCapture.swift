@@ -68,16 +68,10 @@ extension Lab {
             try Lab.pcapFrames(Array(Data(contentsOf: URL(fileURLWithPath: file))))
         }
 
-        /// tshark's expert errors for the file, with every checksum check on, UDP to
-        /// `guePort` read as the IP packet it carries; nil when there are none. UDP to 53 is
-        /// read as plain data: the lab's queries are text, which tshark calls malformed DNS
-        /// (and with 53 taken, no other dissector claims them by a random source port).
+        /// tshark's expert errors for the file (TShark.expertErrors), naming the capture; nil
+        /// when there are none.
         public func expertErrors(guePort: Int) async throws -> String? {
-            let result = try await Command.check("/usr/bin/tshark", [
-                "-r", file, "-q", "-z", "expert,error", "-d", "udp.port==\(guePort),ip", "-d", "udp.port==53,data",
-                "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE",
-            ])
-            return result.stdout.contains("Errors (") ? "\(place): \(file)\n\(result.stdout)" : nil
+            try await TShark.expertErrors(pcap: file, guePort: guePort).map { "\(place): \(file)\n\($0)" }
         }
     }
 
