@@ -30,38 +30,17 @@ extension TestDataplane {
 }
 
 /// The GUE frame the balancer must send for `input` to `backend` with UDP source port `sport`:
-/// the IP-in-IP frame's link layer, an outer header of protocol 17, UDP, the input's IP packet.
+/// the IP-in-IP frame's link layer (to the gateway, from our MAC, the tag kept), outer IP + UDP
+/// from the node's source, the input's IP packet and what followed it.
 func expectedGUEFrame(input: [UInt8], backend: IPAddress, node: NodeConfig, sport: UInt16) -> [UInt8] {
     let range = ipPacketRange(ofFrame: input)!
-    let inner = Array(input[range])
-    var udp: [UInt8] = []
-    udp.appendBig16(sport)
-    udp.appendBig16(guePort)
-    udp.appendBig16(UInt16(8 + inner.count))
-    udp.appendBig16(0)
-    var outer = expectedOuterHeader(inner: inner, backend: backend, node: node)
-    if backend.family == .v4 {
-        outer[9] = 17
-        outer.setBE16(2, UInt16(20 + udp.count + inner.count))
-        outer.setBE16(10, 0)
-        outer.setBE16(10, internetChecksum(outer))
-    } else {
-        outer[6] = 17
-        outer.setBE16(4, UInt16(udp.count + inner.count))
-        let pseudo = node.sourceV6!.bytes + backend.bytes + [0, 0] + be16Bytes(UInt16(udp.count + inner.count)) + [0, 0, 0, 17]
-        var sum = internetChecksum(pseudo + udp + inner)
-        if sum == 0 { sum = 0xffff }
-        udp.setBE16(6, sum)
-    }
-    let link = Array(expectedTunnelFrame(input: input, backend: backend, node: node).prefix(range.lowerBound))
-    return link + outer + udp + inner + input[range.upperBound...]
+    let readdressed = TestDataplane.gatewayMAC + Array(input[0..<6]) + Array(input[12...])
+    let source = node.source(for: backend.family)!
+    return GUEFrame.wrap(readdressed, from: source.description, to: backend.description, sourcePort: sport,
+                         port: guePort, inner: Array(input[range])) + input[range.upperBound...]
 }
 
 func be16Bytes(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xff)] }
-
-extension Array where Element == UInt8 {
-    mutating func appendBig16(_ value: UInt16) { self += be16Bytes(value) }
-}
 
 /// Where the UDP header of a GUE frame starts (untagged frames).
 func gueUDPOffset(_ frame: [UInt8]) -> Int { frame.be16(12) == 0x0800 ? 14 + 20 : 14 + 40 }
