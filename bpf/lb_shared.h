@@ -52,7 +52,23 @@ enum sl_forwarding {
 	SL_FWD_IPIP = 0,   /* IP-in-IP: 4in4, 6in6, 4in6 */
 	SL_FWD_GUE = 1,    /* outer IP + UDP to gue_port, then the inner packet (GUE variant 1) */
 	SL_FWD_L2DSR = 2,  /* only the Ethernet header changes: to the backend's MAC */
+	SL_FWD_NAT = 3,    /* destination VIP:port -> backend:port; replies come back through us (nat.h) */
+	SL_FWD_FULLNAT = 4, /* also source client -> a SNAT address:port of this node (nat.h) */
 };
+
+/* Full NAT's source addresses (node.snat_v4, node.snat_v6): at most this many
+ * per family. A new full-NAT flow tries at most SL_SNAT_TRIES (address, port)
+ * candidates, each derived from the flow's hash and the try's number, and takes
+ * the first that no other flow to the same backend port holds (an insert into
+ * sl_nat that must not find the key: no lock, no loop over the range). */
+#define SL_MAX_SNAT_ADDRS 16
+#define SL_SNAT_TRIES 16
+#define SL_SNAT_DEFAULT_PORT_MIN 1024
+#define SL_SNAT_DEFAULT_PORT_MAX 65535
+
+/* The prefilter bit of a NAT backend (its address, port and protocol, as the
+ * source of its replies) is that of a VIP key with this bit set in proto. */
+#define SL_VIP_FILTER_REPLY 0x80
 
 /* The program names, as pinned under the pin path (bpffs). The maps are
  * pinned under their C names (maps.h, decap_maps.h). */
@@ -80,6 +96,8 @@ struct sl_vip_key {
 struct sl_vip {
 	__u32 id;          /* service slot: index of sl_maglev, sl_vip_stats, sl_services */
 	__u32 maglev_size; /* M of this service's table (prime) */
+	__u8 forwarding;   /* enum sl_forwarding: a SYN of a NAT service asks conntrack first */
+	__u8 pad[3];       /* always zero */
 };
 
 /* Value of sl_backends, indexed by backend id. */
@@ -89,9 +107,14 @@ struct sl_backend {
 	__u8 flags;        /* enum sl_backend_flags */
 	__u16 weight;      /* configured weight (control plane bookkeeping) */
 	__u32 service_id;  /* owning service slot */
-	__u8 mac[6];       /* l2dsr: the backend's MAC on the attached interface; all zero = not resolved */
+	__u8 mac[6];       /* l2dsr: the backend's MAC on the attached interface; nat, fullnat: the
+	                    * MAC of the next hop toward the backend; all zero = not resolved */
 	__u8 forwarding;   /* enum sl_forwarding of the owning service */
 	__u8 pad;          /* always zero */
+	__be16 port;       /* nat, fullnat: the backend's port, network order (the service's port
+	                    * when the file names none); 0 in the other modes */
+	__u8 src_mac[6];   /* nat, fullnat: our MAC on the interface toward the backend */
+	__u32 ifindex;     /* nat, fullnat: that interface; 0 = the one the packet came in on */
 };
 
 /* The data plane reads none of these: they record for every lbctl process
@@ -115,6 +138,17 @@ struct sl_flow_key {
 	__u8 pad[2];   /* always zero */
 };
 
+/* TCP flags a flow's packets carried, in one direction (sl_ct_entry.tcp_seen
+ * for the client's, sl_nat_entry.tcp_seen for the backend's). The agent gives
+ * a flow whose client never sent an ACK the short tcp_syn_timeout and one that
+ * saw a FIN or RST in either direction tcp_closing_timeout. */
+enum sl_tcp_seen {
+	SL_TCP_SEEN_SYN = 1 << 0,
+	SL_TCP_SEEN_ACK = 1 << 1,   /* an ACK without SYN: the handshake completed on this side */
+	SL_TCP_SEEN_FIN = 1 << 2,
+	SL_TCP_SEEN_RST = 1 << 3,
+};
+
 /* Value of sl_conntrack. A hit is trusted only while sl_vip_epochs still
  * holds `epoch` (its low 16 bits) for `service_id`: the control plane bumps a
  * slot's epoch when it frees the slot or gives it another VIP key, which
@@ -125,7 +159,40 @@ struct sl_ct_entry {
 	__u16 epoch;       /* low 16 bits of sl_vip_epochs[service_id] when recorded */
 	__u32 last_seen;   /* sl_clock when last forwarded, recorded or refreshed by a peer */
 	__u8 origin;       /* SL_ORIGIN_LOCAL, or the sl_peers index of the peer that sent it */
-	__u8 pad[3];       /* always zero */
+	__u8 tcp_seen;     /* enum sl_tcp_seen of the client's packets (0 for UDP) */
+	__u8 nat;          /* SL_FWD_NAT or SL_FWD_FULLNAT once translated (its sl_nat entry
+	                    * exists), else 0 */
+	__u8 snat_index;   /* fullnat: the source address's index in its family's sl_snat_pools */
+	__be16 snat_port;  /* fullnat: the source port allocated to the flow, network order */
+	__u8 pad[2];       /* always zero */
+};
+
+/* Value of sl_nat, the translations seen from the backend's side. Its key is
+ * the backend's reply as it arrives (struct sl_flow_key: backend:port ->
+ * client:port for nat, -> SNAT address:port for fullnat), so that the reply
+ * finds its flow with one lookup, and an insert of a full-NAT candidate that
+ * finds its key taken means the port is in use for that backend port. */
+struct sl_nat_entry {
+	struct sl_flow_key flow; /* the client's flow (client -> VIP): its sl_conntrack key */
+	__u8 client_mac[6];      /* next hop toward the client: the source MAC of its packets */
+	__u8 local_mac[6];       /* our MAC on that side: their destination MAC */
+	__u32 ifindex;           /* the interface they came in on; 0 = not known (a synced
+	                          * flow): replies go back out where they came in, to the gateway */
+	__u32 backend_id;
+	__u16 service_id;
+	__u8 tcp_seen;           /* enum sl_tcp_seen of the backend's packets */
+	__u8 mode;               /* SL_FWD_NAT or SL_FWD_FULLNAT */
+	__u32 last_seen;         /* sl_clock when a reply was last translated, or when recorded */
+};
+
+/* Value of sl_snat_pools (an array of two: index 0 for IPv4 backends, 1 for
+ * IPv6), written by apply from node.snat_v4, node.snat_v6, node.snat_ports. */
+struct sl_snat_pool {
+	__u32 addr[SL_MAX_SNAT_ADDRS][4]; /* network order; IPv4 in addr[i][0] */
+	__u16 port_min;                   /* host order, inclusive */
+	__u16 port_max;                   /* host order, inclusive */
+	__u8 count;                       /* addresses in addr; 0 = full NAT unavailable */
+	__u8 pad[3];                      /* always zero */
 };
 
 /* sl_clock (an array of one __u32): seconds of the agent's monotonic clock,
@@ -153,6 +220,9 @@ struct sl_flow_event {
 	__u32 backend_id;
 	__u16 service_id;
 	__u16 epoch;
+	__u8 nat;          /* as sl_ct_entry */
+	__u8 snat_index;
+	__be16 snat_port;
 };
 
 /* Value of sl_config (an array of one). Written by lbctl attach and apply. */
@@ -176,10 +246,13 @@ enum sl_config_flags {
 	SL_CFG_TUNNEL_MTU_SET = 1 << 4, /* tunnel_mtu came from the service file, not the interface */
 };
 
-/* Value of sl_vip_stats and sl_backend_stats (per CPU). */
+/* Value of sl_vip_stats and sl_backend_stats (per CPU): the client's packets
+ * forwarded, and the backend's replies translated back (nat, fullnat). */
 struct sl_counter {
 	__u64 packets;
 	__u64 bytes;
+	__u64 reply_packets;
+	__u64 reply_bytes;
 };
 
 /* Why the data plane dropped a packet. Index of sl_stats.drops. */
@@ -191,7 +264,9 @@ enum sl_drop_reason {
 	SL_DROP_NO_GATEWAY,     /* no next-hop MAC configured */
 	SL_DROP_ENCAP,          /* the frame could not grow for the tunnel header */
 	SL_DROP_TOO_BIG,        /* over tunnel_mtu once encapsulated, and IPv4 without DF: cannot fragment */
-	SL_DROP_NO_NEIGHBOUR,   /* l2dsr: the backend's MAC is not resolved */
+	SL_DROP_NO_NEIGHBOUR,   /* l2dsr, nat, fullnat: the next hop's MAC is not resolved */
+	SL_DROP_NO_SNAT,        /* fullnat: the node has no SNAT address of the backend's family */
+	SL_DROP_SNAT_EXHAUSTED, /* fullnat: every candidate (address, port) tried was in use */
 	SL_DROP__MAX,
 };
 
@@ -211,6 +286,10 @@ struct sl_stats {
 	__u64 mss_clamped;           /* SYNs whose MSS option was lowered to fit tunnel_mtu */
 	__u64 icmp_too_big;          /* ICMP "fragmentation needed" / ICMPv6 "packet too big" sent to clients */
 	__u64 icmp_steered;          /* inbound ICMP errors about a VIP's flow, forwarded to its backend */
+	__u64 nat_created;           /* translations created (nat and fullnat flows opened) */
+	__u64 nat_replies;           /* backends' packets translated back toward clients */
+	__u64 nat_icmp;              /* ICMP errors about a translated flow, translated (either way) */
+	__u64 snat_collisions;       /* full-NAT candidates found in use before one was free */
 };
 
 /* Value of sl_services, indexed by service slot. Control-plane metadata kept

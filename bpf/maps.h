@@ -90,6 +90,28 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_conntrack SEC(".maps");
 
+/* The translations seen from the backend's side (struct sl_nat_entry), keyed
+ * by the backend's reply as it arrives: one per nat or fullnat flow, created
+ * with the flow's sl_conntrack entry and removed with it by the agent. LRU and
+ * sized with sl_conntrack by user space. A full-NAT source port is in use for
+ * a backend port exactly while its entry exists. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SL_CT_DEFAULT_SIZE);
+	__type(key, struct sl_flow_key);
+	__type(value, struct sl_nat_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_nat SEC(".maps");
+
+/* Full NAT's source addresses and port range: index 0 for IPv4, 1 for IPv6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct sl_snat_pool);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_snat_pools SEC(".maps");
+
 /* New flows for the agent to send to its peers (struct sl_flow_event), when
  * SL_CFG_SYNC is set. */
 struct {

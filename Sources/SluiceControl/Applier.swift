@@ -405,7 +405,7 @@ struct Writer {
     }
 
     private mutating func writeVIP(_ entry: Plan.Entry, size: Int) throws(BPFError) {
-        try dataplane[.vips].update(sl_vip_key(service: entry.service), sl_vip(id: entry.slot, maglev_size: UInt32(size)))
+        try dataplane[.vips].update(sl_vip_key(service: entry.service), sl_vip(id: entry.slot, maglev_size: UInt32(size), forwarding: entry.service.forwarding.cValue, pad: (0, 0, 0)))
         bytes += MemoryLayout<sl_vip>.size
     }
 }

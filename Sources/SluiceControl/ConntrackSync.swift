@@ -124,7 +124,7 @@ public final class ConntrackSync {
                 continue
             }
             let entry = sl_ct_entry(backend_id: backendID, service_id: UInt16(vip.id), epoch: epoch, last_seen: now,
-                                    origin: origin, pad: (0, 0, 0))
+                                    origin: origin, tcp_seen: 0, nat: 0, snat_index: 0, snat_port: 0, pad: (0, 0))
             if (try? dataplane[.conntrack].update(key, entry)) != nil { result.applied += 1 }
         }
         return result

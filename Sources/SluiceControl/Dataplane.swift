@@ -24,6 +24,8 @@ public final class Dataplane: Sendable {
         case maglev = "sl_maglev"
         case backends = "sl_backends"
         case conntrack = "sl_conntrack"
+        case nat = "sl_nat"
+        case snatPools = "sl_snat_pools"
         case flowEvents = "sl_flow_events"
         case clock = "sl_clock"
         case peers = "sl_peers"
@@ -58,6 +60,7 @@ public final class Dataplane: Sendable {
     public static func openOrLoad(pinPath: String, conntrackSize: UInt32 = UInt32(SL_CT_DEFAULT_SIZE)) throws(ControlError) -> Dataplane {
         Dataplane(try PinnedObject<Map>.openOrLoad(at: pinPath) { object throws(BPFError) in
             try object.setMaxEntries(map: Map.conntrack.rawValue, conntrackSize)
+            try object.setMaxEntries(map: Map.nat.rawValue, conntrackSize)
         })
     }
 

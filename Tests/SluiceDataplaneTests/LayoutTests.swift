@@ -18,27 +18,38 @@ private func swiftLayout<T>(_: T.Type, _ name: String, _ fields: KeyValuePairs<S
 
 private let vipKey = swiftLayout(sl_vip_key.self, "sl_vip_key",
                                  ["addr": \.addr, "port": \.port, "proto": \.proto, "family": \.family])
-private let vip = swiftLayout(sl_vip.self, "sl_vip", ["id": \.id, "maglev_size": \.maglev_size])
+private let vip = swiftLayout(sl_vip.self, "sl_vip", ["id": \.id, "maglev_size": \.maglev_size, "forwarding": \.forwarding, "pad": \.pad])
 private let backend = swiftLayout(sl_backend.self, "sl_backend",
                                   ["addr": \.addr, "family": \.family, "flags": \.flags, "weight": \.weight,
-                                   "service_id": \.service_id, "mac": \.mac, "forwarding": \.forwarding, "pad": \.pad])
+                                   "service_id": \.service_id, "mac": \.mac, "forwarding": \.forwarding, "pad": \.pad,
+                                   "port": \.port, "src_mac": \.src_mac, "ifindex": \.ifindex])
 private let flowKey = swiftLayout(sl_flow_key.self, "sl_flow_key",
                                   ["src": \.src, "dst": \.dst, "sport": \.sport, "dport": \.dport, "proto": \.proto,
                                    "family": \.family, "pad": \.pad])
 private let ctEntry = swiftLayout(sl_ct_entry.self, "sl_ct_entry",
                                   ["backend_id": \.backend_id, "service_id": \.service_id, "epoch": \.epoch,
-                                   "last_seen": \.last_seen, "origin": \.origin, "pad": \.pad])
+                                   "last_seen": \.last_seen, "origin": \.origin, "tcp_seen": \.tcp_seen, "nat": \.nat,
+                                   "snat_index": \.snat_index, "snat_port": \.snat_port, "pad": \.pad])
+private let natEntry = swiftLayout(sl_nat_entry.self, "sl_nat_entry",
+                                   ["flow": \.flow, "client_mac": \.client_mac, "local_mac": \.local_mac, "ifindex": \.ifindex,
+                                    "backend_id": \.backend_id, "service_id": \.service_id, "tcp_seen": \.tcp_seen,
+                                    "mode": \.mode, "last_seen": \.last_seen])
+private let snatPool = swiftLayout(sl_snat_pool.self, "sl_snat_pool",
+                                   ["addr": \.addr, "port_min": \.port_min, "port_max": \.port_max, "count": \.count, "pad": \.pad])
 private let config = swiftLayout(sl_config.self, "sl_config",
                                  ["source_v4": \.source_v4, "source_v6": \.source_v6, "gateway_mac": \.gateway_mac,
                                   "flags": \.flags, "pad": \.pad, "maglev_size": \.maglev_size,
                                   "tunnel_mtu": \.tunnel_mtu, "gue_port": \.gue_port])
-private let counter = swiftLayout(sl_counter.self, "sl_counter", ["packets": \.packets, "bytes": \.bytes])
+private let counter = swiftLayout(sl_counter.self, "sl_counter", ["packets": \.packets, "bytes": \.bytes,
+                                                                    "reply_packets": \.reply_packets, "reply_bytes": \.reply_bytes])
 private let stats = swiftLayout(sl_stats.self, "sl_stats",
                                 ["verdicts": \.verdicts, "new_flows": \.new_flows, "ct_hits": \.ct_hits,
                                  "ct_misses": \.ct_misses, "fragments": \.fragments, "ip_options": \.ip_options,
                                  "drops": \.drops, "flow_events_lost": \.flow_events_lost,
                                  "mss_clamped": \.mss_clamped, "icmp_too_big": \.icmp_too_big,
-                                 "icmp_steered": \.icmp_steered])
+                                 "icmp_steered": \.icmp_steered, "nat_created": \.nat_created,
+                                 "nat_replies": \.nat_replies, "nat_icmp": \.nat_icmp,
+                                 "snat_collisions": \.snat_collisions])
 private let serviceInfo = swiftLayout(sl_service_info.self, "sl_service_info",
                                       ["name": \.name, "vip": \.vip, "maglev_size": \.maglev_size,
                                        "generation": \.generation, "forwarding": \.forwarding, "pad": \.pad])
@@ -47,15 +58,17 @@ private let serviceInfo = swiftLayout(sl_service_info.self, "sl_service_info",
 struct LayoutTests {
     @Test func theSharedStructsHaveTheSizesTheirCommentsPromise() {
         #expect(MemoryLayout<sl_vip_key>.size == 20)
-        #expect(MemoryLayout<sl_vip>.size == 8)
-        #expect(MemoryLayout<sl_backend>.size == 32)
+        #expect(MemoryLayout<sl_vip>.size == 12)
+        #expect(MemoryLayout<sl_backend>.size == 44)
         #expect(MemoryLayout<sl_flow_key>.size == 40)
-        #expect(MemoryLayout<sl_ct_entry>.size == 16)
-        #expect(MemoryLayout<sl_flow_event>.size == 48)
+        #expect(MemoryLayout<sl_ct_entry>.size == 20)
+        #expect(MemoryLayout<sl_nat_entry>.size == 68)
+        #expect(MemoryLayout<sl_snat_pool>.size == Int(SL_MAX_SNAT_ADDRS) * 16 + 8)
+        #expect(MemoryLayout<sl_flow_event>.size == 52)
         #expect(MemoryLayout<sl_addr_key>.size == 20)
         #expect(MemoryLayout<sl_config>.size == 36)
-        #expect(MemoryLayout<sl_counter>.size == 16)
-        #expect(MemoryLayout<sl_stats>.size == 8 * (Int(SL_VERDICTS) + 9 + Int(SL_DROP__MAX.rawValue)))
+        #expect(MemoryLayout<sl_counter>.size == 32)
+        #expect(MemoryLayout<sl_stats>.size == 8 * (Int(SL_VERDICTS) + 13 + Int(SL_DROP__MAX.rawValue)))
         #expect(MemoryLayout<sl_service_info>.size == Int(SL_SERVICE_NAME_LEN) + 20 + 4 + 4 + 4)
     }
 
@@ -68,6 +81,8 @@ struct LayoutTests {
             (d[.vips], vipKey, vip),
             (d[.backends], nil, backend),
             (d[.conntrack], flowKey, ctEntry),
+            (d[.nat], flowKey, natEntry),
+            (d[.snatPools], nil, snatPool),
             (d[.config], nil, config),
             (d[.stats], nil, stats),
             (d[.vipStats], nil, counter),
@@ -96,6 +111,8 @@ struct LayoutTests {
         #expect(d[.backends].info.maxEntries == Int(SL_MAX_BACKENDS))
         #expect(d[.vips].info.maxEntries == Int(SL_MAX_VIPS))
         #expect(d[.conntrack].info.maxEntries == Int(TestDataplane.conntrackSize), "conntrack resized before load")
+        #expect(d[.nat].info.maxEntries == Int(TestDataplane.conntrackSize), "the NAT table sized with conntrack")
+        #expect(d[.snatPools].info.maxEntries == 2)
         // The prefilter: __u32 word index -> __u64 of bits.
         #expect(d[.vipFilter].info.keySize == u32 && d[.vipFilter].info.valueSize == MemoryLayout<UInt64>.size)
         #expect(d[.vipFilter].info.maxEntries == Int(SL_VIP_FILTER_WORDS))
