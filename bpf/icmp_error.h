@@ -92,6 +92,7 @@ static __always_inline int sl_icmp_quoted_flow(struct xdp_md *ctx, struct sl_pac
 	pkt->sport = ports->dest;
 	pkt->dport = ports->source;
 	pkt->tcp_syn = 0;
+	pkt->tcp_seen = 0;
 	flow->sport = pkt->sport;
 	flow->dport = pkt->dport;
 	flow->proto = pkt->proto;
@@ -121,7 +122,7 @@ static __always_inline int sl_steer_icmp(struct xdp_md *ctx, struct sl_packet *p
 		return rc;
 	if (!sl_vip_filter_test(&vip_key))
 		return XDP_PASS;
-	if (sl_ct_lookup(&flow, &known)) {
+	if (sl_ct_lookup(&flow, 0, &known)) {
 		backend_id = known.backend_id;
 		service_id = known.service_id;
 	} else {
