@@ -25,6 +25,27 @@
 #include "nat.h"
 #include "icmp_error.h"
 
+/* The programs the balancer tail-calls, filled in by libbpf at load: ICMP's
+ * translation would not fit the balancer's 512-byte stack beside the TCP and
+ * UDP paths, and costs nothing on them this way. Pinned, so the entries
+ * outlive the loader. */
+enum sl_tail {
+	SL_TAIL_ICMP = 0,
+	SL_TAIL__MAX,
+};
+
+int sl_icmp(struct xdp_md *ctx);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, SL_TAIL__MAX);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, int(void *));
+} sl_progs SEC(".maps") = {
+	.values = { [SL_TAIL_ICMP] = (void *)&sl_icmp },
+};
+
 /* Where a packet goes: its service slot and backend. */
 struct sl_target {
 	__u32 service_id;
@@ -81,19 +102,23 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 	rc = sl_parse_packet(ctx, &pkt, st);
 	if (rc != SL_CONTINUE)
 		return rc;
-	if (pkt.ip_proto != pkt.proto)
-		return sl_steer_icmp(ctx, &pkt, st);
+	/* ICMP takes a program of its own (a tail call, so its stack is its
+	 * own). Should the call fail, the packet passes. */
+	if (pkt.ip_proto != pkt.proto) {
+		bpf_tail_call(ctx, &sl_progs, SL_TAIL_ICMP);
+		return XDP_PASS;
+	}
 
 	sl_vip_key_build(&pkt, &vip_key);
 	if (!sl_vip_filter_test(&vip_key))
-		return sl_nat_reply(ctx, &pkt, st);
+		return sl_nat_reply(ctx, &pkt, &vip_key, &flow_key, st);
 
 	sl_flow_key_build(&pkt, &flow_key);
 	hit = !pkt.tcp_syn && sl_ct_lookup(&flow_key, pkt.tcp_seen, &known);
 	if (!hit) {
 		vip = bpf_map_lookup_elem(&sl_vips, &vip_key);
 		if (!vip)
-			return sl_nat_reply(ctx, &pkt, st);
+			return sl_nat_reply(ctx, &pkt, &vip_key, &flow_key, st);
 		if (pkt.tcp_syn && sl_fwd_is_nat(vip->forwarding))
 			hit = sl_syn_reopens(&flow_key, &pkt, &known);
 	}
@@ -142,6 +167,25 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 	}
 	sl_count_traffic(target.service_id, target.backend_id, pkt.frame_len);
 	return sl_forward(ctx, &pkt, cfg, be, &flow_key, st);
+}
+
+/* ICMP and ICMPv6, reached by the balancer's tail call: the frame is parsed
+ * again (nothing crosses a tail call but the context). */
+SEC("xdp")
+int sl_icmp(struct xdp_md *ctx)
+{
+	struct sl_stats *st = sl_stats_get();
+	struct sl_packet pkt;
+	struct sl_flow_key flow;
+	struct sl_vip_key vip_key;
+	int rc;
+
+	if (!st)
+		return XDP_ABORTED; /* unreachable: see sl_stats_get() */
+	rc = sl_parse_packet(ctx, &pkt, st);
+	if (rc == SL_CONTINUE)
+		rc = pkt.ip_proto != pkt.proto ? sl_steer_icmp(ctx, &pkt, &flow, &vip_key, st) : XDP_PASS;
+	return record_action(st, rc);
 }
 
 SEC("xdp")

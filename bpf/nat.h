@@ -225,23 +225,21 @@ static __always_inline __u32 sl_snat_candidate(__u32 flow_hash, __u32 try)
 
 /*
  * Allocates the flow's source: tries up to SL_SNAT_TRIES (address, port)
- * candidates of the family's pool and inserts the first free one into sl_nat
- * as `nat`. Fills ct's snat_index and snat_port. Returns SL_CONTINUE, or the
+ * candidates of the family's pool as the destination of `reply` (the rest of
+ * the key filled in) and inserts the first free one into sl_nat as `nat`. Fills ct's snat_index and snat_port. Returns SL_CONTINUE, or the
  * NO_SNAT or SNAT_EXHAUSTED drop; an existing flow is never touched.
  */
-static __always_inline int sl_snat_alloc(const struct sl_flow_key *key, const struct sl_backend *be,
+static __always_inline int sl_snat_alloc(const struct sl_flow_key *key, struct sl_flow_key *reply,
 					 const struct sl_nat_entry *nat, struct sl_ct_entry *ct,
 					 struct sl_stats *st)
 {
 	struct sl_snat_pool *pool = sl_snat_pool_of(key->family);
-	struct sl_flow_key reply;
 	__u32 hash, range, count;
 
 	if (!pool || !pool->count || pool->count > SL_MAX_SNAT_ADDRS || pool->port_max < pool->port_min)
 		return SL_RC_DROP(SL_DROP_NO_SNAT);
 	count = pool->count;
 	range = (__u32)pool->port_max - pool->port_min + 1;
-	sl_nat_reply_key(&reply, key, be);
 	hash = sl_flow_hash(key);
 	for (__u32 try = 0; try < SL_SNAT_TRIES; try++) {
 		__u32 x = sl_snat_candidate(hash, try);
@@ -255,11 +253,11 @@ static __always_inline int sl_snat_alloc(const struct sl_flow_key *key, const st
 			break;
 #pragma unroll
 		for (int i = 0; i < 4; i++)
-			reply.dst[i] = pool->addr[index][i];
-		reply.dport = bpf_htons(port);
-		if (!bpf_map_update_elem(&sl_nat, &reply, nat, BPF_NOEXIST)) {
+			reply->dst[i] = pool->addr[index][i];
+		reply->dport = bpf_htons(port);
+		if (!bpf_map_update_elem(&sl_nat, reply, nat, BPF_NOEXIST)) {
 			ct->snat_index = index;
-			ct->snat_port = reply.dport;
+			ct->snat_port = reply->dport;
 			return SL_CONTINUE;
 		}
 		st->snat_collisions++;
@@ -296,15 +294,15 @@ static __always_inline int sl_nat_open(struct xdp_md *ctx, const struct sl_packe
 	ct->service_id = service_id;
 	ct->tcp_seen = pkt->tcp_seen;
 	ct->nat = mode;
+	sl_nat_reply_key(&reply, key, be);
 	if (mode == SL_FWD_FULLNAT) {
-		rc = sl_snat_alloc(key, be, &nat, ct, st);
+		rc = sl_snat_alloc(key, &reply, &nat, ct, st);
 		if (rc != SL_CONTINUE)
 			return rc;
 	} else {
 		/* The reply goes to the client itself. Two VIPs sharing a backend
 		 * port cannot tell one client port's replies apart: the last flow
 		 * opened wins, as with any half NAT. */
-		sl_nat_reply_key(&reply, key, be);
 #pragma unroll
 		for (int i = 0; i < 4; i++)
 			reply.dst[i] = key->src[i];
@@ -338,45 +336,45 @@ static __always_inline int sl_nat_forward(struct xdp_md *ctx, const struct sl_pa
 	return sl_nat_send_to_backend(ctx, pkt, be);
 }
 
-/* The prefilter's test of a packet's source as a NAT backend's reply. */
-static __always_inline int sl_nat_reply_filter_test(const struct sl_packet *pkt)
+/* The prefilter's test of a packet's source as a NAT backend's reply, in
+ * `key`'s storage. */
+static __always_inline int sl_nat_reply_filter_test(const struct sl_packet *pkt, struct sl_vip_key *key)
 {
-	struct sl_vip_key key;
-
 	if (pkt->family == SL_FAMILY_V4) {
 		const struct iphdr *iph = pkt->l3;
 
-		key.addr[0] = iph->saddr;
-		key.addr[1] = 0;
-		key.addr[2] = 0;
-		key.addr[3] = 0;
+		key->addr[0] = iph->saddr;
+		key->addr[1] = 0;
+		key->addr[2] = 0;
+		key->addr[3] = 0;
 	} else {
 		const struct ipv6hdr *ip6h = pkt->l3;
 
 #pragma unroll
 		for (int i = 0; i < 4; i++)
-			key.addr[i] = ip6h->saddr.in6_u.u6_addr32[i];
+			key->addr[i] = ip6h->saddr.in6_u.u6_addr32[i];
 	}
-	key.port = pkt->sport;
-	key.proto = pkt->proto | SL_VIP_FILTER_REPLY;
-	key.family = pkt->family;
-	return sl_vip_filter_test(&key);
+	key->port = pkt->sport;
+	key->proto = pkt->proto | SL_VIP_FILTER_REPLY;
+	key->family = pkt->family;
+	return sl_vip_filter_test(key);
 }
 
 /* A packet for no VIP: a backend's reply to a NAT flow is translated back to
- * its client; anything else passes. */
+ * its client; anything else passes. The caller lends the storage of the keys
+ * (one stack frame holds every path, within 512 bytes). */
 static __always_inline int sl_nat_reply(struct xdp_md *ctx, const struct sl_packet *pkt,
+					struct sl_vip_key *filter_key, struct sl_flow_key *key,
 					struct sl_stats *st)
 {
-	struct sl_flow_key key;
 	struct sl_nat_entry *nat;
 	__u32 now;
 	int rc;
 
-	if (!sl_nat_reply_filter_test(pkt))
+	if (!sl_nat_reply_filter_test(pkt, filter_key))
 		return XDP_PASS;
-	sl_flow_key_build(pkt, &key);
-	nat = bpf_map_lookup_elem(&sl_nat, &key);
+	sl_flow_key_build(pkt, key);
+	nat = bpf_map_lookup_elem(&sl_nat, key);
 	if (!nat)
 		return XDP_PASS;
 	now = sl_clock_now();

@@ -321,3 +321,101 @@ struct NATTests {
         #expect(try lb.ctEntry(key)?.tcp_seen == syn)
     }
 }
+
+/// A packet as an ICMP error quotes it: the IP packet cut to `keep` bytes (its transport
+/// checksum still that of the whole packet).
+func quoted(_ proto: L4Protocol, from src: String, _ sport: UInt16, to dst: String, _ dport: UInt16, keep: Int) -> [UInt8] {
+    let packet = proto == .tcp
+        ? PacketBuilder().tcp(from: src, sport, to: dst, dport, flags: [.ack], payload: Array(repeating: 9, count: 1400))
+        : PacketBuilder().udp(from: src, sport, to: dst, dport, payload: Array(repeating: 9, count: 1400))
+    return Array(packet[14..<(14 + keep)])
+}
+
+func icmpFrame(from src: String, to dst: String, type: UInt8, code: UInt8, quoting quote: [UInt8],
+               macs: (src: [UInt8], dst: [UInt8])) -> [UInt8] {
+    var builder = PacketBuilder()
+    builder.sourceMAC = macs.src
+    builder.destinationMAC = macs.dst
+    return builder.icmpError(from: src, to: dst, type: type, code: code, rest: 1400, quoting: quote)
+}
+
+@Suite("ICMP errors through NAT", requiresRoot)
+struct NATICMPTests {
+    static let modes = [(SL_FWD_NAT, natCases[0]), (SL_FWD_FULLNAT, natCases[0]), (SL_FWD_NAT, natCases[2]),
+                        (SL_FWD_FULLNAT, natCases[2]), (SL_FWD_NAT, natCases[1]), (SL_FWD_FULLNAT, natCases[3])]
+
+    /// Opens the flow from clientPort 40000 and returns what the backend sees: its address and the source.
+    func open(_ lb: TestDataplane, _ c: NATCase) throws -> FrameAddresses {
+        let (verdict, output) = try lb.run(natFrame(c.proto, from: c.client, 40000, to: c.vip, c.port, macs: (clientSideMAC, ourMAC)))
+        #expect(verdict == XDPVerdict.tx.rawValue)
+        return FrameAddresses(output)
+    }
+
+    @Test("A router's error about a reply reaches the backend as an error about what the backend sent", arguments: modes)
+    func towardBackend(mode: sl_forwarding, c: NATCase) async throws {
+        let lb = try await TestDataplane.nat(mode)
+        defer { lb.close() }
+        let seen = try open(lb, c)
+        let v6 = c.client.contains(":")
+        let router = v6 ? routerV6 : routerV4
+        let (type, code): (UInt8, UInt8) = v6 ? (2, 0) : (3, 4)
+        let keep = v6 ? 1232 : 548
+        let error = icmpFrame(from: router, to: c.vip, type: type, code: code,
+                              quoting: quoted(c.proto, from: c.vip, c.port, to: c.client, 40000, keep: keep),
+                              macs: (clientSideMAC, ourMAC))
+        let (verdict, output, counted) = try lb.runCounted(error)
+        #expect(verdict == XDPVerdict.tx.rawValue)
+        let outerSource = mode == SL_FWD_FULLNAT ? seen.source.description : router
+        let expected = icmpFrame(from: outerSource, to: seen.destination.description, type: type, code: code,
+                                 quoting: quoted(c.proto, from: seen.destination.description, c.backendPort,
+                                                 to: seen.source.description, seen.sourcePort, keep: keep),
+                                 macs: (ourMAC, backendHopMAC))
+        #expect(output == expected, "outer and quoted headers readdressed, every checksum valid")
+        #expect(counted == NodeStats(.tx, natICMP: 1))
+    }
+
+    @Test("An error about a translated packet (a backend's port unreachable, a router's too big) reaches the client", arguments: modes)
+    func towardClient(mode: sl_forwarding, c: NATCase) async throws {
+        let lb = try await TestDataplane.nat(mode)
+        defer { lb.close() }
+        let seen = try open(lb, c)
+        let v6 = c.client.contains(":")
+        let keep = v6 ? 1232 : 548
+        let quote = quoted(c.proto, from: seen.source.description, seen.sourcePort, to: seen.destination.description,
+                           c.backendPort, keep: keep)
+        let clientQuote = quoted(c.proto, from: c.client, 40000, to: c.vip, c.port, keep: keep)
+        // From the backend itself: the outer source becomes the VIP.
+        let (type, code): (UInt8, UInt8) = v6 ? (1, 4) : (3, 3)
+        let fromBackend = icmpFrame(from: seen.destination.description, to: seen.source.description, type: type, code: code,
+                                    quoting: quote, macs: (backendHopMAC, ourMAC))
+        let (verdict, output, counted) = try lb.runCounted(fromBackend)
+        #expect(verdict == XDPVerdict.tx.rawValue)
+        #expect(output == icmpFrame(from: c.vip, to: c.client, type: type, code: code, quoting: clientQuote,
+                                    macs: (ourMAC, clientSideMAC)))
+        #expect(counted == NodeStats(.tx, natICMP: 1))
+        // From a router on the backend's side: its own address stays.
+        let router = v6 ? "2001:db8:1::fe" : "10.1.0.254"
+        let (tooBig, tooBigCode): (UInt8, UInt8) = v6 ? (2, 0) : (3, 4)
+        let fromRouter = icmpFrame(from: router, to: seen.source.description, type: tooBig, code: tooBigCode,
+                                   quoting: quote, macs: (backendHopMAC, ourMAC))
+        let (routerVerdict, routed) = try lb.run(fromRouter)
+        #expect(routerVerdict == XDPVerdict.tx.rawValue)
+        #expect(routed == icmpFrame(from: router, to: c.client, type: tooBig, code: tooBigCode, quoting: clientQuote,
+                                    macs: (ourMAC, clientSideMAC)))
+    }
+
+    @Test("Errors about no translation pass; echo requests to a VIP pass to the kernel")
+    func unknownPass() async throws {
+        let lb = try await TestDataplane.nat(SL_FWD_FULLNAT)
+        defer { lb.close() }
+        let stray = icmpFrame(from: "10.1.0.21", to: "192.0.2.20", type: 3, code: 3,
+                              quoting: quoted(.udp, from: "192.0.2.20", 5000, to: "10.1.0.21", 5353, keep: 548),
+                              macs: (backendHopMAC, ourMAC))
+        let echo = PacketBuilder().icmpEcho(from: clientV4, to: "198.51.100.10")
+        for frame in [stray, echo] {
+            let (verdict, output, counted) = try lb.runCounted(frame)
+            #expect(verdict == XDPVerdict.pass.rawValue && output == frame)
+            #expect(counted == NodeStats(.pass))
+        }
+    }
+}
