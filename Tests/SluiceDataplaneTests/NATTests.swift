@@ -49,23 +49,6 @@ func natFrame(_ proto: L4Protocol, from src: String, _ sport: UInt16, to dst: St
                          : builder.udp(from: src, sport, to: dst, dport, payload: payload)
 }
 
-/// The IP source, destination and transport ports of an untagged frame.
-struct FrameAddresses: Hashable {
-    var source: IPAddress
-    var destination: IPAddress
-    var sourcePort: UInt16
-    var destinationPort: UInt16
-
-    init(_ frame: [UInt8]) {
-        let v4 = frame.be16(12) == 0x0800
-        let (a, n, l4) = v4 ? (26, 4, 34) : (22, 16, 54)
-        source = IPAddress(bytes: Array(frame[a..<a + n]))!
-        destination = IPAddress(bytes: Array(frame[a + n..<a + 2 * n]))!
-        sourcePort = frame.be16(l4)
-        destinationPort = frame.be16(l4 + 2)
-    }
-}
-
 func flowKey(_ proto: L4Protocol, from src: IPAddress, _ sport: UInt16, to dst: IPAddress, _ dport: UInt16) -> sl_flow_key {
     var key = sl_flow_key()
     key.src = src.words
