@@ -39,7 +39,7 @@ int sl_icmp(struct xdp_md *ctx);
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
 	__uint(max_entries, SL_TAIL__MAX);
-	__type(key, __u32);
+	__uint(key_size, sizeof(__u32)); /* no BTF: a prog array's values are program fds */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, int(void *));
 } sl_progs SEC(".maps") = {

@@ -212,7 +212,9 @@ struct Meter {
                 throw DataplaneBenchError("not a fixed IPv4-in-IPv4 frame around the input")
             }
         }
-        let subjects = [("dataplane.floor.pass", pass), ("dataplane.floor.swap_tx", swap), ("dataplane.floor.encap", encap)]
+        let fib = Subject(program: programs.fibSwap, frame: frame, varyOffset: vary, verdict: 3, checkOutput: swap.checkOutput)
+        let subjects = [("dataplane.floor.pass", pass), ("dataplane.floor.swap_tx", swap), ("dataplane.floor.encap", encap),
+                        ("dataplane.floor.fib_lookup", fib)]
 
         // XDP_PASS run bare: no wrapper, the kernel's loop and an empty program.
         let bare = try programs.pass.testRun(frame, repetitions: 1)
@@ -249,6 +251,9 @@ struct Meter {
                    unit: "ns/packet", reference: "dataplane.floor.pass", details: spread(samples[1], repeats[1]))
         report.add("dataplane.floor.encap", group: "dataplane", "floor: encap (+20 B head, fixed eth + IPv4), XDP_TX",
                    value: median(samples[2]), unit: "ns/packet", reference: "dataplane.floor.pass", details: spread(samples[2], repeats[2]))
+        report.add("dataplane.floor.fib_lookup", group: "dataplane",
+                   "bpf_fib_lookup of the destination, then swap MACs, XDP_TX (a next hop resolved per packet)",
+                   value: median(samples[3]), unit: "ns/packet", reference: "dataplane.floor.swap_tx", details: spread(samples[3], repeats[3]))
         report.add("dataplane.bare.pass", group: "dataplane", "XDP_PASS run bare (no wrapper)", value: median(bareSamples),
                    unit: "ns/packet", details: spread(bareSamples, bareRepeat))
         var wrapperDetails = spread(wrapperSamples, repeats[0])
