@@ -34,7 +34,7 @@ struct NATCase: CustomTestStringConvertible, Sendable {
 
 let natCases = [
     NATCase(service: "web", client: clientV4, vip: "198.51.100.10", port: 80, proto: .tcp, backendPort: 8080),
-    NATCase(service: "dns", client: clientV4, vip: "198.51.100.10", port: 53, proto: .udp, backendPort: 5353),
+    NATCase(service: "dns", client: clientV4, vip: "198.51.100.10", port: 53, proto: .udp, backendPort: 8053),
     NATCase(service: "web6", client: clientV6, vip: "2001:db8::80", port: 443, proto: .tcp, backendPort: 443),
     NATCase(service: "dns6", client: clientV6, vip: "2001:db8::53", port: 53, proto: .udp, backendPort: 5300),
 ]
@@ -161,7 +161,7 @@ struct NATTests {
         let (verdict, output) = try lb.run(input)
         #expect(verdict == XDPVerdict.tx.rawValue)
         #expect(output[40] == 0 && output[41] == 0)
-        #expect(FrameAddresses(output).destinationPort == 5353)
+        #expect(FrameAddresses(output).destinationPort == 8053)
     }
 
     @Test("Replies to no translation, and packets for no VIP, pass untouched")
@@ -400,5 +400,60 @@ struct NATICMPTests {
             #expect(verdict == XDPVerdict.pass.rawValue && output == frame)
             #expect(counted == NodeStats(.pass))
         }
+    }
+}
+
+@Suite("NAT on the wire", requiresRoot)
+struct NATWireTests {
+    /// One frame of every kind the NAT modes send, both ways: forward and reply for each mode,
+    /// family and protocol, and ICMP errors translated toward the backend and the client.
+    func framesOfEveryKind() async throws -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        for mode in [SL_FWD_NAT, SL_FWD_FULLNAT] {
+            let lb = try await TestDataplane.nat(mode)
+            defer { lb.close() }
+            func send(_ frame: [UInt8]) throws -> [UInt8] {
+                let (verdict, output) = try lb.run(frame)
+                #expect(verdict == XDPVerdict.tx.rawValue)
+                out.append(output)
+                return output
+            }
+            for c in natCases {
+                let seen = FrameAddresses(try send(natFrame(c.proto, from: c.client, 41000, to: c.vip, c.port,
+                                                            payload: Array(0..<200), macs: (clientSideMAC, ourMAC))))
+                _ = try send(natFrame(c.proto, from: seen.destination.description, c.backendPort, to: seen.source.description,
+                                      seen.sourcePort, flags: [.syn, .ack], payload: Array(0..<100), macs: (backendHopMAC, ourMAC)))
+                guard c.proto == .tcp else { continue }
+                let v6 = c.client.contains(":"), keep = v6 ? 1232 : 548
+                _ = try send(icmpFrame(from: v6 ? routerV6 : routerV4, to: c.vip, type: v6 ? 2 : 3, code: v6 ? 0 : 4,
+                                       quoting: quoted(.tcp, from: c.vip, c.port, to: c.client, 41000, keep: keep),
+                                       macs: (clientSideMAC, ourMAC)))
+                _ = try send(icmpFrame(from: seen.destination.description, to: seen.source.description, type: v6 ? 1 : 3,
+                                       code: v6 ? 4 : 3,
+                                       quoting: quoted(.tcp, from: seen.source.description, seen.sourcePort,
+                                                       to: seen.destination.description, c.backendPort, keep: keep),
+                                       macs: (backendHopMAC, ourMAC)))
+            }
+        }
+        return out
+    }
+
+    func tsharkErrors(_ frames: [[UInt8]]) async throws -> String? {
+        let file = "/tmp/sluice-nat-wire-\(UInt32.random(in: 0...UInt32.max)).pcap"
+        defer { unlink(file) }
+        try Data(pcap(frames)).write(to: URL(fileURLWithPath: file))
+        return try await TShark.expertErrors(pcap: file, guePort: Int(guePort))
+    }
+
+    @Test("tshark reads every translated frame, both ways, without a malformed or bad-checksum mark")
+    func tsharkFindsNoError() async throws {
+        let frames = try await framesOfEveryKind()
+        let perMode = natCases.count * 2 + 2 * 2  // forward and reply per case; two ICMP errors per TCP case
+        #expect(frames.count == 2 * perMode)
+        let errors = try await tsharkErrors(frames)
+        #expect(errors == nil, "\(errors ?? "")")
+        var broken = frames
+        broken[1][broken[1].count - 1] ^= 0xff
+        #expect(try await tsharkErrors(broken) != nil, "tshark must flag a corrupted reply")
     }
 }
