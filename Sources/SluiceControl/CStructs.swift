@@ -102,6 +102,8 @@ extension Forwarding {
         case .ipip: UInt8(SL_FWD_IPIP.rawValue)
         case .gue: UInt8(SL_FWD_GUE.rawValue)
         case .l2dsr: UInt8(SL_FWD_L2DSR.rawValue)
+        case .nat: UInt8(SL_FWD_NAT.rawValue)
+        case .fullnat: UInt8(SL_FWD_FULLNAT.rawValue)
         }
     }
 
