@@ -4,14 +4,25 @@ import SluiceBPF
 import SluiceCore
 
 public struct CounterSnapshot: Sendable, Codable, Equatable {
+    /// The client's packets forwarded, and (nat, fullnat) the backend's replies translated back.
     public struct Traffic: Sendable, Codable, Equatable {
         public var packets: UInt64
         public var bytes: UInt64
+        public var replyPackets: UInt64 = 0
+        public var replyBytes: UInt64 = 0
+        enum CodingKeys: String, CodingKey {
+            case packets, bytes, replyPackets = "reply_packets", replyBytes = "reply_bytes"
+        }
     }
     public struct BackendTraffic: Sendable, Codable, Equatable {
         public var address: String
         public var packets: UInt64
         public var bytes: UInt64
+        public var replyPackets: UInt64 = 0
+        public var replyBytes: UInt64 = 0
+        enum CodingKeys: String, CodingKey {
+            case address, packets, bytes, replyPackets = "reply_packets", replyBytes = "reply_bytes"
+        }
     }
     public struct ServiceTraffic: Sendable, Codable, Equatable {
         public var name: String
@@ -20,7 +31,13 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         public var `protocol`: String
         public var packets: UInt64
         public var bytes: UInt64
+        public var replyPackets: UInt64 = 0
+        public var replyBytes: UInt64 = 0
         public var backends: [BackendTraffic]
+        enum CodingKeys: String, CodingKey {
+            case name, vip, port, `protocol`, packets, bytes, backends
+            case replyPackets = "reply_packets", replyBytes = "reply_bytes"
+        }
     }
 
     public var verdicts: [String: UInt64]
@@ -38,6 +55,14 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
     public var icmpTooBig: UInt64
     /// Inbound ICMP errors about a VIP's flow, forwarded to its backend.
     public var icmpSteered: UInt64
+    /// Translations created (nat and fullnat flows opened).
+    public var natCreated: UInt64 = 0
+    /// Backends' packets translated back toward clients.
+    public var natReplies: UInt64 = 0
+    /// ICMP errors about a translated flow, translated (either way).
+    public var natICMP: UInt64 = 0
+    /// Full-NAT candidates found in use before one was free.
+    public var snatCollisions: UInt64 = 0
     public var services: [ServiceTraffic]
 
     enum CodingKeys: String, CodingKey {
@@ -50,13 +75,17 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         case mssClamped = "mss_clamped"
         case icmpTooBig = "icmp_too_big"
         case icmpSteered = "icmp_steered"
+        case natCreated = "nat_created"
+        case natReplies = "nat_replies"
+        case natICMP = "nat_icmp"
+        case snatCollisions = "snat_collisions"
     }
 
     /// Names of the XDP verdicts, indexed by action.
     public static let verdictNames = ["aborted", "drop", "pass", "tx", "redirect"]
     /// Names of enum sl_drop_reason, indexed by value.
     public static let dropNames = ["malformed", "truncated", "no_backend", "no_source", "no_gateway", "encap",
-                                   "too_big", "no_neighbour"]
+                                   "too_big", "no_neighbour", "no_snat", "snat_exhausted"]
 
     static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> CounterSnapshot {
         let node = try NodeCounters.read(from: dataplane)
@@ -71,11 +100,13 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
                 var backends: [BackendTraffic] = []
                 for backend in applied.backends {
                     let traffic = backendStats[backend.id]
-                    backends.append(BackendTraffic(address: backend.address.description, packets: traffic.packets, bytes: traffic.bytes))
+                    backends.append(BackendTraffic(address: backend.address.description, packets: traffic.packets, bytes: traffic.bytes,
+                                                   replyPackets: traffic.replyPackets, replyBytes: traffic.replyBytes))
                 }
                 services.append(ServiceTraffic(name: applied.service.name, vip: applied.service.vip.description,
                                                port: applied.service.port, protocol: applied.service.proto.rawValue,
-                                               packets: vip.packets, bytes: vip.bytes, backends: backends))
+                                               packets: vip.packets, bytes: vip.bytes, replyPackets: vip.replyPackets,
+                                               replyBytes: vip.replyBytes, backends: backends))
             }
         } catch {
             throw .bpf(error, while: "reading counters")
@@ -83,7 +114,9 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         return CounterSnapshot(verdicts: node.verdicts, newFlows: node.newFlows, conntrackHits: node.conntrackHits,
                                conntrackMisses: node.conntrackMisses, fragments: node.fragments, ipOptions: node.ipOptions,
                                drops: node.drops, flowEventsLost: node.flowEventsLost, mssClamped: node.mssClamped,
-                               icmpTooBig: node.icmpTooBig, icmpSteered: node.icmpSteered, services: services)
+                               icmpTooBig: node.icmpTooBig, icmpSteered: node.icmpSteered, natCreated: node.natCreated,
+                               natReplies: node.natReplies, natICMP: node.natICMP, snatCollisions: node.snatCollisions,
+                               services: services)
     }
 }
 
@@ -106,6 +139,14 @@ public struct NodeCounters: Sendable, Equatable {
     public var icmpTooBig: UInt64 = 0
     /// Inbound ICMP errors about a VIP's flow, forwarded to the flow's backend.
     public var icmpSteered: UInt64 = 0
+    /// Translations created (nat and fullnat flows opened).
+    public var natCreated: UInt64 = 0
+    /// Backends' packets translated back toward clients.
+    public var natReplies: UInt64 = 0
+    /// ICMP errors about a translated flow, translated.
+    public var natICMP: UInt64 = 0
+    /// Full-NAT candidates found in use before one was free.
+    public var snatCollisions: UInt64 = 0
 
     /// All zero.
     public init() {
@@ -136,6 +177,10 @@ public struct NodeCounters: Sendable, Equatable {
         counters.mssClamped = total.mss_clamped
         counters.icmpTooBig = total.icmp_too_big
         counters.icmpSteered = total.icmp_steered
+        counters.natCreated = total.nat_created
+        counters.natReplies = total.nat_replies
+        counters.natICMP = total.nat_icmp
+        counters.snatCollisions = total.snat_collisions
         return counters
     }
 
@@ -153,6 +198,10 @@ public struct NodeCounters: Sendable, Equatable {
         out.mssClamped = lhs.mssClamped &- rhs.mssClamped
         out.icmpTooBig = lhs.icmpTooBig &- rhs.icmpTooBig
         out.icmpSteered = lhs.icmpSteered &- rhs.icmpSteered
+        out.natCreated = lhs.natCreated &- rhs.natCreated
+        out.natReplies = lhs.natReplies &- rhs.natReplies
+        out.natICMP = lhs.natICMP &- rhs.natICMP
+        out.snatCollisions = lhs.snatCollisions &- rhs.snatCollisions
         return out
     }
 }
@@ -165,7 +214,9 @@ extension NodeCounters: CustomStringConvertible {
         for name in CounterSnapshot.dropNames where drops[name, default: 0] != 0 { parts.append("drop.\(name)=\(drops[name]!)") }
         for (name, value) in [("new_flows", newFlows), ("ct_hits", conntrackHits), ("ct_misses", conntrackMisses),
                               ("fragments", fragments), ("ip_options", ipOptions), ("flow_events_lost", flowEventsLost),
-                              ("mss_clamped", mssClamped), ("icmp_too_big", icmpTooBig), ("icmp_steered", icmpSteered)]
+                              ("mss_clamped", mssClamped), ("icmp_too_big", icmpTooBig), ("icmp_steered", icmpSteered),
+                              ("nat_created", natCreated), ("nat_replies", natReplies), ("nat_icmp", natICMP),
+                              ("snat_collisions", snatCollisions)]
             where value != 0 { parts.append("\(name)=\(value)") }
         return parts.isEmpty ? "(none)" : parts.joined(separator: " ")
     }
@@ -181,12 +232,15 @@ private struct PerCPUTotals {
         totals.reserveCapacity(values.count / max(cpus, 1))
         var index = 0
         while index + cpus <= values.count {
-            var packets: UInt64 = 0, bytes: UInt64 = 0
+            var total = CounterSnapshot.Traffic(packets: 0, bytes: 0)
             for cpu in 0..<cpus {
-                packets &+= values[index + cpu].packets
-                bytes &+= values[index + cpu].bytes
+                let value = values[index + cpu]
+                total.packets &+= value.packets
+                total.bytes &+= value.bytes
+                total.replyPackets &+= value.reply_packets
+                total.replyBytes &+= value.reply_bytes
             }
-            totals.append(CounterSnapshot.Traffic(packets: packets, bytes: bytes))
+            totals.append(total)
             index += cpus
         }
     }

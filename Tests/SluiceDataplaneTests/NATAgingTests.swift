@@ -1,6 +1,7 @@
 // Ageing by TCP state and NAT flows as units, on a fake clock: entries are written straight
 // into the real pinned sl_conntrack and sl_nat (as the data plane would leave them), a sweep
-// runs at a chosen `now`, and the test checks what is left in both tables.
+// runs at a chosen `now`, and the test checks what is left in both tables; then what
+// `Dataplane.flows()` shows of a translation.
 import CSluice
 import Foundation
 import SluiceBPF
@@ -144,5 +145,28 @@ struct NATAgingTests {
         let early = timeouts.due(uptime: 45)
         #expect(early.tcpSynSeconds == 30 && early.tcpClosingSeconds == .max && early.tcpSeconds == .max && early.udpSeconds == .max,
                 "only the timeouts the clock has run for are due")
+    }
+
+    @Test func flowsShowEachTranslationWithItsStateAndAge() async throws {
+        let lb = try await TestDataplane.make()
+        try lb.dataplane.tickClock(now)
+        let snat = IPAddress("192.0.2.21")!
+        try ct(lb, client(1), lastSeen: now - 20, seen: syn | ack, nat: UInt8(SL_FWD_FULLNAT.rawValue), snatIndex: 1, snatPort: 20001)
+        try natEntry(lb, for: client(1), to: snat, port: 20001, lastSeen: now - 5, seen: syn | ack | fin)
+        try ct(lb, client(2, proto: 17), lastSeen: now - 3, seen: 0)
+        // Flows are shown for trusted entries only: epoch 0 of slot 0 is what a fresh map holds.
+        let flows = try lb.dataplane.flows()
+        let translated = try #require(flows.first { $0.source == "198.18.0.1" })
+        #expect(translated.nat == "fullnat" && translated.snatAddress == "192.0.2.21" && translated.snatPort == 20001)
+        #expect(translated.backendPort == 8443 && translated.tcpState == "closing" && translated.ageSeconds == 5)
+        let plain = try #require(flows.first { $0.source == "198.18.0.2" })
+        #expect(plain.nat == nil && plain.snatAddress == nil && plain.tcpState == nil && plain.ageSeconds == 3)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        let json = String(decoding: try encoder.encode(plain), as: UTF8.self)
+        for key in [#""nat":null"#, #""snat_address":null"#, #""snat_port":null"#, #""backend_port":null"#,
+                    #""tcp_state":null"#, #""age_seconds":3"#] {
+            #expect(json.contains(key), "\(json)")
+        }
     }
 }
