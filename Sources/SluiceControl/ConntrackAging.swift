@@ -107,7 +107,9 @@ struct ConntrackTable {
         guard Int(entry.service_id) < epochs.count, UInt16(truncatingIfNeeded: epochs[Int(entry.service_id)]) == entry.epoch,
               Int(entry.backend_id) < backends.count else { return nil }
         let slot = backends[Int(entry.backend_id)]
-        return IPAddress(cWords: slot.addr, family: slot.family).flatMap { FlowRecord(key: key, backend: $0) }
+        return IPAddress(cWords: slot.addr, family: slot.family).flatMap {
+            FlowRecord(key: key, backend: $0, nat: entry.nat, snatIndex: entry.snat_index, snatPort: entry.snat_port)
+        }
     }
 }
 

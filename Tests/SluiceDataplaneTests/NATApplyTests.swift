@@ -11,8 +11,6 @@ import SluiceCore
 import SluiceTestSupport
 import Testing
 
-private let gatewayMAC = "02:00:00:77:00:fe"
-private let onLinkMAC = "02:00:00:77:00:02"
 
 private func file(apiPort: Int = 8443, snat: String = "[192.0.2.20, 192.0.2.21]", extraBackend: String = "",
                   withAPI: Bool = true) -> String {
@@ -108,29 +106,8 @@ struct NATApplyTests {
         return seen
     }
 
-    /// Builds the namespace (lb0 with 10.77.0.1/24, a gateway 10.77.0.254 for 10.2.0.0/16,
-    /// both neighbours permanent), attaches a fresh balancer to lb0 and runs `steps` there.
-    private func withAttachedBalancer(_ steps: @escaping @Sendable (TestDataplane, Int32, String) -> [Seen]) async throws -> [Seen] {
-        try await withTestNamespace { namespace in
-            try await namespace.addVethPair("lb0", peer: "peer0")
-            try await namespace.ip("addr", "add", "10.77.0.1/24", "dev", "lb0")
-            try await namespace.ip("route", "add", "10.2.0.0/16", "via", "10.77.0.254", "dev", "lb0")
-            try await namespace.ip("route", "add", "10.3.0.0/16", "via", "10.77.0.253", "dev", "lb0")  // a silent gateway
-            try await namespace.ip("neigh", "replace", "10.77.0.254", "lladdr", gatewayMAC, "dev", "lb0", "nud", "permanent")
-            try await namespace.ip("neigh", "replace", "10.77.0.2", "lladdr", onLinkMAC, "dev", "lb0", "nud", "permanent")
-            let lbMAC = try MACAddress(bytes: await namespace.macAddress(of: "lb0"))!.description
-            return try await namespace.run {
-                let lb = try TestDataplane()
-                defer { lb.close() }
-                _ = try Attacher.attach(interface: "lb0", mode: .generic, gateway: MACAddress(bytes: TestDataplane.gatewayMAC),
-                                        pinPath: lb.pinPath, conntrackSize: TestDataplane.conntrackSize)
-                return steps(lb, Int32(if_nametoindex("lb0")), lbMAC)
-            }
-        }
-    }
-
     @Test func applyWritesTheNextHopsPortsPoolAndReplyBitsAndAPortChangeIsADiff() async throws {
-        let seen = try await withAttachedBalancer { lb, _, _ in
+        let seen = try await withAttachedNATBalancer { lb, _, _ in
             [Self.step(lb, file()), Self.step(lb, file()), Self.step(lb, file(apiPort: 9443), dryRun: true),
              Self.step(lb, file(apiPort: 9443)), Self.step(lb, file(withAPI: false))]
         }
@@ -176,7 +153,7 @@ struct NATApplyTests {
     }
 
     @Test func theSNATPoolKeepsEachAddressInItsSlotAndTheRangeIsWritten() async throws {
-        let seen = try await withAttachedBalancer { lb, _, _ in
+        let seen = try await withAttachedNATBalancer { lb, _, _ in
             [Self.step(lb, file(snat: "[192.0.2.20, 192.0.2.21, 192.0.2.22]")),
              Self.step(lb, file(snat: "[192.0.2.22, 192.0.2.20, 192.0.2.23]")),
              Self.step(lb, file(snat: "[192.0.2.23]"))]
@@ -189,7 +166,7 @@ struct NATApplyTests {
     }
 
     @Test func aNATBackendWithNoRouteThroughTheBalancerIsRefusedAndAnUnresolvedOneReported() async throws {
-        let seen = try await withAttachedBalancer { lb, _, _ in
+        let seen = try await withAttachedNATBalancer { lb, _, _ in
             [Self.step(lb, file()),
              Self.step(lb, file(extraBackend: ", {address: 203.0.113.5}")),
              Self.step(lb, file(extraBackend: ", {address: 10.77.0.9}, {address: 10.3.0.5}"))]
@@ -210,7 +187,7 @@ struct NATApplyTests {
 
     @Test func aGatewaysNewMACReachesEveryBackendBehindItOnTheAgentsRefresh() async throws {
         let newMAC = "02:00:00:77:01:fe"
-        let seen = try await withAttachedBalancer { lb, _, _ in
+        let seen = try await withAttachedNATBalancer { lb, _, _ in
             var steps = [Self.step(lb, file())]
             // Run from this thread, `ip` starts in its namespace.
             let ip = Process()
