@@ -25,7 +25,7 @@ public final class ConntrackKeeper: ServiceLifecycle.Service, Sendable {
     public var sweepSeconds: UInt32 { min(10, max(1, timeouts.shortest / 3)) }
 
     /// `refresh` gets this node's flows seen since the last call, a third of the shortest
-    /// timeout apart, so peers keep them young.
+    /// idle timeout (tcp, udp: what peers age their copies by) apart, so peers keep them young.
     public init(dataplane: DataplaneOwner, timeouts: IdleTimeouts, logger: Logger,
                 refresh: (@Sendable ([FlowRecord]) async -> Void)? = nil) async throws(ControlError) {
         self.dataplane = dataplane
@@ -63,7 +63,7 @@ public final class ConntrackKeeper: ServiceLifecycle.Service, Sendable {
                 // An entry touched while no agent ticked carries an old stamp: a timeout's
                 // flows are expired only once the clock has run for that whole timeout.
                 let due = self.timeouts.due(uptime: now &- started)
-                let refreshing = self.refresh != nil && now &- lastRefresh >= max(1, self.timeouts.shortest / 3)
+                let refreshing = self.refresh != nil && now &- lastRefresh >= max(1, self.timeouts.shortestIdle / 3)
                 do throws(ControlError) {
                     let sweep = try await self.dataplane.sweepConntrack(now: now, timeouts: due, expire: true,
                                                      activeSince: refreshing ? lastRefresh : nil)

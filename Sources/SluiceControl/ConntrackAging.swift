@@ -43,6 +43,9 @@ public struct IdleTimeouts: Sendable, Equatable {
     }
 
     public var shortest: UInt32 { min(tcpSeconds, udpSeconds, tcpSynSeconds, tcpClosingSeconds) }
+    /// The shortest timeout of a flow in no short state: what a peer's entries (no flags
+    /// recorded) age by, so what sync's refreshes must beat.
+    public var shortestIdle: UInt32 { min(tcpSeconds, udpSeconds) }
     public var longest: UInt32 { max(tcpSeconds, udpSeconds, tcpSynSeconds, tcpClosingSeconds) }
 
     /// These timeouts with every one the clock has not yet run for (`uptime` seconds) set
