@@ -325,7 +325,9 @@ static __always_inline int sl_nat_forward(struct xdp_md *ctx, const struct sl_pa
 
 	if (ct->nat == SL_FWD_FULLNAT) {
 		pool = sl_snat_pool_of(pkt->family);
-		if (!pool || index >= SL_MAX_SNAT_ADDRS)
+		/* An address the pool no longer holds (it shrank): the flow
+		 * has lost its source. */
+		if (!pool || index >= SL_MAX_SNAT_ADDRS || index >= pool->count)
 			return SL_RC_DROP(SL_DROP_NO_SNAT);
 		rc = sl_nat_rewrite(ctx, pkt, pool->addr[index], ct->snat_port, be->addr, be->port);
 	} else {

@@ -164,7 +164,9 @@ static __always_inline int sl_nat_icmp_to_backend(struct xdp_md *ctx, const stru
 		return SL_RC_DROP(SL_DROP_NO_NEIGHBOUR);
 	if (ct->nat == SL_FWD_FULLNAT) {
 		pool = sl_snat_pool_of(pkt->family);
-		if (!pool || index >= SL_MAX_SNAT_ADDRS)
+		/* An address the pool no longer holds (it shrank): the flow
+		 * has lost its source. */
+		if (!pool || index >= SL_MAX_SNAT_ADDRS || index >= pool->count)
 			return SL_RC_DROP(SL_DROP_NO_SNAT);
 		to.dst = pool->addr[index];
 		to.dport = ct->snat_port;

@@ -288,6 +288,7 @@ struct Writer {
         // reply bits of NAT backends (VIPFilter) go the same way.
         let current = VIPFilter(words: try dataplane[.vipFilter].arrayValues(as: UInt64.self))
         let desiredFilter = VIPFilter(services: desired.services)
+            .union(Self.keptReplyBits(state.backendSlots, desired: desired.services))
         let widened = current.union(desiredFilter)
         try writeFilter(widened, over: current)
         let changed = plan.entries.filter(\.needsTable)
@@ -378,6 +379,26 @@ struct Writer {
     }
 
     /// Writes the words of `filter` that differ from `old` (what the map holds).
+    /// The reply bits of the NAT backend slots the maps hold for backends no desired NAT
+    /// service lists: a backend removed from its service keeps its established flows
+    /// (conntrack names its slot until the slot is given to another backend), so their
+    /// replies must still find their translation. A backend still listed has its bits from
+    /// `desired` (a changed port breaks its flows anyway). A bit no flow needs any more only
+    /// costs its packets one lookup.
+    static func keptReplyBits(_ slots: [sl_backend], desired: [Service]) -> VIPFilter {
+        var filter = VIPFilter()
+        let nat = [UInt8(SL_FWD_NAT.rawValue), UInt8(SL_FWD_FULLNAT.rawValue)]
+        let listed = Set(desired.filter(\.forwarding.translates).flatMap { $0.backends.map(\.address) })
+        for slot in slots where slot.family != 0 && nat.contains(slot.forwarding) {
+            guard let address = IPAddress(cWords: slot.addr, family: slot.family), !listed.contains(address) else { continue }
+            for proto in [L4Protocol.tcp, .udp] {
+                filter.insert(address: address, port: UInt16(bigEndian: slot.port),
+                              protocolNumber: proto.number | VIPFilter.replyFlag)
+            }
+        }
+        return filter
+    }
+
     private mutating func writeFilter(_ filter: VIPFilter, over old: VIPFilter) throws(BPFError) {
         let changed = filter.words.indices.filter { filter.words[$0] != old.words[$0] }
         try dataplane[.vipFilter].updateBatch(keys: changed.map { UInt32($0) }, values: changed.map { filter.words[$0] })

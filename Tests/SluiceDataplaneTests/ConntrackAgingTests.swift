@@ -34,6 +34,8 @@ struct ConntrackAgingTests {
         let aging = lb.dataplane
         try aging.tickClock(1000)
         _ = try lb.run(PacketBuilder().tcp(from: "198.18.1.1", 40000, to: "198.51.100.10", 80))
+        // The handshake's ACK: established, so the TCP timeout applies, not the half-open one.
+        _ = try lb.run(PacketBuilder().tcp(from: "198.18.1.1", 40000, to: "198.51.100.10", 80, flags: [.ack]))
         _ = try lb.run(PacketBuilder().udp(from: "198.18.1.2", 5353, to: "198.51.100.10", 53))
         try aging.tickClock(1100)
         _ = try lb.run(PacketBuilder().udp(from: "198.18.1.3", 5353, to: "198.51.100.10", 53))
