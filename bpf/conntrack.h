@@ -21,10 +21,12 @@
 
 _Static_assert(SL_MAX_VIPS <= 1 << 16, "a service slot fits sl_ct_entry.service_id");
 
-/* What a trusted conntrack entry says about a flow. */
+/* What a trusted conntrack entry says about a flow, and the entry itself (a
+ * NAT flow's translation lives there). */
 struct sl_ct_flow {
 	__u32 backend_id;
 	__u32 service_id;
+	struct sl_ct_entry *entry;
 };
 
 /* The agent's clock (seconds), or 0 while no agent ticks it. */
@@ -47,9 +49,11 @@ static __always_inline void sl_ct_touch(struct sl_ct_entry *ct)
 
 /* Returns 1 and fills *flow if the flow is known and its entry is current
  * (its slot's epoch has not moved since it was recorded); 0 for an unknown
- * flow or a stale entry. Counts nothing: whether a miss is counted depends on
- * whether the packet turns out to be for a VIP at all. */
-static __always_inline int sl_ct_lookup(const struct sl_flow_key *key, struct sl_ct_flow *flow)
+ * flow or a stale entry. Adds the TCP flags the packet carries (tcp_seen) to
+ * the entry, written only when one is new. Counts nothing: whether a miss is
+ * counted depends on whether the packet turns out to be for a VIP at all. */
+static __always_inline int sl_ct_lookup(const struct sl_flow_key *key, __u8 tcp_seen,
+					struct sl_ct_flow *flow)
 {
 	struct sl_ct_entry *ct = bpf_map_lookup_elem(&sl_conntrack, key);
 	__u32 service, *epoch;
@@ -61,8 +65,11 @@ static __always_inline int sl_ct_lookup(const struct sl_flow_key *key, struct sl
 	if (!epoch || (__u16)*epoch != ct->epoch)
 		return 0;
 	sl_ct_touch(ct);
+	if ((ct->tcp_seen | tcp_seen) != ct->tcp_seen)
+		ct->tcp_seen |= tcp_seen;
 	flow->backend_id = ct->backend_id;
 	flow->service_id = service;
+	flow->entry = ct;
 	return 1;
 }
 
@@ -83,30 +90,31 @@ static __always_inline void sl_ct_report(const struct sl_flow_key *key, const st
 	ev->backend_id = entry->backend_id;
 	ev->service_id = entry->service_id;
 	ev->epoch = entry->epoch;
+	ev->nat = entry->nat;
+	ev->snat_index = entry->snat_index;
+	ev->snat_port = entry->snat_port;
 	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 
-/* Records (or replaces) the flow's backend under its service slot's current
- * epoch, counts a new flow, and reports it when the node syncs with peers.
- * Should the update fail, the packet is still forwarded: its next packet goes
- * through Maglev again and most likely lands on the same backend. */
-static __always_inline void sl_ct_record(const struct sl_flow_key *key, __u32 backend_id,
-					 __u32 service_id, const struct sl_config *cfg,
-					 struct sl_stats *st)
+/* Records (or replaces) the flow's entry — backend, service slot and, for a
+ * NAT flow, its translation, as the caller filled them in — under the slot's
+ * current epoch, counts a new flow, and reports it when the node syncs with
+ * peers. Should the update fail, the packet is still forwarded: its next
+ * packet goes through Maglev again and most likely lands on the same
+ * backend. */
+static __always_inline void sl_ct_record(const struct sl_flow_key *key, struct sl_ct_entry *entry,
+					 const struct sl_config *cfg, struct sl_stats *st)
 {
+	__u32 service_id = entry->service_id;
 	__u32 *epoch = bpf_map_lookup_elem(&sl_vip_epochs, &service_id);
-	struct sl_ct_entry entry = {
-		.backend_id = backend_id,
-		.service_id = service_id,
-		.epoch = epoch ? *epoch : 0,
-		.last_seen = sl_clock_now(),
-		.origin = SL_ORIGIN_LOCAL,
-	};
 
-	bpf_map_update_elem(&sl_conntrack, key, &entry, BPF_ANY);
+	entry->epoch = epoch ? *epoch : 0;
+	entry->last_seen = sl_clock_now();
+	entry->origin = SL_ORIGIN_LOCAL;
+	bpf_map_update_elem(&sl_conntrack, key, entry, BPF_ANY);
 	st->new_flows++;
 	if (cfg->flags & SL_CFG_SYNC)
-		sl_ct_report(key, &entry, st);
+		sl_ct_report(key, entry, st);
 }
 
 #endif /* SLUICE_CONNTRACK_H */

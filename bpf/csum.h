@@ -77,4 +77,23 @@ static __always_inline __sum16 sl_csum_replace16(__sum16 check, __u16 old, __u16
 	return sl_csum_fold(sum);
 }
 
+/* Incremental updates (RFC 1624, eqn. 3) of any number of words at once: the
+ * changes are summed into a 64-bit difference, then applied to each checksum
+ * that covers them. A 32-bit word counts as its two 16-bit halves, since the
+ * one's-complement sum is the same modulo 0xffff. */
+static __always_inline __u64 sl_csum_diff32(__u32 old, __u32 new)
+{
+	return (__u64)(__u32)~old + new;
+}
+
+static __always_inline __u64 sl_csum_diff16(__u16 old, __u16 new)
+{
+	return (__u64)(__u16)~old + new;
+}
+
+static __always_inline __sum16 sl_csum_apply(__sum16 check, __u64 diff)
+{
+	return sl_csum_fold64((__u16)~check + diff);
+}
+
 #endif /* SLUICE_CSUM_H */

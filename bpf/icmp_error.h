@@ -30,6 +30,7 @@
 #include "conntrack.h"
 #include "maglev.h"
 #include "forward.h"
+#include "nat_icmp.h"
 
 static __always_inline int sl_icmp_is_error(const struct sl_packet *pkt, __u8 type)
 {
@@ -92,6 +93,7 @@ static __always_inline int sl_icmp_quoted_flow(struct xdp_md *ctx, struct sl_pac
 	pkt->sport = ports->dest;
 	pkt->dport = ports->source;
 	pkt->tcp_syn = 0;
+	pkt->tcp_seen = 0;
 	flow->sport = pkt->sport;
 	flow->dport = pkt->dport;
 	flow->proto = pkt->proto;
@@ -102,33 +104,29 @@ static __always_inline int sl_icmp_quoted_flow(struct xdp_md *ctx, struct sl_pac
 	return SL_CONTINUE;
 }
 
-/* An ICMP or ICMPv6 packet to a VIP address: steered to the backend of the
- * flow it is about, or passed. */
-static __always_inline int sl_steer_icmp(struct xdp_md *ctx, struct sl_packet *pkt,
-					 struct sl_stats *st)
+/* An error about a reply from a VIP: steered to the backend of the flow it
+ * is about (translated when the flow is), or passed. SL_CONTINUE when the
+ * quote's source is no VIP after all (a prefilter collision). */
+static __always_inline int sl_steer_icmp_to_backend(struct xdp_md *ctx, struct sl_packet *pkt,
+						    const struct sl_flow_key *flow,
+						    const struct sl_vip_key *vip_key, struct sl_stats *st)
 {
-	struct sl_flow_key flow;
-	struct sl_vip_key vip_key;
 	struct sl_ct_flow known;
 	struct sl_backend *be;
 	struct sl_config *cfg;
 	struct sl_vip *vip;
 	__u32 zero = 0, backend_id, service_id;
-	int rc;
+	int rc, hit;
 
-	rc = sl_icmp_quoted_flow(ctx, pkt, &flow, &vip_key);
-	if (rc != SL_CONTINUE)
-		return rc;
-	if (!sl_vip_filter_test(&vip_key))
-		return XDP_PASS;
-	if (sl_ct_lookup(&flow, &known)) {
+	hit = sl_ct_lookup(flow, 0, &known);
+	if (hit) {
 		backend_id = known.backend_id;
 		service_id = known.service_id;
 	} else {
-		vip = bpf_map_lookup_elem(&sl_vips, &vip_key);
+		vip = bpf_map_lookup_elem(&sl_vips, vip_key);
 		if (!vip)
-			return XDP_PASS;
-		rc = sl_maglev_pick(vip, &flow, &backend_id);
+			return SL_CONTINUE;
+		rc = sl_maglev_pick(vip, flow, &backend_id);
 		if (rc != SL_CONTINUE)
 			return rc;
 		service_id = vip->id;
@@ -139,11 +137,40 @@ static __always_inline int sl_steer_icmp(struct xdp_md *ctx, struct sl_packet *p
 	be = bpf_map_lookup_elem(&sl_backends, &backend_id);
 	if (!be || !be->family)
 		return SL_RC_DROP(SL_DROP_NO_BACKEND);
+	if (hit && known.entry->nat) {
+		sl_count_traffic(service_id, backend_id, pkt->frame_len);
+		return sl_nat_icmp_to_backend(ctx, pkt, flow, be, known.entry, st);
+	}
+	/* A NAT service's flow without a translation: nothing to translate. */
+	if (sl_fwd_is_nat(be->forwarding))
+		return XDP_PASS;
 	sl_count_traffic(service_id, backend_id, pkt->frame_len);
-	rc = sl_forward_as_is(ctx, pkt, cfg, be, &flow);
+	rc = sl_forward_as_is(ctx, pkt, cfg, be, flow);
 	if (rc == XDP_TX)
 		st->icmp_steered++;
 	return rc;
+}
+
+/* An ICMP or ICMPv6 packet: an error about a VIP's reply goes to the flow's
+ * backend, one about a packet translated toward a backend to the flow's
+ * client; anything else passes (echo requests to a VIP among them: the
+ * kernel answers them if the VIP is one of its addresses). The caller lends
+ * the storage of the keys. */
+static __always_inline int sl_steer_icmp(struct xdp_md *ctx, struct sl_packet *pkt,
+					 struct sl_flow_key *flow, struct sl_vip_key *vip_key,
+					 struct sl_stats *st)
+{
+	int rc;
+
+	rc = sl_icmp_quoted_flow(ctx, pkt, flow, vip_key);
+	if (rc != SL_CONTINUE)
+		return rc;
+	if (sl_vip_filter_test(vip_key)) {
+		rc = sl_steer_icmp_to_backend(ctx, pkt, flow, vip_key, st);
+		if (rc != SL_CONTINUE)
+			return rc;
+	}
+	return sl_nat_icmp_to_client(ctx, pkt, flow, vip_key, st);
 }
 
 #endif /* SLUICE_ICMP_ERROR_H */

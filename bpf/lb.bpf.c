@@ -22,7 +22,29 @@
 #include "conntrack.h"
 #include "maglev.h"
 #include "forward.h"
+#include "nat.h"
 #include "icmp_error.h"
+
+/* The programs the balancer tail-calls, filled in by libbpf at load: ICMP's
+ * translation would not fit the balancer's 512-byte stack beside the TCP and
+ * UDP paths, and costs nothing on them this way. Pinned, so the entries
+ * outlive the loader. */
+enum sl_tail {
+	SL_TAIL_ICMP = 0,
+	SL_TAIL__MAX,
+};
+
+int sl_icmp(struct xdp_md *ctx);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, SL_TAIL__MAX);
+	__uint(key_size, sizeof(__u32)); /* no BTF: a prog array's values are program fds */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, int(void *));
+} sl_progs SEC(".maps") = {
+	.values = { [SL_TAIL_ICMP] = (void *)&sl_icmp },
+};
 
 /* Where a packet goes: its service slot and backend. */
 struct sl_target {
@@ -31,22 +53,26 @@ struct sl_target {
 };
 
 /* Places a flow conntrack did not vouch for (a SYN, an unknown flow, a stale
- * entry) with Maglev and records it. A non-SYN packet here is a conntrack
- * miss. */
+ * entry) with Maglev. A non-SYN packet here is a conntrack miss. */
 static __always_inline int sl_place_flow(const struct sl_packet *pkt, const struct sl_vip *vip,
-					 const struct sl_flow_key *key, const struct sl_config *cfg,
-					 struct sl_stats *st, struct sl_target *target)
+					 const struct sl_flow_key *key, struct sl_stats *st,
+					 struct sl_target *target)
 {
-	int rc;
-
 	if (!pkt->tcp_syn)
 		st->ct_misses++;
-	rc = sl_maglev_pick(vip, key, &target->backend_id);
-	if (rc != SL_CONTINUE)
-		return rc;
 	target->service_id = vip->id;
-	sl_ct_record(key, target->backend_id, target->service_id, cfg, st);
-	return SL_CONTINUE;
+	return sl_maglev_pick(vip, key, &target->backend_id);
+}
+
+/* A SYN of a NAT service that finds its flow open is a retransmission: it
+ * keeps the flow's backend and source, or the backend would see two
+ * connections. One after a FIN or RST opens a new connection and is placed
+ * afresh. */
+static __always_inline int sl_syn_reopens(const struct sl_flow_key *key, const struct sl_packet *pkt,
+					  struct sl_ct_flow *known)
+{
+	return sl_ct_lookup(key, pkt->tcp_seen, known) && known->entry->nat &&
+	       !(known->entry->tcp_seen & (SL_TCP_SEEN_FIN | SL_TCP_SEEN_RST));
 }
 
 /* One packet, stage by stage, in the documented order. A packet whose
@@ -64,29 +90,37 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 	struct sl_vip_key vip_key;
 	struct sl_flow_key flow_key;
 	struct sl_ct_flow known;
+	struct sl_ct_entry opened;
 	struct sl_target target;
 	struct sl_backend *be;
 	struct sl_config *cfg;
 	struct sl_vip *vip = NULL;
 	__u32 zero = 0;
+	__u8 mode;
 	int rc, hit;
 
 	rc = sl_parse_packet(ctx, &pkt, st);
 	if (rc != SL_CONTINUE)
 		return rc;
-	if (pkt.ip_proto != pkt.proto)
-		return sl_steer_icmp(ctx, &pkt, st);
+	/* ICMP takes a program of its own (a tail call, so its stack is its
+	 * own). Should the call fail, the packet passes. */
+	if (pkt.ip_proto != pkt.proto) {
+		bpf_tail_call(ctx, &sl_progs, SL_TAIL_ICMP);
+		return XDP_PASS;
+	}
 
 	sl_vip_key_build(&pkt, &vip_key);
 	if (!sl_vip_filter_test(&vip_key))
-		return XDP_PASS;
+		return sl_nat_reply(ctx, &pkt, &vip_key, &flow_key, st);
 
 	sl_flow_key_build(&pkt, &flow_key);
-	hit = !pkt.tcp_syn && sl_ct_lookup(&flow_key, &known);
+	hit = !pkt.tcp_syn && sl_ct_lookup(&flow_key, pkt.tcp_seen, &known);
 	if (!hit) {
 		vip = bpf_map_lookup_elem(&sl_vips, &vip_key);
 		if (!vip)
-			return XDP_PASS;
+			return sl_nat_reply(ctx, &pkt, &vip_key, &flow_key, st);
+		if (pkt.tcp_syn && sl_fwd_is_nat(vip->forwarding))
+			hit = sl_syn_reopens(&flow_key, &pkt, &known);
 	}
 	if (pkt.ip_options)
 		st->ip_options++;
@@ -100,7 +134,7 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 		target.service_id = known.service_id;
 		target.backend_id = known.backend_id;
 	} else {
-		rc = sl_place_flow(&pkt, vip, &flow_key, cfg, st, &target);
+		rc = sl_place_flow(&pkt, vip, &flow_key, st, &target);
 		if (rc != SL_CONTINUE)
 			return rc;
 	}
@@ -108,8 +142,50 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 	if (!be || !be->family)
 		return SL_RC_DROP(SL_DROP_NO_BACKEND);
 
+	/* A translated flow stays translated as it was opened; any other flow
+	 * follows its backend's mode, and one that turns to NAT opens now. */
+	mode = hit && known.entry->nat ? known.entry->nat : be->forwarding;
+	if (sl_fwd_is_nat(mode)) {
+		if (sl_mac_is_zero(be->mac))
+			return SL_RC_DROP(SL_DROP_NO_NEIGHBOUR); /* before a source is taken */
+		if (!hit || !known.entry->nat) {
+			rc = sl_nat_open(ctx, &pkt, cfg, be, &flow_key, target.backend_id,
+					 target.service_id, mode, &opened, st);
+			if (rc != SL_CONTINUE)
+				return rc;
+			known.entry = &opened;
+		}
+		sl_count_traffic(target.service_id, target.backend_id, pkt.frame_len);
+		return sl_nat_forward(ctx, &pkt, be, known.entry);
+	}
+	if (!hit) {
+		__builtin_memset(&opened, 0, sizeof(opened));
+		opened.backend_id = target.backend_id;
+		opened.service_id = target.service_id;
+		opened.tcp_seen = pkt.tcp_seen;
+		sl_ct_record(&flow_key, &opened, cfg, st);
+	}
 	sl_count_traffic(target.service_id, target.backend_id, pkt.frame_len);
 	return sl_forward(ctx, &pkt, cfg, be, &flow_key, st);
+}
+
+/* ICMP and ICMPv6, reached by the balancer's tail call: the frame is parsed
+ * again (nothing crosses a tail call but the context). */
+SEC("xdp")
+int sl_icmp(struct xdp_md *ctx)
+{
+	struct sl_stats *st = sl_stats_get();
+	struct sl_packet pkt;
+	struct sl_flow_key flow;
+	struct sl_vip_key vip_key;
+	int rc;
+
+	if (!st)
+		return XDP_ABORTED; /* unreachable: see sl_stats_get() */
+	rc = sl_parse_packet(ctx, &pkt, st);
+	if (rc == SL_CONTINUE)
+		rc = pkt.ip_proto != pkt.proto ? sl_steer_icmp(ctx, &pkt, &flow, &vip_key, st) : XDP_PASS;
+	return record_action(st, rc);
 }
 
 SEC("xdp")

@@ -98,7 +98,28 @@ struct sl_packet {
 	__u8 ip_options;           /* IPv4 header longer than 20 bytes */
 	__u8 df;                   /* IPv4 with DF set, or IPv6: must not be fragmented */
 	__u8 tcp_syn;              /* TCP SYN without ACK: a connection opens */
+	__u8 tcp_seen;             /* enum sl_tcp_seen of this packet's flags (0 for UDP) */
 };
+
+#define SL_TCP_FLAG_FIN 0x01       /* the 14th byte of the TCP header */
+#define SL_TCP_FLAG_SYN 0x02
+#define SL_TCP_FLAG_RST 0x04
+#define SL_TCP_FLAG_ACK 0x10
+#define SL_TCP_FLAGS_OFFSET 13
+
+/* The TCP flags as enum sl_tcp_seen: a SYN (with or without ACK), else an ACK;
+ * and FIN, RST. */
+static __always_inline __u8 sl_tcp_seen_of(__u8 flags)
+{
+	__u8 seen = flags & SL_TCP_FLAG_SYN ? SL_TCP_SEEN_SYN :
+		    flags & SL_TCP_FLAG_ACK ? SL_TCP_SEEN_ACK : 0;
+
+	if (flags & SL_TCP_FLAG_FIN)
+		seen |= SL_TCP_SEEN_FIN;
+	if (flags & SL_TCP_FLAG_RST)
+		seen |= SL_TCP_SEEN_RST;
+	return seen;
+}
 
 /* Ethernet and at most one VLAN tag. Sets *eth_proto to the L3 ethertype. */
 static __always_inline int sl_parse_l2(struct sl_cursor *c, struct sl_packet *pkt,
@@ -220,12 +241,14 @@ static __always_inline int sl_parse_l4(struct sl_cursor *c, struct sl_packet *pk
 		if (tcp->doff < SL_TCP_MIN_DOFF)
 			return SL_RC_DROP(SL_DROP_MALFORMED);
 		pkt->tcp_syn = tcp->syn && !tcp->ack;
+		pkt->tcp_seen = sl_tcp_seen_of(((__u8 *)tcp)[SL_TCP_FLAGS_OFFSET]);
 	} else {
 		struct udphdr *udp = c->pos;
 
 		if ((void *)(udp + 1) > c->end)
 			return SL_RC_DROP(SL_DROP_TRUNCATED);
 		pkt->tcp_syn = 0;
+		pkt->tcp_seen = 0;
 	}
 	pkt->sport = ports->source;
 	pkt->dport = ports->dest;

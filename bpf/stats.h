@@ -42,6 +42,22 @@ static __always_inline void sl_count_traffic(__u32 vip_id, __u32 backend_id, __u
 	sl_counter_add(&sl_backend_stats, backend_id, bytes);
 }
 
+/* One reply of `bytes` a backend sent, translated back to the client. */
+static __always_inline void sl_count_reply(__u32 vip_id, __u32 backend_id, __u32 bytes)
+{
+	struct sl_counter *cnt = bpf_map_lookup_elem(&sl_vip_stats, &vip_id);
+
+	if (cnt) {
+		cnt->reply_packets++;
+		cnt->reply_bytes += bytes;
+	}
+	cnt = bpf_map_lookup_elem(&sl_backend_stats, &backend_id);
+	if (cnt) {
+		cnt->reply_packets++;
+		cnt->reply_bytes += bytes;
+	}
+}
+
 /* The single exit: a drop code becomes XDP_DROP and counts its reason; every
  * verdict is counted. */
 static __always_inline int record_action(struct sl_stats *st, int rc)

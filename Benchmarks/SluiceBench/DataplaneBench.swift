@@ -38,7 +38,10 @@ struct DataplaneBench {
             }
             var run = ConfigRun(meter: meter, floors: floors, balancer: balancer, vips: config.vips, backends: config.backends)
             try run.measure(into: &report, fillConntrack: !options.quick)
-            if config == configs[0] { try run.measureModes(into: &report) }
+            if config == configs[0] {
+                try run.measureModes(into: &report)
+                try run.measureNAT(into: &report)
+            }
             if let fill = run.fillNote { fills.append(fill) }
             meter = run.meter
         }
@@ -72,6 +75,11 @@ struct Subject {
     /// The balancer whose counters must move, and by how much for `n` passes.
     var balancer: BenchBalancer? = nil
     var expected: ((UInt64) -> NodeStats)? = nil
+    /// At most this many passes a run, and `prepare` before each: for a subject whose
+    /// passes use something up (a new full-NAT flow per pass takes a port), so that
+    /// every pass of every run meets the same state.
+    var maxRepeat: UInt32? = nil
+    var prepare: (() throws -> Void)? = nil
 }
 
 /// One figure's runs.
@@ -158,15 +166,18 @@ struct Meter {
         let ns = max(try timed(s, name, repeat: probe), 1)
         let wanted = targetRunNs / ns
         let rounded = (wanted / 1000).rounded() * 1000
-        return UInt32(min(max(rounded, 1000), 50_000_000))
+        return min(UInt32(min(max(rounded, 1000), 50_000_000)), s.maxRepeat ?? .max)
     }
 
     /// Checks, calibrates and times `s`; after every run, one run of `reference` for the paired ratio.
     mutating func measure(_ s: Subject, _ name: String, reference: (subject: Subject, repeat: UInt32, isEncap: Bool)?) throws -> Samples {
+        try s.prepare?()
         try check(s, name)
+        try s.prepare?()
         var samples = Samples()
         samples.repeatCount = try calibrate(s, name)
         for _ in 0..<options.runs {
+            try s.prepare?()
             try load(s)
             let value = try timed(s, name, repeat: samples.repeatCount)
             samples.values.append(value)
@@ -201,7 +212,9 @@ struct Meter {
                 throw DataplaneBenchError("not a fixed IPv4-in-IPv4 frame around the input")
             }
         }
-        let subjects = [("dataplane.floor.pass", pass), ("dataplane.floor.swap_tx", swap), ("dataplane.floor.encap", encap)]
+        let fib = Subject(program: programs.fibSwap, frame: frame, varyOffset: vary, verdict: 3, checkOutput: swap.checkOutput)
+        let subjects = [("dataplane.floor.pass", pass), ("dataplane.floor.swap_tx", swap), ("dataplane.floor.encap", encap),
+                        ("dataplane.floor.fib_lookup", fib)]
 
         // XDP_PASS run bare: no wrapper, the kernel's loop and an empty program.
         let bare = try programs.pass.testRun(frame, repetitions: 1)
@@ -238,6 +251,9 @@ struct Meter {
                    unit: "ns/packet", reference: "dataplane.floor.pass", details: spread(samples[1], repeats[1]))
         report.add("dataplane.floor.encap", group: "dataplane", "floor: encap (+20 B head, fixed eth + IPv4), XDP_TX",
                    value: median(samples[2]), unit: "ns/packet", reference: "dataplane.floor.pass", details: spread(samples[2], repeats[2]))
+        report.add("dataplane.floor.fib_lookup", group: "dataplane",
+                   "bpf_fib_lookup of the destination, then swap MACs, XDP_TX (a next hop resolved per packet)",
+                   value: median(samples[3]), unit: "ns/packet", reference: "dataplane.floor.swap_tx", details: spread(samples[3], repeats[3]))
         report.add("dataplane.bare.pass", group: "dataplane", "XDP_PASS run bare (no wrapper)", value: median(bareSamples),
                    unit: "ns/packet", details: spread(bareSamples, bareRepeat))
         var wrapperDetails = spread(wrapperSamples, repeats[0])

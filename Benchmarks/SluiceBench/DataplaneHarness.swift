@@ -35,6 +35,7 @@ final class BenchPrograms {
     let pass: BPFProgram
     let swapTX: BPFProgram
     let encap: BPFProgram
+    let fibSwap: BPFProgram
     private let template: BPFMap
     private let target: BPFMap
 
@@ -50,6 +51,7 @@ final class BenchPrograms {
         pass = try object.program(named: "bench_pass")
         swapTX = try object.program(named: "bench_swap_tx")
         encap = try object.program(named: "bench_encap")
+        fibSwap = try object.program(named: "bench_fib_swap")
         template = try object.map(named: "bench_template")
         target = try object.map(named: "bench_target")
         guard template.info.valueSize == Self.headerSize + Self.frameCapacity else {

@@ -38,6 +38,14 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
     public var icmpTooBig: UInt64
     /// Inbound ICMP errors about a VIP's flow, forwarded to its backend.
     public var icmpSteered: UInt64
+    /// NAT translations opened (nat and fullnat flows).
+    public var natCreated: UInt64
+    /// Backends' packets translated back toward clients.
+    public var natReplies: UInt64
+    /// ICMP errors about a translated flow, translated (either direction).
+    public var natICMP: UInt64
+    /// Full-NAT source candidates found in use before a free one.
+    public var snatCollisions: UInt64
     public var services: [ServiceTraffic]
 
     enum CodingKeys: String, CodingKey {
@@ -50,13 +58,17 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         case mssClamped = "mss_clamped"
         case icmpTooBig = "icmp_too_big"
         case icmpSteered = "icmp_steered"
+        case natCreated = "nat_created"
+        case natReplies = "nat_replies"
+        case natICMP = "nat_icmp"
+        case snatCollisions = "snat_collisions"
     }
 
     /// Names of the XDP verdicts, indexed by action.
     public static let verdictNames = ["aborted", "drop", "pass", "tx", "redirect"]
     /// Names of enum sl_drop_reason, indexed by value.
     public static let dropNames = ["malformed", "truncated", "no_backend", "no_source", "no_gateway", "encap",
-                                   "too_big", "no_neighbour"]
+                                   "too_big", "no_neighbour", "no_snat", "snat_exhausted"]
 
     static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> CounterSnapshot {
         let node = try NodeCounters.read(from: dataplane)
@@ -83,7 +95,9 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         return CounterSnapshot(verdicts: node.verdicts, newFlows: node.newFlows, conntrackHits: node.conntrackHits,
                                conntrackMisses: node.conntrackMisses, fragments: node.fragments, ipOptions: node.ipOptions,
                                drops: node.drops, flowEventsLost: node.flowEventsLost, mssClamped: node.mssClamped,
-                               icmpTooBig: node.icmpTooBig, icmpSteered: node.icmpSteered, services: services)
+                               icmpTooBig: node.icmpTooBig, icmpSteered: node.icmpSteered, natCreated: node.natCreated,
+                               natReplies: node.natReplies, natICMP: node.natICMP, snatCollisions: node.snatCollisions,
+                               services: services)
     }
 }
 
@@ -106,6 +120,14 @@ public struct NodeCounters: Sendable, Equatable {
     public var icmpTooBig: UInt64 = 0
     /// Inbound ICMP errors about a VIP's flow, forwarded to the flow's backend.
     public var icmpSteered: UInt64 = 0
+    /// NAT translations opened (nat and fullnat flows).
+    public var natCreated: UInt64 = 0
+    /// Backends' packets translated back toward clients.
+    public var natReplies: UInt64 = 0
+    /// ICMP errors about a translated flow, translated (either direction).
+    public var natICMP: UInt64 = 0
+    /// Full-NAT source candidates found in use before a free one.
+    public var snatCollisions: UInt64 = 0
 
     /// All zero.
     public init() {
@@ -136,6 +158,10 @@ public struct NodeCounters: Sendable, Equatable {
         counters.mssClamped = total.mss_clamped
         counters.icmpTooBig = total.icmp_too_big
         counters.icmpSteered = total.icmp_steered
+        counters.natCreated = total.nat_created
+        counters.natReplies = total.nat_replies
+        counters.natICMP = total.nat_icmp
+        counters.snatCollisions = total.snat_collisions
         return counters
     }
 
@@ -153,6 +179,10 @@ public struct NodeCounters: Sendable, Equatable {
         out.mssClamped = lhs.mssClamped &- rhs.mssClamped
         out.icmpTooBig = lhs.icmpTooBig &- rhs.icmpTooBig
         out.icmpSteered = lhs.icmpSteered &- rhs.icmpSteered
+        out.natCreated = lhs.natCreated &- rhs.natCreated
+        out.natReplies = lhs.natReplies &- rhs.natReplies
+        out.natICMP = lhs.natICMP &- rhs.natICMP
+        out.snatCollisions = lhs.snatCollisions &- rhs.snatCollisions
         return out
     }
 }
@@ -165,7 +195,9 @@ extension NodeCounters: CustomStringConvertible {
         for name in CounterSnapshot.dropNames where drops[name, default: 0] != 0 { parts.append("drop.\(name)=\(drops[name]!)") }
         for (name, value) in [("new_flows", newFlows), ("ct_hits", conntrackHits), ("ct_misses", conntrackMisses),
                               ("fragments", fragments), ("ip_options", ipOptions), ("flow_events_lost", flowEventsLost),
-                              ("mss_clamped", mssClamped), ("icmp_too_big", icmpTooBig), ("icmp_steered", icmpSteered)]
+                              ("mss_clamped", mssClamped), ("icmp_too_big", icmpTooBig), ("icmp_steered", icmpSteered),
+                              ("nat_created", natCreated), ("nat_replies", natReplies), ("nat_icmp", natICMP),
+                              ("snat_collisions", snatCollisions)]
             where value != 0 { parts.append("\(name)=\(value)") }
         return parts.isEmpty ? "(none)" : parts.joined(separator: " ")
     }

@@ -26,6 +26,7 @@ public final class Dataplane: Sendable {
         case conntrack = "sl_conntrack"
         case nat = "sl_nat"
         case snatPools = "sl_snat_pools"
+        case progs = "sl_progs"
         case flowEvents = "sl_flow_events"
         case clock = "sl_clock"
         case peers = "sl_peers"

@@ -22,7 +22,7 @@ struct MetricsTextTests {
              "new_flows": 5, "conntrack_hits": 2, "conntrack_misses": 1, "fragments": 3, "ip_options": 4,
              "drops": {"malformed": 1, "truncated": 0, "no_backend": 0, "no_source": 0, "no_gateway": 0, "encap": 0,
                        "too_big": 12, "no_neighbour": 13},
-             "flow_events_lost": 6, "mss_clamped": 14, "icmp_too_big": 15, "icmp_steered": 16,
+             "flow_events_lost": 6, "mss_clamped": 14, "icmp_too_big": 15, "icmp_steered": 16, "nat_created": 17, "nat_replies": 18, "nat_icmp": 19, "snat_collisions": 20,
              "services": [{"name": "web", "vip": "192.0.2.10", "port": 80, "protocol": "tcp", "packets": 7, "bytes": 700,
                            "backends": [{"address": "10.1.0.1", "packets": 7, "bytes": 700},
                                         {"address": "10.1.0.2", "packets": 18446744073709551615, "bytes": 0}]}]}

@@ -138,7 +138,7 @@ struct LayoutTests {
         #expect(CounterSnapshot.verdictNames.count == Int(SL_VERDICTS))
         #expect(DropReason.allCases.map(\.rawValue) ==
                 [SL_DROP_MALFORMED, SL_DROP_TRUNCATED, SL_DROP_NO_BACKEND, SL_DROP_NO_SOURCE, SL_DROP_NO_GATEWAY,
-                 SL_DROP_ENCAP, SL_DROP_TOO_BIG, SL_DROP_NO_NEIGHBOUR].map(\.rawValue))
+                 SL_DROP_ENCAP, SL_DROP_TOO_BIG, SL_DROP_NO_NEIGHBOUR, SL_DROP_NO_SNAT, SL_DROP_SNAT_EXHAUSTED].map(\.rawValue))
         #expect(CounterSnapshot.dropNames.count == Int(SL_DROP__MAX.rawValue))
         #expect(SL_OUTER_TTL == 64, "the tunnel checks expect TTL 64")
         #expect(VIPFilter.bits == Int(SL_VIP_FILTER_BITS))

@@ -25,7 +25,7 @@ public enum XDPVerdict: UInt32, CaseIterable, Sendable, CustomStringConvertible 
 
 /// enum sl_drop_reason.
 public enum DropReason: UInt32, CaseIterable, Sendable, CustomStringConvertible {
-    case malformed = 0, truncated, noBackend, noSource, noGateway, encap, tooBig, noNeighbour
+    case malformed = 0, truncated, noBackend, noSource, noGateway, encap, tooBig, noNeighbour, noSNAT, snatExhausted
 
     public var description: String { CounterSnapshot.dropNames[Int(rawValue)] }
 }
@@ -38,7 +38,8 @@ extension NodeCounters {
     /// One packet's expected effect: its verdict (and drop reason), plus the flow counters named.
     public init(_ verdict: XDPVerdict, drop: DropReason? = nil, newFlows: UInt64 = 0, ctHits: UInt64 = 0,
                 ctMisses: UInt64 = 0, fragments: UInt64 = 0, ipOptions: UInt64 = 0, mssClamped: UInt64 = 0,
-                icmpTooBig: UInt64 = 0, icmpSteered: UInt64 = 0, packets: UInt64 = 1) {
+                icmpTooBig: UInt64 = 0, icmpSteered: UInt64 = 0, natCreated: UInt64 = 0, natReplies: UInt64 = 0,
+                natICMP: UInt64 = 0, snatCollisions: UInt64 = 0, packets: UInt64 = 1) {
         self.init()
         verdicts[verdict.description] = packets
         if let drop { drops[drop.description] = packets }
@@ -50,6 +51,10 @@ extension NodeCounters {
         self.mssClamped = mssClamped
         self.icmpTooBig = icmpTooBig
         self.icmpSteered = icmpSteered
+        self.natCreated = natCreated
+        self.natReplies = natReplies
+        self.natICMP = natICMP
+        self.snatCollisions = snatCollisions
     }
 
     public subscript(verdict: XDPVerdict) -> UInt64 { verdicts[verdict.description, default: 0] }
@@ -133,12 +138,13 @@ public final class TestDataplane {
 
     /// Loads a fresh balancer into its own bpffs; sets the gateway MAC unless
     /// `gateway` is nil; applies `yaml` if given.
-    public init(yaml: String? = nil, gateway: [UInt8]? = TestDataplane.gatewayMAC) throws {
+    public init(yaml: String? = nil, gateway: [UInt8]? = TestDataplane.gatewayMAC,
+                conntrackSize: UInt32 = TestDataplane.conntrackSize) throws {
         let mount = try BPFFSMount()
         self.mount = mount
         pinPath = mount.path + "/lb"
         do {
-            dataplane = try Dataplane.openOrLoad(pinPath: pinPath, conntrackSize: Self.conntrackSize)
+            dataplane = try Dataplane.openOrLoad(pinPath: pinPath, conntrackSize: conntrackSize)
         } catch {
             Dataplane.removePins(at: mount.path + "/lb")
             mount.close()
@@ -150,8 +156,9 @@ public final class TestDataplane {
 
     /// Loads and configures a balancer as `init` does, on a thread of its own, so the
     /// verifier's work does not hold a thread of the concurrency pool.
-    public static func make(yaml: String? = nil, gateway: [UInt8]? = TestDataplane.gatewayMAC) async throws -> TestDataplane {
-        try await offPool { try TestDataplane(yaml: yaml, gateway: gateway) }
+    public static func make(yaml: String? = nil, gateway: [UInt8]? = TestDataplane.gatewayMAC,
+                            conntrackSize: UInt32 = TestDataplane.conntrackSize) async throws -> TestDataplane {
+        try await offPool { try TestDataplane(yaml: yaml, gateway: gateway, conntrackSize: conntrackSize) }
     }
 
     deinit { close() }
