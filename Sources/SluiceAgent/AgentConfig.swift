@@ -41,7 +41,7 @@ public struct AgentConfig: Sendable, Equatable {
     }
 
     static let keys = ["listen", "pin_path", "token_file", "services_file", "tls", "healthcheck_defaults", "sync", "conntrack"]
-    static let conntrackKeys = ["tcp_idle_timeout", "udp_idle_timeout"]
+    static let conntrackKeys = ["tcp_idle_timeout", "udp_idle_timeout", "tcp_syn_timeout", "tcp_closing_timeout"]
     static let tlsKeys = ["cert", "key"]
 
     /// Reads and checks `path`. Every error names the file, the line, the key and the
@@ -82,10 +82,12 @@ public struct AgentConfig: Sendable, Equatable {
                     throw reader.error(at: node, field: fields.field(key),
                                        "\(String(reflecting: raw)) is not a whole number of seconds from 1s to 24h (e.g. 300s, 15m)")
                 }
-                if key == "tcp_idle_timeout" {
-                    config.idleTimeouts.tcpSeconds = UInt32(milliseconds / 1000)
-                } else {
-                    config.idleTimeouts.udpSeconds = UInt32(milliseconds / 1000)
+                let seconds = UInt32(milliseconds / 1000)
+                switch key {
+                case "tcp_idle_timeout": config.idleTimeouts.tcpSeconds = seconds
+                case "udp_idle_timeout": config.idleTimeouts.udpSeconds = seconds
+                case "tcp_syn_timeout": config.idleTimeouts.tcpSynSeconds = seconds
+                default: config.idleTimeouts.tcpClosingSeconds = seconds
                 }
             }
         }

@@ -281,7 +281,8 @@ public actor AgentController {
     public nonisolated func metrics() async throws -> [UInt8] {
         do {
             let input = try await dataplane.metrics(conntrackEntries: conntrack.entries, conntrackExpired: conntrack.expired,
-                                                    lastApply: shared.withLock { $0.lastApply }, sync: sync?.stats.snapshot)
+                                                    lastApply: shared.withLock { $0.lastApply }, sync: sync?.stats.snapshot,
+                                                    nat: conntrack.nat)
             return MetricsRenderer.render(input)
         } catch { throw APIError(error) }
     }

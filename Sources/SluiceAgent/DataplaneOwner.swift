@@ -104,10 +104,10 @@ public actor DataplaneOwner {
 
     /// What one /metrics scrape shows (the agent's own figures passed in).
     public nonisolated func metrics(conntrackEntries: Int?, conntrackExpired: UInt64, lastApply: Double,
-                                    sync: SyncStats.Snapshot?) async throws(ControlError) -> MetricsInput {
+                                    sync: SyncStats.Snapshot?, nat: NATFigures = NATFigures()) async throws(ControlError) -> MetricsInput {
         try await read { dataplane throws(ControlError) in
             try MetricsInput.read(from: dataplane, conntrackEntries: conntrackEntries, conntrackExpired: conntrackExpired,
-                                  lastApply: lastApply, sync: sync)
+                                  lastApply: lastApply, sync: sync, nat: nat)
         }
     }
 

@@ -13,6 +13,18 @@ import Foundation
 import SluiceControl
 import SluiceCore
 
+/// One SNAT address of the applied pools and the ports full NAT allocates on it.
+public struct SNATPoolAddress: Sendable, Equatable {
+    public var address: IPAddress
+    /// The size of node.snat_ports: the ports there are for each backend port.
+    public var ports: Int
+
+    public init(address: IPAddress, ports: Int) {
+        self.address = address
+        self.ports = ports
+    }
+}
+
 /// Everything one scrape shows, read in one go on the data plane's reader thread.
 public struct MetricsInput: Sendable {
     public var counters: CounterSnapshot
@@ -27,9 +39,15 @@ public struct MetricsInput: Sendable {
     public var version: String
     /// The sync's figures, when the agent syncs with peers.
     public var sync: SyncStats.Snapshot?
+    public var nat: NATFigures
+    /// The applied SNAT addresses, IPv4 then IPv6, in pool order.
+    public var snatPool: [SNATPoolAddress]
 
     public init(counters: CounterSnapshot, services: [AppliedService], conntrackEntries: Int?, conntrackExpired: UInt64 = 0,
-                conntrackCapacity: Int, lastApply: Double, version: String, sync: SyncStats.Snapshot? = nil) {
+                conntrackCapacity: Int, lastApply: Double, version: String, sync: SyncStats.Snapshot? = nil,
+                nat: NATFigures = NATFigures(), snatPool: [SNATPoolAddress] = []) {
+        self.nat = nat
+        self.snatPool = snatPool
         self.conntrackExpired = conntrackExpired
         self.counters = counters
         self.services = services
@@ -45,12 +63,15 @@ extension MetricsInput {
     /// Reads what a scrape shows from the maps: the applied state, then the counters. The
     /// agent reads it on its data plane's reader thread (`DataplaneOwner.metrics`).
     public static func read(from dataplane: Dataplane, conntrackEntries: Int?, conntrackExpired: UInt64 = 0,
-                            lastApply: Double, sync: SyncStats.Snapshot? = nil) throws(ControlError) -> MetricsInput {
+                            lastApply: Double, sync: SyncStats.Snapshot? = nil,
+                            nat: NATFigures = NATFigures()) throws(ControlError) -> MetricsInput {
         let state = try dataplane.appliedState()
+        let node = state.serviceFile.node
+        let pool = (node.snatV4 + node.snatV6).map { SNATPoolAddress(address: $0, ports: node.effectiveSNATPorts.count) }
         return MetricsInput(counters: try dataplane.counters(state: state), services: state.services,
                             conntrackEntries: conntrackEntries, conntrackExpired: conntrackExpired,
                             conntrackCapacity: dataplane.conntrackCapacity,
-                            lastApply: lastApply, version: AgentBuild.version, sync: sync)
+                            lastApply: lastApply, version: AgentBuild.version, sync: sync, nat: nat, snatPool: pool)
     }
 }
 
@@ -71,6 +92,10 @@ public enum MetricsRenderer {
         for (s, labels) in zip(counters.services, vipLabels) { out.sample("sluice_vip_packets_total", labels, s.packets) }
         out.family("sluice_vip_bytes_total", .counter, "Bytes (received frame length) forwarded for a VIP, per VIP.")
         for (s, labels) in zip(counters.services, vipLabels) { out.sample("sluice_vip_bytes_total", labels, s.bytes) }
+        out.family("sluice_vip_reply_packets_total", .counter, "Backends' replies translated back toward clients (nat, fullnat), per VIP.")
+        for (s, labels) in zip(counters.services, vipLabels) { out.sample("sluice_vip_reply_packets_total", labels, s.replyPackets) }
+        out.family("sluice_vip_reply_bytes_total", .counter, "Bytes (received frame length) of replies translated back, per VIP.")
+        for (s, labels) in zip(counters.services, vipLabels) { out.sample("sluice_vip_reply_bytes_total", labels, s.replyBytes) }
 
         let trafficLabels = counters.services.map { s in
             s.backends.map { PrometheusText.labels(["service": s.name, "vip": s.vip, "backend": $0.address]) }
@@ -82,6 +107,14 @@ public enum MetricsRenderer {
         out.family("sluice_bytes_total", .counter, "Bytes (received frame length) forwarded to a backend.")
         for (s, labels) in zip(counters.services, trafficLabels) {
             for (b, label) in zip(s.backends, labels) { out.sample("sluice_bytes_total", label, b.bytes) }
+        }
+        out.family("sluice_reply_packets_total", .counter, "A backend's replies translated back toward clients (nat, fullnat).")
+        for (s, labels) in zip(counters.services, trafficLabels) {
+            for (b, label) in zip(s.backends, labels) { out.sample("sluice_reply_packets_total", label, b.replyPackets) }
+        }
+        out.family("sluice_reply_bytes_total", .counter, "Bytes (received frame length) of a backend's replies translated back.")
+        for (s, labels) in zip(counters.services, trafficLabels) {
+            for (b, label) in zip(s.backends, labels) { out.sample("sluice_reply_bytes_total", label, b.replyBytes) }
         }
 
         let backendLabels = input.services.map { a in
@@ -136,6 +169,8 @@ public enum MetricsRenderer {
         out.family("sluice_icmp_errors_steered_total", .counter, "Inbound ICMP errors about a VIP's flow, forwarded to its backend.")
         out.sample("sluice_icmp_errors_steered_total", "", counters.icmpSteered)
 
+        renderNAT(input, into: &out)
+
         out.family("sluice_drops_total", .counter, "Packets the data plane dropped, by reason.")
         for reason in CounterSnapshot.dropNames {
             out.sample("sluice_drops_total", PrometheusText.labels(["reason": reason]), counters.drops[reason] ?? 0)
@@ -155,6 +190,36 @@ public enum MetricsRenderer {
                    "When the agent last applied a desired set (seconds since the epoch; 0: never).")
         out.sample("sluice_last_apply_timestamp_seconds", "", input.lastApply)
         return out.bytes
+    }
+
+    /// The translations: the data plane's counters, the agent's sweep figures, pool use.
+    private static func renderNAT(_ input: MetricsInput, into out: inout PrometheusText) {
+        let counters = input.counters
+        out.family("sluice_nat_created_total", .counter, "Translations created (nat and fullnat flows opened).")
+        out.sample("sluice_nat_created_total", "", counters.natCreated)
+        out.family("sluice_nat_replies_total", .counter, "Backends' packets translated back toward clients.")
+        out.sample("sluice_nat_replies_total", "", counters.natReplies)
+        out.family("sluice_nat_icmp_translated_total", .counter, "ICMP errors about a translated flow, translated (either way).")
+        out.sample("sluice_nat_icmp_translated_total", "", counters.natICMP)
+        out.family("sluice_snat_collisions_total", .counter, "Full-NAT source candidates found in use before a free one (or exhaustion).")
+        out.sample("sluice_snat_collisions_total", "", counters.snatCollisions)
+        if let translations = input.nat.translations {
+            out.family("sluice_nat_translations", .gauge, "Translations in the NAT table (counted at the agent's last sweep).")
+            out.sample("sluice_nat_translations", "", UInt64(translations))
+        }
+        out.family("sluice_nat_expired_total", .counter, "Translations the agent deleted as idle since it started.")
+        out.sample("sluice_nat_expired_total", "", input.nat.expired)
+        out.family("sluice_snat_pool_in_use", .gauge,
+                   "Full-NAT translations holding a source port on a SNAT address (at the agent's last sweep).")
+        for entry in input.snatPool {
+            out.sample("sluice_snat_pool_in_use", PrometheusText.labels(["address": entry.address.description]),
+                       UInt64(input.nat.snatInUse[entry.address] ?? 0))
+        }
+        out.family("sluice_snat_pool_ports", .gauge,
+                   "Source ports full NAT allocates on a SNAT address, for each backend address, port and protocol.")
+        for entry in input.snatPool {
+            out.sample("sluice_snat_pool_ports", PrometheusText.labels(["address": entry.address.description]), UInt64(entry.ports))
+        }
     }
 
     /// The agent's own sync counters: they start from zero when the agent does.

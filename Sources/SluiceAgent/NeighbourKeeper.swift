@@ -1,4 +1,4 @@
-// The agent's care of l2dsr backends' MACs: every second the neighbour table is read again
+// The agent's care of l2dsr and NAT backends' next-hop MACs: every second the neighbour table is read again
 // and a MAC that changed (a backend's new NIC, a failover of its address) is written into
 // sl_backends within about a second of the kernel learning it. It runs on the data plane's
 // own thread, like every write.
@@ -22,7 +22,7 @@ public final class NeighbourKeeper: ServiceLifecycle.Service, Sendable {
                 if Task.isCancelled { break }
                 do throws(ControlError) {
                     let changed = try await self.dataplane.refreshNeighbourMACs()
-                    if changed > 0 { self.logger.notice("neighbours: \(changed) l2dsr backend MAC(s) updated") }
+                    if changed > 0 { self.logger.notice("neighbours: \(changed) l2dsr backend next hop(s) updated") }
                 } catch {
                     self.logger.error("neighbours: \(error.message)")
                 }

@@ -4,12 +4,16 @@
 // not increase for its sender (a replay). Integers are big-endian, addresses and ports as
 // they sit in the packet.
 //
-//   0 "SLSY"  4 version (1)  5 kind  6 reserved (2)  8 sender (u64)  16 sequence (u64)
+//   0 "SLSY"  4 version (1 or 2)  5 kind  6 reserved (2)  8 sender (u64)  16 sequence (u64)
 //  24 timestamp, ms since the epoch (u64)  32 record count (u16)  34 reserved (2)
-//  36 records, 56 bytes each  ... HMAC-SHA256 (32)
+//  36 records, 56 bytes each (version 1) or 60 (version 2)  ... HMAC-SHA256 (32)
 //
 // A record: 0 family  1 protocol  2 source port  4 destination port  6 backend family
-// 7 reserved  8 source address (16)  24 destination address (the VIP, 16)  40 backend (16).
+// 7 reserved  8 source address (16)  24 destination address (the VIP, 16)  40 backend (16);
+// version 2 adds 56 nat (enum sl_forwarding, 0 = none)  57 SNAT slot  58 SNAT port.
+// A frame is version 2 only when one of its records is a translated flow, so a fleet
+// without NAT talks version 1 as before, and an older receiver drops (as malformed) only
+// the frames it could not apply anyway.
 import Crypto
 import Foundation
 import SluiceCore
@@ -40,20 +44,24 @@ public struct SyncFrame: Sendable, Equatable {
 
     static let magic: [UInt8] = Array("SLSY".utf8)
     static let version: UInt8 = 1
+    /// The version whose records carry a translation.
+    static let natVersion: UInt8 = 2
     static let headerSize = 36
     static let recordSize = 56
+    static let natRecordSize = 60
     static let macSize = 32
     /// Records per frame: a frame stays under 64 KiB.
     public static let maxRecords = 1000
-    public static let maxSize = headerSize + maxRecords * recordSize + macSize
+    public static let maxSize = headerSize + maxRecords * natRecordSize + macSize
 
     /// The frame's bytes, MAC included.
     public func encoded(key: SymmetricKey) -> [UInt8] {
         precondition(records.count <= Self.maxRecords)
+        let translated = records.contains { $0.nat != 0 }
         var out: [UInt8] = []
-        out.reserveCapacity(Self.headerSize + records.count * Self.recordSize + Self.macSize)
+        out.reserveCapacity(Self.headerSize + records.count * (translated ? Self.natRecordSize : Self.recordSize) + Self.macSize)
         out += Self.magic
-        out += [Self.version, kind.rawValue, 0, 0]
+        out += [translated ? Self.natVersion : Self.version, kind.rawValue, 0, 0]
         out.appendBig(sender)
         out.appendBig(sequence)
         out.appendBig(timestampMilliseconds)
@@ -65,6 +73,10 @@ public struct SyncFrame: Sendable, Equatable {
             out.appendRaw(record.destinationPort)
             out += [record.backend.family.rawValue, 0]
             out += record.source.bytes16 + record.destination.bytes16 + record.backend.bytes16
+            if translated {
+                out += [record.nat, record.snatIndex]
+                out.appendRaw(record.snatPort)
+            }
         }
         out += HMAC<SHA256>.authenticationCode(for: out, using: key)
         return out
@@ -85,20 +97,26 @@ public struct SyncFrame: Sendable, Equatable {
         guard HMAC<SHA256>.isValidAuthenticationCode(bytes[(bytes.count - macSize)...], authenticating: body, using: key) else {
             throw .badMAC
         }
-        guard Array(bytes[0..<4]) == magic, bytes[4] == version, let kind = Kind(rawValue: bytes[5]) else { throw .malformed }
+        guard Array(bytes[0..<4]) == magic, bytes[4] == version || bytes[4] == natVersion,
+              let kind = Kind(rawValue: bytes[5]) else { throw .malformed }
+        let translated = bytes[4] == natVersion
+        let size = translated ? natRecordSize : recordSize
         let count = Int(bytes.big(UInt16.self, at: 32))
-        guard body.count == headerSize + count * recordSize else { throw .malformed }
+        guard body.count == headerSize + count * size else { throw .malformed }
         var records: [FlowRecord] = []
         records.reserveCapacity(count)
         for index in 0..<count {
-            let at = headerSize + index * recordSize
+            let at = headerSize + index * size
             guard let family = IPAddress.Family(rawValue: bytes[at]), let backendFamily = IPAddress.Family(rawValue: bytes[at + 6]),
                   let source = IPAddress(bytes16: bytes[(at + 8)..<(at + 24)], family: family),
                   let destination = IPAddress(bytes16: bytes[(at + 24)..<(at + 40)], family: family),
                   let backend = IPAddress(bytes16: bytes[(at + 40)..<(at + 56)], family: backendFamily) else { throw .malformed }
-            records.append(FlowRecord(source: source, destination: destination, sourcePort: bytes.raw(UInt16.self, at: at + 2),
-                                      destinationPort: bytes.raw(UInt16.self, at: at + 4), proto: bytes[at + 1],
-                                      backend: backend))
+            var record = FlowRecord(source: source, destination: destination, sourcePort: bytes.raw(UInt16.self, at: at + 2),
+                                    destinationPort: bytes.raw(UInt16.self, at: at + 4), proto: bytes[at + 1], backend: backend)
+            if translated {
+                (record.nat, record.snatIndex, record.snatPort) = (bytes[at + 56], bytes[at + 57], bytes.raw(UInt16.self, at: at + 58))
+            }
+            records.append(record)
         }
         return SyncFrame(kind: kind, sender: bytes.big(UInt64.self, at: 8), sequence: bytes.big(UInt64.self, at: 16),
                          timestampMilliseconds: bytes.big(UInt64.self, at: 24), records: records)

@@ -10,16 +10,26 @@ public struct AppliedBackend: Sendable, Equatable {
     public var weight: Int
     /// sl_backend.flags: in use, and what health checks decided (enum sl_backend_flags).
     public var flags: UInt8
-    /// l2dsr: the MAC packets are sent to; nil while not resolved (or for a tunnel mode).
+    /// l2dsr, nat, fullnat: the MAC packets are sent to (the next hop's); nil while not
+    /// resolved (or for a tunnel mode).
     public var mac: MACAddress?
+    /// nat, fullnat: the port packets are translated to (sl_backend.port); nil in other modes.
+    public var port: UInt16?
+    /// nat, fullnat: our MAC on the interface toward the backend.
+    public var sourceMAC: MACAddress?
+    /// nat, fullnat: that interface's index (0: the one packets come in on).
+    public var interfaceIndex: UInt32
 
     public init(id: UInt32, address: IPAddress, weight: Int, flags: UInt8 = UInt8(SL_BACKEND_F_IN_USE.rawValue),
-                mac: MACAddress? = nil) {
+                mac: MACAddress? = nil, port: UInt16? = nil, sourceMAC: MACAddress? = nil, interfaceIndex: UInt32 = 0) {
         self.id = id
         self.address = address
         self.weight = weight
         self.flags = flags
         self.mac = mac
+        self.port = port
+        self.sourceMAC = sourceMAC
+        self.interfaceIndex = interfaceIndex
     }
 
     /// An agent health-checks it.
@@ -40,8 +50,10 @@ public struct AppliedService: Sendable {
     public var generation: UInt32
     public var backends: [AppliedBackend]
 
-    /// The l2dsr backends, whose MACs must follow the neighbour table.
-    public var neighbourBackends: [AppliedBackend] { service.forwarding == .l2dsr ? backends : [] }
+    /// The l2dsr and NAT backends, whose next hops' MACs must follow the neighbour table.
+    public var neighbourBackends: [AppliedBackend] {
+        service.forwarding == .l2dsr || service.forwarding.translates ? backends : []
+    }
 
     public init(slot: UInt32, service: Service, maglevSize: Int, generation: UInt32, backends: [AppliedBackend]) {
         self.slot = slot
@@ -56,6 +68,8 @@ public struct AppliedService: Sendable {
 /// backends are read with batched lookups so this stays cheap at scale.
 public struct AppliedState: Sendable {
     package var config: sl_config
+    /// sl_snat_pools: [IPv4, IPv6].
+    package var snatPools: [sl_snat_pool]
     public var services: [AppliedService]
     /// Every backend slot ever written (family != 0), by id, in use or not.
     package var backendSlots: [sl_backend]
@@ -63,7 +77,9 @@ public struct AppliedState: Sendable {
     public var serviceFile: ServiceFile {
         let size = config.maglev_size == 0 ? Maglev.defaultTableSize : Int(config.maglev_size)
         return ServiceFile(node: NodeConfig(sourceV4: config.sourceV4, sourceV6: config.sourceV6, maglevTableSize: size,
-                                            tunnelMTU: config.fileTunnelMTU, guePort: config.fileGUEPort),
+                                            tunnelMTU: config.fileTunnelMTU, guePort: config.fileGUEPort,
+                                            snatV4: snatPools[0].addresses(family: .v4), snatV6: snatPools[1].addresses(family: .v6),
+                                            snatPorts: snatPools[0].filePorts),
                            services: services.map(\.service))
     }
 
@@ -72,6 +88,8 @@ public struct AppliedState: Sendable {
     static func read(from dataplane: Dataplane) throws(ControlError) -> AppliedState {
         do {
             let config = try dataplane[.config].lookup(UInt32(0), as: sl_config.self) ?? sl_config()
+            var pools = try dataplane[.snatPools].arrayValues(as: sl_snat_pool.self)
+            while pools.count < 2 { pools.append(sl_snat_pool()) }
             let infos = try dataplane[.services].arrayValues(as: sl_service_info.self)
             let slots = try dataplane[.backends].arrayValues(as: sl_backend.self)
             var byService: [UInt32: [AppliedBackend]] = [:]
@@ -80,20 +98,26 @@ public struct AppliedState: Sendable {
                 guard let address = IPAddress(words: backend.addr, family: backend.family) else { continue }
                 byService[backend.service_id, default: []].append(
                     AppliedBackend(id: UInt32(id), address: address, weight: Int(backend.weight), flags: backend.flags,
-                                   mac: backend.macAddress))
+                                   mac: backend.macAddress, port: backend.port == 0 ? nil : UInt16(bigEndian: backend.port),
+                                   sourceMAC: backend.sourceMACAddress, interfaceIndex: backend.ifindex))
             }
             var services: [AppliedService] = []
             for (slot, info) in infos.enumerated() where info.name.0 != 0 {
                 guard let vip = info.vip.address, let proto = info.vip.l4Protocol,
                       let forwarding = Forwarding(cValue: info.forwarding) else { continue }
                 let backends = byService[UInt32(slot)] ?? []
-                let service = Service(name: info.serviceName, vip: vip, port: info.vip.hostPort, proto: proto,
+                // A backend's port is the service's unless it says otherwise (Service.withoutHealthCheck).
+                let port = info.vip.hostPort
+                let service = Service(name: info.serviceName, vip: vip, port: port, proto: proto,
                                       forwarding: forwarding,
-                                      backends: backends.map { Backend(address: $0.address, weight: $0.weight) })
+                                      backends: backends.map {
+                                          Backend(address: $0.address, weight: $0.weight,
+                                                  port: forwarding.translates && $0.port != port ? $0.port : nil)
+                                      })
                 services.append(AppliedService(slot: UInt32(slot), service: service, maglevSize: Int(info.maglev_size),
                                                generation: info.generation, backends: backends))
             }
-            return AppliedState(config: config, services: services, backendSlots: slots)
+            return AppliedState(config: config, snatPools: pools, services: services, backendSlots: slots)
         } catch {
             throw .bpf(error, while: "reading the applied configuration from \(dataplane.pinPath)")
         }

@@ -23,7 +23,7 @@ public struct ApplyResult: Sendable {
     public var tablesWritten: Int
     /// Bytes written into maps (tables, backends, services, VIPs).
     public var bytesWritten: Int
-    /// l2dsr backends applied without a MAC (their neighbour did not answer in time).
+    /// l2dsr and NAT backends applied without a next-hop MAC (the neighbour did not answer in time).
     public var unresolved: [UnresolvedNeighbour]
 }
 
@@ -41,20 +41,21 @@ enum Applier {
     /// Applies `desired` (its health checks aside: the maps keep none). With `health`, the
     /// backends' health flags are set from it and down backends are left out of their tables
     /// (HealthPolicy); without, the flags the maps hold are kept. Nothing is written when
-    /// nothing changes or on a dry run. l2dsr services are checked against the interfaces the
-    /// balancer runs on first (bad input when it is not attached or a backend is not on-link)
-    /// and, unless on a dry run, their backends' MACs resolved (up to a second).
+    /// nothing changes or on a dry run. l2dsr and NAT services are checked against the
+    /// interfaces the balancer runs on first (bad input when it is not attached or a backend
+    /// cannot be reached through them) and, unless on a dry run, their next hops' MACs
+    /// resolved (up to a second).
     static func apply(_ desired: ServiceFile, to dataplane: Dataplane, dryRun: Bool = false,
                              health: HealthVerdicts? = nil) throws(ControlError) -> ApplyResult {
         let state = try AppliedState.read(from: dataplane)
         let target = desired.withoutHealthChecks
         let attached = XDPHook.attachedInterfaces(programID: try dataplane.programID()).map(\.name)
-        var neighbours = try L2DSRNeighbours(checking: target, attached: attached)
-        if !dryRun { neighbours.resolve() }
+        var nextHops = try NextHops(checking: target, attached: attached)
+        if !dryRun { nextHops.resolve() }
         let diff = ConfigDiff.between(current: state.serviceFile, desired: target)
-        let plan = try Plan(state: state, desired: target, health: health, macs: neighbours.macs,
+        let plan = try Plan(state: state, desired: target, health: health, hops: { nextHops.slotFields(for: $0) },
                             interfaceMTU: attached.compactMap { NetworkInterface.mtu(of: $0) }.min())
-        let unresolved = dryRun ? [] : neighbours.unresolved(in: target)
+        let unresolved = dryRun ? [] : nextHops.unresolved(in: target)
         guard !dryRun, !diff.isEmpty || plan.hasWrites else {
             return ApplyResult(diff: diff, tablesWritten: 0, bytesWritten: 0, healthChanged: plan.healthChanged)
         }
@@ -91,16 +92,19 @@ struct Plan {
     var healthChanged = false
     /// sl_config as the desired set wants it.
     var config: sl_config
+    /// sl_snat_pools as the desired set wants them: [IPv4, IPv6].
+    var pools: [sl_snat_pool]
     /// Something must be written even when the diff is empty: sl_config (an interface's MTU,
     /// the first GUE port) or a backend slot (health flags, a MAC).
     var hasWrites = false
 
-    /// `macs`: the l2dsr backends' MACs found now; `interfaceMTU`: the smallest MTU of the
-    /// interfaces the balancer is attached to.
-    init(state: AppliedState, desired: ServiceFile, health: HealthVerdicts?, macs: [IPAddress: MACAddress] = [:],
-         interfaceMTU: Int? = nil) throws(ControlError) {
+    /// `hops`: the l2dsr and NAT backends' next hops found now, by address; `interfaceMTU`:
+    /// the smallest MTU of the interfaces the balancer is attached to.
+    init(state: AppliedState, desired: ServiceFile, health: HealthVerdicts?,
+         hops: (IPAddress) -> BackendHop? = { _ in nil }, interfaceMTU: Int? = nil) throws(ControlError) {
         config = Self.config(state.config, node: desired.node, interfaceMTU: interfaceMTU)
-        hasWrites = !bytewiseEqual(config, state.config)
+        pools = SNATPools.arrange(current: state.snatPools, node: desired.node)
+        hasWrites = !bytewiseEqual(config, state.config) || !zip(pools, state.snatPools).allSatisfy { bytewiseEqual($0, $1) }
         let size = desired.node.maglevTableSize
         let desiredNames = Set(desired.services.map(\.name))
         removedServices = state.services.filter { !desiredNames.contains($0.service.name) }
@@ -133,12 +137,13 @@ struct Plan {
             let flags = Self.flags(service, previous: previous, health: health)
             let excludedBefore = Set((previous?.backends ?? []).filter(\.isExcluded).map(\.address))
             let excluded = Set(zip(service.backends, flags).filter { $1 & Self.excludedFlag != 0 }.map(\.0.address))
-            var sameMode = service
-            sameMode.forwarding = previous?.service.forwarding ?? service.forwarding
-            let needsTable = previous.map { $0.service != sameMode || $0.maglevSize != size || excludedBefore != excluded } ?? true
+            // The mode and the backends' ports live in the backend slots: the table stays.
+            let needsTable = previous.map {
+                Self.tableShape($0.service) != Self.tableShape(service) || $0.maglevSize != size || excludedBefore != excluded
+            } ?? true
             let slots = zip(zip(service.backends, ids), flags).map { pair, flags in
                 Self.backendSlot(pair.0, service: service, slot: slot, flags: flags,
-                                 mac: macs[pair.0.address] ?? Self.keptMAC(pair.1, state: state, service: service))
+                                 hop: Self.keepingMAC(hops(pair.0.address), id: pair.1, state: state, service: service))
             }
             hasWrites = hasWrites || zip(ids, slots).contains { id, new in
                 Int(id) >= state.backendSlots.count || !bytewiseEqual(state.backendSlots[Int(id)], new)
@@ -155,6 +160,14 @@ struct Plan {
     }
 
     static let excludedFlag = UInt8(SL_BACKEND_F_EXCLUDED.rawValue)
+
+    /// What the Maglev table of `service` depends on: not its mode, nor its backends' ports.
+    static func tableShape(_ service: Service) -> Service {
+        var shape = service
+        shape.forwarding = .ipip
+        for i in shape.backends.indices { shape.backends[i].port = nil }
+        return shape
+    }
 
     /// sl_config for `node`: tunnel_mtu from the file (marked as such), else from the attached
     /// interfaces, else as attach wrote it (0 when a file's value is all there was); the GUE
@@ -174,8 +187,9 @@ struct Plan {
         return config
     }
 
-    /// What sl_backends holds for one backend of `service`.
-    static func backendSlot(_ backend: Backend, service: Service, slot: UInt32, flags: UInt8, mac: MACAddress?) -> sl_backend {
+    /// What sl_backends holds for one backend of `service`: l2dsr adds the next hop's MAC, the
+    /// NAT modes also the backend's port and the interface toward it with our MAC there.
+    static func backendSlot(_ backend: Backend, service: Service, slot: UInt32, flags: UInt8, hop: BackendHop?) -> sl_backend {
         var value = sl_backend()
         value.addr = backend.address.words
         value.family = backend.address.family.rawValue
@@ -183,14 +197,25 @@ struct Plan {
         value.weight = UInt16(backend.weight)
         value.service_id = slot
         value.forwarding = service.forwarding.cValue
-        if service.forwarding == .l2dsr { value.setMAC(mac) }
+        if service.forwarding == .l2dsr { value.setMAC(hop?.mac) }
+        if service.forwarding.translates {
+            value.port = backend.effectivePort(in: service).bigEndian
+            value.setMAC(hop?.mac)
+            value.setSourceMAC(hop?.sourceMAC)
+            value.ifindex = hop?.interfaceIndex ?? 0
+        }
         return value
     }
 
-    /// The MAC an l2dsr backend keeps when its neighbour did not answer now: the one its slot holds.
-    private static func keptMAC(_ id: UInt32, state: AppliedState, service: Service) -> MACAddress? {
-        guard service.forwarding == .l2dsr, Int(id) < state.backendSlots.count else { return nil }
-        return state.backendSlots[Int(id)].macAddress
+    /// A next hop whose neighbour did not answer now keeps the MAC its slot holds, when the
+    /// slot was already sent the same way (l2dsr, or a NAT mode out of the same interface).
+    private static func keepingMAC(_ hop: BackendHop?, id: UInt32, state: AppliedState, service: Service) -> BackendHop? {
+        guard var hop, hop.mac == nil, Int(id) < state.backendSlots.count else { return hop }
+        let slot = state.backendSlots[Int(id)]
+        guard let old = Forwarding(cValue: slot.forwarding) else { return hop }
+        let sameWay = service.forwarding == .l2dsr ? old == .l2dsr : old.translates && slot.ifindex == hop.interfaceIndex
+        if sameWay { hop.mac = slot.macAddress }
+        return hop
     }
 
     /// Each backend's sl_backend.flags: from the verdicts when given, else as the maps hold them
@@ -252,9 +277,15 @@ struct Writer {
             try dataplane[.config].update(UInt32(0), plan.config)
             bytes += MemoryLayout<sl_config>.size
         }
+        // Before any VIP is published: a new full-NAT service finds its pool.
+        for (index, pool) in plan.pools.enumerated() where !bytewiseEqual(pool, state.snatPools[index]) {
+            try dataplane[.snatPools].update(UInt32(index), pool)
+            bytes += MemoryLayout<sl_snat_pool>.size
+        }
         // The prefilter must never hide a VIP, not even for one packet: every
         // desired VIP's bit is set before any VIP is published, and bits only
-        // removed VIPs needed are cleared after those are withdrawn (below).
+        // removed VIPs needed are cleared after those are withdrawn (below). The
+        // reply bits of NAT backends (VIPFilter) go the same way.
         let current = VIPFilter(words: try dataplane[.vipFilter].arrayValues(as: UInt64.self))
         let desiredFilter = VIPFilter(services: desired.services)
         let widened = current.union(desiredFilter)

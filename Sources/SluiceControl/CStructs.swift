@@ -102,6 +102,8 @@ extension Forwarding {
         case .ipip: UInt8(SL_FWD_IPIP.rawValue)
         case .gue: UInt8(SL_FWD_GUE.rawValue)
         case .l2dsr: UInt8(SL_FWD_L2DSR.rawValue)
+        case .nat: UInt8(SL_FWD_NAT.rawValue)
+        case .fullnat: UInt8(SL_FWD_FULLNAT.rawValue)
         }
     }
 
@@ -124,6 +126,50 @@ extension sl_backend {
         }
     }
 
+    /// nat, fullnat: our MAC toward the backend, nil when all zero.
+    var sourceMACAddress: MACAddress? {
+        let bytes = withUnsafeBytes(of: src_mac) { Array($0) }
+        return bytes.allSatisfy { $0 == 0 } ? nil : MACAddress(bytes: bytes)
+    }
+
+    mutating func setSourceMAC(_ address: MACAddress?) {
+        withUnsafeMutableBytes(of: &src_mac) { raw in
+            for i in raw.indices { raw[i] = address?.bytes[i] ?? 0 }
+        }
+    }
+}
+
+extension sl_snat_pool {
+    /// A pool of `addresses` (at most SL_MAX_SNAT_ADDRS, of one family) and `ports`.
+    init(addresses: [IPAddress], ports: PortRange) {
+        self.init()
+        withUnsafeMutableBytes(of: &addr) { raw in
+            let words = raw.bindMemory(to: UInt32.self)
+            for (i, address) in addresses.prefix(Int(SL_MAX_SNAT_ADDRS)).enumerated() {
+                let w = address.words
+                (words[i * 4], words[i * 4 + 1], words[i * 4 + 2], words[i * 4 + 3]) = (w.0, w.1, w.2, w.3)
+            }
+        }
+        count = UInt8(min(addresses.count, Int(SL_MAX_SNAT_ADDRS)))
+        port_min = ports.low
+        port_max = ports.high
+    }
+
+    /// The first `count` addresses, in slot order (sl_ct_entry.snat_index indexes them).
+    func addresses(family: IPAddress.Family) -> [IPAddress] {
+        withUnsafeBytes(of: addr) { raw in
+            let words = raw.bindMemory(to: UInt32.self)
+            return (0..<min(Int(count), Int(SL_MAX_SNAT_ADDRS))).compactMap { i in
+                IPAddress(words: (words[i * 4], words[i * 4 + 1], words[i * 4 + 2], words[i * 4 + 3]), family: family)
+            }
+        }
+    }
+
+    /// The port range as the service file names it: nil for the default (or never applied).
+    var filePorts: PortRange? {
+        let range = PortRange(low: port_min, high: port_max)
+        return port_min == 0 || range == NodeConfig.defaultSNATPorts ? nil : range
+    }
 }
 
 /// Two C structs byte for byte, padding included (every one is built zeroed).

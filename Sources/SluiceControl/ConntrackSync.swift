@@ -1,7 +1,10 @@
 // The data-plane side of connection-state sync: turning the new-flow reports of
 // sl_flow_events into flow records (backends by address), writing peers' records into
 // sl_conntrack under this node's own service slots, epochs and backend ids, and reading the
-// whole table for a peer that asks for a copy. The wire and the peers are the agent's.
+// whole table for a peer that asks for a copy. A translated flow also gets its sl_nat entry
+// here, built from this node's backend slot and SNAT pool; with no interface or MACs known
+// (ifindex 0), the data plane sends its replies back out the interface they came in on, to
+// the configured gateway. The wire and the peers are the agent's.
 import CLibbpf
 import CSluice
 import Foundation
@@ -19,6 +22,10 @@ public final class ConntrackSync {
         case unknownBackend = "unknown_backend"
         /// This node placed the flow itself and still trusts that entry: it is the fresher.
         case localNewer = "local_newer"
+        /// A full-NAT flow whose SNAT slot this node's pool does not have.
+        case unknownSNAT = "unknown_snat"
+        /// Its translation's key (backend:port -> SNAT address:port) is another flow's here.
+        case natConflict = "nat_conflict"
     }
 
     public struct InsertResult: Sendable, Equatable {
@@ -83,7 +90,8 @@ public final class ConntrackSync {
                 addresses[event.backend_id] = slot.flatMap { IPAddress(cWords: $0.addr, family: $0.family) }
             }
             guard let backend = addresses[event.backend_id] ?? nil else { return nil }
-            return FlowRecord(key: event.key, backend: backend)
+            return FlowRecord(key: event.key, backend: backend, nat: event.nat, snatIndex: event.snat_index,
+                              snatPort: event.snat_port)
         }
     }
 
@@ -98,6 +106,7 @@ public final class ConntrackSync {
         let local = UInt8(SL_ORIGIN_LOCAL)
         let now = (try? dataplane[.clock].lookup(UInt32(0), as: UInt32.self)) ?? 0
         var epochs: [UInt32: UInt32] = [:]
+        let pools = (try? dataplane[.snatPools].arrayValues(as: sl_snat_pool.self)) ?? []
         for record in records {
             var vipKey = sl_vip_key()
             vipKey.addr = record.destination.words
@@ -123,11 +132,58 @@ public final class ConntrackSync {
                 result.rejected[.localNewer, default: 0] += 1
                 continue
             }
-            let entry = sl_ct_entry(backend_id: backendID, service_id: UInt16(vip.id), epoch: epoch, last_seen: now,
+            var entry = sl_ct_entry(backend_id: backendID, service_id: UInt16(vip.id), epoch: epoch, last_seen: now,
                                     origin: origin, tcp_seen: 0, nat: 0, snat_index: 0, snat_port: 0, pad: (0, 0))
+            if record.nat != 0 {
+                if let rejection = translate(record, key: key, entry: &entry, pools: pools, now: now) {
+                    result.rejected[rejection, default: 0] += 1
+                    continue
+                }
+            }
             if (try? dataplane[.conntrack].update(key, entry)) != nil { result.applied += 1 }
         }
         return result
+    }
+
+    /// Installs the sl_nat entry of a peer's translated flow, from this node's backend slot
+    /// (its address and port) and, for full NAT, its pool's address in the record's slot,
+    /// and marks `entry` translated; nil when done. A record whose mode is not this node's for the backend
+    /// is written as a plain flow: the data plane forwards it the way its service says.
+    private func translate(_ record: FlowRecord, key: sl_flow_key, entry: inout sl_ct_entry, pools: [sl_snat_pool],
+                           now: UInt32) -> Rejection? {
+        guard let slot = try? dataplane[.backends].lookup(entry.backend_id, as: sl_backend.self),
+              slot.forwarding == record.nat, slot.port != 0 else { return nil }
+        var reply = sl_flow_key()
+        reply.src = slot.addr
+        reply.sport = slot.port
+        reply.proto = key.proto
+        reply.family = key.family
+        if record.nat == UInt8(SL_FWD_FULLNAT.rawValue) {
+            let index = key.family == UInt8(SL_FAMILY_V4.rawValue) ? 0 : 1
+            guard index < pools.count, let family = IPAddress.Family(rawValue: key.family) else { return .unknownSNAT }
+            let addresses = pools[index].addresses(family: family)
+            guard Int(record.snatIndex) < addresses.count else { return .unknownSNAT }
+            reply.dst = addresses[Int(record.snatIndex)].words
+            reply.dport = record.snatPort
+        } else {
+            reply.dst = key.src
+            reply.dport = key.sport
+        }
+        if let held = try? dataplane[.nat].lookup(reply, as: sl_nat_entry.self), !bytewiseEqual(held.flow, key) {
+            return .natConflict
+        }
+        var translation = sl_nat_entry()
+        translation.flow = key
+        translation.backend_id = entry.backend_id
+        translation.service_id = entry.service_id
+        translation.mode = record.nat
+        translation.last_seen = now
+        // Before the flow's entry: a forwarded packet's reply finds its translation.
+        guard (try? dataplane[.nat].update(reply, translation)) != nil else { return .natConflict }
+        entry.nat = record.nat
+        entry.snat_index = record.snatIndex
+        entry.snat_port = record.snatPort
+        return nil
     }
 
     /// The backend id of `address` in service `slot`, re-reading the applied state when it
@@ -148,11 +204,11 @@ public final class ConntrackSync {
 }
 
 extension FlowRecord {
-    init?(key: sl_flow_key, backend: IPAddress) {
+    init?(key: sl_flow_key, backend: IPAddress, nat: UInt8 = 0, snatIndex: UInt8 = 0, snatPort: UInt16 = 0) {
         guard let source = IPAddress(cWords: key.src, family: key.family),
               let destination = IPAddress(cWords: key.dst, family: key.family) else { return nil }
         self.init(source: source, destination: destination, sourcePort: key.sport, destinationPort: key.dport,
-                  proto: key.proto, backend: backend)
+                  proto: key.proto, backend: backend, nat: nat, snatIndex: snatIndex, snatPort: snatPort)
     }
 }
 

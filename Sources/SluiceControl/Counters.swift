@@ -4,14 +4,25 @@ import SluiceBPF
 import SluiceCore
 
 public struct CounterSnapshot: Sendable, Codable, Equatable {
+    /// The client's packets forwarded, and (nat, fullnat) the backend's replies translated back.
     public struct Traffic: Sendable, Codable, Equatable {
         public var packets: UInt64
         public var bytes: UInt64
+        public var replyPackets: UInt64 = 0
+        public var replyBytes: UInt64 = 0
+        enum CodingKeys: String, CodingKey {
+            case packets, bytes, replyPackets = "reply_packets", replyBytes = "reply_bytes"
+        }
     }
     public struct BackendTraffic: Sendable, Codable, Equatable {
         public var address: String
         public var packets: UInt64
         public var bytes: UInt64
+        public var replyPackets: UInt64 = 0
+        public var replyBytes: UInt64 = 0
+        enum CodingKeys: String, CodingKey {
+            case address, packets, bytes, replyPackets = "reply_packets", replyBytes = "reply_bytes"
+        }
     }
     public struct ServiceTraffic: Sendable, Codable, Equatable {
         public var name: String
@@ -20,7 +31,13 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         public var `protocol`: String
         public var packets: UInt64
         public var bytes: UInt64
+        public var replyPackets: UInt64 = 0
+        public var replyBytes: UInt64 = 0
         public var backends: [BackendTraffic]
+        enum CodingKeys: String, CodingKey {
+            case name, vip, port, `protocol`, packets, bytes, backends
+            case replyPackets = "reply_packets", replyBytes = "reply_bytes"
+        }
     }
 
     public var verdicts: [String: UInt64]
@@ -38,14 +55,14 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
     public var icmpTooBig: UInt64
     /// Inbound ICMP errors about a VIP's flow, forwarded to its backend.
     public var icmpSteered: UInt64
-    /// NAT translations opened (nat and fullnat flows).
-    public var natCreated: UInt64
+    /// Translations created (nat and fullnat flows opened).
+    public var natCreated: UInt64 = 0
     /// Backends' packets translated back toward clients.
-    public var natReplies: UInt64
-    /// ICMP errors about a translated flow, translated (either direction).
-    public var natICMP: UInt64
-    /// Full-NAT source candidates found in use before a free one.
-    public var snatCollisions: UInt64
+    public var natReplies: UInt64 = 0
+    /// ICMP errors about a translated flow, translated (either way).
+    public var natICMP: UInt64 = 0
+    /// Full-NAT candidates found in use before one was free.
+    public var snatCollisions: UInt64 = 0
     public var services: [ServiceTraffic]
 
     enum CodingKeys: String, CodingKey {
@@ -83,11 +100,13 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
                 var backends: [BackendTraffic] = []
                 for backend in applied.backends {
                     let traffic = backendStats[backend.id]
-                    backends.append(BackendTraffic(address: backend.address.description, packets: traffic.packets, bytes: traffic.bytes))
+                    backends.append(BackendTraffic(address: backend.address.description, packets: traffic.packets, bytes: traffic.bytes,
+                                                   replyPackets: traffic.replyPackets, replyBytes: traffic.replyBytes))
                 }
                 services.append(ServiceTraffic(name: applied.service.name, vip: applied.service.vip.description,
                                                port: applied.service.port, protocol: applied.service.proto.rawValue,
-                                               packets: vip.packets, bytes: vip.bytes, backends: backends))
+                                               packets: vip.packets, bytes: vip.bytes, replyPackets: vip.replyPackets,
+                                               replyBytes: vip.replyBytes, backends: backends))
             }
         } catch {
             throw .bpf(error, while: "reading counters")
@@ -120,13 +139,13 @@ public struct NodeCounters: Sendable, Equatable {
     public var icmpTooBig: UInt64 = 0
     /// Inbound ICMP errors about a VIP's flow, forwarded to the flow's backend.
     public var icmpSteered: UInt64 = 0
-    /// NAT translations opened (nat and fullnat flows).
+    /// Translations created (nat and fullnat flows opened).
     public var natCreated: UInt64 = 0
     /// Backends' packets translated back toward clients.
     public var natReplies: UInt64 = 0
-    /// ICMP errors about a translated flow, translated (either direction).
+    /// ICMP errors about a translated flow, translated.
     public var natICMP: UInt64 = 0
-    /// Full-NAT source candidates found in use before a free one.
+    /// Full-NAT candidates found in use before one was free.
     public var snatCollisions: UInt64 = 0
 
     /// All zero.
@@ -213,12 +232,15 @@ private struct PerCPUTotals {
         totals.reserveCapacity(values.count / max(cpus, 1))
         var index = 0
         while index + cpus <= values.count {
-            var packets: UInt64 = 0, bytes: UInt64 = 0
+            var total = CounterSnapshot.Traffic(packets: 0, bytes: 0)
             for cpu in 0..<cpus {
-                packets &+= values[index + cpu].packets
-                bytes &+= values[index + cpu].bytes
+                let value = values[index + cpu]
+                total.packets &+= value.packets
+                total.bytes &+= value.bytes
+                total.replyPackets &+= value.reply_packets
+                total.replyBytes &+= value.reply_bytes
             }
-            totals.append(CounterSnapshot.Traffic(packets: packets, bytes: bytes))
+            totals.append(total)
             index += cpus
         }
     }

@@ -132,6 +132,30 @@ public final class Dataplane: Sendable {
         return written
     }
 
+    /// Writes the next-hop fields of l2dsr and NAT backends, by backend id: the MAC (kept
+    /// when nil), and for NAT backends our MAC and the interface toward them; only the slots
+    /// that differ. Returns how many changed.
+    func setBackendHops(_ hops: [UInt32: BackendHop]) throws(ControlError) -> Int {
+        var written = 0
+        do {
+            for (id, hop) in hops.sorted(by: { $0.key < $1.key }) {
+                guard var slot = try self[.backends].lookup(id, as: sl_backend.self), slot.family != 0 else { continue }
+                let old = slot
+                if let mac = hop.mac { slot.setMAC(mac) }
+                if Forwarding(cValue: slot.forwarding)?.translates == true {
+                    if let mac = hop.sourceMAC { slot.setSourceMAC(mac) }
+                    slot.ifindex = hop.interfaceIndex
+                }
+                guard !bytewiseEqual(slot, old) else { continue }
+                try self[.backends].update(id, slot)
+                written += 1
+            }
+        } catch {
+            throw .bpf(error, while: "writing backend next hops into \(Map.backends.rawValue)")
+        }
+        return written
+    }
+
     /// Writes the MTU of an interface the balancer is attached to into sl_config.tunnel_mtu,
     /// unless the service file set it.
     public func setInterfaceMTU(_ mtu: Int) throws(ControlError) {

@@ -1,6 +1,7 @@
 // Interfaces of the current network namespace by name and index.
 import CLibbpf
 import Glibc
+import SluiceCore
 
 public struct NetworkInterface: Sendable, Equatable {
     public let name: String
@@ -28,6 +29,22 @@ public struct NetworkInterface: Sendable, Equatable {
         }
         guard ioctl(fd, UInt(SIOCGIFMTU), &request) == 0 else { return nil }
         return Int(request.ifr_ifru.ifru_mtu)
+    }
+
+    /// The Ethernet address of the interface called `name` (SIOCGIFHWADDR), nil when it has
+    /// none (not Ethernet, or all zero).
+    public static func hardwareAddress(of name: String) -> MACAddress? {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var request = ifreq()
+        withUnsafeMutableBytes(of: &request.ifr_ifrn.ifrn_name) { raw in
+            for (i, byte) in name.utf8.prefix(raw.count - 1).enumerated() { raw[i] = byte }
+        }
+        guard ioctl(fd, UInt(SIOCGIFHWADDR), &request) == 0,
+              request.ifr_ifru.ifru_hwaddr.sa_family == 1 /* ARPHRD_ETHER */ else { return nil }
+        let bytes = withUnsafeBytes(of: request.ifr_ifru.ifru_hwaddr.sa_data) { Array($0.prefix(6)) }
+        return bytes.allSatisfy { $0 == 0 } ? nil : MACAddress(bytes: bytes)
     }
 
     /// Every interface of this namespace.

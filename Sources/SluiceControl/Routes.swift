@@ -1,6 +1,6 @@
 // The main routing table of this network namespace as /proc/net/route and /proc/net/ipv6_route
-// show it: enough to find the IPv4 default gateway of an interface and whether an address is
-// on-link (covered by a route without a gateway) on it.
+// show it: enough to find the IPv4 default gateway of an interface, whether an address is
+// on-link (covered by a route without a gateway) on it, and a NAT backend's next hop.
 import Foundation
 import SluiceCore
 
@@ -33,12 +33,27 @@ public struct Route: Sendable, Equatable {
             .max { $0.prefixLength < $1.prefixLength }?.interface
     }
 
+    /// The longest-prefix route to `address` out of one of `interfaces`, connected or via a
+    /// gateway (a default route included); among equal prefixes a connected one.
+    public static func best(for address: IPAddress, among interfaces: [String], routes: [Route]) -> Route? {
+        routes.filter { interfaces.contains($0.interface) && $0.covers(address) }
+            .max { ($0.prefixLength, $0.gateway == nil ? 1 : 0) < ($1.prefixLength, $1.gateway == nil ? 1 : 0) }
+    }
+
+    /// A file of the calling thread's /proc/net: /proc/net is /proc/self/net, the namespace
+    /// of the process's main thread, while a thread switched into another namespace (setns)
+    /// must read its own (/proc/thread-self, Linux 3.17).
+    private static func read(_ name: String) -> String? {
+        (try? String(contentsOfFile: "/proc/thread-self/net/" + name, encoding: .utf8))
+            ?? (try? String(contentsOfFile: "/proc/net/" + name, encoding: .utf8))
+    }
+
     private static let up = 0x1, hasGateway = 0x2, reject = 0x200
 
     /// /proc/net/route: Iface Destination Gateway Flags RefCnt Use Metric Mask ...; the
     /// kernel prints addresses as host-order (little-endian) hex words.
     static func v4() -> [Route] {
-        guard let text = try? String(contentsOfFile: "/proc/net/route", encoding: .utf8) else { return [] }
+        guard let text = read("route") else { return [] }
         func address(_ hex: Substring) -> IPAddress? {
             UInt32(hex, radix: 16).flatMap { IPAddress(bytes: withUnsafeBytes(of: $0.littleEndian) { Array($0) }) }
         }
@@ -55,7 +70,7 @@ public struct Route: Sendable, Equatable {
     /// /proc/net/ipv6_route: destination, its prefix length, source, its length, next hop,
     /// metric, refcount, use, flags, device; addresses as 32 hex digits.
     static func v6() -> [Route] {
-        guard let text = try? String(contentsOfFile: "/proc/net/ipv6_route", encoding: .utf8) else { return [] }
+        guard let text = read("ipv6_route") else { return [] }
         func address(_ hex: Substring) -> IPAddress? {
             guard hex.count == 32 else { return nil }
             var bytes: [UInt8] = []

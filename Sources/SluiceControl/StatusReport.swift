@@ -18,10 +18,15 @@ public struct StatusReport: Sendable, Codable, Equatable {
         /// Where it came from: "service_file" or "interface" (nil with no limit).
         public var tunnelMTUSource: String?
         public var guePort: UInt16
+        /// Full NAT's source addresses, in pool slot order.
+        public var snatV4: [String] = []
+        public var snatV6: [String] = []
+        /// The SNAT port range in effect (`LOW-HIGH`).
+        public var snatPorts: String = NodeConfig.defaultSNATPorts.description
         enum CodingKeys: String, CodingKey {
             case sourceV4 = "source_v4", sourceV6 = "source_v6", gatewayMAC = "gateway_mac"
             case maglevTableSize = "maglev_table_size", tunnelMTU = "tunnel_mtu", tunnelMTUSource = "tunnel_mtu_source"
-            case guePort = "gue_port"
+            case guePort = "gue_port", snatV4 = "snat_v4", snatV6 = "snat_v6", snatPorts = "snat_ports"
         }
 
         // Unset values are written as null, so scripts always find every key.
@@ -34,6 +39,9 @@ public struct StatusReport: Sendable, Codable, Equatable {
             try container.encode(tunnelMTU, forKey: .tunnelMTU)
             try container.encode(tunnelMTUSource, forKey: .tunnelMTUSource)
             try container.encode(guePort, forKey: .guePort)
+            try container.encode(snatV4, forKey: .snatV4)
+            try container.encode(snatV6, forKey: .snatV6)
+            try container.encode(snatPorts, forKey: .snatPorts)
         }
     }
     public struct BackendStatus: Sendable, Codable, Equatable {
@@ -45,8 +53,11 @@ public struct StatusReport: Sendable, Codable, Equatable {
         /// "up" or "down" as the agent's health check last found it; "unchecked" without one.
         public var health: String
         public var id: UInt32
-        /// l2dsr: the MAC its packets go to; nil while unresolved, and for the tunnel modes.
+        /// l2dsr, nat, fullnat: the MAC its packets go to (the next hop's); nil while
+        /// unresolved, and for the tunnel modes.
         public var mac: String?
+        /// nat, fullnat: the port its packets are translated to; nil in the other modes.
+        public var port: UInt16?
 
         init(_ backend: AppliedBackend) {
             address = backend.address.description
@@ -55,9 +66,10 @@ public struct StatusReport: Sendable, Codable, Equatable {
             health = backend.isChecked ? (backend.isDown ? "down" : "up") : "unchecked"
             id = backend.id
             mac = backend.mac?.description
+            port = backend.port
         }
 
-        enum CodingKeys: String, CodingKey { case address, weight, state, health, id, mac }
+        enum CodingKeys: String, CodingKey { case address, weight, state, health, id, mac, port }
 
         // mac is written as null when unset, so scripts always find it.
         public func encode(to encoder: any Encoder) throws {
@@ -68,6 +80,7 @@ public struct StatusReport: Sendable, Codable, Equatable {
             try container.encode(health, forKey: .health)
             try container.encode(id, forKey: .id)
             try container.encode(mac, forKey: .mac)
+            try container.encode(port, forKey: .port)
         }
     }
     public struct ServiceStatus: Sendable, Codable, Equatable {
@@ -107,7 +120,8 @@ public struct StatusReport: Sendable, Codable, Equatable {
                        gatewayMAC: state.config.gateway?.description, maglevTableSize: file.node.maglevTableSize,
                        tunnelMTU: state.config.tunnel_mtu == 0 ? nil : Int(state.config.tunnel_mtu),
                        tunnelMTUSource: state.config.tunnel_mtu == 0 ? nil : file.node.tunnelMTU != nil ? "service_file" : "interface",
-                       guePort: file.node.effectiveGUEPort),
+                       guePort: file.node.effectiveGUEPort, snatV4: file.node.snatV4.map(\.description),
+                       snatV6: file.node.snatV6.map(\.description), snatPorts: file.node.effectiveSNATPorts.description),
             services: state.services.map { applied in
                 ServiceStatus(name: applied.service.name, vip: applied.service.vip.description, port: applied.service.port,
                               protocol: applied.service.proto.rawValue, forwarding: applied.service.forwarding.rawValue,

@@ -81,6 +81,9 @@ public struct ServiceChange: Equatable, Sendable, Codable {
     public var backendsRemoved: [IPAddress]
     /// Sorted by address.
     public var weightsChanged: [WeightChange]
+    /// nat, fullnat: backends whose port in effect changed (the service's port when unset),
+    /// sorted by address. New flows go to the new port; established ones keep their translation.
+    public var portsChanged: [PortChange] = []
     /// Old and new health check (`none` when unset), when it changed.
     public var healthCheckChange: ValueChange?
     /// Old and new forwarding mode, when it changed: the backends and established flows stay,
@@ -101,14 +104,22 @@ public struct ServiceChange: Equatable, Sendable, Codable {
             guard let old = now[address]?.weight, let new = next[address]?.weight, old != new else { return nil }
             return WeightChange(address: address, from: old, to: new)
         }
+        // Only between two translating modes: a mode change says it all otherwise.
+        let ports = !(current.forwarding.translates && desired.forwarding.translates) ? [] :
+            next.keys.sorted().compactMap { address -> PortChange? in
+                guard let old = now[address]?.effectivePort(in: current), let new = next[address]?.effectivePort(in: desired),
+                      old != new else { return nil }
+                return PortChange(address: address, from: old, to: new)
+            }
         let healthChanged = current.healthCheck != desired.healthCheck
-        guard vipChanged || forwardingChanged || !added.isEmpty || !removed.isEmpty || !weights.isEmpty || healthChanged
+        guard vipChanged || forwardingChanged || !added.isEmpty || !removed.isEmpty || !weights.isEmpty || !ports.isEmpty
+            || healthChanged
         else { return nil }
         return ServiceChange(
             name: desired.name, vipChanged: vipChanged,
             vipChange: vipChanged ? ValueChange(field: "vip", from: current.endpoint, to: desired.endpoint) : nil,
             backendsAdded: added, addedBackends: added.map { next[$0]! },
-            backendsRemoved: removed, weightsChanged: weights,
+            backendsRemoved: removed, weightsChanged: weights, portsChanged: ports,
             healthCheckChange: healthChanged
                 ? ValueChange(field: "healthcheck", from: current.healthCheck?.summary ?? "none",
                               to: desired.healthCheck?.summary ?? "none")
@@ -123,9 +134,10 @@ public struct ServiceChange: Equatable, Sendable, Codable {
         var parts: [String] = []
         if let vipChange { parts.append(vipChange.text) }
         if let forwardingChange { parts.append(forwardingChange.text) }
-        parts += addedBackends.map { "+ backend \($0.address) (weight \($0.weight))" }
+        parts += addedBackends.map { "+ backend \($0.address)\($0.port.map { " port \($0)" } ?? "") (weight \($0.weight))" }
         parts += backendsRemoved.map { "- backend \($0)" }
         parts += weightsChanged.map { "weight \($0.address) \($0.from) -> \($0.to)" }
+        parts += portsChanged.map { "port \($0.address) \($0.from) -> \($0.to)" }
         if let healthCheckChange { parts.append(healthCheckChange.text) }
         return parts
     }
@@ -138,6 +150,7 @@ public struct ServiceChange: Equatable, Sendable, Codable {
         case addedBackends = "added_backends"
         case backendsRemoved = "backends_removed"
         case weightsChanged = "weights_changed"
+        case portsChanged = "ports_changed"
         case healthCheckChange = "healthcheck_change"
         case forwardingChange = "forwarding_change"
     }
@@ -149,6 +162,19 @@ public struct WeightChange: Equatable, Sendable, Codable {
     public var to: Int
 
     public init(address: IPAddress, from: Int, to: Int) {
+        self.address = address
+        self.from = from
+        self.to = to
+    }
+}
+
+/// A NAT backend's port in effect, before and after.
+public struct PortChange: Equatable, Sendable, Codable {
+    public var address: IPAddress
+    public var from: UInt16
+    public var to: UInt16
+
+    public init(address: IPAddress, from: UInt16, to: UInt16) {
         self.address = address
         self.from = from
         self.to = to
@@ -191,6 +217,20 @@ public struct ValueChange: Equatable, Sendable, Codable {
             changes.append(ValueChange(field: "gue_port", from: String(current.effectiveGUEPort),
                                        to: String(desired.effectiveGUEPort)))
         }
+        // The pool is a set to the operator: apply keeps each address's slot in the pool, so
+        // a reordered list changes nothing.
+        for (field, old, new) in [("snat_v4", current.snatV4, desired.snatV4), ("snat_v6", current.snatV6, desired.snatV6)]
+            where Set(old) != Set(new) {
+            changes.append(ValueChange(field: field, from: list(old), to: list(new)))
+        }
+        if current.effectiveSNATPorts != desired.effectiveSNATPorts {
+            changes.append(ValueChange(field: "snat_ports", from: current.effectiveSNATPorts.description,
+                                       to: desired.effectiveSNATPorts.description))
+        }
         return changes
+    }
+
+    private static func list(_ addresses: [IPAddress]) -> String {
+        addresses.isEmpty ? "none" : "[" + addresses.map(\.description).joined(separator: ", ") + "]"
     }
 }

@@ -23,9 +23,10 @@ public enum ServiceFileParser {
     }
 
     static let topKeys = ["node", "services"]
-    static let nodeKeys = ["source_v4", "source_v6", "maglev_table_size", "tunnel_mtu", "gue_port"]
+    static let nodeKeys = ["source_v4", "source_v6", "maglev_table_size", "tunnel_mtu", "gue_port",
+                           "snat_v4", "snat_v6", "snat_ports"]
     static let serviceKeys = ["name", "vip", "port", "protocol", "forwarding", "backends", "healthcheck"]
-    static let backendKeys = ["address", "weight"]
+    static let backendKeys = ["address", "port", "weight"]
 
     /// Parses and validates `text`; `file` is only used in error messages.
     public static func parse(_ text: String, file: String, limits: Limits = .default) throws(ConfigError) -> ServiceFile {
@@ -85,7 +86,30 @@ public enum ServiceFileParser {
             }
             node.guePort = UInt16(number)
         }
+        node.snatV4 = try snatAddresses(fields, "snat_v4", family: .v4, reader: &reader)
+        node.snatV6 = try snatAddresses(fields, "snat_v6", family: .v6, reader: &reader)
+        if let ports = reader.optional(fields, "snat_ports") {
+            let raw = try reader.scalar(ports, field: "node.snat_ports")
+            guard let range = PortRange(raw) else {
+                throw reader.error(at: ports, field: "node.snat_ports", Complaint.notAPortRange(raw))
+            }
+            node.snatPorts = range
+        }
         return node
+    }
+
+    /// `node.snat_v4` or `node.snat_v6`: a list of addresses of `family`, each item's line
+    /// recorded (`node.snat_v4[1]`) so that the validator's duplicate check points at it.
+    private static func snatAddresses(_ fields: YAMLReader.Fields, _ key: String, family: IPAddress.Family,
+                                      reader: inout YAMLReader) throws(ConfigError) -> [IPAddress] {
+        guard let list = reader.optional(fields, key) else { return [] }
+        var addresses: [IPAddress] = []
+        for (index, item) in try reader.sequence(list, field: "node.\(key)").enumerated() {
+            let field = "node.\(key)[\(index)]"
+            reader.record(item, as: field)
+            addresses.append(try address(item, field: field, family: family, reader: reader))
+        }
+        return addresses
     }
 
     private static func parseService(_ item: Node, index: Int, reader: inout YAMLReader) throws(ConfigError) -> Service {
@@ -147,7 +171,16 @@ public enum ServiceFileParser {
             }
             weight = value
         }
-        return Backend(address: address, weight: weight)
+        // Whether the service's mode allows a port is the validator's rule (it holds a model too).
+        var port: UInt16?
+        if let node = reader.optional(fields, "port") {
+            let raw = try reader.scalar(node, field: fields.field("port"))
+            guard let value = Int(raw), (1...65535).contains(value) else {
+                throw reader.error(at: node, field: fields.field("port"), Complaint.notAPort(raw))
+            }
+            port = UInt16(value)
+        }
+        return Backend(address: address, weight: weight, port: port)
     }
 
     private static func address(_ node: Node, field: String, family: IPAddress.Family?,

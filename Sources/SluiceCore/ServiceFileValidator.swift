@@ -1,5 +1,6 @@
 // The rules a ServiceFile must satisfy beyond its shape: names, uniqueness,
-// address families, tunnel sources, table size and capacity. They run on the
+// address families, tunnel sources, SNAT pools and what the NAT modes allow,
+// table size and capacity. They run on the
 // model, so a file built in code or decoded from JSON is held to them too; the
 // parser passes the lines it saw so the errors still point into the file.
 
@@ -69,6 +70,30 @@ struct ServiceFileValidator {
         if node.guePort == 0 {
             throw fail(nil, nil, "node.gue_port", Complaint.notAPort("0"))
         }
+        try validateSNAT(node.snatV4, key: "snat_v4", family: .v4)
+        try validateSNAT(node.snatV6, key: "snat_v6", family: .v6)
+        if let ports = node.snatPorts, !ports.isValid {
+            throw fail(nil, nil, "node.snat_ports", Complaint.notAPortRange(ports.description))
+        }
+    }
+
+    /// A SNAT list fits sl_snat_pool.addr, holds its family only, and names each address once
+    /// (a second copy would only skew the allocation toward it).
+    private func validateSNAT(_ addresses: [IPAddress], key: String, family: IPAddress.Family) throws(ConfigError) {
+        if addresses.count > NodeConfig.maxSNATAddresses {
+            throw fail(nil, nil, "node.\(key)",
+                       "\(addresses.count) addresses exceed the limit of \(NodeConfig.maxSNATAddresses) (SL_MAX_SNAT_ADDRS)")
+        }
+        var seen: [IPAddress: Int] = [:]
+        for (index, address) in addresses.enumerated() {
+            let field = "node.\(key)[\(index)]"
+            if address.family != family {
+                throw fail(nil, nil, field, Complaint.notAnAddress(address.description, family: family))
+            }
+            if let first = seen.updateValue(index, forKey: address) {
+                throw fail(nil, nil, field, "\(address) is listed twice (also node.\(key)[\(first)])")
+            }
+        }
     }
 
     private func validateName(_ service: Service, index: Int, names: inout [String: Int],
@@ -90,6 +115,13 @@ struct ServiceFileValidator {
     }
 
     private func validateBackends(_ service: Service, index: Int, node: NodeConfig) throws(ConfigError) {
+        let mode = service.forwarding
+        // Full NAT's sources come from the pool of the backends' family, which is the VIP's.
+        if mode == .fullnat && node.snatAddresses(for: service.vip.family).isEmpty {
+            let key = service.vip.family == .v4 ? "node.snat_v4" : "node.snat_v6"
+            throw fail(index, service, "forwarding",
+                       "fullnat toward \(service.vip.family) backends needs \(key), this node's source addresses for them, which is empty")
+        }
         var seen: [IPAddress: Int] = [:]
         for (position, backend) in service.backends.enumerated() {
             let path = "backends[\(position)]"
@@ -100,7 +132,18 @@ struct ServiceFileValidator {
             if let first = seen.updateValue(position, forKey: address) {
                 throw fail(index, service, "\(path).address", "\(address) is listed twice (also backends[\(first)])")
             }
-            // l2dsr only rewrites the Ethernet header: no tunnel, no outer source.
+            if let port = backend.port {
+                guard mode.translates else {
+                    throw fail(index, service, "\(path).port",
+                               "\(port): a backend port applies to forwarding nat and fullnat only, not \(mode.rawValue)")
+                }
+                if port == 0 { throw fail(index, service, "\(path).port", Complaint.notAPort("0")) }
+            }
+            if mode.translates && address.family != service.vip.family {
+                throw fail(index, service, "\(path).address",
+                           "\(address.family) backend \(address) cannot serve \(service.vip.family) VIP \(service.vip) with forwarding \(mode.rawValue): addresses are not translated across families")
+            }
+            // l2dsr and the NAT modes build no tunnel: no outer source needed.
             guard service.forwarding.tunnels else { continue }
             // 4in6 exists; 6in4 does not (the data plane never builds it).
             if service.vip.family == .v6 && address.family == .v4 {
@@ -161,7 +204,11 @@ enum Complaint {
 
     static func notAForwardingMode(_ raw: String) -> String {
         let modes = Forwarding.allCases.map(\.rawValue).joined(separator: ", ")
-        return "\(ConfigError.show(raw)) is not a forwarding mode (\(modes); nat and fullnat are not available yet)"
+        return "\(ConfigError.show(raw)) is not a forwarding mode (\(modes))"
+    }
+
+    static func notAPortRange(_ raw: String) -> String {
+        "\(ConfigError.show(raw)) is not a port range LOW-HIGH with 1 <= LOW <= HIGH <= 65535 (e.g. 1024-65535)"
     }
 
     static func notATableSize(_ raw: String, limit: Int?) -> String {

@@ -1,5 +1,6 @@
 // The data plane's VIP prefilter (sl_vip_filter), modelled bit for bit: which
-// bit a VIP key sets, and the whole bitmap a set of services needs. The
+// bit a VIP key (or a NAT backend's reply key) sets, and the whole bitmap a set
+// of services needs. The
 // Applier writes what this computes, and the tests check that the program
 // makes the same choice.
 
@@ -18,10 +19,26 @@ public struct VIPFilter: Equatable, Sendable {
 
     public init() { words = [UInt64](repeating: 0, count: Self.wordCount) }
 
-    /// The bits every service's VIP needs.
+    /// SL_VIP_FILTER_REPLY: set in the protocol of a NAT backend's key, so that its replies
+    /// (source backend:port) have bits of their own beside the VIPs'.
+    public static let replyFlag: UInt8 = 0x80
+
+    /// The bits every service's VIP needs, and those of the NAT backends' replies.
     public init(services: some Sequence<Service>) {
         self.init()
-        for service in services { insert(address: service.vip, port: service.port, protocolNumber: service.proto.number) }
+        for service in services {
+            insert(address: service.vip, port: service.port, protocolNumber: service.proto.number)
+            guard service.forwarding.translates else { continue }
+            for backend in service.backends {
+                insert(address: backend.address, port: backend.effectivePort(in: service),
+                       protocolNumber: service.proto.number | Self.replyFlag)
+            }
+        }
+    }
+
+    /// True when the data plane goes on to look a packet from `address`:`port` up in sl_nat.
+    public func mayBeReply(address: IPAddress, port: UInt16, protocolNumber: UInt8) -> Bool {
+        mayContain(address: address, port: port, protocolNumber: protocolNumber | Self.replyFlag)
     }
 
     /// The bit of (address, port, protocol), as sl_vip_filter_bit() in bpf/hash.h

@@ -1,9 +1,10 @@
-// lbctl flows: the connection-tracking table, with where each entry came from.
+// lbctl flows: the connection-tracking table, with where each entry came from and, for nat
+// and fullnat, each translation.
 import ArgumentParser
 import SluiceControl
 
 struct Flows: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show the connection-tracking table.")
+    static let configuration = CommandConfiguration(abstract: "Show the connection-tracking table and its translations.")
 
     @Flag(help: "Print JSON (stable; see the README).") var json = false
     @OptionGroup var global: GlobalOptions
@@ -12,10 +13,23 @@ struct Flows: ParsableCommand {
         let dataplane = try Dataplane.open(pinPath: global.pinPath)
         let flows = try dataplane.flows()
         if json { return try printJSON(flows) }
-        printTable(["PROTO", "SOURCE", "DESTINATION", "SERVICE", "BACKEND", "ORIGIN"], flows.map {
-            [$0.protocol, formatVIP($0.source, $0.sourcePort), formatVIP($0.destination, $0.destinationPort),
-             $0.service ?? "-", $0.backend ?? "#\($0.backendID)", $0.origin == "local" ? "local" : "peer \($0.peer ?? "?")"]
-        })
+        printTable(FlowColumns.header, flows.map(FlowColumns.row))
         print("\(flows.count) flows")
+    }
+}
+
+/// The table's columns: the client, the VIP, the mode of a translated flow, the SNAT
+/// address:port (fullnat), the backend (with its port when translated), TCP state, age.
+enum FlowColumns {
+    static let header = ["PROTO", "CLIENT", "VIP", "SERVICE", "NAT", "SNAT", "BACKEND", "STATE", "AGE", "ORIGIN"]
+
+    static func row(_ flow: FlowEntry) -> [String] {
+        let backend = flow.backend ?? "#\(flow.backendID)"
+        return [flow.protocol, formatVIP(flow.source, flow.sourcePort), formatVIP(flow.destination, flow.destinationPort),
+                flow.service ?? "-", flow.nat ?? "-",
+                flow.snatAddress.map { formatVIP($0, flow.snatPort ?? 0) } ?? "-",
+                flow.backendPort.map { formatVIP(backend, $0) } ?? backend,
+                flow.tcpState ?? "-", flow.ageSeconds.map { "\($0)s" } ?? "-",
+                flow.origin == "local" ? "local" : "peer \(flow.peer ?? "?")"]
     }
 }

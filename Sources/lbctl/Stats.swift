@@ -18,16 +18,18 @@ struct Stats: ParsableCommand {
         print("flows:     new \(snapshot.newFlows), conntrack hits \(snapshot.conntrackHits), misses \(snapshot.conntrackMisses)")
         print("other:     fragments passed \(snapshot.fragments), ip options forwarded \(snapshot.ipOptions)")
         print("mtu:       mss clamped \(snapshot.mssClamped), icmp too big sent \(snapshot.icmpTooBig), icmp errors steered \(snapshot.icmpSteered)")
+        print("nat:       created \(snapshot.natCreated), replies \(snapshot.natReplies), icmp translated \(snapshot.natICMP), snat collisions \(snapshot.snatCollisions)")
         print("drops:     \(drops)")
         var rows: [[String]] = []
         for service in snapshot.services {
             rows.append([service.name, "\(formatVIP(service.vip, service.port))/\(service.protocol)", "*",
-                         String(service.packets), String(service.bytes)])
+                         String(service.packets), String(service.bytes), String(service.replyPackets), String(service.replyBytes)])
             for backend in service.backends {
-                rows.append(["", "", backend.address, String(backend.packets), String(backend.bytes)])
+                rows.append(["", "", backend.address, String(backend.packets), String(backend.bytes),
+                             String(backend.replyPackets), String(backend.replyBytes)])
             }
         }
         print("")
-        printTable(["SERVICE", "VIP", "BACKEND", "PACKETS", "BYTES"], rows)
+        printTable(["SERVICE", "VIP", "BACKEND", "PACKETS", "BYTES", "REPLY PACKETS", "REPLY BYTES"], rows)
     }
 }

@@ -18,12 +18,18 @@ struct Status: ParsableCommand {
         print("node:       source_v4 \(report.node.sourceV4 ?? "-"), source_v6 \(report.node.sourceV6 ?? "-"), gateway \(report.node.gatewayMAC ?? "-"), maglev_table_size \(report.node.maglevTableSize)")
         let mtu = report.node.tunnelMTU.map { "\($0) (from the \(report.node.tunnelMTUSource == "service_file" ? "service file" : "interface"))" }
         print("tunnels:    tunnel_mtu \(mtu ?? "none (no limit)"), gue_port \(report.node.guePort)")
+        if !report.node.snatV4.isEmpty || !report.node.snatV6.isEmpty {
+            let v4 = report.node.snatV4.joined(separator: ", "), v6 = report.node.snatV6.joined(separator: ", ")
+            print("snat:       v4 [\(v4)], v6 [\(v6)], ports \(report.node.snatPorts)")
+        }
         var rows: [[String]] = []
         for service in report.services {
             for backend in service.backends {
-                let mac = service.forwarding == "l2dsr" ? backend.mac ?? "unresolved" : "-"
+                let hasHop = ["l2dsr", "nat", "fullnat"].contains(service.forwarding)
+                let mac = hasHop ? backend.mac ?? "unresolved" : "-"
+                let address = backend.port.map { formatVIP(backend.address, $0) } ?? backend.address
                 rows.append([service.name, "\(formatVIP(service.vip, service.port))/\(service.protocol)", service.forwarding,
-                             backend.address, String(backend.weight), backend.state, backend.health, mac])
+                             address, String(backend.weight), backend.state, backend.health, mac])
             }
         }
         print("")

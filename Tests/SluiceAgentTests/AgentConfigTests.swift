@@ -37,7 +37,7 @@ struct AgentConfigTests {
             services_file: /s.yaml
             tls: { cert: /c.pem, key: /k.pem }
             healthcheck_defaults: { interval: 5s, timeout: 1500ms, rise: 3, fall: 4 }
-            conntrack: { tcp_idle_timeout: 1h, udp_idle_timeout: 30s }
+            conntrack: { tcp_idle_timeout: 1h, udp_idle_timeout: 30s, tcp_syn_timeout: 10s, tcp_closing_timeout: 2m }
             sync:
               listen: 10.0.0.1:9311
               peers: ["10.0.0.2:9301", "[fd00::3]:9302"]
@@ -49,7 +49,7 @@ struct AgentConfigTests {
                                    servicesFile: "/s.yaml", tlsCertificate: "/c.pem", tlsKey: "/k.pem",
                                    healthDefaults: HealthCheckDefaults(intervalMilliseconds: 5000, timeoutMilliseconds: 1500,
                                                                        rise: 3, fall: 4))
-        expected.idleTimeouts = IdleTimeouts(tcpSeconds: 3600, udpSeconds: 30)
+        expected.idleTimeouts = IdleTimeouts(tcpSeconds: 3600, udpSeconds: 30, tcpSynSeconds: 10, tcpClosingSeconds: 120)
         expected.sync = full.sync  // checked on its own below
         #expect(full == expected)
         let sync = try #require(full.sync)
@@ -82,7 +82,13 @@ struct AgentConfigTests {
                        message: "unknown key \"fal\" (allowed keys: interval, timeout, rise, fall)"),
         BadAgentConfig(label: "an unknown key in conntrack (a flow mapping)",
                        text: "token_file: /t\nconntrack: { tcp_idle: 5m }\n", line: 2, field: "conntrack",
-                       message: "unknown key \"tcp_idle\" (allowed keys: tcp_idle_timeout, udp_idle_timeout)"),
+                       message: "unknown key \"tcp_idle\" (allowed keys: tcp_idle_timeout, udp_idle_timeout, tcp_syn_timeout, tcp_closing_timeout)"),
+        BadAgentConfig(label: "a tcp_syn_timeout of a fraction of a second",
+                       text: "token_file: /t\nconntrack:\n  tcp_syn_timeout: 1500ms\n", line: 3, field: "conntrack.tcp_syn_timeout",
+                       message: "\"1500ms\" is not a whole number of seconds from 1s to 24h (e.g. 300s, 15m)"),
+        BadAgentConfig(label: "a tcp_closing_timeout of zero",
+                       text: "token_file: /t\nconntrack:\n  tcp_closing_timeout: 0s\n", line: 3, field: "conntrack.tcp_closing_timeout",
+                       message: "\"0s\" is not a whole number of seconds from 1s to 24h (e.g. 300s, 15m)"),
         BadAgentConfig(label: "a bad sync duration",
                        text: "token_file: /t\nsync:\n  key_file: /k\n  batch_interval: 1d\n", line: 4, field: "sync.batch_interval",
                        message: "\"1d\" is not a duration from 1ms to 10s (e.g. 50ms, 10s)"),

@@ -21,11 +21,14 @@ struct MetricsTextTests {
             {"verdicts": {"aborted": 0, "drop": 1, "pass": 2, "tx": 7, "redirect": 0},
              "new_flows": 5, "conntrack_hits": 2, "conntrack_misses": 1, "fragments": 3, "ip_options": 4,
              "drops": {"malformed": 1, "truncated": 0, "no_backend": 0, "no_source": 0, "no_gateway": 0, "encap": 0,
-                       "too_big": 12, "no_neighbour": 13},
-             "flow_events_lost": 6, "mss_clamped": 14, "icmp_too_big": 15, "icmp_steered": 16, "nat_created": 17, "nat_replies": 18, "nat_icmp": 19, "snat_collisions": 20,
+                       "too_big": 12, "no_neighbour": 13, "no_snat": 17, "snat_exhausted": 18},
+             "flow_events_lost": 6, "mss_clamped": 14, "icmp_too_big": 15, "icmp_steered": 16,
+             "nat_created": 19, "nat_replies": 20, "nat_icmp": 21, "snat_collisions": 22,
              "services": [{"name": "web", "vip": "192.0.2.10", "port": 80, "protocol": "tcp", "packets": 7, "bytes": 700,
-                           "backends": [{"address": "10.1.0.1", "packets": 7, "bytes": 700},
-                                        {"address": "10.1.0.2", "packets": 18446744073709551615, "bytes": 0}]}]}
+                           "reply_packets": 5, "reply_bytes": 500,
+                           "backends": [{"address": "10.1.0.1", "packets": 7, "bytes": 700, "reply_packets": 5, "reply_bytes": 500},
+                                        {"address": "10.1.0.2", "packets": 18446744073709551615, "bytes": 0,
+                                         "reply_packets": 0, "reply_bytes": 0}]}]}
             """.utf8))
         let service = Service(name: "web", vip: IPAddress("192.0.2.10")!, port: 80, proto: .tcp,
                               backends: [Backend(address: IPAddress("10.1.0.1")!, weight: 3),
@@ -37,7 +40,10 @@ struct MetricsTextTests {
         ])
         let text = String(decoding: MetricsRenderer.render(MetricsInput(
             counters: counters, services: [applied], conntrackEntries: 9, conntrackExpired: 11, conntrackCapacity: 1024,
-            lastApply: 1_764_000_000.5, version: "1.2.3")), as: UTF8.self)
+            lastApply: 1_764_000_000.5, version: "1.2.3",
+            nat: NATFigures(translations: 4, expired: 23, snatInUse: [IPAddress("192.0.2.20")!: 3]),
+            snatPool: [SNATPoolAddress(address: IPAddress("192.0.2.20")!, ports: 64512),
+                       SNATPoolAddress(address: IPAddress("2001:db8:ffff::20")!, ports: 64512)])), as: UTF8.self)
         let lines = Set(text.split(separator: "\n").map(String.init))
         for expected in [
             #"sluice_build_info{version="1.2.3"} 1"#,
@@ -59,12 +65,21 @@ struct MetricsTextTests {
             "sluice_mss_clamped_total 14", "sluice_icmp_too_big_sent_total 15", "sluice_icmp_errors_steered_total 16",
             "sluice_services 1", "sluice_last_apply_timestamp_seconds 1764000000.5", "sluice_flow_events_lost_total 6",
             "# TYPE sluice_packets_total counter", "# TYPE sluice_backend_weight gauge",
+            #"sluice_vip_reply_packets_total{service="web",vip="192.0.2.10"} 5"#,
+            #"sluice_vip_reply_bytes_total{service="web",vip="192.0.2.10"} 500"#,
+            #"sluice_reply_packets_total{service="web",vip="192.0.2.10",backend="10.1.0.1"} 5"#,
+            #"sluice_reply_bytes_total{service="web",vip="192.0.2.10",backend="10.1.0.2"} 0"#,
+            "sluice_nat_created_total 19", "sluice_nat_replies_total 20", "sluice_nat_icmp_translated_total 21",
+            "sluice_snat_collisions_total 22", "sluice_nat_translations 4", "sluice_nat_expired_total 23",
+            #"sluice_drops_total{reason="no_snat"} 17"#, #"sluice_drops_total{reason="snat_exhausted"} 18"#,
+            #"sluice_snat_pool_in_use{address="192.0.2.20"} 3"#, #"sluice_snat_pool_in_use{address="2001:db8:ffff::20"} 0"#,
+            #"sluice_snat_pool_ports{address="192.0.2.20"} 64512"#, "# TYPE sluice_snat_pool_in_use gauge",
         ] {
             #expect(lines.contains(expected), "missing: \(expected)\n\(text)")
         }
         let types = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count
         let helps = text.split(separator: "\n").filter { $0.hasPrefix("# HELP ") }.count
-        #expect(types == 25 && helps == 25, "every family has HELP and TYPE (\(types), \(helps))")
+        #expect(types == 37 && helps == 37, "every family has HELP and TYPE (\(types), \(helps))")
         #expect(text.hasSuffix("\n"))
         #expect(!text.contains("sluice_sync_"), "no sync series without sync")
 
@@ -92,6 +107,7 @@ struct MetricsTextTests {
         ] {
             #expect(syncLines.contains(expected), "missing: \(expected)\n\(synced)")
         }
-        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 34)
+        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 36 + 9,
+                "no sluice_nat_translations without a count, and the nine sync families")
     }
 }

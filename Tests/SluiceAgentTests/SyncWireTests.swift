@@ -31,8 +31,27 @@ struct SyncWireTests {
         }
         let full = SyncFrame(kind: .records, sender: 1, sequence: 1, timestampMilliseconds: 1,
                              records: (0..<SyncFrame.maxRecords).map { record($0 % 250) })
-        #expect(full.encoded(key: key).count == SyncFrame.maxSize)
+        #expect(full.encoded(key: key).count == 36 + SyncFrame.maxRecords * 56 + 32)
         #expect(try SyncFrame.decode(full.encoded(key: key), key: key) == full)
+    }
+
+    @Test func translatedRecordsGoInVersionTwoFramesAndOthersStayVersionOne() throws {
+        var translated = record(7)
+        (translated.nat, translated.snatIndex, translated.snatPort) = (4, 3, UInt16(20001).bigEndian)
+        var half = record(8, v6: true)
+        half.nat = 3
+        let mixed = SyncFrame(kind: .records, sender: 1, sequence: 2, timestampMilliseconds: 3,
+                              records: [record(1), translated, half])
+        let bytes = mixed.encoded(key: key)
+        #expect(bytes[4] == 2 && bytes.count == 36 + 3 * 60 + 32, "60-byte records")
+        #expect(Array(bytes[(36 + 60 + 56)..<(36 + 60 + 60)]) == [4, 3, 0x4e, 0x21], "nat, SNAT slot, port in network order")
+        let decoded = try SyncFrame.decode(bytes, key: key)
+        #expect(decoded == mixed)
+        #expect(decoded.records[0].nat == 0 && decoded.records[2].nat == 3)
+        #expect(frame().encoded(key: key)[4] == 1, "a frame without translations is version 1, as older nodes read it")
+        let full = SyncFrame(kind: .records, sender: 1, sequence: 1, timestampMilliseconds: 1,
+                             records: (0..<SyncFrame.maxRecords).map { _ in translated })
+        #expect(full.encoded(key: key).count == SyncFrame.maxSize && SyncFrame.maxSize < 65536)
     }
 
     @Test func aTamperedFrameOrAnotherKeyIsABadMAC() {

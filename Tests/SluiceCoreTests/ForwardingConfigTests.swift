@@ -34,7 +34,7 @@ struct ForwardingConfigTests {
         let plain = try ServiceFileParser.parse("services: []\n", file: "s.yaml")
         #expect(plain.node.tunnelMTU == nil && plain.node.guePort == nil)
         #expect(plain.node.effectiveGUEPort == 6080)
-        #expect(Forwarding.allCases.map(\.rawValue) == ["ipip", "gue", "l2dsr"])
+        #expect(Forwarding.allCases.map(\.rawValue) == ["ipip", "gue", "l2dsr", "nat", "fullnat"])
     }
 
     @Test func anL2DSRServiceNeedsNoNodeSource() throws {

@@ -95,7 +95,61 @@ private let badHealthChecks: [BadFile] = [
             value: "applies to type udp only, not http", line: 11),
 ]
 
-private let badFiles: [BadFile] = badHealthChecks + [
+/// The web service in `mode` (line 11), its backend's flow mapping on line 10 given `extra` keys
+/// (one line later each with a node of one more line).
+private func translated(_ mode: String, backend: String = "10.1.0.21", extra: String = "", node header: String = node) -> String {
+    file(web.replacingOccurrences(of: "10.1.0.21, weight: 1", with: "\(backend), weight: 1\(extra)") + "\nforwarding: \(mode)",
+         node: header)
+}
+
+/// The node above with `line` added on line 4.
+private func withNode(_ line: String) -> String { node + "  " + line + "\n" }
+
+private let badNATFiles: [BadFile] = [
+    BadFile(name: "a backend port in a tunnel mode", text: replacing("weight: 1", "weight: 1, port: 8080"),
+            field: "backends[0].port", value: "8080: a backend port applies to forwarding nat and fullnat only, not ipip", line: 10),
+    BadFile(name: "a backend port in l2dsr", text: translated("l2dsr", extra: ", port: 8080"), field: "backends[0].port",
+            value: "applies to forwarding nat and fullnat only, not l2dsr", line: 10),
+    BadFile(name: "a backend port out of range", text: translated("nat", extra: ", port: 70000"), field: "backends[0].port",
+            value: "70000 is not a port (1-65535)", line: 10),
+    BadFile(name: "a backend port zero", text: translated("nat", extra: ", port: 0"), field: "backends[0].port",
+            value: "0 is not a port (1-65535)", line: 10),
+    BadFile(name: "a backend port not a number", text: translated("fullnat", extra: ", port: https", node: withNode("snat_v4: [192.0.2.20]")),
+            field: "backends[0].port", value: #""https" is not a port"#, line: 11),
+    BadFile(name: "a nat backend of the other family", text: translated("nat", backend: "\"2001:db8::21\""), field: "backends[0].address",
+            value: "IPv6 backend 2001:db8::21 cannot serve IPv4 VIP 198.51.100.10 with forwarding nat: addresses are not translated across families",
+            line: 10),
+    BadFile(name: "a fullnat backend of the other family", text: translated("fullnat", backend: "\"2001:db8::21\"",
+                                                                         node: withNode("snat_v4: [192.0.2.20]")),
+            field: "backends[0].address", value: "cannot serve IPv4 VIP 198.51.100.10 with forwarding fullnat", line: 11),
+    BadFile(name: "fullnat without a SNAT address of its family", text: translated("fullnat", node: withNode("snat_v6: [\"2001:db8:ffff::20\"]")),
+            field: "forwarding", value: "fullnat toward IPv4 backends needs node.snat_v4, this node's source addresses for them, which is empty",
+            line: 12),
+    BadFile(name: "snat_v4 holding an IPv6 address", text: file(web, node: withNode("snat_v4: [192.0.2.20, \"2001:db8::1\"]")),
+            field: "node.snat_v4[1]", value: #""2001:db8::1" is not an IPv4 address"#, line: 4),
+    BadFile(name: "snat_v6 holding an IPv4 address", text: file(web, node: withNode("snat_v6: [192.0.2.20]")),
+            field: "node.snat_v6[0]", value: #""192.0.2.20" is not an IPv6 address"#, line: 4),
+    BadFile(name: "snat_v4 not an address", text: file(web, node: withNode("snat_v4: [192.0.2.x]")),
+            field: "node.snat_v4[0]", value: #""192.0.2.x" is not an IPv4 address"#, line: 4),
+    BadFile(name: "snat_v4 listing an address twice", text: file(web, node: withNode("snat_v4: [192.0.2.20, 192.0.2.21, 192.0.2.20]")),
+            field: "node.snat_v4[2]", value: "192.0.2.20 is listed twice (also node.snat_v4[0])", line: 4),
+    BadFile(name: "snat_v4 over SL_MAX_SNAT_ADDRS", text: file(web, node: withNode("snat_v4: [" + (1...17).map { "192.0.2.\($0)" }.joined(separator: ", ") + "]")),
+            field: "node.snat_v4", value: "17 addresses exceed the limit of 16 (SL_MAX_SNAT_ADDRS)", line: 4),
+    BadFile(name: "snat_v4 not a list", text: file(web, node: withNode("snat_v4: 192.0.2.20")),
+            field: "node.snat_v4", value: #"expected a list, found the value "192.0.2.20""#, line: 4),
+    BadFile(name: "snat_ports a single port", text: file(web, node: withNode("snat_ports: 1024")),
+            field: "node.snat_ports", value: "1024 is not a port range LOW-HIGH with 1 <= LOW <= HIGH <= 65535", line: 4),
+    BadFile(name: "snat_ports reversed", text: file(web, node: withNode("snat_ports: 2000-1000")),
+            field: "node.snat_ports", value: #""2000-1000" is not a port range"#, line: 4),
+    BadFile(name: "snat_ports from zero", text: file(web, node: withNode("snat_ports: 0-100")),
+            field: "node.snat_ports", value: #""0-100" is not a port range"#, line: 4),
+    BadFile(name: "snat_ports past 65535", text: file(web, node: withNode("snat_ports: 1024-70000")),
+            field: "node.snat_ports", value: #""1024-70000" is not a port range"#, line: 4),
+    BadFile(name: "snat_ports not numbers", text: file(web, node: withNode("snat_ports: low-high")),
+            field: "node.snat_ports", value: #""low-high" is not a port range"#, line: 4),
+]
+
+private let badFiles: [BadFile] = badHealthChecks + badNATFiles + [
     BadFile(name: "YAML syntax error", text: "services: [\n  - {name: a\n", field: nil, value: "invalid YAML"),
     BadFile(name: "a tab in indentation", text: "services:\n\t- name: a\n", field: nil, value: "invalid YAML", line: 2),
     BadFile(name: "an empty file", text: "", field: nil, value: "empty"),
@@ -109,7 +163,7 @@ private let badFiles: [BadFile] = badHealthChecks + [
     BadFile(name: "unknown service key", text: replacing("protocol:", "protocl:"), field: nil,
             value: #"unknown key "protocl" (allowed keys: name, vip, port, protocol, forwarding, backends, healthcheck)"#, line: 8),
     BadFile(name: "unknown backend key", text: replacing("weight: 1", "wieght: 1"), field: "backends[0]",
-            value: #"unknown key "wieght" (allowed keys: address, weight)"#, line: 10),
+            value: #"unknown key "wieght" (allowed keys: address, port, weight)"#, line: 10),
     BadFile(name: "missing services", text: "node: {}\n", field: "services", value: "required key is missing"),
     BadFile(name: "services is a mapping", text: "services: { name: web }\n", field: "services", value: "expected a list"),
     BadFile(name: "a service is a scalar", text: "services: [ web ]\n", field: nil, value: #"services[0]: expected a mapping (key: value), found the value "web""#),
@@ -140,9 +194,7 @@ private let badFiles: [BadFile] = badHealthChecks + [
     BadFile(name: "bad protocol", text: replacing("protocol: tcp", "protocol: icmp"), field: "protocol",
             value: #""icmp" is not a protocol (tcp, udp)"#, line: 8),
     BadFile(name: "bad forwarding", text: file(web + "\nforwarding: dsr"), field: "forwarding",
-            value: #""dsr" is not a forwarding mode (ipip, gue, l2dsr; nat and fullnat are not available yet)"#, line: 11),
-    BadFile(name: "forwarding of a later release", text: file(web + "\nforwarding: fullnat"), field: "forwarding",
-            value: #""fullnat" is not a forwarding mode (ipip, gue, l2dsr; nat and fullnat are not available yet)"#, line: 11),
+            value: #""dsr" is not a forwarding mode (ipip, gue, l2dsr, nat, fullnat)"#, line: 11),
     BadFile(name: "tunnel_mtu below IPv6's minimum", text: file(web, node: node + "  tunnel_mtu: 1279\n"),
             field: "node.tunnel_mtu", value: "1279 is not a tunnel MTU (1280-65535)", line: 4),
     BadFile(name: "tunnel_mtu too large", text: file(web, node: node + "  tunnel_mtu: 65536\n"),

@@ -33,4 +33,24 @@ struct VIPFilterTests {
         #expect(others.count < 100, "\(others.count) of 10,000 non-VIPs collide")
         #expect(VIPFilter().union(filter) == filter)
     }
+
+    @Test func aNATServiceAddsTheReplyBitOfEachBackendsAddressPortAndProtocol() {
+        let backends = [Backend(address: IPAddress("10.2.0.11")!, port: 8443), Backend(address: IPAddress("10.2.0.12")!)]
+        let nat = Service(name: "api", vip: IPAddress("198.51.100.20")!, port: 443, proto: .tcp, forwarding: .fullnat,
+                          backends: backends)
+        var tunnel = nat
+        tunnel.name = "tunnelled"
+        tunnel.forwarding = .ipip
+        tunnel.backends = backends.map { Backend(address: $0.address) }
+        let filter = VIPFilter(services: [nat])
+        #expect(filter.mayBeReply(address: IPAddress("10.2.0.11")!, port: 8443, protocolNumber: 6))
+        #expect(filter.mayBeReply(address: IPAddress("10.2.0.12")!, port: 443, protocolNumber: 6), "the service's port")
+        // The reply bit is a VIP key's bit with SL_VIP_FILTER_REPLY (0x80) in the protocol.
+        #expect(VIPFilter.replyFlag == 0x80)
+        #expect(filter.mayContain(address: IPAddress("10.2.0.11")!, port: 8443, protocolNumber: 6 | 0x80))
+        let bits = filter.words.reduce(0) { $0 + $1.nonzeroBitCount }
+        #expect(bits == 3 || filter.mayContain(address: nat.vip, port: 443, protocolNumber: 6), "the VIP and two replies")
+        let plain = VIPFilter(services: [tunnel])
+        #expect(plain.words.reduce(0) { $0 + $1.nonzeroBitCount } == 1, "a tunnel mode's backends have no reply bits")
+    }
 }
