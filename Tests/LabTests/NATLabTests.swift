@@ -120,7 +120,7 @@ struct NATLabTests {
                 Burst(kind: .http, vip: Self.vip4, port: 80, count: 300, backends: near, backendPort: 80,
                       weights: Self.webWeights, clients: [Self.clientV4]),
                 Burst(kind: .udp, vip: Self.vip4, port: 53, count: 300, backends: near, backendPort: 53,
-                      clients: [Self.clientV4]),
+                      weights: [1, 1, 1], clients: [Self.clientV4]),
                 Burst(kind: .http, vip: Self.vip6, port: 80, count: 60, backends: near, backendPort: 80,
                       clients: [Self.clientV6]),
             ]
@@ -177,7 +177,8 @@ struct NATLabTests {
             let bursts = [
                 Burst(kind: .http, vip: Self.fullnatVIP4, port: 80, count: 300, backends: far, backendPort: port,
                       weights: Self.webWeights, clients: snat4),
-                Burst(kind: .udp, vip: Self.fullnatVIP4, port: 53, count: 300, backends: far, backendPort: 53, clients: snat4),
+                Burst(kind: .udp, vip: Self.fullnatVIP4, port: 53, count: 300, backends: far, backendPort: 53,
+                      weights: [1, 1, 1], clients: snat4),
                 Burst(kind: .http, vip: Self.fullnatVIP6, port: 80, count: 60, backends: far, backendPort: port, clients: snat6),
                 Burst(kind: .http, vip: Self.fullnatVIP4, port: port, count: 60, backends: near, backendPort: 80, clients: snat4),
             ]
