@@ -100,7 +100,8 @@
 # MTU defaults to 1500 here (no tunnel header); LAB_SEGMENT=nat has one balancer.
 #
 # Environment: LBCTL (default .build/debug/lbctl of this repository), PYTHON (default
-# Debian's /usr/bin/python3), LAB_ROOT (default /tmp: the lab dir is $LAB_ROOT/sluice-lab-NAME),
+# Debian's /usr/bin/python3), NGINX (default the nginx on PATH, else /usr/sbin/nginx; a nat lab's),
+# LAB_ROOT (default /tmp: the lab dir is $LAB_ROOT/sluice-lab-NAME),
 # LAB_BALANCERS (1 or 2, default 1), LAB_SEGMENT (own, shared or nat, default own), LAB_TUNNEL_MTU
 # (1280-9000, default 1600, 1500 for nat; these three are read by `up` only).
 set -euo pipefail
@@ -112,6 +113,7 @@ if [[ -z ${PYTHON:-} ]]; then
     if [[ -x /usr/bin/python3 ]]; then PYTHON=/usr/bin/python3; else PYTHON=$(command -v python3); fi
 fi
 LAB_ROOT=${LAB_ROOT:-/tmp}
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}   # a nat lab's backends
 
 # --- the plan: addresses and names ------------------------------------------------
 CLIENT_V4=10.10.1.2   CLIENT_V6=fd10:1::2
@@ -277,7 +279,7 @@ http {
 }
 EOF
     # -e: the error log before the config is read (not Debian's /var/log/nginx).
-    (close_inherited_fds; exec ip netns exec "$(ns "$b")" nginx -c "$conf" -p "$prefix/" -e "$prefix/error.log") \
+    (close_inherited_fds; exec ip netns exec "$(ns "$b")" "$NGINX" -c "$conf" -p "$prefix/" -e "$prefix/error.log") \
         >"$DIR/$b.nginx.out" 2>&1 </dev/null &
     echo $! >"$DIR/$b.nginx.pid"
     (close_inherited_fds; exec ip netns exec "$(ns "$b")" "$PYTHON" -u "$REPO/scripts/lab-server.py" "$b" "$DIR/$b.log" \
@@ -376,6 +378,7 @@ cmd_up() {
     [[ ! -e $DIR ]] || die "$DIR exists: is lab $NAME up? (lab.sh down $NAME)"
     [[ -x $LBCTL ]] || die "no lbctl at $LBCTL (swift build, or set LBCTL)"
     [[ -x $PYTHON ]] || die "no python3 (apt-get install python3)"
+    [[ $SEGMENT != nat || -x $NGINX ]] || die "no nginx at $NGINX (apt-get install nginx, or set NGINX)"
 
     # From here on, a failure or an interrupt takes down whatever was built.
     trap 'rc=$?; trap - EXIT ERR INT TERM; echo "lab.sh: bring-up of $NAME failed (line $LINENO), cleaning up" >&2; cmd_down; exit $((rc ? rc : 1))' ERR INT TERM
