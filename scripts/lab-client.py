@@ -6,6 +6,9 @@ lab-client.py udp HOST PORT COUNT       COUNT datagrams, each from a new socket 
 lab-client.py echo HOST PORT COUNT      COUNT new TCP connections to an echo service, one line each
 lab-client.py upload HOST PORT COUNT MB COUNT connections to a count service, each sending MB MiB
                                         and checking the byte count the server answers
+lab-client.py parallel KIND HOST PORT COUNT TIMEOUT
+                                        COUNT of KIND (http, udp, echo) all at once, one thread each,
+                                        each given TIMEOUT seconds (a burst of new flows at one instant)
   each prints one JSON object: {"sent", "ok", "failed", "backends": {NAME: n}, "errors": [...]}
 lab-client.py dfudp HOST PORT SIZE      one connected UDP socket sending SIZE-byte datagrams with DF
   (IP_PMTUDISC_DO) every 0.1 s until the kernel's path MTU for HOST drops (an ICMP "fragmentation
@@ -28,6 +31,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 
 TIMEOUT = 2.0
@@ -50,7 +54,8 @@ def http_once(host, port, _n):
                 break
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.0 200"):
+    # lab-server.py answers HTTP/1.0, nginx (a nat lab's backends) HTTP/1.1.
+    if not (head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")):
         raise RuntimeError(f"bad response {head[:40]!r}")
     return body.decode().strip()
 
@@ -129,6 +134,35 @@ def burst(kind, host, port, count, *extra):
             result["failed"] += 1
             if len(result["errors"]) < 5:
                 result["errors"].append(f"#{n}: {e!r}")
+    print(json.dumps(result, sort_keys=True))
+    return 0 if result["failed"] == 0 else 1
+
+
+def parallel(kind, host, port, count, timeout):
+    global TIMEOUT
+    TIMEOUT = timeout
+    result = {"sent": count, "ok": 0, "failed": 0, "backends": {}, "errors": []}
+    lock = threading.Lock()
+    start = threading.Barrier(count)
+
+    def one(n):
+        try:
+            start.wait()
+            name = ONCE[kind](host, port, n)
+            with lock:
+                result["ok"] += 1
+                result["backends"][name] = result["backends"].get(name, 0) + 1
+        except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+            with lock:
+                result["failed"] += 1
+                if len(result["errors"]) < 5:
+                    result["errors"].append(f"#{n}: {e!r}")
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     print(json.dumps(result, sort_keys=True))
     return 0 if result["failed"] == 0 else 1
 
@@ -328,6 +362,8 @@ def take_signals():
 def main(argv):
     take_signals()
     mode = argv[1]
+    if mode == "parallel" and len(argv) == 7 and argv[2] in ("http", "udp", "echo"):
+        return parallel(argv[2], argv[3], int(argv[4]), int(argv[5]), float(argv[6]))
     host, port = argv[2], int(argv[3])
     if mode == "upload":
         return burst(mode, host, port, int(argv[4]), int(argv[5]))

@@ -6,7 +6,8 @@
 #   scripts/lab.sh down NAME          remove everything of lab NAME (idempotent)
 #   scripts/lab.sh info NAME          key=value lines: addresses, interfaces, paths
 #   scripts/lab.sh services NAME [ECHO] [lb|lb2]  print a service file (for that balancer); ECHO = the echo service's
-#                                     backends as be1:1,be2:1 (the default)
+#                                     backends as be1:1,be2:1 (the default). In a LAB_SEGMENT=nat lab: the
+#                                     nat and fullnat services below (no arguments)
 #   scripts/lab.sh apply NAME [ECHO]  write that service file and `lbctl apply` it on the lb
 #                                     (and on lb2, with lb2's node addresses, when the lab has it)
 #   scripts/lab.sh lbctl NAME ARGS... run lbctl in the lb namespace with the lab's pin path
@@ -14,10 +15,11 @@
 #   scripts/lab.sh route NAME both|lb|lb2  route the VIPs over both balancers (ECMP) or
 #                                     only one (the other withdrawn, as a failed node would be)
 #   scripts/lab.sh client NAME ARGS.. run scripts/lab-client.py in the client namespace
-#   scripts/lab.sh exec NAME NODE CMD...  run CMD in NAME-NODE (client router lb be1 be2 be3)
+#   scripts/lab.sh exec NAME NODE CMD...  run CMD in NAME-NODE (client router lb be1 be2 be3; be4-be6 in a nat lab)
 #   scripts/lab.sh server-stop NAME BE    stop backend BE's servers (as a crash would)
 #   scripts/lab.sh server-start NAME BE   start them again and wait until they listen
 #   scripts/lab.sh decap NAME on|off      attach (as `up` does) or detach every backend's decapsulator
+#                                     (not in a nat lab: its backends have none)
 #   scripts/lab.sh capture NAME NODE IF FILE [TCPDUMP ARGS...]  tcpdump -U on NODE's IF into FILE
 #                                     (exec'd with SIGTERM unblocked: SIGTERM ends it cleanly)
 #
@@ -61,10 +63,47 @@
 # tunnel (lbctl decap) and answers the client straight through the router (direct
 # server return): replies never cross the lb.
 #
+# With LAB_SEGMENT=nat at `up` (for the nat and fullnat modes: the balancer translates
+# addresses both ways), the balancer has a second interface, toward backends of its own,
+# and six backends that are plain servers: no VIP, no decapsulator, no ARP tuning, just
+# nginx (Debian's package, a config in the lab's directory) on ports 80 and 8080 and
+# lab-server.py's UDP echo on 53 and TCP echo on 7, all on the backend's own address:
+#
+#   NAME-client eth0 10.10.1.2 fd10:1::2
+#        |
+#   NAME-router r-client 10.10.1.1 fd10:1::1   routes the VIPs and the SNAT addresses to the lb
+#               r-lb     10.10.2.1 fd10:2::1  ---- NAME-lb lb0 10.10.2.2 fd10:2::2 (XDP; client side;
+#               br0      10.10.3.1 fd10:3::1           default route via 10.10.2.1)
+#                  (bridge; ports r-be4..r-be6)            lb1 10.10.5.1 fd10:5::1 (XDP; backend side)
+#               br1 (a plain switch: no address, IPv6 off; ports r-lb1, r-be1..r-be3)
+#        |
+#   NAME-be1..3 eth0 10.10.5.1N fd10:5::1N, default route via the lb (10.10.5.1): nat's backends
+#   NAME-be4..6 eth0 10.10.3.1N fd10:3::1N, default route via the router: fullnat's backends,
+#               on another subnet, which the lb reaches by ordinary routing (via the router)
+#
+# nat (VIP 198.51.100.10, 2001:db8:100::10): client -> router -> lb0, rewritten to a
+# backend and redirected out of lb1; the backend answers the client's own address through
+# its gateway, lb1, where the reply is rewritten back and redirected out of lb0 to the MAC
+# the client's packets came from. fullnat (VIP 198.51.100.30, 2001:db8:100::30): the
+# source becomes a SNAT address (node.snat_v4 10.10.8.1 and 10.10.8.2, snat_v6 fd10:8::1,
+# ports 20000-29999); to be4-be6 the lb sends back out of lb0 (one-arm) to the
+# router, and their replies to the SNAT addresses come back the same way, because the
+# router routes 10.10.8.0/24 and fd10:8::/64 to the lb (the lb holds no SNAT address
+# itself). The fullnat service on port 8080 (web-fullnat-lb1) goes to be1-be3 instead:
+# full NAT across both interfaces. The lb does not forward in its kernel (ip_forward 0):
+# only its XDP program carries traffic between its two sides. Every interface the lb
+# transmits on has an XDP program at its peer (r-lb, r-lb1), and every sender (the
+# client and all backends) runs `ethtool -K eth0 tx off`. `lbctl attach` runs once per
+# interface with the same pin path: lb0 first (its default route gives the gateway MAC),
+# then lb1 with --gateway-mac of that same router (lb1 has no default route, and the
+# gateway is one per balancer). `up` applies what `services NAME` prints. The links'
+# MTU defaults to 1500 here (no tunnel header); LAB_SEGMENT=nat has one balancer.
+#
 # Environment: LBCTL (default .build/debug/lbctl of this repository), PYTHON (default
-# Debian's /usr/bin/python3), LAB_ROOT (default /tmp: the lab dir is $LAB_ROOT/sluice-lab-NAME),
-# LAB_BALANCERS (1 or 2, default 1), LAB_SEGMENT (own or shared, default own), LAB_TUNNEL_MTU
-# (1280-9000, default 1600; these three are read by `up` only).
+# Debian's /usr/bin/python3), NGINX (default the nginx on PATH, else /usr/sbin/nginx; a nat lab's),
+# LAB_ROOT (default /tmp: the lab dir is $LAB_ROOT/sluice-lab-NAME),
+# LAB_BALANCERS (1 or 2, default 1), LAB_SEGMENT (own, shared or nat, default own), LAB_TUNNEL_MTU
+# (1280-9000, default 1600, 1500 for nat; these three are read by `up` only).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -74,6 +113,7 @@ if [[ -z ${PYTHON:-} ]]; then
     if [[ -x /usr/bin/python3 ]]; then PYTHON=/usr/bin/python3; else PYTHON=$(command -v python3); fi
 fi
 LAB_ROOT=${LAB_ROOT:-/tmp}
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}   # a nat lab's backends
 
 # --- the plan: addresses and names ------------------------------------------------
 CLIENT_V4=10.10.1.2   CLIENT_V6=fd10:1::2
@@ -84,12 +124,22 @@ ROUTER_LB2_V4=10.10.4.1 ROUTER_LB2_V6=fd10:4::1   # LAB_BALANCERS=2 only
 LB2_V4=10.10.4.2      LB2_V6=fd10:4::2
 ROUTER_BE_V4=10.10.3.1 ROUTER_BE_V6=fd10:3::1
 BACKENDS=(be1 be2 be3)
-be_v4() { echo "10.10.3.1${1#be}"; }
-be_v6() { echo "fd10:3::1${1#be}"; }
+# In a nat lab be1-be3 sit behind the lb on 10.10.5.0/24; every other backend on the router's 10.10.3.0/24.
+be_net() { if [[ ${SEGMENT:-own} == nat && " ${NAT_BACKENDS[*]} " == *" $1 "* ]]; then echo 5; else echo 3; fi; }
+be_v4() { echo "10.10.$(be_net "$1").1${1#be}"; }
+be_v6() { echo "fd10:$(be_net "$1")::1${1#be}"; }
 VIP4=198.51.100.10      # web (TCP 80, 4in4, weights 1:2:3), dns (UDP 53), echo (TCP 7)
 VIP6=2001:db8:100::10   # web6 (TCP 80, 6in6)
 VIP4IN6=198.51.100.20   # web4in6 (TCP 80, IPv4 VIP with IPv6 backends: 4in6)
 WEB_WEIGHTS=(1 2 3)
+# LAB_SEGMENT=nat only: the backend-side link, the full-NAT VIPs and SNAT pool, which
+# backends sit where (set_name fills BACKENDS, NAT_BACKENDS and FULLNAT_BACKENDS).
+LB_BE_V4=10.10.5.1    LB_BE_V6=fd10:5::1
+FULLNAT_VIP4=198.51.100.30 FULLNAT_VIP6=2001:db8:100::30
+SNAT_V4=(10.10.8.1 10.10.8.2) SNAT_V6=(fd10:8::1)
+SNAT_NET4=10.10.8.0/24 SNAT_NET6=fd10:8::/64
+SNAT_PORTS=20000-29999   # above every backend port, so tshark dissects by the backend's port
+FULLNAT_BACKEND_PORT=8080   # web-fullnat: service port 80, nginx on 8080
 NEVER_VIP=192.0.2.254   # for the router's decap program, which must never decapsulate
 GUE_PORT=6080           # the backends' decapsulators strip GUE to this UDP port (node.gue_port)
 
@@ -119,15 +169,22 @@ set_name() {
     [[ $BALANCERS == 1 || $BALANCERS == 2 ]] || die "LAB_BALANCERS must be 1 or 2, got '$BALANCERS'"
     # The segment and the tunnel MTU, recorded by `up` the same way.
     if [[ -f $DIR/segment ]]; then SEGMENT=$(cat "$DIR/segment"); else SEGMENT=${LAB_SEGMENT:-own}; fi
-    [[ $SEGMENT == own || $SEGMENT == shared ]] || die "LAB_SEGMENT must be own or shared, got '$SEGMENT'"
-    [[ $SEGMENT == own || $BALANCERS == 1 ]] || die "LAB_SEGMENT=shared has one balancer (LAB_BALANCERS=1)"
-    # lb and backend links: by default room for the 20/40(+8 GUE)-byte tunnel header.
-    if [[ -f $DIR/tunnel_mtu ]]; then TUNNEL_MTU=$(cat "$DIR/tunnel_mtu"); else TUNNEL_MTU=${LAB_TUNNEL_MTU:-1600}; fi
+    [[ $SEGMENT == own || $SEGMENT == shared || $SEGMENT == nat ]] || die "LAB_SEGMENT must be own, shared or nat, got '$SEGMENT'"
+    [[ $SEGMENT == own || $BALANCERS == 1 ]] || die "LAB_SEGMENT=$SEGMENT has one balancer (LAB_BALANCERS=1)"
+    # lb and backend links: by default room for the 20/40(+8 GUE)-byte tunnel header; NAT
+    # adds no header, so a nat lab's links are the client's 1500.
+    local default_mtu=1600
+    [[ $SEGMENT != nat ]] || default_mtu=1500
+    if [[ -f $DIR/tunnel_mtu ]]; then TUNNEL_MTU=$(cat "$DIR/tunnel_mtu"); else TUNNEL_MTU=${LAB_TUNNEL_MTU:-$default_mtu}; fi
     [[ $TUNNEL_MTU =~ ^[0-9]+$ ]] && ((TUNNEL_MTU >= 1280 && TUNNEL_MTU <= 9000)) ||
         die "LAB_TUNNEL_MTU must be 1280-9000, got '$TUNNEL_MTU'"
     if [[ $SEGMENT == shared ]]; then
         # The balancer sits on the backends' segment, the router's br0 its gateway.
         LB_V4=10.10.3.2 LB_V6=fd10:3::2 ROUTER_LB_V4=$ROUTER_BE_V4 ROUTER_LB_V6=$ROUTER_BE_V6
+    fi
+    if [[ $SEGMENT == nat ]]; then
+        NAT_BACKENDS=(be1 be2 be3) FULLNAT_BACKENDS=(be4 be5 be6)
+        BACKENDS=("${NAT_BACKENDS[@]}" "${FULLNAT_BACKENDS[@]}")
     fi
     if ((BALANCERS == 2)); then
         NODES=(client router lb lb2 "${BACKENDS[@]}")
@@ -144,8 +201,9 @@ lbctl_in() { local node=$1; shift; nsenter --net="/run/netns/$(ns "$node")" "$LB
 # --- down -------------------------------------------------------------------------
 cmd_down() {
     local node n pid pids nodes=("${NODES[@]}")
-    # lb2 too, whatever the recorded count: a bring-up that failed early leaves no count.
-    [[ " ${nodes[*]} " == *" lb2 "* ]] || nodes+=(lb2)
+    # lb2 and a nat lab's be4-be6 too, whatever was recorded: a bring-up that failed early
+    # leaves no record.
+    for node in lb2 be4 be5 be6; do [[ " ${nodes[*]} " == *" $node "* ]] || nodes+=("$node"); done
     for node in "${nodes[@]}"; do
         n=$(ns "$node")
         [[ -e /run/netns/$n ]] || continue
@@ -173,6 +231,7 @@ cmd_down() {
 # backend's own address, what health checks probe: HTTP on 8080 and a UDP echo on 53.
 start_server() { # BACKEND
     local b=$1 v4; v4=$(be_v4 "$1")
+    if [[ $SEGMENT == nat ]]; then start_plain_servers "$b"; return; fi
     : >>"$DIR/$b.log"
     : >"$DIR/$b.server.out"
     (close_inherited_fds; exec ip netns exec "$(ns "$b")" "$PYTHON" -u "$REPO/scripts/lab-server.py" "$b" "$DIR/$b.log" \
@@ -182,10 +241,61 @@ start_server() { # BACKEND
     echo $! >"$DIR/$b.server.pid"
 }
 
+# A nat lab's backends: plain servers on the backend's own address, nothing else. nginx
+# (Debian's, run in the foreground with a config of the lab's) answers HTTP on 80 and 8080
+# with the backend's name and logs "http LOCAL:PORT CLIENT" into the backend's log, as
+# lab-server.py logs its UDP echo (53) and TCP echo (7) and count (9) servers.
+start_plain_servers() { # BACKEND
+    local b=$1 v4 v6 conf prefix; v4=$(be_v4 "$1") v6=$(be_v6 "$1")
+    prefix=$DIR/$b.nginx conf=$DIR/$b.nginx/nginx.conf
+    mkdir -p "$prefix"
+    : >>"$DIR/$b.log"
+    : >"$DIR/$b.server.out"
+    cat >"$conf" <<EOF
+# nginx for backend $b of lab $NAME (scripts/lab.sh): everything under $prefix.
+daemon off;
+master_process on;
+worker_processes 1;
+user nobody nogroup;
+pid $prefix/nginx.pid;
+error_log $prefix/error.log warn;
+events { worker_connections 1024; }
+http {
+    log_format lab 'http \$server_addr:\$server_port \$remote_addr';
+    access_log $DIR/$b.log lab;
+    client_body_temp_path $prefix/body;
+    proxy_temp_path $prefix/proxy;
+    fastcgi_temp_path $prefix/fastcgi;
+    uwsgi_temp_path $prefix/uwsgi;
+    scgi_temp_path $prefix/scgi;
+    default_type text/plain;
+    server {
+        listen $v4:80;
+        listen $v4:$FULLNAT_BACKEND_PORT;
+        listen [$v6]:80;
+        listen [$v6]:$FULLNAT_BACKEND_PORT;
+        location / { return 200 "$b\n"; }
+    }
+}
+EOF
+    # -e: the error log before the config is read (not Debian's /var/log/nginx).
+    (close_inherited_fds; exec ip netns exec "$(ns "$b")" "$NGINX" -c "$conf" -p "$prefix/" -e "$prefix/error.log") \
+        >"$DIR/$b.nginx.out" 2>&1 </dev/null &
+    echo $! >"$DIR/$b.nginx.pid"
+    (close_inherited_fds; exec ip netns exec "$(ns "$b")" "$PYTHON" -u "$REPO/scripts/lab-server.py" "$b" "$DIR/$b.log" \
+        "udp:$v4:53" "udp:[$v6]:53" "tcp-echo:$v4:7" "tcp-echo:[$v6]:7" "tcp-count:$v4:9") \
+        >"$DIR/$b.server.out" 2>&1 </dev/null &
+    echo $! >"$DIR/$b.server.pid"
+}
+
 wait_server() { # BACKEND
     local b=$1 i
     for i in $(seq 50); do
-        grep -q serving "$DIR/$b.server.out" 2>/dev/null && return 0
+        if grep -q serving "$DIR/$b.server.out" 2>/dev/null; then
+            [[ $SEGMENT == nat ]] || return 0
+            wait_nginx "$b"
+            return
+        fi
         kill -0 "$(cat "$DIR/$b.server.pid")" 2>/dev/null || { cat "$DIR/$b.server.out" >&2; false; }
         sleep 0.1
     done
@@ -193,10 +303,28 @@ wait_server() { # BACKEND
     false
 }
 
+wait_nginx() { # BACKEND: until nginx listens on both ports of both addresses
+    local b=$1 i
+    for i in $(seq 50); do
+        (($(nx "$b" ss -Hltn "( sport = :80 or sport = :$FULLNAT_BACKEND_PORT )" | wc -l) >= 4)) && return 0
+        running "$(cat "$DIR/$b.nginx.pid")" || { cat "$DIR/$b.nginx.out" "$DIR/$b.nginx/error.log" >&2 2>/dev/null; false; }
+        sleep 0.1
+    done
+    echo "lab.sh: $b's nginx did not start" >&2
+    cat "$DIR/$b.nginx.out" "$DIR/$b.nginx/error.log" >&2 2>/dev/null || true
+    false
+}
+
 stop_server() { # BACKEND: as a crashed server: nothing listens on its ports any more
-    local b=$1 pid
+    local b=$1
     [[ -f $DIR/$b.server.pid ]] || die "no server pid for $b"
-    pid=$(cat "$DIR/$b.server.pid")
+    stop_pid "$(cat "$DIR/$b.server.pid")"
+    # nginx (a nat lab's): SIGTERM is its fast shutdown, the master ends its worker.
+    if [[ -f $DIR/$b.nginx.pid ]]; then stop_pid "$(cat "$DIR/$b.nginx.pid")"; fi
+}
+
+stop_pid() { # PID: SIGTERM, up to 5 s, then SIGKILL
+    local pid=$1
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 50); do running "$pid" || return 0; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
@@ -219,6 +347,7 @@ attach_decap() { # BACKEND
 
 cmd_decap() { # on|off
     local b
+    [[ $SEGMENT != nat ]] || die "lab $NAME's backends have no decapsulator (LAB_SEGMENT=nat)"
     for b in "${BACKENDS[@]}"; do
         case $1 in
             on) attach_decap "$b" ;;
@@ -249,6 +378,7 @@ cmd_up() {
     [[ ! -e $DIR ]] || die "$DIR exists: is lab $NAME up? (lab.sh down $NAME)"
     [[ -x $LBCTL ]] || die "no lbctl at $LBCTL (swift build, or set LBCTL)"
     [[ -x $PYTHON ]] || die "no python3 (apt-get install python3)"
+    [[ $SEGMENT != nat || -x $NGINX ]] || die "no nginx at $NGINX (apt-get install nginx, or set NGINX)"
 
     # From here on, a failure or an interrupt takes down whatever was built.
     trap 'rc=$?; trap - EXIT ERR INT TERM; echo "lab.sh: bring-up of $NAME failed (line $LINENO), cleaning up" >&2; cmd_down; exit $((rc ? rc : 1))' ERR INT TERM
@@ -271,6 +401,15 @@ cmd_up() {
     done
     sysctl_in router net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 
+    if [[ $SEGMENT == nat ]]; then build_nat; else build_dsr; fi
+
+    trap - EXIT ERR INT TERM
+    echo "lab $NAME is up: $DIR"
+}
+
+# The default (and shared-segment, two-balancer) lab: backends decapsulating, replies direct.
+build_dsr() {
+    local b i
     # Links: every veth is created inside the router namespace with its peer created
     # directly in the other namespace; nothing touches the host's namespace.
     local R; R=$(ns router)
@@ -404,9 +543,109 @@ cmd_up() {
             nx lb ping -6 -c1 -W1 -q "$(be_v6 "$b")" >/dev/null 2>&1 || true
         done
     fi
+}
 
-    trap - EXIT ERR INT TERM
-    echo "lab $NAME is up: $DIR"
+# LAB_SEGMENT=nat: the balancer between the clients' side (lb0) and backends of its own
+# (lb1), plus backends behind the router; plain servers, no VIPs, no decapsulators.
+build_nat() {
+    local b i B gw4 gw6 R; R=$(ns router)
+    ip -n "$R" link add r-client type veth peer name eth0 netns "$(ns client)"
+    ip -n "$R" link add r-lb mtu $TUNNEL_MTU type veth peer name lb0 mtu $TUNNEL_MTU netns "$(ns lb)"
+    ip -n "$R" link add r-lb1 mtu $TUNNEL_MTU type veth peer name lb1 mtu $TUNNEL_MTU netns "$(ns lb)"
+    # br0: fullnat's backends and the router's address on their subnet. br1: nat's
+    # backends and the lb's lb1, a switch only (no address, no IPv6 of the router's on it).
+    ip -n "$R" link add br0 mtu $TUNNEL_MTU type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+    ip -n "$R" link add br1 mtu $TUNNEL_MTU type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+    sysctl_in router net.ipv6.conf.br1.disable_ipv6=1 net.ipv6.conf.r-lb1.disable_ipv6=1
+    for b in "${BACKENDS[@]}"; do
+        ip -n "$R" link add "r-$b" mtu $TUNNEL_MTU type veth peer name eth0 mtu $TUNNEL_MTU netns "$(ns "$b")"
+        if [[ $(be_net "$b") == 5 ]]; then
+            sysctl_in router "net.ipv6.conf.r-$b.disable_ipv6=1"
+            ip -n "$R" link set "r-$b" master br1 up
+        else
+            ip -n "$R" link set "r-$b" master br0 up
+        fi
+    done
+    ip -n "$R" link set r-lb1 master br1 up
+
+    # Router: the VIPs and the SNAT addresses go to the lb's client side.
+    ip -n "$R" addr add $ROUTER_CLIENT_V4/24 dev r-client
+    ip -n "$R" addr add $ROUTER_CLIENT_V6/64 dev r-client nodad
+    ip -n "$R" addr add $ROUTER_LB_V4/24 dev r-lb
+    ip -n "$R" addr add $ROUTER_LB_V6/64 dev r-lb nodad
+    ip -n "$R" addr add $ROUTER_BE_V4/24 dev br0
+    ip -n "$R" addr add $ROUTER_BE_V6/64 dev br0 nodad
+    for i in r-client r-lb br0 br1; do
+        ip -n "$R" link set "$i" up
+        sysctl_in router "net.ipv4.conf.$i.rp_filter=0"
+    done
+    for i in $VIP4/32 $FULLNAT_VIP4/32 $SNAT_NET4; do ip -n "$R" route add "$i" via $LB_V4; done
+    for i in $VIP6/128 $FULLNAT_VIP6/128 $SNAT_NET6; do ip -n "$R" -6 route add "$i" via $LB_V6; done
+
+    # Client, as in every lab (finished checksums on the wire: see build_dsr).
+    ip -n "$(ns client)" addr add $CLIENT_V4/24 dev eth0
+    ip -n "$(ns client)" addr add $CLIENT_V6/64 dev eth0 nodad
+    ip -n "$(ns client)" link set eth0 up
+    nx client ethtool -K eth0 tx off >/dev/null
+    ip -n "$(ns client)" route add default via $ROUTER_CLIENT_V4
+    ip -n "$(ns client)" -6 route add default via $ROUTER_CLIENT_V6
+
+    # Balancer: lb0 toward the router (its default route), lb1 on the nat backends' subnet,
+    # whose gateway it is. Its kernel forwards nothing: only XDP carries packets between them.
+    local L; L=$(ns lb)
+    ip -n "$L" addr add $LB_V4/24 dev lb0
+    ip -n "$L" addr add $LB_V6/64 dev lb0 nodad
+    ip -n "$L" addr add $LB_BE_V4/24 dev lb1
+    ip -n "$L" addr add $LB_BE_V6/64 dev lb1 nodad
+    ip -n "$L" link set lb0 up
+    ip -n "$L" link set lb1 up
+    ip -n "$L" route add default via $ROUTER_LB_V4
+    ip -n "$L" -6 route add default via $ROUTER_LB_V6
+    sysctl_in lb net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0
+
+    # Backends: an address, a default route (via the lb for nat's, via the router for
+    # fullnat's), finished checksums (their replies are rewritten in XDP too), the servers.
+    for b in "${BACKENDS[@]}"; do
+        B=$(ns "$b")
+        if [[ $(be_net "$b") == 5 ]]; then gw4=$LB_BE_V4 gw6=$LB_BE_V6; else gw4=$ROUTER_BE_V4 gw6=$ROUTER_BE_V6; fi
+        ip -n "$B" addr add "$(be_v4 "$b")/24" dev eth0
+        ip -n "$B" addr add "$(be_v6 "$b")/64" dev eth0 nodad
+        ip -n "$B" link set eth0 up
+        nx "$b" ethtool -K eth0 tx off >/dev/null
+        ip -n "$B" route add default via "$gw4"
+        ip -n "$B" -6 route add default via "$gw6"
+        start_server "$b"
+    done
+
+    # XDP_TX and redirects into a veth deliver only when the peer runs an XDP program: the
+    # router's r-lb (lb0's peer) and r-lb1 (lb1's) get the decapsulator with a VIP that
+    # never occurs, which passes everything on (see build_dsr); r-lb1, a switch port with no
+    # address, gets that address as its only tunnel endpoint too.
+    lbctl_in router decap attach r-lb --vip $NEVER_VIP --pin-path "$BPFFS/router" >"$DIR/router.decap.out"
+    lbctl_in router decap attach r-lb1 --vip $NEVER_VIP --local $NEVER_VIP --pin-path "$BPFFS/router-lb1" >"$DIR/router-lb1.decap.out"
+
+    for b in "${BACKENDS[@]}"; do wait_server "$b"; done
+
+    # Neighbours first: apply takes the next hops' MACs from the lb's neighbour table
+    # (nat's backends on lb1, the router on lb0 for fullnat's), and replies need the lb's.
+    nx router ping -c1 -W1 -q "$CLIENT_V4" >/dev/null 2>&1 || true
+    nx router ping -6 -c1 -W1 -q "$CLIENT_V6" >/dev/null 2>&1 || true
+    nx lb ping -c1 -W1 -q $ROUTER_LB_V4 >/dev/null 2>&1 || true
+    nx lb ping -6 -c1 -W1 -q $ROUTER_LB_V6 >/dev/null 2>&1 || true
+    for b in "${BACKENDS[@]}"; do
+        if [[ $(be_net "$b") == 5 ]]; then i=lb; else i=router; fi
+        nx "$i" ping -c1 -W1 -q "$(be_v4 "$b")" >/dev/null 2>&1 || true
+        nx "$i" ping -6 -c1 -W1 -q "$(be_v6 "$b")" >/dev/null 2>&1 || true
+    done
+
+    # The balancer on both interfaces, one pinned object: lb0 first (the gateway MAC from
+    # its default route), then lb1 with the same gateway (lb1 has no default route, and
+    # each attach sets the balancer's one gateway).
+    lbctl_in lb attach lb0 --pin-path "$LB_PIN" >"$DIR/lb.attach.out"
+    local gateway; gateway=$(ip -n "$R" -j link show dev r-lb | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)[0]["address"])')
+    lbctl_in lb attach lb1 --gateway-mac "$gateway" --pin-path "$LB_PIN" >>"$DIR/lb.attach.out"
+    render_nat_services >"$DIR/services.yaml"
+    lbctl_in lb apply -f "$DIR/services.yaml" --pin-path "$LB_PIN" >"$DIR/lb.apply.out"
 }
 
 # --- the service file -------------------------------------------------------------
@@ -466,6 +705,59 @@ EOF
     done
 }
 
+# A nat lab's service file: nat to be1-be3 behind the lb, fullnat to be4-be6 behind the
+# router (web-fullnat to nginx's 8080: a backend port that is not the service's), and
+# fullnat to be1-be3 over both of the lb's interfaces (web-fullnat-lb1).
+nat_backend_lines() { # FAMILY(v4|v6) PORT|- BACKEND:WEIGHT...
+    local fam=$1 port=$2 entry b; shift 2
+    for entry in "$@"; do
+        b=${entry%%:*}
+        if [[ $port == - ]]; then
+            echo "      - { address: \"$(be_$fam "$b")\", weight: ${entry#*:} }"
+        else
+            echo "      - { address: \"$(be_$fam "$b")\", port: $port, weight: ${entry#*:} }"
+        fi
+    done
+}
+
+nat_service() { # NAME VIP PORT PROTOCOL FORWARDING FAMILY BACKEND_PORT|- BACKEND:WEIGHT...
+    printf '  - name: %s\n    vip: "%s"\n    port: %s\n    protocol: %s\n    forwarding: %s\n    backends:\n' "$1" "$2" "$3" "$4" "$5"
+    shift 5
+    nat_backend_lines "$@"
+}
+
+quoted_list() { # ITEMS...: ["a", "b"]
+    local out="" item
+    for item in "$@"; do out+="${out:+, }\"$item\""; done
+    echo "[$out]"
+}
+
+render_nat_services() {
+    local near=() far=() b i=0
+    for b in "${NAT_BACKENDS[@]}"; do near+=("$b:${WEB_WEIGHTS[i++]}"); done
+    i=0
+    for b in "${FULLNAT_BACKENDS[@]}"; do far+=("$b:${WEB_WEIGHTS[i++]}"); done
+    cat <<EOF
+# Generated by scripts/lab.sh for lab $NAME (LAB_SEGMENT=nat).
+node:
+  source_v4: $LB_V4
+  source_v6: "$LB_V6"
+  snat_v4: $(quoted_list "${SNAT_V4[@]}")
+  snat_v6: $(quoted_list "${SNAT_V6[@]}")
+  snat_ports: $SNAT_PORTS
+services:
+EOF
+    nat_service web-nat $VIP4 80 tcp nat v4 - "${near[@]}"
+    nat_service dns-nat $VIP4 53 udp nat v4 - "${NAT_BACKENDS[@]/%/:1}"
+    nat_service echo-nat $VIP4 7 tcp nat v4 - "${NAT_BACKENDS[@]/%/:1}"
+    nat_service web6-nat $VIP6 80 tcp nat v6 - "${NAT_BACKENDS[@]/%/:1}"
+    nat_service web-fullnat $FULLNAT_VIP4 80 tcp fullnat v4 $FULLNAT_BACKEND_PORT "${far[@]}"
+    nat_service dns-fullnat $FULLNAT_VIP4 53 udp fullnat v4 - "${FULLNAT_BACKENDS[@]/%/:1}"
+    nat_service echo-fullnat $FULLNAT_VIP4 7 tcp fullnat v4 - "${FULLNAT_BACKENDS[@]/%/:1}"
+    nat_service web6-fullnat $FULLNAT_VIP6 80 tcp fullnat v6 $FULLNAT_BACKEND_PORT "${FULLNAT_BACKENDS[@]/%/:1}"
+    nat_service web-fullnat-lb1 $FULLNAT_VIP4 $FULLNAT_BACKEND_PORT tcp fullnat v4 80 "${NAT_BACKENDS[@]/%/:1}"
+}
+
 cmd_info() {
     local b
     cat <<EOF
@@ -495,6 +787,23 @@ vip4in6=$VIP4IN6
 web_weights=$(IFS=,; echo "${WEB_WEIGHTS[*]}")
 backends=$(IFS=,; echo "${BACKENDS[*]}")
 EOF
+    # Only a nat lab prints these.
+    if [[ $SEGMENT == nat ]]; then
+        cat <<EOF
+lb_backend_if=lb1
+router_lb_backend_if=r-lb1
+lb_backend_v4=$LB_BE_V4
+lb_backend_v6=$LB_BE_V6
+nat_backends=$(IFS=,; echo "${NAT_BACKENDS[*]}")
+fullnat_backends=$(IFS=,; echo "${FULLNAT_BACKENDS[*]}")
+fullnat_vip4=$FULLNAT_VIP4
+fullnat_vip6=$FULLNAT_VIP6
+fullnat_backend_port=$FULLNAT_BACKEND_PORT
+snat_v4=$(IFS=,; echo "${SNAT_V4[*]}")
+snat_v6=$(IFS=,; echo "${SNAT_V6[*]}")
+snat_ports=$SNAT_PORTS
+EOF
+    fi
     for b in "${BACKENDS[@]}"; do
         echo "${b}_v4=$(be_v4 "$b")"
         echo "${b}_v6=$(be_v6 "$b")"
@@ -517,6 +826,11 @@ EOF
 cmd_apply() {
     local file
     file=$(mktemp "$DIR/services-XXXXXX.yaml")
+    if [[ $SEGMENT == nat ]]; then
+        render_nat_services >"$file"
+        lbctl_in lb apply -f "$file" --pin-path "$LB_PIN"
+        return
+    fi
     render_services "${1:-}" $LB_V4 $LB_V6 >"$file"
     lbctl_in lb apply -f "$file" --pin-path "$LB_PIN"
     if ((BALANCERS == 2)); then
@@ -553,7 +867,8 @@ main() {
         down) cmd_down ;;
         info) cmd_info ;;
         services) # [ECHO] [lb|lb2]: the file for that balancer (its own node addresses)
-            if [[ ${2:-lb} == lb2 ]]; then render_services "${1:-}" $LB2_V4 $LB2_V6; else render_services "${1:-}" $LB_V4 $LB_V6; fi ;;
+            if [[ $SEGMENT == nat ]]; then render_nat_services
+            elif [[ ${2:-lb} == lb2 ]]; then render_services "${1:-}" $LB2_V4 $LB2_V6; else render_services "${1:-}" $LB_V4 $LB_V6; fi ;;
         apply) cmd_apply "${1:-}" ;;
         lbctl) lbctl_in lb "$@" --pin-path "$LB_PIN" ;;
         lbctl2) need_two; lbctl_in lb2 "$@" --pin-path "$LB2_PIN" ;;

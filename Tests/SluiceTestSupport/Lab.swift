@@ -44,19 +44,25 @@ public final class Lab: @unchecked Sendable {
         public var balancers = 1
         /// The balancer on the backends' segment (a port of their bridge), for l2dsr.
         public var sharedSegment = false
-        /// The MTU of the balancer's and backends' links; nil = lab.sh's 1600 (room for tunnels).
+        /// The MTU of the balancer's and backends' links; nil = lab.sh's 1600 (room for tunnels;
+        /// 1500 in a nat lab).
         public var tunnelMTU: Int?
+        /// LAB_SEGMENT=nat: the balancer on two interfaces, plain backends behind it (nat) and
+        /// behind the router (fullnat); see LabNAT.swift.
+        public var nat = false
 
-        public init(balancers: Int = 1, sharedSegment: Bool = false, tunnelMTU: Int? = nil) {
+        public init(balancers: Int = 1, sharedSegment: Bool = false, tunnelMTU: Int? = nil, nat: Bool = false) {
             self.balancers = balancers
             self.sharedSegment = sharedSegment
             self.tunnelMTU = tunnelMTU
+            self.nat = nat
         }
 
         var environment: [String: String] {
             var env: [String: String] = [:]
             if balancers != 1 { env["LAB_BALANCERS"] = String(balancers) }
             if sharedSegment { env["LAB_SEGMENT"] = "shared" }
+            if nat { env["LAB_SEGMENT"] = "nat" }
             if let tunnelMTU { env["LAB_TUNNEL_MTU"] = String(tunnelMTU) }
             return env
         }
