@@ -57,11 +57,14 @@ public final class Dataplane: Sendable {
         Dataplane(try PinnedObject<Map>.open(at: pinPath))
     }
 
-    /// Opens the pinned data plane, or loads the embedded object and pins it.
-    public static func openOrLoad(pinPath: String, conntrackSize: UInt32 = UInt32(SL_CT_DEFAULT_SIZE)) throws(ControlError) -> Dataplane {
+    /// Opens the pinned data plane, or loads the embedded object and pins it. The NAT table
+    /// (sl_nat) holds one entry per NAT flow, so it is sized like conntrack unless `natSize`
+    /// says otherwise (tests, whose many balancers at once would otherwise hold gigabytes).
+    public static func openOrLoad(pinPath: String, conntrackSize: UInt32 = UInt32(SL_CT_DEFAULT_SIZE),
+                                  natSize: UInt32? = nil) throws(ControlError) -> Dataplane {
         Dataplane(try PinnedObject<Map>.openOrLoad(at: pinPath) { object throws(BPFError) in
             try object.setMaxEntries(map: Map.conntrack.rawValue, conntrackSize)
-            try object.setMaxEntries(map: Map.nat.rawValue, conntrackSize)
+            try object.setMaxEntries(map: Map.nat.rawValue, natSize ?? conntrackSize)
         })
     }
 

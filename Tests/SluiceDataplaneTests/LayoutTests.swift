@@ -111,7 +111,7 @@ struct LayoutTests {
         #expect(d[.backends].info.maxEntries == Int(SL_MAX_BACKENDS))
         #expect(d[.vips].info.maxEntries == Int(SL_MAX_VIPS))
         #expect(d[.conntrack].info.maxEntries == Int(TestDataplane.conntrackSize), "conntrack resized before load")
-        #expect(d[.nat].info.maxEntries == Int(TestDataplane.conntrackSize), "the NAT table sized with conntrack")
+        #expect(d[.nat].info.maxEntries == Int(TestDataplane.natSize), "the NAT table sized at load")
         #expect(d[.snatPools].info.maxEntries == 2)
         // The prefilter: __u32 word index -> __u64 of bits.
         #expect(d[.vipFilter].info.keySize == u32 && d[.vipFilter].info.valueSize == MemoryLayout<UInt64>.size)

@@ -65,7 +65,7 @@ extension TestDataplane {
     static func nat(_ mode: sl_forwarding, cases: [NATCase] = natCases, ifindex: UInt32 = 0,
                     ports: ClosedRange<UInt16> = snatPorts, conntrackSize: UInt32 = TestDataplane.conntrackSize,
                     yaml: String = Config.standard) async throws -> TestDataplane {
-        let lb = try await TestDataplane.make(yaml: yaml, conntrackSize: conntrackSize)
+        let lb = try await TestDataplane.make(yaml: yaml, conntrackSize: conntrackSize, natSize: conntrackSize)
         for c in cases {
             try lb.dataplane.setNAT(mode, of: c.service, port: c.backendPort, nextHop: backendHopMAC,
                                     localMAC: backendSideMAC, ifindex: ifindex)

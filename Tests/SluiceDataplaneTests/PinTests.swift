@@ -64,4 +64,13 @@ struct MapListTests {
         #expect(left.isEmpty, "pins left: \(left)")
         #expect(!Dataplane.isPinned(at: pinPath))
     }
+
+    @Test func theNATTableIsSizedWithConntrackAsAttachSizesIt() throws {
+        let mount = try BPFFSMount()
+        defer { mount.close() }
+        let pinPath = mount.path + "/lb"
+        let dataplane = try Dataplane.openOrLoad(pinPath: pinPath, conntrackSize: 4096)
+        defer { Dataplane.removePins(at: pinPath) }
+        #expect(dataplane[.conntrack].info.maxEntries == 4096 && dataplane[.nat].info.maxEntries == 4096)
+    }
 }

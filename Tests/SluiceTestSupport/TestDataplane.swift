@@ -126,6 +126,8 @@ public final class TestDataplane {
     /// The next-hop MAC every test data plane is configured with.
     public static let gatewayMAC: [UInt8] = [0x02, 0x47, 0x57, 0x00, 0x00, 0x01]
     public static let conntrackSize: UInt32 = 65536
+    /// sl_nat's size: smaller than conntrack's, as hundreds of test balancers exist at once.
+    public static let natSize: UInt32 = 8192
 
     public let mount: BPFFSMount
     public let pinPath: String
@@ -139,12 +141,12 @@ public final class TestDataplane {
     /// Loads a fresh balancer into its own bpffs; sets the gateway MAC unless
     /// `gateway` is nil; applies `yaml` if given.
     public init(yaml: String? = nil, gateway: [UInt8]? = TestDataplane.gatewayMAC,
-                conntrackSize: UInt32 = TestDataplane.conntrackSize) throws {
+                conntrackSize: UInt32 = TestDataplane.conntrackSize, natSize: UInt32 = TestDataplane.natSize) throws {
         let mount = try BPFFSMount()
         self.mount = mount
         pinPath = mount.path + "/lb"
         do {
-            dataplane = try Dataplane.openOrLoad(pinPath: pinPath, conntrackSize: conntrackSize)
+            dataplane = try Dataplane.openOrLoad(pinPath: pinPath, conntrackSize: conntrackSize, natSize: natSize)
         } catch {
             Dataplane.removePins(at: mount.path + "/lb")
             mount.close()
@@ -157,8 +159,9 @@ public final class TestDataplane {
     /// Loads and configures a balancer as `init` does, on a thread of its own, so the
     /// verifier's work does not hold a thread of the concurrency pool.
     public static func make(yaml: String? = nil, gateway: [UInt8]? = TestDataplane.gatewayMAC,
-                            conntrackSize: UInt32 = TestDataplane.conntrackSize) async throws -> TestDataplane {
-        try await offPool { try TestDataplane(yaml: yaml, gateway: gateway, conntrackSize: conntrackSize) }
+                            conntrackSize: UInt32 = TestDataplane.conntrackSize,
+                            natSize: UInt32 = TestDataplane.natSize) async throws -> TestDataplane {
+        try await offPool { try TestDataplane(yaml: yaml, gateway: gateway, conntrackSize: conntrackSize, natSize: natSize) }
     }
 
     deinit { close() }
