@@ -92,21 +92,25 @@ int bench_pass(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+static __always_inline int bench_swap_macs(struct sl_eth *eth)
+{
+	__u16 *dst = (__u16 *)eth->dst, *src = (__u16 *)eth->src, tmp;
+
+	tmp = dst[0]; dst[0] = src[0]; src[0] = tmp;
+	tmp = dst[1]; dst[1] = src[1]; src[1] = tmp;
+	tmp = dst[2]; dst[2] = src[2]; src[2] = tmp;
+	return XDP_TX;
+}
+
 SEC("xdp")
 int bench_swap_tx(struct xdp_md *ctx)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 	struct sl_eth *eth = (void *)(long)ctx->data;
-	__u16 *dst, *src, tmp;
 
 	if ((void *)(eth + 1) > data_end)
 		return XDP_DROP;
-	dst = (__u16 *)eth->dst;
-	src = (__u16 *)eth->src;
-	tmp = dst[0]; dst[0] = src[0]; src[0] = tmp;
-	tmp = dst[1]; dst[1] = src[1]; src[1] = tmp;
-	tmp = dst[2]; dst[2] = src[2]; src[2] = tmp;
-	return XDP_TX;
+	return bench_swap_macs(eth);
 }
 
 /* The MAC swap after a bpf_fib_lookup() of the IPv4 frame's destination in
@@ -119,7 +123,6 @@ int bench_fib_swap(struct xdp_md *ctx)
 	struct sl_eth *eth = (void *)(long)ctx->data;
 	struct iphdr *iph = (void *)(eth + 1);
 	struct bpf_fib_lookup fib = {};
-	__u16 *dst, *src, tmp;
 
 	if ((void *)(iph + 1) > data_end)
 		return XDP_DROP;
@@ -131,12 +134,7 @@ int bench_fib_swap(struct xdp_md *ctx)
 	fib.ifindex = ctx->ingress_ifindex;
 	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) < 0)
 		return XDP_DROP;
-	dst = (__u16 *)eth->dst;
-	src = (__u16 *)eth->src;
-	tmp = dst[0]; dst[0] = src[0]; src[0] = tmp;
-	tmp = dst[1]; dst[1] = src[1]; src[1] = tmp;
-	tmp = dst[2]; dst[2] = src[2]; src[2] = tmp;
-	return XDP_TX;
+	return bench_swap_macs(eth);
 }
 
 SEC("xdp")

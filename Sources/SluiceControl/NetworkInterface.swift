@@ -20,28 +20,25 @@ public struct NetworkInterface: Sendable, Equatable {
     /// The MTU of the interface called `name` in this namespace (SIOCGIFMTU: /sys/class/net
     /// shows the namespace sysfs was mounted in, which under `nsenter --net` is another one).
     public static func mtu(of name: String) -> Int? {
+        ifreqQuery(name, SIOCGIFMTU).map { Int($0.ifr_ifru.ifru_mtu) }
+    }
+
+    /// One SIOCGIF* ioctl about the interface called `name`: the filled-in request, or nil.
+    private static func ifreqQuery(_ name: String, _ request: Int32) -> ifreq? {
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        var request = ifreq()
-        withUnsafeMutableBytes(of: &request.ifr_ifrn.ifrn_name) { raw in
+        var query = ifreq()
+        withUnsafeMutableBytes(of: &query.ifr_ifrn.ifrn_name) { raw in
             for (i, byte) in name.utf8.prefix(raw.count - 1).enumerated() { raw[i] = byte }
         }
-        guard ioctl(fd, UInt(SIOCGIFMTU), &request) == 0 else { return nil }
-        return Int(request.ifr_ifru.ifru_mtu)
+        return ioctl(fd, UInt(request), &query) == 0 ? query : nil
     }
 
     /// The Ethernet address of the interface called `name` (SIOCGIFHWADDR), nil when it has
     /// none (not Ethernet, or all zero).
     public static func hardwareAddress(of name: String) -> MACAddress? {
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var request = ifreq()
-        withUnsafeMutableBytes(of: &request.ifr_ifrn.ifrn_name) { raw in
-            for (i, byte) in name.utf8.prefix(raw.count - 1).enumerated() { raw[i] = byte }
-        }
-        guard ioctl(fd, UInt(SIOCGIFHWADDR), &request) == 0,
+        guard let request = ifreqQuery(name, SIOCGIFHWADDR),
               request.ifr_ifru.ifru_hwaddr.sa_family == 1 /* ARPHRD_ETHER */ else { return nil }
         let bytes = withUnsafeBytes(of: request.ifr_ifru.ifru_hwaddr.sa_data) { Array($0.prefix(6)) }
         return bytes.allSatisfy { $0 == 0 } ? nil : MACAddress(bytes: bytes)

@@ -42,6 +42,14 @@ func expectedGUEFrame(input: [UInt8], backend: IPAddress, node: NodeConfig, spor
 
 func be16Bytes(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xff)] }
 
+/// tshark's expert errors (malformed frames, bad checksums) for `frames`, or nil.
+func tsharkErrors(_ frames: [[UInt8]]) async throws -> String? {
+    let file = "/tmp/sluice-wire-\(UInt32.random(in: 0...UInt32.max)).pcap"
+    defer { unlink(file) }
+    try Data(pcap(frames)).write(to: URL(fileURLWithPath: file))
+    return try await TShark.expertErrors(pcap: file, guePort: Int(guePort))
+}
+
 /// Where the UDP header of a GUE frame starts (untagged frames).
 func gueUDPOffset(_ frame: [UInt8]) -> Int { frame.be16(12) == 0x0800 ? 14 + 20 : 14 + 40 }
 
@@ -204,14 +212,6 @@ struct ForwardingWireTests {
         let quote4 = quotedReply(vip: "198.51.100.10", port: 80, client: clientV4, clientPort: 43008, keep: 548)
         try send(b.icmpError(from: routerV4, to: "198.51.100.10", type: 3, code: 4, rest: 1400, quoting: quote4))
         return out
-    }
-
-    /// tshark's expert errors for `frames`, or nil.
-    func tsharkErrors(_ frames: [[UInt8]]) async throws -> String? {
-        let file = "/tmp/sluice-wire-\(UInt32.random(in: 0...UInt32.max)).pcap"
-        defer { unlink(file) }
-        try Data(pcap(frames)).write(to: URL(fileURLWithPath: file))
-        return try await TShark.expertErrors(pcap: file, guePort: Int(guePort))
     }
 
     @Test("tshark reads every frame the modes send without a malformed or bad-checksum mark")

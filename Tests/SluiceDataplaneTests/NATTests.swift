@@ -438,13 +438,6 @@ struct NATWireTests {
         return out
     }
 
-    func tsharkErrors(_ frames: [[UInt8]]) async throws -> String? {
-        let file = "/tmp/sluice-nat-wire-\(UInt32.random(in: 0...UInt32.max)).pcap"
-        defer { unlink(file) }
-        try Data(pcap(frames)).write(to: URL(fileURLWithPath: file))
-        return try await TShark.expertErrors(pcap: file, guePort: Int(guePort))
-    }
-
     @Test("tshark reads every translated frame, both ways, without a malformed or bad-checksum mark")
     func tsharkFindsNoError() async throws {
         let frames = try await framesOfEveryKind()
