@@ -269,6 +269,48 @@ struct NATTests {
         #expect(reused, "a released port is allocated again")
     }
 
+    @Test("The agent's sweep expires NAT flows by the TCP state the program recorded: half-open, closed, established")
+    func stateDrivenExpiry() async throws {
+        let lb = try await TestDataplane.nat(SL_FWD_FULLNAT)
+        defer { lb.close() }
+        let vip = "198.51.100.10"
+        try lb.dataplane.tickClock(1000)
+        func client(_ port: UInt16, _ flags: Set<TCPFlag>) throws -> FrameAddresses {
+            FrameAddresses(try lb.run(natFrame(.tcp, from: clientV4, port, to: vip, 80, flags: flags, macs: (clientSideMAC, ourMAC))).output)
+        }
+        func backend(_ seen: FrameAddresses, _ flags: Set<TCPFlag>) throws {
+            _ = try lb.run(natFrame(.tcp, from: seen.destination.description, 8080, to: seen.source.description, seen.sourcePort,
+                                    flags: flags, macs: (backendHopMAC, ourMAC)))
+        }
+        let halfOpen = try client(41001, [.syn])
+        let closed = try client(41002, [.syn])
+        try backend(closed, [.syn, .ack])
+        _ = try client(41002, [.ack])
+        let established = try client(41003, [.syn])
+        try backend(established, [.syn, .ack])
+        _ = try client(41003, [.ack])
+        try lb.dataplane.tickClock(1010)
+        _ = try client(41002, [.fin, .ack])
+        try backend(closed, [.fin, .ack])
+        _ = try client(41002, [.ack])
+        func alive(_ port: UInt16, _ seen: FrameAddresses) throws -> (ct: Bool, nat: Bool) {
+            (try lb.ctEntry(flowKey(.tcp, from: IPAddress(clientV4)!, port, to: IPAddress(vip)!, 80)) != nil,
+             try lb.natEntry(flowKey(.tcp, from: seen.destination, 8080, to: seen.source, seen.sourcePort)) != nil)
+        }
+        let timeouts = IdleTimeouts(tcpSeconds: 900, udpSeconds: 300, tcpSynSeconds: 30, tcpClosingSeconds: 60)
+        // At 1040 the SYN-only flow is 40 s old (> 30): gone, both entries; the others stay.
+        var sweep = try lb.dataplane.sweepConntrack(now: 1040, timeouts: timeouts, expire: true)
+        #expect(sweep.expired == 1 && sweep.translationsExpired == 1, "\(sweep)")
+        #expect(try alive(41001, halfOpen) == (false, false))
+        #expect(try alive(41002, closed) == (true, true) && (try alive(41003, established)) == (true, true))
+        // At 1071 the closed flow's last packet is 61 s old (> 60): gone; the established one
+        // (71 s < 900) stays.
+        sweep = try lb.dataplane.sweepConntrack(now: 1071, timeouts: timeouts, expire: true)
+        #expect(sweep.expired == 1 && sweep.translationsExpired == 1, "\(sweep)")
+        #expect(try alive(41002, closed) == (false, false))
+        #expect(try alive(41003, established) == (true, true))
+    }
+
     @Test("Each side's TCP flags are kept: the client's in conntrack, the backend's in the translation")
     func tcpState() async throws {
         let lb = try await TestDataplane.nat(SL_FWD_FULLNAT)
