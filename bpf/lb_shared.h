@@ -244,6 +244,8 @@ enum sl_config_flags {
 	SL_CFG_HAS_GATEWAY = 1 << 2,
 	SL_CFG_SYNC = 1 << 3,        /* report new flows in sl_flow_events (an agent syncs them) */
 	SL_CFG_TUNNEL_MTU_SET = 1 << 4, /* tunnel_mtu came from the service file, not the interface */
+	SL_CFG_NAT = 1 << 5,         /* a NAT backend may have flows: packets for no VIP are tested as
+	                              * replies (else they pass without that test) */
 };
 
 /* Value of sl_vip_stats and sl_backend_stats (per CPU): the client's packets

@@ -370,9 +370,15 @@ static __always_inline int sl_nat_reply(struct xdp_md *ctx, const struct sl_pack
 					struct sl_stats *st)
 {
 	struct sl_nat_entry *nat;
-	__u32 now;
+	struct sl_config *cfg;
+	__u32 now, zero = 0;
 	int rc;
 
+	/* A node without NAT flows passes what is for no VIP at the cost of
+	 * one inlined array read. */
+	cfg = bpf_map_lookup_elem(&sl_config, &zero);
+	if (!cfg || !(cfg->flags & SL_CFG_NAT))
+		return XDP_PASS;
 	if (!sl_nat_reply_filter_test(pkt, filter_key))
 		return XDP_PASS;
 	sl_flow_key_build(pkt, key);

@@ -103,6 +103,7 @@ struct Plan {
     init(state: AppliedState, desired: ServiceFile, health: HealthVerdicts?,
          hops: (IPAddress) -> BackendHop? = { _ in nil }, interfaceMTU: Int? = nil) throws(ControlError) {
         config = Self.config(state.config, node: desired.node, interfaceMTU: interfaceMTU)
+        config.setNAT(desired.services.contains { $0.forwarding.translates } || Writer.holdsNATSlots(state.backendSlots))
         pools = SNATPools.arrange(current: state.snatPools, node: desired.node)
         hasWrites = !bytewiseEqual(config, state.config) || !zip(pools, state.snatPools).allSatisfy { bytewiseEqual($0, $1) }
         let size = desired.node.maglevTableSize
@@ -379,6 +380,12 @@ struct Writer {
     }
 
     /// Writes the words of `filter` that differ from `old` (what the map holds).
+    /// Whether a NAT backend slot is in the maps (in use, or kept for its established flows).
+    static func holdsNATSlots(_ slots: [sl_backend]) -> Bool {
+        let nat = [UInt8(SL_FWD_NAT.rawValue), UInt8(SL_FWD_FULLNAT.rawValue)]
+        return slots.contains { $0.family != 0 && nat.contains($0.forwarding) }
+    }
+
     /// The reply bits of the NAT backend slots the maps hold for backends no desired NAT
     /// service lists: a backend removed from its service keeps its established flows
     /// (conntrack names its slot until the slot is given to another backend), so their

@@ -69,6 +69,12 @@ extension sl_config {
         if v6 != nil { flags |= v6Flag }
     }
 
+    /// SL_CFG_NAT: NAT flows may exist, so the data plane tests packets for no VIP as replies.
+    mutating func setNAT(_ on: Bool) {
+        let flag = UInt8(SL_CFG_NAT.rawValue)
+        flags = on ? flags | flag : flags & ~flag
+    }
+
     /// tunnel_mtu when the service file set it (SL_CFG_TUNNEL_MTU_SET), else nil.
     var fileTunnelMTU: Int? {
         flags & UInt8(SL_CFG_TUNNEL_MTU_SET.rawValue) != 0 ? Int(tunnel_mtu) : nil

@@ -37,7 +37,7 @@ extension Dataplane {
     /// Makes the applied service `name` a NAT service as an apply of `forwarding: nat|fullnat`
     /// writes it: every backend's mode, port (`port`, else the service's), next hop `nextHop`,
     /// our MAC toward it and its interface (0: the one packets come in on); the VIP's mode; and
-    /// the prefilter bits of the backends' replies.
+    /// the prefilter bits of the backends' replies and the node's SL_CFG_NAT.
     package func setNAT(_ mode: sl_forwarding, of name: String, port: UInt16? = nil, nextHop: [UInt8],
                         localMAC: [UInt8] = [0, 0, 0, 0, 0, 0], ifindex: UInt32 = 0) throws {
         precondition(nextHop.count == 6 && localMAC.count == 6, "a MAC address is 6 bytes")
@@ -62,6 +62,9 @@ extension Dataplane {
         vip.forwarding = UInt8(mode.rawValue)
         try self[.vips].update(key, vip)
         for i in filter.words.indices where filter.words[i] != before.words[i] { try self[.vipFilter].update(UInt32(i), filter.words[i]) }
+        var config = try self[.config].lookup(UInt32(0), as: sl_config.self) ?? sl_config()
+        config.flags |= UInt8(SL_CFG_NAT.rawValue)
+        try self[.config].update(UInt32(0), config)
     }
 
     /// Writes the SNAT pool of a family (sl_snat_pools[0] for IPv4, [1] for IPv6).
