@@ -328,16 +328,27 @@ struct NATLabTests {
                     async let fullHTTP = LabAgentTests.burstsUntil(restarted) { try await lab.client(.http, Self.fullnatVIP4, 80, count: 60) }
                     async let natUDP = LabAgentTests.burstsUntil(restarted) { try await lab.client(.udp, Self.vip4, 53, count: 40) }
                     async let fullUDP = LabAgentTests.burstsUntil(restarted) { try await lab.client(.udp, Self.fullnatVIP4, 53, count: 40) }
+                    /// Until the data plane has translated `count` more replies than now, or 10 s.
+                    func replies(_ count: Int) async throws -> Bool {
+                        let from = try await lab.natStats().natReplies ?? 0
+                        let deadline = ContinuousClock.now + .seconds(10)
+                        while try await (lab.natStats().natReplies ?? 0) < from + count, ContinuousClock.now < deadline {
+                            try await Task.sleep(for: .milliseconds(20))
+                        }
+                        return try await (lab.natStats().natReplies ?? 0) >= from + count
+                    }
                     let start = ContinuousClock.now
                     while restarted.batchesStarted < 4 && ContinuousClock.now - start < .seconds(10) {
                         try await Task.sleep(for: .milliseconds(20))
                     }
-                    try await Task.sleep(for: .milliseconds(300))
+                    // Every client is under way and traffic is being translated before the kill.
+                    try #require(try await replies(100), "no traffic before the kill")
                     let killedAt = Date()
                     let status = await agent.kill()
                     #expect(status == SIGKILL, "the agent died of SIGKILL (status \(String(describing: status)))")
-                    // The clients keep going while no agent runs; then the same config again.
-                    try await Task.sleep(for: .milliseconds(500))
+                    // The clients keep going while no agent runs, translated by the pinned maps
+                    // alone; then the same config again.
+                    try #require(try await replies(200), "nothing was translated while the agent was dead")
                     try await agent.start()
                     restarted.set()
                     let runs = [("nat HTTP", try await natHTTP), ("fullnat HTTP", try await fullHTTP),
