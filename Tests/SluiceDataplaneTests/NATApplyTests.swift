@@ -188,12 +188,9 @@ struct NATApplyTests {
         let seen = try await withAttachedNATBalancer { lb, _, _ in
             var steps = [Self.step(lb, file())]
             // Run from this thread, `ip` starts in its namespace.
-            let ip = Process()
-            ip.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-            ip.arguments = ["neigh", "replace", "10.77.0.254", "lladdr", newMAC, "dev", "lb0", "nud", "permanent"]
             do {
-                try ip.run()
-                ip.waitUntilExit()
+                let status = try ChildProcess.runToExit("/usr/sbin/ip", ["neigh", "replace", "10.77.0.254", "lladdr", newMAC, "dev", "lb0", "nud", "permanent"])
+                guard status == 0 else { return steps + [Seen(error: "ip neigh replace exited \(status)")] }
                 var refreshed = Seen()
                 refreshed.bytes = try lb.dataplane.refreshNeighbourMACs()
                 steps.append(refreshed)

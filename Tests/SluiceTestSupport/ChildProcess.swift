@@ -32,6 +32,18 @@ public final class ChildProcess: @unchecked Sendable {
         try Self.spawning.withLock { try process.run() }
     }
 
+    /// Runs `executable arguments...` to its exit and returns its status, blocking the calling
+    /// thread: only for a thread of its own (a namespace thread from `TestNamespace.run`), never
+    /// the cooperative pool. It spawns under the same lock as every other child.
+    @available(*, noasync, message: "blocks its thread: use ChildProcess(...).exited() instead")
+    public static func runToExit(_ executable: String, _ arguments: [String]) throws -> Int32 {
+        let child = try ChildProcess(executable, arguments, stdout: FileHandle.nullDevice, stderr: FileHandle.nullDevice)
+        let done = DispatchSemaphore(value: 0)
+        child.onExit { _ in done.signal() }
+        done.wait()
+        return child.status!
+    }
+
     public var pid: Int32 { process.processIdentifier }
     /// False once the child has exited and been reaped.
     public var isRunning: Bool { latch.outcome == nil }
