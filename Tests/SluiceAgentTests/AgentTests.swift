@@ -211,13 +211,18 @@ struct AgentTests {
     @Test("/metrics passes promtool check metrics and shows the counters lbctl stats shows")
     func metricsAreValidAndMatchStats() async throws {
         try await AgentFixture.with { fixture in
-            // Traffic through the real program: 12 new flows to web, 3 to web6, 2 packets not for a VIP.
+            // Traffic through the real program: 12 new flows to web, 3 to web6, each a SYN and an
+            // ACK (established: a half-open flow would age out after tcp_syn_timeout, 30 s, which a
+            // slow run of this test outlasts), and 2 packets not for a VIP.
             let builder = PacketBuilder()
-            for port in 0..<12 {
-                _ = try fixture.dataplane.run(builder.tcp(from: "203.0.113.7", UInt16(40000 + port), to: Fixtures.webVIP, 80))
-            }
-            for port in 0..<3 {
-                _ = try fixture.dataplane.run(builder.tcp(from: "2001:db8:99::7", UInt16(40000 + port), to: Fixtures.web6VIP, 443))
+            for flags in [Set<TCPFlag>([.syn]), [.ack]] {
+                for port in 0..<12 {
+                    _ = try fixture.dataplane.run(builder.tcp(from: "203.0.113.7", UInt16(40000 + port), to: Fixtures.webVIP, 80, flags: flags))
+                }
+                for port in 0..<3 {
+                    _ = try fixture.dataplane.run(builder.tcp(from: "2001:db8:99::7", UInt16(40000 + port), to: Fixtures.web6VIP, 443,
+                                                              flags: flags))
+                }
             }
             for port in 0..<2 { _ = try fixture.dataplane.run(builder.udp(from: "203.0.113.7", UInt16(50000 + port), to: "192.0.2.99", 9)) }
 
@@ -243,9 +248,9 @@ struct AgentTests {
                 }
             }
             #expect(backendSeries == 4)
-            #expect(snapshot.services.reduce(0) { $0 + $1.packets } == 15, "the traffic was counted\n\(stats.stdout)")
+            #expect(snapshot.services.reduce(0) { $0 + $1.packets } == 30, "the traffic was counted\n\(stats.stdout)")
             #expect(samples["sluice_new_flows_total"] == Double(snapshot.newFlows) && snapshot.newFlows == 15)
-            #expect(samples[#"sluice_xdp_verdicts_total{verdict="tx"}"#] == 15)
+            #expect(samples[#"sluice_xdp_verdicts_total{verdict="tx"}"#] == 30)
             #expect(samples[#"sluice_xdp_verdicts_total{verdict="pass"}"#] == 2)
             #expect(samples[#"sluice_drops_total{reason="no_backend"}"#] == 0)
             #expect(samples["sluice_conntrack_entries"] != nil, "counted in the background: 0 when the agent started")
@@ -260,7 +265,7 @@ struct AgentTests {
             // Counters come from the kernel: a restarted agent shows the same totals.
             try await fixture.restart()
             let after = parseSamples(try await fixture.agent.request("GET", "/metrics").text)
-            #expect(after[#"sluice_xdp_verdicts_total{verdict="tx"}"#] == 15, "counters survive an agent restart")
+            #expect(after[#"sluice_xdp_verdicts_total{verdict="tx"}"#] == 30, "counters survive an agent restart")
             #expect(after["sluice_conntrack_entries"] == 15, "the connection table is counted when the agent starts")
         }
     }
