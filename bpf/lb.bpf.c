@@ -22,29 +22,10 @@
 #include "conntrack.h"
 #include "maglev.h"
 #include "forward.h"
+#include "tail.h"
 #include "nat.h"
+#include "proxy.h"
 #include "icmp_error.h"
-
-/* The programs the balancer tail-calls, filled in by libbpf at load: ICMP's
- * translation would not fit the balancer's 512-byte stack beside the TCP and
- * UDP paths, and costs nothing on them this way. Pinned, so the entries
- * outlive the loader. */
-enum sl_tail {
-	SL_TAIL_ICMP = 0,
-	SL_TAIL__MAX,
-};
-
-int sl_icmp(struct xdp_md *ctx);
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, SL_TAIL__MAX);
-	__uint(key_size, sizeof(__u32)); /* no BTF: a prog array's values are program fds */
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__array(values, int(void *));
-} sl_progs SEC(".maps") = {
-	.values = { [SL_TAIL_ICMP] = (void *)&sl_icmp },
-};
 
 /* Where a packet goes: its service slot and backend. */
 struct sl_target {
@@ -150,7 +131,7 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 			return SL_RC_DROP(SL_DROP_NO_NEIGHBOUR); /* before a source is taken */
 		if (!hit || !known.entry->nat) {
 			rc = sl_nat_open(ctx, &pkt, cfg, be, &flow_key, target.backend_id,
-					 target.service_id, mode, &opened, st);
+					 target.service_id, mode, vip ? vip->flags : 0, &opened, st);
 			if (rc != SL_CONTINUE)
 				return rc;
 			known.entry = &opened;
@@ -186,6 +167,30 @@ int sl_icmp(struct xdp_md *ctx)
 	if (rc == SL_CONTINUE)
 		rc = pkt.ip_proto != pkt.proto ? sl_steer_icmp(ctx, &pkt, &flow, &vip_key, st) : XDP_PASS;
 	return record_action(st, rc);
+}
+
+/* A client's segment of a PROXY flow that carries the header or loses its
+ * SYN's data, reached by the balancer's tail call (proxy.h). */
+SEC("xdp")
+int sl_proxy(struct xdp_md *ctx)
+{
+	struct sl_stats *st = sl_stats_get();
+
+	if (!st)
+		return XDP_ABORTED; /* unreachable: see sl_stats_get() */
+	return record_action(st, sl_proxy_forward(ctx, st));
+}
+
+/* A backend's segment of a PROXY flow that needs more than its
+ * acknowledgement offset, reached by the balancer's tail call (proxy.h). */
+SEC("xdp")
+int sl_proxy_reply(struct xdp_md *ctx)
+{
+	struct sl_stats *st = sl_stats_get();
+
+	if (!st)
+		return XDP_ABORTED; /* unreachable: see sl_stats_get() */
+	return record_action(st, sl_proxy_translate_reply(ctx, st));
 }
 
 SEC("xdp")

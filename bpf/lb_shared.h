@@ -56,6 +56,26 @@ enum sl_forwarding {
 	SL_FWD_FULLNAT = 4, /* also source client -> a SNAT address:port of this node (nat.h) */
 };
 
+/* sl_vip.flags. */
+enum sl_vip_flags {
+	SL_VIP_F_PROXY_V2 = 1 << 0, /* fullnat TCP (client_address: proxy-v2): the first bytes the backend
+	                             * gets on each new connection are a PROXY v2 header (proxy.h) */
+};
+
+/* Bytes of the PROXY protocol v2 header the data plane writes (HAProxy's
+ * specification, section 2.2): 16 fixed, then both addresses and ports. A
+ * flow's byte stream toward the backend is longer by this much, so its
+ * sequence numbers are offset by it. */
+#define SL_PROXY_V2_LEN_V4 28
+#define SL_PROXY_V2_LEN_V6 52
+
+/* sl_ct_entry.proxy and sl_nat_entry.proxy: the PROXY v2 header of a flow. */
+enum sl_proxy_state {
+	SL_PROXY_ON = 1 << 0,    /* the flow carries a header: its sequence numbers are offset */
+	SL_PROXY_SENT = 1 << 1,  /* the header was written at least once */
+	SL_PROXY_ACKED = 1 << 2, /* the backend acknowledged it: it is never written again */
+};
+
 /* Full NAT's source addresses (node.snat_v4, node.snat_v6): at most this many
  * per family. A new full-NAT flow tries at most SL_SNAT_TRIES (address, port)
  * candidates, each derived from the flow's hash and the try's number, and takes
@@ -97,7 +117,8 @@ struct sl_vip {
 	__u32 id;          /* service slot: index of sl_maglev, sl_vip_stats, sl_services */
 	__u32 maglev_size; /* M of this service's table (prime) */
 	__u8 forwarding;   /* enum sl_forwarding: a SYN of a NAT service asks conntrack first */
-	__u8 pad[3];       /* always zero */
+	__u8 flags;        /* enum sl_vip_flags */
+	__u8 pad[2];       /* always zero */
 };
 
 /* Value of sl_backends, indexed by backend id. */
@@ -164,7 +185,10 @@ struct sl_ct_entry {
 	                    * exists), else 0 */
 	__u8 snat_index;   /* fullnat: the source address's index in its family's sl_snat_pools */
 	__be16 snat_port;  /* fullnat: the source port allocated to the flow, network order */
-	__u8 pad[2];       /* always zero */
+	__u8 proxy;        /* enum sl_proxy_state; 0 = no PROXY v2 header */
+	__u8 pad;          /* always zero */
+	__u32 proxy_seq;   /* proxy: the client's first sequence number after its SYN (host order):
+	                    * where the header goes, and past which its numbers are offset */
 };
 
 /* Value of sl_nat, the translations seen from the backend's side. Its key is
@@ -183,6 +207,10 @@ struct sl_nat_entry {
 	__u8 tcp_seen;           /* enum sl_tcp_seen of the backend's packets */
 	__u8 mode;               /* SL_FWD_NAT or SL_FWD_FULLNAT */
 	__u32 last_seen;         /* sl_clock when a reply was last translated, or when recorded */
+	__u32 proxy_seq;         /* as sl_ct_entry.proxy_seq: the backend's acknowledgements past it
+	                          * are offset by the header */
+	__u8 proxy;              /* enum sl_proxy_state, as the backend's side has seen it */
+	__u8 pad[3];             /* always zero */
 };
 
 /* Value of sl_snat_pools (an array of two: index 0 for IPv4 backends, 1 for
@@ -223,6 +251,9 @@ struct sl_flow_event {
 	__u8 nat;          /* as sl_ct_entry */
 	__u8 snat_index;
 	__be16 snat_port;
+	__u8 proxy;        /* SL_PROXY_ON for a flow that carries a PROXY v2 header, else 0 */
+	__u8 pad[3];
+	__u32 proxy_seq;
 };
 
 /* Value of sl_config (an array of one). Written by lbctl attach and apply. */
@@ -269,6 +300,7 @@ enum sl_drop_reason {
 	SL_DROP_NO_NEIGHBOUR,   /* l2dsr, nat, fullnat: the next hop's MAC is not resolved */
 	SL_DROP_NO_SNAT,        /* fullnat: the node has no SNAT address of the backend's family */
 	SL_DROP_SNAT_EXHAUSTED, /* fullnat: every candidate (address, port) tried was in use */
+	SL_DROP_PROXY,          /* proxy-v2: the frame could not grow (or shrink) for the header */
 	SL_DROP__MAX,
 };
 
@@ -292,6 +324,13 @@ struct sl_stats {
 	__u64 nat_replies;           /* backends' packets translated back toward clients */
 	__u64 nat_icmp;              /* ICMP errors about a translated flow, translated (either way) */
 	__u64 snat_collisions;       /* full-NAT candidates found in use before one was free */
+	__u64 proxy_headers;         /* PROXY v2 headers written (a connection's first) */
+	__u64 proxy_resent;          /* ... written again: the stream's start sent again before the
+	                              * backend acknowledged the header */
+	__u64 proxy_tfo_trimmed;     /* SYNs of proxy-v2 services whose data was removed (TCP Fast
+	                              * Open: the client sends it again after the handshake) */
+	__u64 proxy_midstream;       /* flows of proxy-v2 services opened without their SYN: no
+	                              * header can be written, they are translated as plain full NAT */
 };
 
 /* Value of sl_services, indexed by service slot. Control-plane metadata kept
@@ -303,7 +342,8 @@ struct sl_service_info {
 	__u32 maglev_size;
 	__u32 generation;   /* bumped on each table switch */
 	__u8 forwarding;    /* enum sl_forwarding */
-	__u8 pad[3];        /* always zero */
+	__u8 vip_flags;     /* enum sl_vip_flags, as written into sl_vips (client_address) */
+	__u8 pad[2];        /* always zero */
 };
 
 /* Key of sl_decap_locals (outer destinations that are this host) and of

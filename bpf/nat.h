@@ -44,6 +44,8 @@
 #include "stats.h"
 #include "conntrack.h"
 #include "encap.h"
+#include "tail.h"
+#include "proxy_seq.h"
 
 #define SL_CSUM_MANGLED_0 0xffff /* a computed UDP checksum of 0 is sent as all ones (RFC 768) */
 
@@ -107,13 +109,15 @@ static __always_inline __u64 sl_nat_addrs(const struct sl_packet *pkt, const __u
 
 /*
  * Readdresses a TCP or UDP packet: source to saddr:sport and destination to
- * daddr:dport, NULL keeping that side (address and port). Returns SL_CONTINUE,
+ * daddr:dport, NULL keeping that side (address and port); l4_diff is what
+ * else the caller changed in the TCP header (a PROXY flow's sequence or
+ * acknowledgement number, proxy_seq.h), 0 for UDP. Returns SL_CONTINUE,
  * or the TRUNCATED drop should the transport header not be there (the parser
  * checked it; the verifier wants it again).
  */
 static __always_inline int sl_nat_rewrite(struct xdp_md *ctx, const struct sl_packet *pkt,
 					  const __u32 *saddr, __be16 sport,
-					  const __u32 *daddr, __be16 dport)
+					  const __u32 *daddr, __be16 dport, __u64 l4_diff)
 {
 	void *end = (void *)(long)ctx->data_end;
 	struct sl_ports *ports = pkt->l4;
@@ -135,7 +139,7 @@ static __always_inline int sl_nat_rewrite(struct xdp_md *ctx, const struct sl_pa
 
 		if ((void *)(tcp + 1) > end)
 			return SL_RC_DROP(SL_DROP_TRUNCATED);
-		tcp->check = sl_csum_apply(tcp->check, diff);
+		tcp->check = sl_csum_apply(tcp->check, diff + l4_diff);
 	} else {
 		struct udphdr *udp = pkt->l4;
 		__sum16 check;
@@ -274,7 +278,7 @@ static __always_inline int sl_snat_alloc(const struct sl_flow_key *key, struct s
 static __always_inline int sl_nat_open(struct xdp_md *ctx, const struct sl_packet *pkt,
 				       const struct sl_config *cfg, const struct sl_backend *be,
 				       const struct sl_flow_key *key, __u32 backend_id, __u32 service_id,
-				       __u8 mode, struct sl_ct_entry *ct, struct sl_stats *st)
+				       __u8 mode, __u8 vip_flags, struct sl_ct_entry *ct, struct sl_stats *st)
 {
 	struct sl_nat_entry nat = {};
 	struct sl_flow_key reply;
@@ -294,6 +298,15 @@ static __always_inline int sl_nat_open(struct xdp_md *ctx, const struct sl_packe
 	ct->service_id = service_id;
 	ct->tcp_seen = pkt->tcp_seen;
 	ct->nat = mode;
+	if (mode == SL_FWD_FULLNAT && (vip_flags & SL_VIP_F_PROXY_V2) && pkt->proto == IPPROTO_TCP) {
+		if (sl_proxy_open(ctx, pkt, &ct->proxy_seq)) {
+			ct->proxy = SL_PROXY_ON;
+			nat.proxy = SL_PROXY_ON;
+			nat.proxy_seq = ct->proxy_seq;
+		} else {
+			st->proxy_midstream++;
+		}
+	}
 	sl_nat_reply_key(&reply, key, be);
 	if (mode == SL_FWD_FULLNAT) {
 		rc = sl_snat_alloc(key, &reply, &nat, ct, st);
@@ -314,14 +327,14 @@ static __always_inline int sl_nat_open(struct xdp_md *ctx, const struct sl_packe
 	return SL_CONTINUE;
 }
 
-/* Translates a client's packet of an open NAT flow and sends it to the
- * backend, whose next hop's MAC the caller found resolved. */
-static __always_inline int sl_nat_forward(struct xdp_md *ctx, const struct sl_packet *pkt,
-					  const struct sl_backend *be, const struct sl_ct_entry *ct)
+/* Translates a client's packet of an open NAT flow for the backend (l4_diff
+ * as for sl_nat_rewrite). */
+static __always_inline int sl_nat_forward_rewrite(struct xdp_md *ctx, const struct sl_packet *pkt,
+						  const struct sl_backend *be, const struct sl_ct_entry *ct,
+						  __u64 l4_diff)
 {
 	struct sl_snat_pool *pool;
 	__u32 index = ct->snat_index;
-	int rc;
 
 	if (ct->nat == SL_FWD_FULLNAT) {
 		pool = sl_snat_pool_of(pkt->family);
@@ -329,10 +342,31 @@ static __always_inline int sl_nat_forward(struct xdp_md *ctx, const struct sl_pa
 		 * has lost its source. */
 		if (!pool || index >= SL_MAX_SNAT_ADDRS || index >= pool->count)
 			return SL_RC_DROP(SL_DROP_NO_SNAT);
-		rc = sl_nat_rewrite(ctx, pkt, pool->addr[index], ct->snat_port, be->addr, be->port);
-	} else {
-		rc = sl_nat_rewrite(ctx, pkt, NULL, 0, be->addr, be->port);
+		return sl_nat_rewrite(ctx, pkt, pool->addr[index], ct->snat_port, be->addr, be->port, l4_diff);
 	}
+	return sl_nat_rewrite(ctx, pkt, NULL, 0, be->addr, be->port, l4_diff);
+}
+
+/* Translates a client's packet of an open NAT flow and sends it to the
+ * backend, whose next hop's MAC the caller found resolved. A PROXY flow's
+ * segment that must carry the header (or lose its SYN's data) takes the
+ * sl_proxy program; the others have their sequence number offset. */
+static __always_inline int sl_nat_forward(struct xdp_md *ctx, const struct sl_packet *pkt,
+					  const struct sl_backend *be, const struct sl_ct_entry *ct)
+{
+	__u64 l4_diff = 0;
+	int rc;
+
+	if (ct->proxy) {
+		rc = sl_proxy_seq_forward(ctx, pkt, ct, &l4_diff);
+		if (rc == SL_PROXY_SLOW) {
+			bpf_tail_call(ctx, &sl_progs, SL_TAIL_PROXY);
+			return SL_RC_DROP(SL_DROP_PROXY); /* the program is missing */
+		}
+		if (rc != SL_CONTINUE)
+			return rc;
+	}
+	rc = sl_nat_forward_rewrite(ctx, pkt, be, ct, l4_diff);
 	if (rc != SL_CONTINUE)
 		return rc;
 	return sl_nat_send_to_backend(ctx, pkt, be);
@@ -362,16 +396,46 @@ static __always_inline int sl_nat_reply_filter_test(const struct sl_packet *pkt,
 	return sl_vip_filter_test(key);
 }
 
+/* Translates a backend's reply to its NAT flow `nat` back to the client and
+ * sends it there (l4_diff as for sl_nat_rewrite). */
+static __always_inline int sl_nat_reply_translate(struct xdp_md *ctx, const struct sl_packet *pkt,
+						  struct sl_nat_entry *nat, __u64 l4_diff, struct sl_stats *st)
+{
+	__u32 now;
+	int rc;
+
+	now = sl_clock_now();
+	if (nat->last_seen != now)
+		nat->last_seen = now;
+	if ((nat->tcp_seen | pkt->tcp_seen) != nat->tcp_seen)
+		nat->tcp_seen |= pkt->tcp_seen;
+	/* Two calls, each with its sides fixed, so that clang cannot fold the
+	 * choice into a pointer the verifier cannot follow. */
+	if (nat->mode == SL_FWD_FULLNAT)
+		rc = sl_nat_rewrite(ctx, pkt, nat->flow.dst, nat->flow.dport, nat->flow.src,
+				    nat->flow.sport, l4_diff);
+	else
+		rc = sl_nat_rewrite(ctx, pkt, nat->flow.dst, nat->flow.dport, NULL, 0, l4_diff);
+	if (rc != SL_CONTINUE)
+		return rc;
+	sl_count_reply(nat->service_id, nat->backend_id, pkt->frame_len);
+	st->nat_replies++;
+	return sl_nat_send_to_client(ctx, pkt, nat);
+}
+
 /* A packet for no VIP: a backend's reply to a NAT flow is translated back to
  * its client; anything else passes. The caller lends the storage of the keys
- * (one stack frame holds every path, within 512 bytes). */
+ * (one stack frame holds every path, within 512 bytes). A PROXY flow's reply
+ * has its acknowledgement number offset back, or takes the sl_proxy_reply
+ * program when it needs more. */
 static __always_inline int sl_nat_reply(struct xdp_md *ctx, const struct sl_packet *pkt,
 					struct sl_vip_key *filter_key, struct sl_flow_key *key,
 					struct sl_stats *st)
 {
 	struct sl_nat_entry *nat;
 	struct sl_config *cfg;
-	__u32 now, zero = 0;
+	__u64 l4_diff = 0;
+	__u32 zero = 0;
 	int rc;
 
 	/* A node without NAT flows passes what is for no VIP at the cost of
@@ -385,23 +449,16 @@ static __always_inline int sl_nat_reply(struct xdp_md *ctx, const struct sl_pack
 	nat = bpf_map_lookup_elem(&sl_nat, key);
 	if (!nat)
 		return XDP_PASS;
-	now = sl_clock_now();
-	if (nat->last_seen != now)
-		nat->last_seen = now;
-	if ((nat->tcp_seen | pkt->tcp_seen) != nat->tcp_seen)
-		nat->tcp_seen |= pkt->tcp_seen;
-	/* Two calls, each with its sides fixed, so that clang cannot fold the
-	 * choice into a pointer the verifier cannot follow. */
-	if (nat->mode == SL_FWD_FULLNAT)
-		rc = sl_nat_rewrite(ctx, pkt, nat->flow.dst, nat->flow.dport, nat->flow.src,
-				    nat->flow.sport);
-	else
-		rc = sl_nat_rewrite(ctx, pkt, nat->flow.dst, nat->flow.dport, NULL, 0);
-	if (rc != SL_CONTINUE)
-		return rc;
-	sl_count_reply(nat->service_id, nat->backend_id, pkt->frame_len);
-	st->nat_replies++;
-	return sl_nat_send_to_client(ctx, pkt, nat);
+	if (nat->proxy) {
+		rc = sl_proxy_seq_reply(ctx, pkt, nat, &l4_diff);
+		if (rc == SL_PROXY_SLOW) {
+			bpf_tail_call(ctx, &sl_progs, SL_TAIL_PROXY_REPLY);
+			return SL_RC_DROP(SL_DROP_PROXY); /* the program is missing */
+		}
+		if (rc != SL_CONTINUE)
+			return rc;
+	}
+	return sl_nat_reply_translate(ctx, pkt, nat, l4_diff, st);
 }
 
 #endif /* SLUICE_NAT_H */
