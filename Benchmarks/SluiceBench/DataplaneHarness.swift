@@ -157,7 +157,7 @@ final class BenchBalancer {
         precondition(vip.family == .v4)
         let chunk = 65536
         var keys = [sl_flow_key](repeating: zeroed(sl_flow_key.self), count: chunk)
-        let values = [sl_ct_entry](repeating: sl_ct_entry(backend_id: backendID, service_id: 0, epoch: 0, last_seen: 0, origin: UInt8(SL_ORIGIN_LOCAL), tcp_seen: UInt8(SL_TCP_SEEN_SYN.rawValue), nat: 0, snat_index: 0, snat_port: 0, pad: (0, 0)), count: chunk)
+        let values = [sl_ct_entry](repeating: sl_ct_entry(backend_id: backendID, service_id: 0, epoch: 0, last_seen: 0, origin: UInt8(SL_ORIGIN_LOCAL), tcp_seen: UInt8(SL_TCP_SEEN_SYN.rawValue), nat: 0, snat_index: 0, snat_port: 0, proxy: 0, pad: 0, proxy_seq: 0), count: chunk)
         let dst = vip.words.0
         var batched = true
         var start = 0

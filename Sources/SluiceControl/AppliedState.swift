@@ -108,8 +108,9 @@ public struct AppliedState: Sendable {
                 let backends = byService[UInt32(slot)] ?? []
                 // A backend's port is the service's unless it says otherwise (Service.withoutHealthCheck).
                 let port = info.vip.hostPort
+                let proxy = info.vip_flags & UInt8(SL_VIP_F_PROXY_V2.rawValue) != 0
                 let service = Service(name: info.serviceName, vip: vip, port: port, proto: proto,
-                                      forwarding: forwarding,
+                                      forwarding: forwarding, clientAddress: proxy ? .proxyV2 : .none,
                                       backends: backends.map {
                                           Backend(address: $0.address, weight: $0.weight,
                                                   port: forwarding.translates && $0.port != port ? $0.port : nil)

@@ -80,8 +80,11 @@ struct Plan {
         var slots: [sl_backend]           // parallel to service.backends: what sl_backends must hold
         var newBackendIDs: Set<UInt32>
         var needsTable: Bool
-        /// Only the forwarding mode changed: sl_service_info is rewritten, the table stays.
+        /// Only the forwarding mode or the client address changed: sl_service_info is
+        /// rewritten (and for the client address sl_vips), the table stays.
         var needsInfo: Bool
+        /// Only the client address changed among what sl_vips holds: the VIP is rewritten.
+        var needsVIP: Bool
         var isNewSlot: Bool
         var previous: AppliedService?
     }
@@ -154,7 +157,10 @@ struct Plan {
                 before[backend.address].map { $0 != new } ?? false
             }
             entries.append(Entry(service: service, slot: slot, backendIDs: ids, flags: flags, slots: slots, newBackendIDs: fresh,
-                                 needsTable: needsTable, needsInfo: !needsTable && previous?.service.forwarding != service.forwarding,
+                                 needsTable: needsTable,
+                                 needsInfo: !needsTable && (previous?.service.forwarding != service.forwarding
+                                                            || previous?.service.clientAddress != service.clientAddress),
+                                 needsVIP: !needsTable && previous?.service.clientAddress != service.clientAddress,
                                  isNewSlot: previous == nil, previous: previous))
         }
         freedBackendIDs += removedServices.flatMap { $0.backends.map(\.id) }
@@ -166,6 +172,7 @@ struct Plan {
     static func tableShape(_ service: Service) -> Service {
         var shape = service
         shape.forwarding = .ipip
+        shape.clientAddress = .none
         for i in shape.backends.indices { shape.backends[i].port = nil }
         return shape
     }
@@ -310,6 +317,9 @@ struct Writer {
         for entry in plan.entries where !entry.needsTable {
             try writeBackends(entry, state: state)
             if entry.needsInfo { try writeServiceInfo(entry, size: size, generation: entry.previous?.generation ?? 0) }
+            // New flows of the service get (or no longer get) a PROXY v2 header; open ones
+            // keep what they were opened with.
+            if entry.needsVIP { try writeVIP(entry, size: size) }
         }
         try switchTables(changed, size: size)
         for entry in changed {
@@ -459,14 +469,20 @@ struct Writer {
         info.maglev_size = UInt32(size)
         info.generation = generation
         info.forwarding = entry.service.forwarding.cValue
+        info.vip_flags = entry.service.vipFlags
         try dataplane[.services].update(entry.slot, info)
         bytes += MemoryLayout<sl_service_info>.size
     }
 
     private mutating func writeVIP(_ entry: Plan.Entry, size: Int) throws(BPFError) {
-        try dataplane[.vips].update(sl_vip_key(service: entry.service), sl_vip(id: entry.slot, maglev_size: UInt32(size), forwarding: entry.service.forwarding.cValue, pad: (0, 0, 0)))
+        try dataplane[.vips].update(sl_vip_key(service: entry.service), sl_vip(id: entry.slot, maglev_size: UInt32(size), forwarding: entry.service.forwarding.cValue, flags: entry.service.vipFlags, pad: (0, 0)))
         bytes += MemoryLayout<sl_vip>.size
     }
+}
+
+extension Service {
+    /// sl_vip.flags of this service.
+    var vipFlags: UInt8 { clientAddress == .proxyV2 ? UInt8(SL_VIP_F_PROXY_V2.rawValue) : 0 }
 }
 
 extension sl_vip_key {

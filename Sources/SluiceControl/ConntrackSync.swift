@@ -133,7 +133,8 @@ public final class ConntrackSync {
                 continue
             }
             var entry = sl_ct_entry(backend_id: backendID, service_id: UInt16(vip.id), epoch: epoch, last_seen: now,
-                                    origin: origin, tcp_seen: 0, nat: 0, snat_index: 0, snat_port: 0, pad: (0, 0))
+                                    origin: origin, tcp_seen: 0, nat: 0, snat_index: 0, snat_port: 0, proxy: 0, pad: 0,
+                                    proxy_seq: 0)
             if record.nat != 0 {
                 if let rejection = translate(record, key: key, entry: &entry, pools: pools, now: now) {
                     result.rejected[rejection, default: 0] += 1

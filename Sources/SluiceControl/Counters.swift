@@ -63,6 +63,14 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
     public var natICMP: UInt64 = 0
     /// Full-NAT candidates found in use before one was free.
     public var snatCollisions: UInt64 = 0
+    /// PROXY v2 headers written, a connection's first.
+    public var proxyHeaders: UInt64 = 0
+    /// PROXY v2 headers written again: the stream's start sent again before the backend acknowledged it.
+    public var proxyResent: UInt64 = 0
+    /// SYNs of proxy-v2 services whose data (TCP Fast Open) was removed.
+    public var proxyTFOTrimmed: UInt64 = 0
+    /// Flows of proxy-v2 services opened without their SYN: no header could be written.
+    public var proxyMidstream: UInt64 = 0
     public var services: [ServiceTraffic]
 
     enum CodingKeys: String, CodingKey {
@@ -79,13 +87,17 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         case natReplies = "nat_replies"
         case natICMP = "nat_icmp"
         case snatCollisions = "snat_collisions"
+        case proxyHeaders = "proxy_headers"
+        case proxyResent = "proxy_resent"
+        case proxyTFOTrimmed = "proxy_tfo_trimmed"
+        case proxyMidstream = "proxy_midstream"
     }
 
     /// Names of the XDP verdicts, indexed by action.
     public static let verdictNames = ["aborted", "drop", "pass", "tx", "redirect"]
     /// Names of enum sl_drop_reason, indexed by value.
     public static let dropNames = ["malformed", "truncated", "no_backend", "no_source", "no_gateway", "encap",
-                                   "too_big", "no_neighbour", "no_snat", "snat_exhausted"]
+                                   "too_big", "no_neighbour", "no_snat", "snat_exhausted", "proxy"]
 
     static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> CounterSnapshot {
         let node = try NodeCounters.read(from: dataplane)
@@ -116,6 +128,8 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
                                drops: node.drops, flowEventsLost: node.flowEventsLost, mssClamped: node.mssClamped,
                                icmpTooBig: node.icmpTooBig, icmpSteered: node.icmpSteered, natCreated: node.natCreated,
                                natReplies: node.natReplies, natICMP: node.natICMP, snatCollisions: node.snatCollisions,
+                               proxyHeaders: node.proxyHeaders, proxyResent: node.proxyResent,
+                               proxyTFOTrimmed: node.proxyTFOTrimmed, proxyMidstream: node.proxyMidstream,
                                services: services)
     }
 }
@@ -147,6 +161,12 @@ public struct NodeCounters: Sendable, Equatable {
     public var natICMP: UInt64 = 0
     /// Full-NAT candidates found in use before one was free.
     public var snatCollisions: UInt64 = 0
+    /// PROXY v2 headers written (a connection's first), written again, SYN data removed, and
+    /// flows opened without their SYN (no header possible).
+    public var proxyHeaders: UInt64 = 0
+    public var proxyResent: UInt64 = 0
+    public var proxyTFOTrimmed: UInt64 = 0
+    public var proxyMidstream: UInt64 = 0
 
     /// All zero.
     public init() {
@@ -181,6 +201,10 @@ public struct NodeCounters: Sendable, Equatable {
         counters.natReplies = total.nat_replies
         counters.natICMP = total.nat_icmp
         counters.snatCollisions = total.snat_collisions
+        counters.proxyHeaders = total.proxy_headers
+        counters.proxyResent = total.proxy_resent
+        counters.proxyTFOTrimmed = total.proxy_tfo_trimmed
+        counters.proxyMidstream = total.proxy_midstream
         return counters
     }
 
@@ -202,6 +226,10 @@ public struct NodeCounters: Sendable, Equatable {
         out.natReplies = lhs.natReplies &- rhs.natReplies
         out.natICMP = lhs.natICMP &- rhs.natICMP
         out.snatCollisions = lhs.snatCollisions &- rhs.snatCollisions
+        out.proxyHeaders = lhs.proxyHeaders &- rhs.proxyHeaders
+        out.proxyResent = lhs.proxyResent &- rhs.proxyResent
+        out.proxyTFOTrimmed = lhs.proxyTFOTrimmed &- rhs.proxyTFOTrimmed
+        out.proxyMidstream = lhs.proxyMidstream &- rhs.proxyMidstream
         return out
     }
 }
@@ -216,7 +244,9 @@ extension NodeCounters: CustomStringConvertible {
                               ("fragments", fragments), ("ip_options", ipOptions), ("flow_events_lost", flowEventsLost),
                               ("mss_clamped", mssClamped), ("icmp_too_big", icmpTooBig), ("icmp_steered", icmpSteered),
                               ("nat_created", natCreated), ("nat_replies", natReplies), ("nat_icmp", natICMP),
-                              ("snat_collisions", snatCollisions)]
+                              ("snat_collisions", snatCollisions), ("proxy_headers", proxyHeaders),
+                              ("proxy_resent", proxyResent), ("proxy_tfo_trimmed", proxyTFOTrimmed),
+                              ("proxy_midstream", proxyMidstream)]
             where value != 0 { parts.append("\(name)=\(value)") }
         return parts.isEmpty ? "(none)" : parts.joined(separator: " ")
     }

@@ -89,6 +89,9 @@ public struct ServiceChange: Equatable, Sendable, Codable {
     /// Old and new forwarding mode, when it changed: the backends and established flows stay,
     /// and their next packets go the new way.
     public var forwardingChange: ValueChange?
+    /// Old and new client address (`none`, `proxy-v2`), when it changed: new connections get
+    /// (or no longer get) the PROXY v2 header; open ones keep what they were opened with.
+    public var clientAddressChange: ValueChange?
 
     /// Nil when the two are the same (backend order does not count).
     static func between(current: Service, desired: Service) -> ServiceChange? {
@@ -112,8 +115,9 @@ public struct ServiceChange: Equatable, Sendable, Codable {
                 return PortChange(address: address, from: old, to: new)
             }
         let healthChanged = current.healthCheck != desired.healthCheck
+        let clientAddressChanged = current.clientAddress != desired.clientAddress
         guard vipChanged || forwardingChanged || !added.isEmpty || !removed.isEmpty || !weights.isEmpty || !ports.isEmpty
-            || healthChanged
+            || healthChanged || clientAddressChanged
         else { return nil }
         return ServiceChange(
             name: desired.name, vipChanged: vipChanged,
@@ -126,6 +130,9 @@ public struct ServiceChange: Equatable, Sendable, Codable {
                 : nil,
             forwardingChange: forwardingChanged
                 ? ValueChange(field: "forwarding", from: current.forwarding.rawValue, to: desired.forwarding.rawValue)
+                : nil,
+            clientAddressChange: clientAddressChanged
+                ? ValueChange(field: "client_address", from: current.clientAddress.rawValue, to: desired.clientAddress.rawValue)
                 : nil)
     }
 
@@ -134,6 +141,7 @@ public struct ServiceChange: Equatable, Sendable, Codable {
         var parts: [String] = []
         if let vipChange { parts.append(vipChange.text) }
         if let forwardingChange { parts.append(forwardingChange.text) }
+        if let clientAddressChange { parts.append(clientAddressChange.text) }
         parts += addedBackends.map { "+ backend \($0.address)\($0.port.map { " port \($0)" } ?? "") (weight \($0.weight))" }
         parts += backendsRemoved.map { "- backend \($0)" }
         parts += weightsChanged.map { "weight \($0.address) \($0.from) -> \($0.to)" }
@@ -153,6 +161,7 @@ public struct ServiceChange: Equatable, Sendable, Codable {
         case portsChanged = "ports_changed"
         case healthCheckChange = "healthcheck_change"
         case forwardingChange = "forwarding_change"
+        case clientAddressChange = "client_address_change"
     }
 }
 

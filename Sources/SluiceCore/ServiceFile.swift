@@ -195,6 +195,15 @@ public enum Forwarding: String, Hashable, Sendable, Codable, CaseIterable {
     public var translates: Bool { self == .nat || self == .fullnat }
 }
 
+/// How a backend learns the client's address (service.client_address).
+public enum ClientAddress: String, Hashable, Sendable, Codable, CaseIterable {
+    /// Not at all beyond what the mode keeps (full NAT hides it).
+    case none
+    /// A PROXY protocol v2 header in front of each new connection's bytes, written by the
+    /// data plane: fullnat TCP only.
+    case proxyV2 = "proxy-v2"
+}
+
 public struct Backend: Equatable, Hashable, Sendable, Codable {
     public var address: IPAddress
     /// 0...65535; 0 drains the backend (no new flows, existing ones stay).
@@ -230,17 +239,20 @@ public struct Service: Equatable, Hashable, Sendable, Codable {
     public var port: UInt16
     public var proto: L4Protocol
     public var forwarding: Forwarding
+    public var clientAddress: ClientAddress
     public var backends: [Backend]
     /// Run by the agent; the data plane never sees it.
     public var healthCheck: HealthCheck?
 
     public init(name: String, vip: IPAddress, port: UInt16, proto: L4Protocol,
-                forwarding: Forwarding = .ipip, backends: [Backend], healthCheck: HealthCheck? = nil) {
+                forwarding: Forwarding = .ipip, clientAddress: ClientAddress = .none, backends: [Backend],
+                healthCheck: HealthCheck? = nil) {
         self.name = name
         self.vip = vip
         self.port = port
         self.proto = proto
         self.forwarding = forwarding
+        self.clientAddress = clientAddress
         self.backends = backends
         self.healthCheck = healthCheck
     }
@@ -265,6 +277,7 @@ public struct Service: Equatable, Hashable, Sendable, Codable {
         case name, vip, port
         case proto = "protocol"
         case forwarding, backends
+        case clientAddress = "client_address"
         case healthCheck = "healthcheck"
     }
 
@@ -275,6 +288,7 @@ public struct Service: Equatable, Hashable, Sendable, Codable {
         port = try container.decode(UInt16.self, forKey: .port)
         proto = try container.decode(L4Protocol.self, forKey: .proto)
         forwarding = try container.decodeIfPresent(Forwarding.self, forKey: .forwarding) ?? .ipip
+        clientAddress = try container.decodeIfPresent(ClientAddress.self, forKey: .clientAddress) ?? .none
         backends = try container.decode([Backend].self, forKey: .backends)
         healthCheck = try container.decodeIfPresent(HealthCheck.self, forKey: .healthCheck)
     }

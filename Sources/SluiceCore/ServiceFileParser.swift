@@ -25,7 +25,7 @@ public enum ServiceFileParser {
     static let topKeys = ["node", "services"]
     static let nodeKeys = ["source_v4", "source_v6", "maglev_table_size", "tunnel_mtu", "gue_port",
                            "snat_v4", "snat_v6", "snat_ports"]
-    static let serviceKeys = ["name", "vip", "port", "protocol", "forwarding", "backends", "healthcheck"]
+    static let serviceKeys = ["name", "vip", "port", "protocol", "forwarding", "client_address", "backends", "healthcheck"]
     static let backendKeys = ["address", "port", "weight"]
 
     /// Parses and validates `text`; `file` is only used in error messages.
@@ -146,6 +146,15 @@ public enum ServiceFileParser {
             }
             forwarding = mode
         }
+        var clientAddress = ClientAddress.none
+        if let node = reader.optional(fields, "client_address") {
+            let raw = try reader.scalar(node, field: "client_address")
+            guard let value = ClientAddress(rawValue: raw) else {
+                let values = ClientAddress.allCases.map(\.rawValue).joined(separator: ", ")
+                throw reader.error(at: node, field: "client_address", "\(ConfigError.show(raw)) is not a client address (\(values))")
+            }
+            clientAddress = value
+        }
 
         var backends: [Backend] = []
         for (position, entry) in try reader.sequence(try reader.required(fields, "backends"), field: "backends").enumerated() {
@@ -154,7 +163,8 @@ public enum ServiceFileParser {
         let healthCheck = try reader.optional(fields, "healthcheck").map { (node: Node) throws(ConfigError) in
             try HealthCheckParser.parse(node, reader: &reader)
         }
-        return Service(name: name, vip: vip, port: UInt16(port), proto: proto, forwarding: forwarding, backends: backends,
+        return Service(name: name, vip: vip, port: UInt16(port), proto: proto, forwarding: forwarding,
+                       clientAddress: clientAddress, backends: backends,
                        healthCheck: healthCheck)
     }
 

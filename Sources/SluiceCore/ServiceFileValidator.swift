@@ -116,6 +116,10 @@ struct ServiceFileValidator {
 
     private func validateBackends(_ service: Service, index: Int, node: NodeConfig) throws(ConfigError) {
         let mode = service.forwarding
+        if service.clientAddress == .proxyV2 && (mode != .fullnat || service.proto != .tcp) {
+            throw fail(index, service, "client_address",
+                       "proxy-v2 needs forwarding fullnat and protocol tcp, not forwarding \(mode.rawValue) and protocol \(service.proto.rawValue): the data plane writes the header into a full-NAT TCP stream")
+        }
         // Full NAT's sources come from the pool of the backends' family, which is the VIP's.
         if mode == .fullnat && node.snatAddresses(for: service.vip.family).isEmpty {
             let key = service.vip.family == .v4 ? "node.snat_v4" : "node.snat_v6"

@@ -19,6 +19,7 @@ struct Stats: ParsableCommand {
         print("other:     fragments passed \(snapshot.fragments), ip options forwarded \(snapshot.ipOptions)")
         print("mtu:       mss clamped \(snapshot.mssClamped), icmp too big sent \(snapshot.icmpTooBig), icmp errors steered \(snapshot.icmpSteered)")
         print("nat:       created \(snapshot.natCreated), replies \(snapshot.natReplies), icmp translated \(snapshot.natICMP), snat collisions \(snapshot.snatCollisions)")
+        print("proxy v2:  headers \(snapshot.proxyHeaders), resent \(snapshot.proxyResent), tfo data removed \(snapshot.proxyTFOTrimmed), opened without syn \(snapshot.proxyMidstream)")
         print("drops:     \(drops)")
         var rows: [[String]] = []
         for service in snapshot.services {

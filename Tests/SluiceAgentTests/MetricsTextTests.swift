@@ -21,9 +21,10 @@ struct MetricsTextTests {
             {"verdicts": {"aborted": 0, "drop": 1, "pass": 2, "tx": 7, "redirect": 0},
              "new_flows": 5, "conntrack_hits": 2, "conntrack_misses": 1, "fragments": 3, "ip_options": 4,
              "drops": {"malformed": 1, "truncated": 0, "no_backend": 0, "no_source": 0, "no_gateway": 0, "encap": 0,
-                       "too_big": 12, "no_neighbour": 13, "no_snat": 17, "snat_exhausted": 18},
+                       "too_big": 12, "no_neighbour": 13, "no_snat": 17, "snat_exhausted": 18, "proxy": 24},
              "flow_events_lost": 6, "mss_clamped": 14, "icmp_too_big": 15, "icmp_steered": 16,
              "nat_created": 19, "nat_replies": 20, "nat_icmp": 21, "snat_collisions": 22,
+             "proxy_headers": 25, "proxy_resent": 26, "proxy_tfo_trimmed": 27, "proxy_midstream": 28,
              "services": [{"name": "web", "vip": "192.0.2.10", "port": 80, "protocol": "tcp", "packets": 7, "bytes": 700,
                            "reply_packets": 5, "reply_bytes": 500,
                            "backends": [{"address": "10.1.0.1", "packets": 7, "bytes": 700, "reply_packets": 5, "reply_bytes": 500},
@@ -74,12 +75,14 @@ struct MetricsTextTests {
             #"sluice_drops_total{reason="no_snat"} 17"#, #"sluice_drops_total{reason="snat_exhausted"} 18"#,
             #"sluice_snat_pool_in_use{address="192.0.2.20"} 3"#, #"sluice_snat_pool_in_use{address="2001:db8:ffff::20"} 0"#,
             #"sluice_snat_pool_ports{address="192.0.2.20"} 64512"#, "# TYPE sluice_snat_pool_in_use gauge",
+            #"sluice_drops_total{reason="proxy"} 24"#, "sluice_proxy_headers_total 25", "sluice_proxy_headers_resent_total 26",
+            "sluice_proxy_tfo_trimmed_total 27", "sluice_proxy_unwritable_total 28",
         ] {
             #expect(lines.contains(expected), "missing: \(expected)\n\(text)")
         }
         let types = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count
         let helps = text.split(separator: "\n").filter { $0.hasPrefix("# HELP ") }.count
-        #expect(types == 37 && helps == 37, "every family has HELP and TYPE (\(types), \(helps))")
+        #expect(types == 41 && helps == 41, "every family has HELP and TYPE (\(types), \(helps))")
         #expect(text.hasSuffix("\n"))
         #expect(!text.contains("sluice_sync_"), "no sync series without sync")
 
@@ -107,7 +110,7 @@ struct MetricsTextTests {
         ] {
             #expect(syncLines.contains(expected), "missing: \(expected)\n\(synced)")
         }
-        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 36 + 9,
+        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 40 + 9,
                 "no sluice_nat_translations without a count, and the nine sync families")
     }
 }

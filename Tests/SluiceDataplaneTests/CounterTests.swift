@@ -92,7 +92,7 @@ struct CounterTests {
 
         #expect(snapshot.verdicts == ["aborted": 0, "drop": 3, "pass": 3, "tx": UInt64(web.count + dns.count), "redirect": 0])
         #expect(snapshot.drops == ["malformed": 2, "truncated": 1, "no_backend": 0, "no_source": 0, "no_gateway": 0, "encap": 0,
-                                    "too_big": 0, "no_neighbour": 0, "no_snat": 0, "snat_exhausted": 0])
+                                    "too_big": 0, "no_neighbour": 0, "no_snat": 0, "snat_exhausted": 0, "proxy": 0])
         #expect(snapshot.newFlows == 20 + 15)
         #expect(snapshot.conntrackHits == 10)
         #expect(snapshot.conntrackMisses == 15)

@@ -18,7 +18,7 @@ private func swiftLayout<T>(_: T.Type, _ name: String, _ fields: KeyValuePairs<S
 
 private let vipKey = swiftLayout(sl_vip_key.self, "sl_vip_key",
                                  ["addr": \.addr, "port": \.port, "proto": \.proto, "family": \.family])
-private let vip = swiftLayout(sl_vip.self, "sl_vip", ["id": \.id, "maglev_size": \.maglev_size, "forwarding": \.forwarding, "pad": \.pad])
+private let vip = swiftLayout(sl_vip.self, "sl_vip", ["id": \.id, "maglev_size": \.maglev_size, "forwarding": \.forwarding, "flags": \.flags, "pad": \.pad])
 private let backend = swiftLayout(sl_backend.self, "sl_backend",
                                   ["addr": \.addr, "family": \.family, "flags": \.flags, "weight": \.weight,
                                    "service_id": \.service_id, "mac": \.mac, "forwarding": \.forwarding, "pad": \.pad,
@@ -29,11 +29,13 @@ private let flowKey = swiftLayout(sl_flow_key.self, "sl_flow_key",
 private let ctEntry = swiftLayout(sl_ct_entry.self, "sl_ct_entry",
                                   ["backend_id": \.backend_id, "service_id": \.service_id, "epoch": \.epoch,
                                    "last_seen": \.last_seen, "origin": \.origin, "tcp_seen": \.tcp_seen, "nat": \.nat,
-                                   "snat_index": \.snat_index, "snat_port": \.snat_port, "pad": \.pad])
+                                   "snat_index": \.snat_index, "snat_port": \.snat_port, "proxy": \.proxy, "pad": \.pad,
+                                   "proxy_seq": \.proxy_seq])
 private let natEntry = swiftLayout(sl_nat_entry.self, "sl_nat_entry",
                                    ["flow": \.flow, "client_mac": \.client_mac, "local_mac": \.local_mac, "ifindex": \.ifindex,
                                     "backend_id": \.backend_id, "service_id": \.service_id, "tcp_seen": \.tcp_seen,
-                                    "mode": \.mode, "last_seen": \.last_seen])
+                                    "mode": \.mode, "last_seen": \.last_seen, "proxy_seq": \.proxy_seq, "proxy": \.proxy,
+                                    "pad": \.pad])
 private let snatPool = swiftLayout(sl_snat_pool.self, "sl_snat_pool",
                                    ["addr": \.addr, "port_min": \.port_min, "port_max": \.port_max, "count": \.count, "pad": \.pad])
 private let config = swiftLayout(sl_config.self, "sl_config",
@@ -49,10 +51,13 @@ private let stats = swiftLayout(sl_stats.self, "sl_stats",
                                  "mss_clamped": \.mss_clamped, "icmp_too_big": \.icmp_too_big,
                                  "icmp_steered": \.icmp_steered, "nat_created": \.nat_created,
                                  "nat_replies": \.nat_replies, "nat_icmp": \.nat_icmp,
-                                 "snat_collisions": \.snat_collisions])
+                                 "snat_collisions": \.snat_collisions, "proxy_headers": \.proxy_headers,
+                                 "proxy_resent": \.proxy_resent, "proxy_tfo_trimmed": \.proxy_tfo_trimmed,
+                                 "proxy_midstream": \.proxy_midstream])
 private let serviceInfo = swiftLayout(sl_service_info.self, "sl_service_info",
                                       ["name": \.name, "vip": \.vip, "maglev_size": \.maglev_size,
-                                       "generation": \.generation, "forwarding": \.forwarding, "pad": \.pad])
+                                       "generation": \.generation, "forwarding": \.forwarding, "vip_flags": \.vip_flags,
+                                       "pad": \.pad])
 
 @Suite(requiresRoot)
 struct LayoutTests {
@@ -61,14 +66,14 @@ struct LayoutTests {
         #expect(MemoryLayout<sl_vip>.size == 12)
         #expect(MemoryLayout<sl_backend>.size == 44)
         #expect(MemoryLayout<sl_flow_key>.size == 40)
-        #expect(MemoryLayout<sl_ct_entry>.size == 20)
-        #expect(MemoryLayout<sl_nat_entry>.size == 68)
+        #expect(MemoryLayout<sl_ct_entry>.size == 24)
+        #expect(MemoryLayout<sl_nat_entry>.size == 76)
         #expect(MemoryLayout<sl_snat_pool>.size == Int(SL_MAX_SNAT_ADDRS) * 16 + 8)
-        #expect(MemoryLayout<sl_flow_event>.size == 52)
+        #expect(MemoryLayout<sl_flow_event>.size == 60)
         #expect(MemoryLayout<sl_addr_key>.size == 20)
         #expect(MemoryLayout<sl_config>.size == 36)
         #expect(MemoryLayout<sl_counter>.size == 32)
-        #expect(MemoryLayout<sl_stats>.size == 8 * (Int(SL_VERDICTS) + 13 + Int(SL_DROP__MAX.rawValue)))
+        #expect(MemoryLayout<sl_stats>.size == 8 * (Int(SL_VERDICTS) + 17 + Int(SL_DROP__MAX.rawValue)))
         #expect(MemoryLayout<sl_service_info>.size == Int(SL_SERVICE_NAME_LEN) + 20 + 4 + 4 + 4)
     }
 
@@ -138,7 +143,7 @@ struct LayoutTests {
         #expect(CounterSnapshot.verdictNames.count == Int(SL_VERDICTS))
         #expect(DropReason.allCases.map(\.rawValue) ==
                 [SL_DROP_MALFORMED, SL_DROP_TRUNCATED, SL_DROP_NO_BACKEND, SL_DROP_NO_SOURCE, SL_DROP_NO_GATEWAY,
-                 SL_DROP_ENCAP, SL_DROP_TOO_BIG, SL_DROP_NO_NEIGHBOUR, SL_DROP_NO_SNAT, SL_DROP_SNAT_EXHAUSTED].map(\.rawValue))
+                 SL_DROP_ENCAP, SL_DROP_TOO_BIG, SL_DROP_NO_NEIGHBOUR, SL_DROP_NO_SNAT, SL_DROP_SNAT_EXHAUSTED, SL_DROP_PROXY].map(\.rawValue))
         #expect(CounterSnapshot.dropNames.count == Int(SL_DROP__MAX.rawValue))
         #expect(SL_OUTER_TTL == 64, "the tunnel checks expect TTL 64")
         #expect(VIPFilter.bits == Int(SL_VIP_FILTER_BITS))

@@ -67,6 +67,17 @@ extension Dataplane {
         try self[.config].update(UInt32(0), config)
     }
 
+    /// Sets or clears the PROXY v2 flag of a service's VIP, as apply writes `client_address`.
+    package func setProxyV2(_ on: Bool = true, of name: String) throws {
+        let state = try appliedState()
+        guard let applied = state.service(named: name) else { throw ForwardingSetupError(description: "no service \(name)") }
+        let key = sl_vip_key(service: applied.service)
+        guard var vip = try self[.vips].lookup(key, as: sl_vip.self) else { throw ForwardingSetupError(description: "\(name) has no VIP") }
+        let flag = UInt8(SL_VIP_F_PROXY_V2.rawValue)
+        vip.flags = on ? vip.flags | flag : vip.flags & ~flag
+        try self[.vips].update(key, vip)
+    }
+
     /// Writes the SNAT pool of a family (sl_snat_pools[0] for IPv4, [1] for IPv6).
     package func setSNATPool(_ addresses: [IPAddress], ports: ClosedRange<UInt16>) throws {
         precondition(!addresses.isEmpty && addresses.count <= Int(SL_MAX_SNAT_ADDRS))

@@ -30,6 +30,10 @@ public struct PacketBuilder: Sendable {
     public var dontFragment = false
     /// TCP options, padded with zero (end-of-options) bytes to a multiple of 4.
     public var tcpOptions: [UInt8] = []
+    /// TCP sequence number; nil = 0x10000001.
+    public var sequence: UInt32? = nil
+    /// TCP acknowledgment number; nil = 0x20000001 with ACK set, else 0.
+    public var acknowledgment: UInt32? = nil
 
     public init() {}
 
@@ -39,8 +43,8 @@ public struct PacketBuilder: Sendable {
         var segment: [UInt8] = []
         segment.appendBig(sport)
         segment.appendBig(dport)
-        segment.appendBig(UInt32(0x1000_0001))                          // sequence number
-        segment.appendBig(flags.contains(.ack) ? UInt32(0x2000_0001) : 0) // acknowledgment number
+        segment.appendBig(sequence ?? 0x1000_0001)                              // sequence number
+        segment.appendBig(acknowledgment ?? (flags.contains(.ack) ? 0x2000_0001 : 0)) // acknowledgment number
         var options = tcpOptions
         while options.count % 4 != 0 { options.append(0) }
         precondition(options.count <= 40, "TCP options are at most 40 bytes")

@@ -25,7 +25,7 @@ public enum XDPVerdict: UInt32, CaseIterable, Sendable, CustomStringConvertible 
 
 /// enum sl_drop_reason.
 public enum DropReason: UInt32, CaseIterable, Sendable, CustomStringConvertible {
-    case malformed = 0, truncated, noBackend, noSource, noGateway, encap, tooBig, noNeighbour, noSNAT, snatExhausted
+    case malformed = 0, truncated, noBackend, noSource, noGateway, encap, tooBig, noNeighbour, noSNAT, snatExhausted, proxy
 
     public var description: String { CounterSnapshot.dropNames[Int(rawValue)] }
 }
@@ -39,7 +39,8 @@ extension NodeCounters {
     public init(_ verdict: XDPVerdict, drop: DropReason? = nil, newFlows: UInt64 = 0, ctHits: UInt64 = 0,
                 ctMisses: UInt64 = 0, fragments: UInt64 = 0, ipOptions: UInt64 = 0, mssClamped: UInt64 = 0,
                 icmpTooBig: UInt64 = 0, icmpSteered: UInt64 = 0, natCreated: UInt64 = 0, natReplies: UInt64 = 0,
-                natICMP: UInt64 = 0, snatCollisions: UInt64 = 0, packets: UInt64 = 1) {
+                natICMP: UInt64 = 0, snatCollisions: UInt64 = 0, proxyHeaders: UInt64 = 0, proxyResent: UInt64 = 0,
+                proxyTFOTrimmed: UInt64 = 0, proxyMidstream: UInt64 = 0, packets: UInt64 = 1) {
         self.init()
         verdicts[verdict.description] = packets
         if let drop { drops[drop.description] = packets }
@@ -55,6 +56,10 @@ extension NodeCounters {
         self.natReplies = natReplies
         self.natICMP = natICMP
         self.snatCollisions = snatCollisions
+        self.proxyHeaders = proxyHeaders
+        self.proxyResent = proxyResent
+        self.proxyTFOTrimmed = proxyTFOTrimmed
+        self.proxyMidstream = proxyMidstream
     }
 
     public subscript(verdict: XDPVerdict) -> UInt64 { verdicts[verdict.description, default: 0] }
