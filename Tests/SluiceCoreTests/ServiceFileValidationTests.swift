@@ -161,7 +161,7 @@ private let badFiles: [BadFile] = badHealthChecks + badNATFiles + [
     BadFile(name: "unknown node key", text: "node: { source_v5: 192.0.2.10 }\nservices: []\n", field: "node",
             value: #"unknown key "source_v5""#, line: 1),
     BadFile(name: "unknown service key", text: replacing("protocol:", "protocl:"), field: nil,
-            value: #"unknown key "protocl" (allowed keys: name, vip, port, protocol, forwarding, backends, healthcheck)"#, line: 8),
+            value: #"unknown key "protocl" (allowed keys: name, vip, port, protocol, forwarding, client_address, backends, healthcheck)"#, line: 8),
     BadFile(name: "unknown backend key", text: replacing("weight: 1", "wieght: 1"), field: "backends[0]",
             value: #"unknown key "wieght" (allowed keys: address, port, weight)"#, line: 10),
     BadFile(name: "missing services", text: "node: {}\n", field: "services", value: "required key is missing"),

@@ -13,13 +13,14 @@ import Testing
 
 
 private func file(apiPort: Int = 8443, snat: String = "[192.0.2.20, 192.0.2.21]", extraBackend: String = "",
-                  withAPI: Bool = true) -> String {
+                  withAPI: Bool = true, clientAddress: String = "none") -> String {
     let api = """
           - name: api
             vip: 198.51.100.20
             port: 443
             protocol: tcp
             forwarding: fullnat
+            client_address: \(clientAddress)
             backends: [ {address: 10.2.0.11, port: \(apiPort)}, {address: 10.77.0.2}\(extraBackend) ]
 
         """
@@ -56,6 +57,12 @@ private struct Seen: Sendable {
     var lines: [String] = []
     var bytes = 0
     var unresolved: [String] = []
+    /// By service: sl_vips' flags, sl_service_info's copy of them, the table's generation,
+    /// and the client address the applied state reads back.
+    var vipFlags: [String: UInt8] = [:]
+    var infoFlags: [String: UInt8] = [:]
+    var generations: [String: UInt32] = [:]
+    var clientAddresses: [String: ClientAddress] = [:]
     var error: String?
 }
 
@@ -78,6 +85,11 @@ struct NATApplyTests {
         }
         do {
             for service in try lb.appliedState().services {
+                let name = service.service.name
+                seen.vipFlags[name] = try lb.dataplane[.vips].lookup(sl_vip_key(service: service.service), as: sl_vip.self)?.flags
+                seen.infoFlags[name] = try lb.dataplane[.services].lookup(service.slot, as: sl_service_info.self)?.vip_flags
+                seen.generations[name] = service.generation
+                seen.clientAddresses[name] = service.service.clientAddress
                 for backend in service.backends {
                     guard let slot = try lb.dataplane[.backends].lookup(backend.id, as: sl_backend.self) else { continue }
                     let mac = { (bytes: [UInt8]) in bytes.allSatisfy { $0 == 0 } ? nil : MACAddress(bytes: bytes)?.description }
@@ -104,6 +116,25 @@ struct NATApplyTests {
             seen.error = (seen.error ?? "") + " reading back: \(error)"
         }
         return seen
+    }
+
+    @Test func clientAddressIsWrittenIntoTheVIPAndTurningItOnOrOffKeepsTheTable() async throws {
+        let seen = try await withAttachedNATBalancer { lb, _, _ in
+            [Self.step(lb, file()), Self.step(lb, file(clientAddress: "proxy-v2"), dryRun: true),
+             Self.step(lb, file(clientAddress: "proxy-v2")), Self.step(lb, file(clientAddress: "proxy-v2")),
+             Self.step(lb, file())]
+        }
+        let (off, dry, on, again, offAgain) = (seen[0], seen[1], seen[2], seen[3], seen[4])
+        for step in seen { #expect(step.error == nil, "\(step.error ?? "")") }
+        let flag = UInt8(SL_VIP_F_PROXY_V2.rawValue)
+        #expect(off.vipFlags["api"] == 0 && off.clientAddresses["api"] == ClientAddress.none)
+        #expect(dry.lines.contains { $0.contains("client_address none -> proxy-v2") }, "\(dry.lines)")
+        #expect(dry.vipFlags["api"] == 0, "a dry run writes nothing")
+        #expect(on.vipFlags["api"] == flag && on.infoFlags["api"] == flag && on.clientAddresses["api"] == .proxyV2)
+        #expect(on.vipFlags["dns"] == 0, "only the service that asks for it")
+        #expect(on.generations["api"] == off.generations["api"], "the Maglev table stays: placement does not change")
+        #expect(again.lines.isEmpty && again.bytes == 0, "applied once, nothing more to write: \(again.lines)")
+        #expect(offAgain.vipFlags["api"] == 0 && offAgain.clientAddresses["api"] == ClientAddress.none)
     }
 
     @Test func applyWritesTheNextHopsPortsPoolAndReplyBitsAndAPortChangeIsADiff() async throws {
