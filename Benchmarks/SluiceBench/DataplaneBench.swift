@@ -41,6 +41,7 @@ struct DataplaneBench {
             if config == configs[0] {
                 try run.measureModes(into: &report)
                 try run.measureNAT(into: &report)
+                try run.measureProxy(into: &report)
             }
             if let fill = run.fillNote { fills.append(fill) }
             meter = run.meter
