@@ -89,9 +89,13 @@ _Static_assert(sizeof(struct sl_proxy_v2) == SL_PROXY_V2_LEN_V6, "the IPv6 heade
 /* Fills the header of the client's flow `flow` (client -> VIP). */
 static __always_inline void sl_proxy_v2_build(struct sl_proxy_v2 *hdr, const struct sl_flow_key *flow)
 {
-	static const __u8 sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
+	/* The signature "\r\n\r\n\0\r\nQUIT\n" as three words written as
+	 * immediates: a constant array would become a .rodata map of its own. */
+	__be32 *sig = (__be32 *)hdr->sig;
 
-	__builtin_memcpy(hdr->sig, sig, sizeof(sig));
+	sig[0] = bpf_htonl(0x0d0a0d0a);
+	sig[1] = bpf_htonl(0x000d0a51);
+	sig[2] = bpf_htonl(0x5549540a);
 	hdr->ver_cmd = SL_PROXY_V2_VER_CMD;
 	if (flow->family == SL_FAMILY_V4) {
 		hdr->fam = SL_PROXY_V2_TCP4;

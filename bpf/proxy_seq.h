@@ -6,7 +6,8 @@
  * client's sequence numbers past it are offset forward and the backend's
  * acknowledgements offset back:
  *
- *   client -> backend   seq' = seq + len           (seq at or past proxy_seq)
+ *   client -> backend   seq' = seq + len           (seq at or past proxy_seq - 1:
+ *                                                   a keepalive probe carries that) 
  *   backend -> client   ack' = ack - len           (proxy_seq while the backend
  *                                                   has acknowledged only part
  *                                                   of the header)
@@ -99,7 +100,9 @@ static __always_inline int sl_proxy_seq_forward(struct xdp_md *ctx, const struct
 	seq = bpf_ntohl(tcp->seq);
 	if (seq == ct->proxy_seq && !(ct->proxy & SL_PROXY_ACKED) && !tcp->rst)
 		return SL_PROXY_SLOW;
-	if ((__s32)(seq - ct->proxy_seq) >= 0)
+	/* From one before the start: a keepalive probe of a connection that sent
+	 * nothing carries the last byte before it. */
+	if ((__s32)(seq - ct->proxy_seq) >= -1)
 		*l4_diff = sl_tcp_set32(&tcp->seq, seq + sl_proxy_len(pkt->family));
 	return SL_CONTINUE;
 }
