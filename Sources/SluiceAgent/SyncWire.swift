@@ -4,16 +4,17 @@
 // not increase for its sender (a replay). Integers are big-endian, addresses and ports as
 // they sit in the packet.
 //
-//   0 "SLSY"  4 version (1 or 2)  5 kind  6 reserved (2)  8 sender (u64)  16 sequence (u64)
+//   0 "SLSY"  4 version (1, 2 or 3)  5 kind  6 reserved (2)  8 sender (u64)  16 sequence (u64)
 //  24 timestamp, ms since the epoch (u64)  32 record count (u16)  34 reserved (2)
-//  36 records, 56 bytes each (version 1) or 60 (version 2)  ... HMAC-SHA256 (32)
+//  36 records, 56 bytes each (version 1), 60 (version 2) or 68 (version 3)  ... HMAC-SHA256 (32)
 //
 // A record: 0 family  1 protocol  2 source port  4 destination port  6 backend family
 // 7 reserved  8 source address (16)  24 destination address (the VIP, 16)  40 backend (16);
-// version 2 adds 56 nat (enum sl_forwarding, 0 = none)  57 SNAT slot  58 SNAT port.
-// A frame is version 2 only when one of its records is a translated flow, so a fleet
-// without NAT talks version 1 as before, and an older receiver drops (as malformed) only
-// the frames it could not apply anyway.
+// version 2 adds 56 nat (enum sl_forwarding, 0 = none)  57 SNAT slot  58 SNAT port;
+// version 3 adds 60 flags (1 = a PROXY v2 flow)  61 reserved (3)  64 the client's first
+// sequence number after its SYN (u32). A frame takes the lowest version its records need,
+// so a fleet without NAT talks version 1 as before, and an older receiver drops (as
+// malformed) only the frames it could not apply anyway.
 import Crypto
 import Foundation
 import SluiceCore
@@ -46,22 +47,30 @@ public struct SyncFrame: Sendable, Equatable {
     static let version: UInt8 = 1
     /// The version whose records carry a translation.
     static let natVersion: UInt8 = 2
+    /// The version whose records also carry a PROXY v2 flow's sequence number.
+    static let proxyVersion: UInt8 = 3
     static let headerSize = 36
     static let recordSize = 56
     static let natRecordSize = 60
+    static let proxyRecordSize = 68
     static let macSize = 32
     /// Records per frame: a frame stays under 64 KiB.
-    public static let maxRecords = 1000
-    public static let maxSize = headerSize + maxRecords * natRecordSize + macSize
+    public static let maxRecords = 900
+    public static let maxSize = headerSize + maxRecords * proxyRecordSize + macSize
+
+    static func recordSize(version: UInt8) -> Int {
+        version == proxyVersion ? proxyRecordSize : version == natVersion ? natRecordSize : recordSize
+    }
 
     /// The frame's bytes, MAC included.
     public func encoded(key: SymmetricKey) -> [UInt8] {
         precondition(records.count <= Self.maxRecords)
-        let translated = records.contains { $0.nat != 0 }
+        let version = records.contains { $0.proxySeq != nil } ? Self.proxyVersion
+            : records.contains { $0.nat != 0 } ? Self.natVersion : Self.version
         var out: [UInt8] = []
-        out.reserveCapacity(Self.headerSize + records.count * (translated ? Self.natRecordSize : Self.recordSize) + Self.macSize)
+        out.reserveCapacity(Self.headerSize + records.count * Self.recordSize(version: version) + Self.macSize)
         out += Self.magic
-        out += [translated ? Self.natVersion : Self.version, kind.rawValue, 0, 0]
+        out += [version, kind.rawValue, 0, 0]
         out.appendBig(sender)
         out.appendBig(sequence)
         out.appendBig(timestampMilliseconds)
@@ -73,9 +82,13 @@ public struct SyncFrame: Sendable, Equatable {
             out.appendRaw(record.destinationPort)
             out += [record.backend.family.rawValue, 0]
             out += record.source.bytes16 + record.destination.bytes16 + record.backend.bytes16
-            if translated {
+            if version >= Self.natVersion {
                 out += [record.nat, record.snatIndex]
                 out.appendRaw(record.snatPort)
+            }
+            if version >= Self.proxyVersion {
+                out += [record.proxySeq == nil ? 0 : 1, 0, 0, 0]
+                out.appendBig(record.proxySeq ?? 0)
             }
         }
         out += HMAC<SHA256>.authenticationCode(for: out, using: key)
@@ -97,10 +110,10 @@ public struct SyncFrame: Sendable, Equatable {
         guard HMAC<SHA256>.isValidAuthenticationCode(bytes[(bytes.count - macSize)...], authenticating: body, using: key) else {
             throw .badMAC
         }
-        guard Array(bytes[0..<4]) == magic, bytes[4] == version || bytes[4] == natVersion,
+        guard Array(bytes[0..<4]) == magic, (version...proxyVersion).contains(bytes[4]),
               let kind = Kind(rawValue: bytes[5]) else { throw .malformed }
-        let translated = bytes[4] == natVersion
-        let size = translated ? natRecordSize : recordSize
+        let frameVersion = bytes[4]
+        let size = recordSize(version: frameVersion)
         let count = Int(bytes.big(UInt16.self, at: 32))
         guard body.count == headerSize + count * size else { throw .malformed }
         var records: [FlowRecord] = []
@@ -113,8 +126,11 @@ public struct SyncFrame: Sendable, Equatable {
                   let backend = IPAddress(bytes16: bytes[(at + 40)..<(at + 56)], family: backendFamily) else { throw .malformed }
             var record = FlowRecord(source: source, destination: destination, sourcePort: bytes.raw(UInt16.self, at: at + 2),
                                     destinationPort: bytes.raw(UInt16.self, at: at + 4), proto: bytes[at + 1], backend: backend)
-            if translated {
+            if frameVersion >= natVersion {
                 (record.nat, record.snatIndex, record.snatPort) = (bytes[at + 56], bytes[at + 57], bytes.raw(UInt16.self, at: at + 58))
+            }
+            if frameVersion >= proxyVersion, bytes[at + 60] & 1 != 0 {
+                record.proxySeq = bytes.big(UInt32.self, at: at + 64)
             }
             records.append(record)
         }

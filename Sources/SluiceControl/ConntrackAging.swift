@@ -111,7 +111,8 @@ struct ConntrackTable {
               Int(entry.backend_id) < backends.count else { return nil }
         let slot = backends[Int(entry.backend_id)]
         return IPAddress(cWords: slot.addr, family: slot.family).flatMap {
-            FlowRecord(key: key, backend: $0, nat: entry.nat, snatIndex: entry.snat_index, snatPort: entry.snat_port)
+            FlowRecord(key: key, backend: $0, nat: entry.nat, snatIndex: entry.snat_index, snatPort: entry.snat_port,
+                       proxy: entry.proxy, proxySeq: entry.proxy_seq)
         }
     }
 }

@@ -91,7 +91,7 @@ public final class ConntrackSync {
             }
             guard let backend = addresses[event.backend_id] ?? nil else { return nil }
             return FlowRecord(key: event.key, backend: backend, nat: event.nat, snatIndex: event.snat_index,
-                              snatPort: event.snat_port)
+                              snatPort: event.snat_port, proxy: event.proxy, proxySeq: event.proxy_seq)
         }
     }
 
@@ -179,6 +179,15 @@ public final class ConntrackSync {
         translation.service_id = entry.service_id
         translation.mode = record.nat
         translation.last_seen = now
+        // A PROXY v2 flow keeps its offsets here too. Whether the backend acknowledged the
+        // header is the sender's to know: owed here, a segment at the stream's start carries
+        // it again, which the backend takes as the duplicate it is.
+        if let proxySeq = record.proxySeq, record.nat == UInt8(SL_FWD_FULLNAT.rawValue) {
+            translation.proxy = UInt8(SL_PROXY_ON.rawValue)
+            translation.proxy_seq = proxySeq
+            entry.proxy = UInt8(SL_PROXY_ON.rawValue)
+            entry.proxy_seq = proxySeq
+        }
         // Before the flow's entry: a forwarded packet's reply finds its translation.
         guard (try? dataplane[.nat].update(reply, translation)) != nil else { return .natConflict }
         entry.nat = record.nat
@@ -205,11 +214,13 @@ public final class ConntrackSync {
 }
 
 extension FlowRecord {
-    init?(key: sl_flow_key, backend: IPAddress, nat: UInt8 = 0, snatIndex: UInt8 = 0, snatPort: UInt16 = 0) {
+    init?(key: sl_flow_key, backend: IPAddress, nat: UInt8 = 0, snatIndex: UInt8 = 0, snatPort: UInt16 = 0,
+          proxy: UInt8 = 0, proxySeq: UInt32 = 0) {
         guard let source = IPAddress(cWords: key.src, family: key.family),
               let destination = IPAddress(cWords: key.dst, family: key.family) else { return nil }
         self.init(source: source, destination: destination, sourcePort: key.sport, destinationPort: key.dport,
-                  proto: key.proto, backend: backend, nat: nat, snatIndex: snatIndex, snatPort: snatPort)
+                  proto: key.proto, backend: backend, nat: nat, snatIndex: snatIndex, snatPort: snatPort,
+                  proxySeq: proxy & UInt8(SL_PROXY_ON.rawValue) != 0 ? proxySeq : nil)
     }
 }
 

@@ -17,9 +17,13 @@ public struct FlowRecord: Sendable, Hashable {
     public var snatIndex: UInt8
     /// fullnat: the source port, network order.
     public var snatPort: UInt16
+    /// fullnat with client_address: proxy-v2: the client's first sequence number after its SYN
+    /// (host order), where the PROXY v2 header sits in the backend's stream; nil for a flow
+    /// without one.
+    public var proxySeq: UInt32?
 
     public init(source: IPAddress, destination: IPAddress, sourcePort: UInt16, destinationPort: UInt16, proto: UInt8,
-                backend: IPAddress, nat: UInt8 = 0, snatIndex: UInt8 = 0, snatPort: UInt16 = 0) {
+                backend: IPAddress, nat: UInt8 = 0, snatIndex: UInt8 = 0, snatPort: UInt16 = 0, proxySeq: UInt32? = nil) {
         self.source = source
         self.destination = destination
         self.sourcePort = sourcePort
@@ -29,5 +33,6 @@ public struct FlowRecord: Sendable, Hashable {
         self.nat = nat
         self.snatIndex = snatIndex
         self.snatPort = snatPort
+        self.proxySeq = proxySeq
     }
 }

@@ -49,9 +49,20 @@ struct SyncWireTests {
         #expect(decoded == mixed)
         #expect(decoded.records[0].nat == 0 && decoded.records[2].nat == 3)
         #expect(frame().encoded(key: key)[4] == 1, "a frame without translations is version 1, as older nodes read it")
+        var proxied = translated
+        proxied.proxySeq = 0x0102_0304
         let full = SyncFrame(kind: .records, sender: 1, sequence: 1, timestampMilliseconds: 1,
-                             records: (0..<SyncFrame.maxRecords).map { _ in translated })
+                             records: (0..<SyncFrame.maxRecords).map { _ in proxied })
         #expect(full.encoded(key: key).count == SyncFrame.maxSize && SyncFrame.maxSize < 65536)
+
+        // A PROXY v2 flow's record: version 3, its sequence number after the SNAT port.
+        let withProxy = SyncFrame(kind: .records, sender: 1, sequence: 2, timestampMilliseconds: 1, records: [mixed.records[0], proxied])
+        let proxyBytes = withProxy.encoded(key: key)
+        #expect(proxyBytes[4] == 3 && proxyBytes.count == 36 + 2 * 68 + 32, "68-byte records")
+        #expect(Array(proxyBytes[(36 + 68 + 60)..<(36 + 68 + 68)]) == [1, 0, 0, 0, 1, 2, 3, 4], "the flag, then the sequence, big-endian")
+        #expect(Array(proxyBytes[(36 + 60)..<(36 + 64)]) == [0, 0, 0, 0], "a record without one: no flag")
+        let back = try SyncFrame.decode(proxyBytes, key: key)
+        #expect(back == withProxy && back.records[0].proxySeq == nil && back.records[1].proxySeq == 0x0102_0304)
     }
 
     @Test func aTamperedFrameOrAnotherKeyIsABadMAC() {

@@ -120,6 +120,34 @@ struct NATSyncTests {
     }
 }
 
+extension NATSyncTests {
+    @Test func aPeersPROXYFlowKeepsItsOffsetOnBothSidesAndGoesBackOutInItsCopy() async throws {
+        let seen = try await withAttachedNATBalancer { lb, _, _ -> (ct: (UInt8, UInt32)?, nat: (UInt8, UInt32)?, copy: UInt32?, error: String?) in
+            do {
+                try lb.apply(yaml: services.replacingOccurrences(of: "forwarding: fullnat", with: "forwarding: fullnat\n    client_address: proxy-v2"))
+                try lb.dataplane.tickClock(500)
+                let sync = try ConntrackSync(dataplane: lb.dataplane)
+                var proxied = record("198.18.0.9", 40000, vip: "198.51.100.20", 443, proto: 6, backend: "10.2.0.11", mode: fullnat,
+                                     slot: 0, snatPort: 20009)
+                proxied.proxySeq = 0x0100_0001
+                let result = sync.insert([proxied], origin: 1)
+                guard result.applied == 1 else { return (nil, nil, nil, "\(result)") }
+                let ct = try lb.dataplane[.conntrack].lookup(key("198.18.0.9", 40000, "198.51.100.20", 443, proto: 6), as: sl_ct_entry.self)
+                let nat = try lb.dataplane[.nat].lookup(key("10.2.0.11", 8443, "192.0.2.20", 20009, proto: 6), as: sl_nat_entry.self)
+                let copy = try sync.snapshot().first { $0.source == IPAddress("198.18.0.9") }?.proxySeq
+                return (ct.map { ($0.proxy, $0.proxy_seq) }, nat.map { ($0.proxy, $0.proxy_seq) }, copy, nil)
+            } catch {
+                return (nil, nil, nil, "\(error)")
+            }
+        }
+        #expect(seen.error == nil, "\(seen.error ?? "")")
+        let on = UInt8(SL_PROXY_ON.rawValue)
+        #expect(seen.ct?.0 == on && seen.ct?.1 == 0x0100_0001, "the client's side offsets its sequence numbers")
+        #expect(seen.nat?.0 == on && seen.nat?.1 == 0x0100_0001, "the backend's side offsets its acknowledgements")
+        #expect(seen.copy == 0x0100_0001, "a peer's copy of the table carries it on")
+    }
+}
+
 private func bytewise<T>(_ lhs: T, _ rhs: T) -> Bool {
     withUnsafeBytes(of: lhs) { l in withUnsafeBytes(of: rhs) { r in l.elementsEqual(r) } }
 }
