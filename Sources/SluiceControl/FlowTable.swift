@@ -35,6 +35,13 @@ public struct FlowEntry: Sendable, Codable, Equatable {
     /// Seconds since either direction was last seen, on the agent's clock (nil: no agent
     /// ever ticked it).
     public var ageSeconds: UInt32?
+    /// A flow that carries a PROXY v2 header (client_address: proxy-v2): "owed" (not written
+    /// yet), "sent" (written, not yet acknowledged) or "acked"; nil for other flows.
+    public var proxy: String?
+    /// Such a flow's sequence offset: the header's length (28 IPv4, 52 IPv6), by which the
+    /// client's sequence numbers grow toward the backend and the backend's acknowledgements
+    /// shrink toward the client.
+    public var seqOffset: UInt32?
 
     public init(protocol: String, source: String, sourcePort: UInt16, destination: String, destinationPort: UInt16,
                 service: String?, backend: String?, backendID: UInt32, origin: String, peer: String?, nat: String? = nil,
@@ -68,6 +75,8 @@ public struct FlowEntry: Sendable, Codable, Equatable {
         case backendPort = "backend_port"
         case tcpState = "tcp_state"
         case ageSeconds = "age_seconds"
+        case proxy
+        case seqOffset = "seq_offset"
     }
 
     // Unset values are written as null, so scripts always find every key.
@@ -89,6 +98,8 @@ public struct FlowEntry: Sendable, Codable, Equatable {
         try container.encode(backendPort, forKey: .backendPort)
         try container.encode(tcpState, forKey: .tcpState)
         try container.encode(ageSeconds, forKey: .ageSeconds)
+        try container.encode(proxy, forKey: .proxy)
+        try container.encode(seqOffset, forKey: .seqOffset)
     }
 
     static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> [FlowEntry] {
@@ -136,6 +147,13 @@ public struct FlowEntry: Sendable, Codable, Equatable {
                                               slot: sl_backend?, pools: [sl_snat_pool]) {
         guard let mode = Forwarding(cValue: value.nat), mode.translates else { return }
         nat = mode.rawValue
+        if value.proxy & UInt8(SL_PROXY_ON.rawValue) != 0 {
+            // The backend's side learns of the acknowledgement first; the client's side as soon
+            // as its next packet needs it.
+            let flags = value.proxy | (translation?.entry.proxy ?? 0)
+            proxy = flags & UInt8(SL_PROXY_ACKED.rawValue) != 0 ? "acked" : flags & UInt8(SL_PROXY_SENT.rawValue) != 0 ? "sent" : "owed"
+            seqOffset = UInt32(source.contains(":") ? SL_PROXY_V2_LEN_V6 : SL_PROXY_V2_LEN_V4)
+        }
         if let translation {
             backendPort = UInt16(bigEndian: translation.key.sport)
         } else if let slot, slot.port != 0 {

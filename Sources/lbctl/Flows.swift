@@ -19,9 +19,10 @@ struct Flows: ParsableCommand {
 }
 
 /// The table's columns: the client, the VIP, the mode of a translated flow, the SNAT
-/// address:port (fullnat), the backend (with its port when translated), TCP state, age.
+/// address:port (fullnat), the backend (with its port when translated), the PROXY v2
+/// header's sequence offset and state, TCP state, age.
 enum FlowColumns {
-    static let header = ["PROTO", "CLIENT", "VIP", "SERVICE", "NAT", "SNAT", "BACKEND", "STATE", "AGE", "ORIGIN"]
+    static let header = ["PROTO", "CLIENT", "VIP", "SERVICE", "NAT", "SNAT", "BACKEND", "PROXY", "STATE", "AGE", "ORIGIN"]
 
     static func row(_ flow: FlowEntry) -> [String] {
         let backend = flow.backend ?? "#\(flow.backendID)"
@@ -29,6 +30,7 @@ enum FlowColumns {
                 flow.service ?? "-", flow.nat ?? "-",
                 flow.snatAddress.map { formatVIP($0, flow.snatPort ?? 0) } ?? "-",
                 flow.backendPort.map { formatVIP(backend, $0) } ?? backend,
+                flow.seqOffset.map { "+\($0) \(flow.proxy ?? "?")" } ?? "-",
                 flow.tcpState ?? "-", flow.ageSeconds.map { "\($0)s" } ?? "-",
                 flow.origin == "local" ? "local" : "peer \(flow.peer ?? "?")"]
     }
