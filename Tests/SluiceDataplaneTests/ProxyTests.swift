@@ -107,6 +107,11 @@ struct ProxyTests {
         let len = conn.headerLength
         let ct = try #require(try lb.ctEntry(conn.key))
         #expect(ct.proxy == UInt8(SL_PROXY_ON.rawValue) && ct.proxy_seq == conn.start)
+        func shown() throws -> (String?, UInt32?) {
+            let flow = try lb.dataplane.flows().first { $0.source == c.client && $0.sourcePort == conn.clientPort }
+            return (flow?.proxy, flow?.seqOffset)
+        }
+        #expect(try shown() == ("owed", len), "lbctl flows before the handshake completes")
         #expect(try lb.natEntry(conn.replyKey)?.proxy_seq == conn.start)
 
         // The backend's SYN-ACK: its MSS leaves room for the header in front of a full segment.
@@ -120,6 +125,7 @@ struct ProxyTests {
         #expect(verdict == XDPVerdict.tx.rawValue)
         #expect(output == conn.toBackend(seq: conn.start, payload: conn.header), "\(output) vs \(conn.toBackend(seq: conn.start, payload: conn.header))")
         #expect(counted == NodeStats(.tx, ctHits: 1, proxyHeaders: 1))
+        #expect(try shown() == ("sent", len))
 
         // Data at the start before the backend acknowledged the header: the header again, in front.
         let request = Array("GET / HTTP/1.0\r\n\r\n".utf8)
@@ -135,6 +141,7 @@ struct ProxyTests {
         let ackedFlag = UInt8(SL_PROXY_ACKED.rawValue)
         #expect((try lb.ctEntry(conn.key)?.proxy ?? 0) & ackedFlag != 0, "the client's side knows the header arrived")
         #expect((try lb.natEntry(conn.replyKey)?.proxy ?? 0) & ackedFlag != 0)
+        #expect(try shown() == ("acked", len))
 
         // From now on only the offset: forward, and back (with timestamps, the common path).
         let next = conn.start + UInt32(request.count)
@@ -145,6 +152,9 @@ struct ProxyTests {
                                                                          payload: [9]))
         #expect(output == conn.toClient(ack: next + 3, options: timestampOptions(8, echo: 10), payload: [9]))
         #expect(counted == NodeStats(.tx, natReplies: 1))
+        // A keepalive probe of a connection idle since the start carries the byte before it: offset too.
+        (verdict, output, _) = try lb.runCounted(conn.fromClient(seq: conn.start - 1))
+        #expect(output == conn.toBackend(seq: conn.start - 1 + len))
         // A FIN at the start (a client that never sent data) is offset like any segment once the header is in.
         (verdict, output, _) = try lb.runCounted(conn.fromClient(seq: conn.start, flags: [.ack, .fin]))
         #expect(output == conn.toBackend(seq: conn.start + len, flags: [.ack, .fin]))
@@ -211,6 +221,30 @@ struct ProxyTests {
         #expect(output == tcpFrame(from: seen.source.description, seen.sourcePort, to: backend.address.description, c.backendPort,
                                    seq: 1000, ack: 0, flags: [.syn], options: mssOption(1460) + cookie, macs: (ourMAC, backendHopMAC)))
         #expect(counted == NodeStats(.tx, newFlows: 1, natCreated: 1, proxyTFOTrimmed: 1))
+    }
+
+    @Test("The client's first data riding on the handshake's ACK gets the header in front of it, once", arguments: proxyCases)
+    func dataOnTheHandshakesACK(c: NATCase) async throws {
+        let conn = try await ProxyConnection.open(c)
+        let lb = conn.lb
+        defer { lb.close() }
+        let request = Array("EHLO client\r\n".utf8)
+        let (verdict, output, counted) = try lb.runCounted(conn.fromClient(seq: conn.start, flags: [.ack, .psh], payload: request))
+        #expect(verdict == XDPVerdict.tx.rawValue)
+        #expect(output == conn.toBackend(seq: conn.start, flags: [.ack, .psh], payload: conn.header + request))
+        #expect(counted == NodeStats(.tx, ctHits: 1, proxyHeaders: 1), "the connection's first header, not a resend")
+    }
+
+    @Test("Turning client_address off leaves a flow opened with the header as it was: still offset")
+    func turnedOffKeepsOpenFlows() async throws {
+        let conn = try await ProxyConnection.open(proxyCases[0])
+        let lb = conn.lb
+        defer { lb.close() }
+        _ = try lb.run(conn.fromClient(seq: conn.start))
+        _ = try lb.run(conn.fromBackend(ack: conn.start + conn.headerLength))
+        try lb.dataplane.setProxyV2(false, of: conn.c.service)
+        let (_, output) = try lb.run(conn.fromClient(seq: conn.start, payload: [7]))
+        #expect(output == conn.toBackend(seq: conn.start + conn.headerLength, payload: [7]))
     }
 
     @Test("A flow opened before client_address was turned on keeps its numbers; one opened without its SYN gets no header")
