@@ -13,7 +13,7 @@ BPF_CLANG ?= /usr/bin/clang
 BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -mcpu=v3 \
 	-I/usr/include/$(shell uname -m)-linux-gnu -Ibpf
 APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev clang llvm bpftool iproute2 pkg-config xxd ethtool \
-	python3 iputils-ping util-linux prometheus openssl curl tcpdump tshark nginx
+	python3 iputils-ping util-linux prometheus openssl curl tcpdump tshark nginx haproxy nftables
 
 BPF_HEADERS := $(wildcard bpf/*.h)
 BPF_OBJECTS := bpf/build/lb.bpf.o bpf/build/decap.bpf.o

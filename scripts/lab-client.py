@@ -6,6 +6,17 @@ lab-client.py udp HOST PORT COUNT       COUNT datagrams, each from a new socket 
 lab-client.py echo HOST PORT COUNT      COUNT new TCP connections to an echo service, one line each
 lab-client.py upload HOST PORT COUNT MB COUNT connections to a count service, each sending MB MiB
                                         and checking the byte count the server answers
+lab-client.py proxyhttp HOST PORT COUNT COUNT connections, one HTTP GET each, to a backend behind a PROXY v2
+                                        service that answers "NAME CLIENT_ADDRESS CLIENT_PORT": each answer
+                                        must name this connection's own address and port
+lab-client.py banner HOST PORT COUNT    COUNT connections to a server that speaks first: its greeting
+                                        "220 NAME CLIENT_ADDRESS CLIENT_PORT ready" (read before sending
+                                        anything) must name this connection, then one line echoed
+lab-client.py bigecho HOST PORT COUNT MB  COUNT connections to an echo service, each sending MB MiB of
+                                        random bytes while reading them back: the same bytes (SHA-256)
+lab-client.py download HOST PORT COUNT PATH  COUNT HTTP GETs of PATH; "backends" counts answers by the
+                                        body's SHA-256 and length ("SHA256:BYTES")
+  the proxy modes add "clients": ["ADDRESS PORT", ...], one per connection that succeeded
 lab-client.py parallel KIND HOST PORT COUNT TIMEOUT
                                         COUNT of KIND (http, udp, echo) all at once, one thread each,
                                         each given TIMEOUT seconds (a burst of new flows at one instant)
@@ -97,7 +108,97 @@ def upload_once(host, port, _n, mbytes):
     return name
 
 
-ONCE = {"http": http_once, "udp": udp_once, "echo": echo_once, "upload": upload_once}
+def own_address(s):
+    """This end of a connection as a PROXY header names it: "ADDRESS PORT"."""
+    local = s.getsockname()
+    return f"{local[0]} {local[1]}"
+
+
+def proxyhttp_once(host, port, _n):
+    with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
+        s.settimeout(TIMEOUT)
+        s.connect((host, port))
+        me = own_address(s)
+        hosthdr = f"[{host}]" if ":" in host else host
+        s.sendall(f"GET / HTTP/1.0\r\nHost: {hosthdr}\r\nUser-Agent: sluice-lab\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not (head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")):
+        raise RuntimeError(f"bad response {head[:40]!r}")
+    name, _, seen = body.decode().strip().partition(" ")
+    if seen != me:
+        raise RuntimeError(f"{name} saw the client as {seen!r}, it is {me!r}")
+    return name, me
+
+
+def banner_once(host, port, n):
+    with socket.create_connection((host, port), timeout=TIMEOUT * 3) as s:
+        me = own_address(s)
+        lines = s.makefile("rb")
+        greeting = lines.readline().decode().strip()
+        parts = greeting.split(" ")
+        if len(parts) != 5 or parts[0] != "220" or parts[4] != "ready":
+            raise RuntimeError(f"bad greeting {greeting!r}")
+        if f"{parts[2]} {parts[3]}" != me:
+            raise RuntimeError(f"{parts[1]} greeted the client as {parts[2]} {parts[3]}, it is {me}")
+        s.sendall(f"hello-{n}\n".encode())
+        if lines.readline().decode() != f"{parts[1]} hello-{n}\n":
+            raise RuntimeError("bad echo after the greeting")
+    return parts[1], me
+
+
+def bigecho_once(host, port, _n, mbytes):
+    import hashlib
+    payload = os.urandom(mbytes * 1024 * 1024)
+    received = hashlib.sha256()
+    count = 0
+    with socket.create_connection((host, port), timeout=TIMEOUT * 5) as s:
+        me = own_address(s)
+
+        def send():
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            received.update(chunk)
+            count += len(chunk)
+        sender.join(TIMEOUT * 5)
+    if count != len(payload) or received.digest() != hashlib.sha256(payload).digest():
+        raise RuntimeError(f"echoed {count} of {len(payload)} bytes, SHA-256 {'differs' if count == len(payload) else 'short'}")
+    return "echo", me
+
+
+def download_once(host, port, _n, path):
+    import hashlib
+    with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
+        s.settimeout(TIMEOUT * 5)
+        s.connect((host, port))
+        me = own_address(s)
+        hosthdr = f"[{host}]" if ":" in host else host
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {hosthdr}\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not (head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")):
+        raise RuntimeError(f"bad response {head[:40]!r}")
+    return f"{hashlib.sha256(body).hexdigest()}:{len(body)}", me
+
+
+ONCE = {"http": http_once, "udp": udp_once, "echo": echo_once, "upload": upload_once,
+        "proxyhttp": proxyhttp_once, "banner": banner_once, "bigecho": bigecho_once, "download": download_once}
 
 
 def df_udp(host, port, size):
@@ -128,6 +229,9 @@ def burst(kind, host, port, count, *extra):
     for n in range(count):
         try:
             name = ONCE[kind](host, port, n, *extra)
+            if isinstance(name, tuple):
+                name, client = name
+                result.setdefault("clients", []).append(client)
             result["ok"] += 1
             result["backends"][name] = result["backends"].get(name, 0) + 1
         except Exception as e:  # noqa: BLE001 - every failure is counted and reported
@@ -365,8 +469,10 @@ def main(argv):
     if mode == "parallel" and len(argv) == 7 and argv[2] in ("http", "udp", "echo"):
         return parallel(argv[2], argv[3], int(argv[4]), int(argv[5]), float(argv[6]))
     host, port = argv[2], int(argv[3])
-    if mode == "upload":
+    if mode in ("upload", "bigecho"):
         return burst(mode, host, port, int(argv[4]), int(argv[5]))
+    if mode == "download":
+        return burst(mode, host, port, int(argv[4]), argv[5])
     if mode in ONCE:
         return burst(mode, host, port, int(argv[4]))
     if mode == "dfudp":

@@ -7,9 +7,16 @@ lab-server.py NAME LOGFILE SPEC...   where SPEC is PROTO:ADDRESS:PORT (IPv6 in b
   udp       answers every datagram with "NAME <datagram>"
   tcp-echo  answers every line with "NAME <line>" (a long-lived connection)
   tcp-count reads until the client shuts its side, then answers "NAME <bytes read>"
+  proxy-banner  reads a PROXY v2 header first, then speaks first (a server-speaks-first
+            protocol, as SMTP): "220 NAME CLIENT_ADDRESS CLIENT_PORT ready", then answers
+            every line with "NAME <line>"
+  proxy-echo    reads a PROXY v2 header first, then echoes every byte back until the
+            client shuts its side (an upload and a download of the same bytes)
 
 Every request, datagram or connection appends "PROTO VIP:PORT CLIENT_ADDRESS" to LOGFILE:
-with direct server return the backend sees the client's real address.
+with direct server return the backend sees the client's real address. The proxy- servers
+append "PROTO LOCAL:PORT PEER_ADDRESS CLIENT_ADDRESS:CLIENT_PORT", the last from the header
+(or "bad-header" and what arrived instead).
 Python 3 standard library only (Debian's python3).
 """
 import signal
@@ -80,7 +87,62 @@ def count_conn(conn, local, peer):
         conn.sendall(f"{NAME} {total}\n".encode())
 
 
-HANDLERS = {"tcp-http": http_conn, "tcp-echo": echo_conn, "tcp-count": count_conn}
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def recv_exactly(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def read_proxy_v2(conn, proto, local, peer):
+    """The client's address and port from a PROXY v2 header (HAProxy's spec, 2.2), or None
+    (logged as bad-header) when the stream does not start with one."""
+    head = recv_exactly(conn, 16)
+    if head[:12] != PROXY_V2_SIGNATURE or head[12] != 0x21 or head[13] not in (0x11, 0x21):
+        with log_lock, open(LOGFILE, "a") as f:
+            f.write(f"{proto} {local[0]}:{local[1]} {peer[0]} bad-header {head.hex()}\n")
+        return None
+    body = recv_exactly(conn, int.from_bytes(head[14:16], "big"))
+    family, size = (socket.AF_INET, 4) if head[13] == 0x11 else (socket.AF_INET6, 16)
+    client = socket.inet_ntop(family, body[:size])
+    port = int.from_bytes(body[2 * size:2 * size + 2], "big")
+    with log_lock, open(LOGFILE, "a") as f:
+        f.write(f"{proto} {local[0]}:{local[1]} {peer[0]} {client}:{port}\n")
+    return client, port
+
+
+def proxy_banner_conn(conn, local, peer):
+    with conn:
+        conn.settimeout(30)
+        found = read_proxy_v2(conn, "proxy-banner", local, peer)
+        if not found:
+            return
+        conn.sendall(f"220 {NAME} {found[0]} {found[1]} ready\r\n".encode())
+        with conn.makefile("rb") as lines:
+            for line in lines:
+                conn.sendall(NAME.encode() + b" " + line)
+
+
+def proxy_echo_conn(conn, local, peer):
+    with conn:
+        conn.settimeout(30)
+        if not read_proxy_v2(conn, "proxy-echo", local, peer):
+            return
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            conn.sendall(chunk)
+
+
+HANDLERS = {"tcp-http": http_conn, "tcp-echo": echo_conn, "tcp-count": count_conn,
+            "proxy-banner": proxy_banner_conn, "proxy-echo": proxy_echo_conn}
 
 
 def serve_tcp(sock, handler):

@@ -114,6 +114,7 @@ if [[ -z ${PYTHON:-} ]]; then
 fi
 LAB_ROOT=${LAB_ROOT:-/tmp}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}   # a nat lab's backends
+HAPROXY=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}   # a nat lab's backends (accept-proxy)
 
 # --- the plan: addresses and names ------------------------------------------------
 CLIENT_V4=10.10.1.2   CLIENT_V6=fd10:1::2
@@ -140,6 +141,10 @@ SNAT_V4=(10.10.8.1 10.10.8.2) SNAT_V6=(fd10:8::1)
 SNAT_NET4=10.10.8.0/24 SNAT_NET6=fd10:8::/64
 SNAT_PORTS=20000-29999   # above every backend port, so tshark dissects by the backend's port
 FULLNAT_BACKEND_PORT=8080   # web-fullnat: service port 80, nginx on 8080
+# client_address: proxy-v2 services (fullnat, be4-be6) and where their backends listen for
+# the PROXY v2 header: nginx (proxy_protocol), HAProxy (accept-proxy), lab-server.py.
+PROXY_NGINX_PORT=8081 PROXY_HAPROXY_PORT=8082 PROXY_BANNER_PORT=2525 PROXY_ECHO_PORT=2526
+PROXY_BIG_BYTES=$((4 * 1024 * 1024))   # nginx's /big on the PROXY port: a download, byte-exact
 NEVER_VIP=192.0.2.254   # for the router's decap program, which must never decapsulate
 GUE_PORT=6080           # the backends' decapsulators strip GUE to this UDP port (node.gue_port)
 
@@ -262,6 +267,7 @@ error_log $prefix/error.log warn;
 events { worker_connections 1024; }
 http {
     log_format lab 'http \$server_addr:\$server_port \$remote_addr';
+    log_format proxy 'proxy-nginx \$server_addr:\$server_port \$remote_addr \$proxy_protocol_addr:\$proxy_protocol_port';
     access_log $DIR/$b.log lab;
     client_body_temp_path $prefix/body;
     proxy_temp_path $prefix/proxy;
@@ -276,14 +282,48 @@ http {
         listen [$v6]:$FULLNAT_BACKEND_PORT;
         location / { return 200 "$b\n"; }
     }
+    server {
+        listen $v4:$PROXY_NGINX_PORT proxy_protocol;
+        listen [$v6]:$PROXY_NGINX_PORT proxy_protocol;
+        access_log $DIR/$b.log proxy;
+        location = /big { alias $prefix/big.bin; default_type application/octet-stream; }
+        location / { return 200 "$b \$proxy_protocol_addr \$proxy_protocol_port\n"; }
+    }
 }
 EOF
+    head -c "$PROXY_BIG_BYTES" /dev/urandom >"$prefix/big.bin"
+    chmod 644 "$prefix/big.bin"
+    # HAProxy (Debian's) reads the header (accept-proxy) and answers with the client it names;
+    # it logs to stdout, into a file of its own: it sets its stdout non-blocking with F_SETFL,
+    # which clears O_APPEND, and would write over what others append to the backend's log.
+    cat >"$DIR/$b.haproxy.cfg" <<EOF
+# HAProxy for backend $b of lab $NAME (scripts/lab.sh).
+global
+    log stdout format raw local0
+    maxconn 2048
+defaults
+    mode http
+    log global
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend proxied
+    bind $v4:$PROXY_HAPROXY_PORT accept-proxy
+    bind [$v6]:$PROXY_HAPROXY_PORT accept-proxy
+    log-format "proxy-haproxy %fi:%fp %bi %ci:%cp"
+    http-request return status 200 content-type text/plain lf-string "$b %[src] %[src_port]\n"
+EOF
+    (close_inherited_fds; exec ip netns exec "$(ns "$b")" "$HAPROXY" -db -f "$DIR/$b.haproxy.cfg") \
+        >>"$DIR/$b.haproxy.log" 2>"$DIR/$b.haproxy.out" </dev/null &
+    echo $! >"$DIR/$b.haproxy.pid"
     # -e: the error log before the config is read (not Debian's /var/log/nginx).
     (close_inherited_fds; exec ip netns exec "$(ns "$b")" "$NGINX" -c "$conf" -p "$prefix/" -e "$prefix/error.log") \
         >"$DIR/$b.nginx.out" 2>&1 </dev/null &
     echo $! >"$DIR/$b.nginx.pid"
     (close_inherited_fds; exec ip netns exec "$(ns "$b")" "$PYTHON" -u "$REPO/scripts/lab-server.py" "$b" "$DIR/$b.log" \
-        "udp:$v4:53" "udp:[$v6]:53" "tcp-echo:$v4:7" "tcp-echo:[$v6]:7" "tcp-count:$v4:9") \
+        "udp:$v4:53" "udp:[$v6]:53" "tcp-echo:$v4:7" "tcp-echo:[$v6]:7" "tcp-count:$v4:9" \
+        "proxy-banner:$v4:$PROXY_BANNER_PORT" "proxy-banner:[$v6]:$PROXY_BANNER_PORT" \
+        "proxy-echo:$v4:$PROXY_ECHO_PORT" "proxy-echo:[$v6]:$PROXY_ECHO_PORT") \
         >"$DIR/$b.server.out" 2>&1 </dev/null &
     echo $! >"$DIR/$b.server.pid"
 }
@@ -306,12 +346,13 @@ wait_server() { # BACKEND
 wait_nginx() { # BACKEND: until nginx listens on both ports of both addresses
     local b=$1 i
     for i in $(seq 50); do
-        (($(nx "$b" ss -Hltn "( sport = :80 or sport = :$FULLNAT_BACKEND_PORT )" | wc -l) >= 4)) && return 0
+        (($(nx "$b" ss -Hltn "( sport = :80 or sport = :$FULLNAT_BACKEND_PORT or sport = :$PROXY_NGINX_PORT or sport = :$PROXY_HAPROXY_PORT )" | wc -l) >= 8)) && return 0
         running "$(cat "$DIR/$b.nginx.pid")" || { cat "$DIR/$b.nginx.out" "$DIR/$b.nginx/error.log" >&2 2>/dev/null; false; }
+        running "$(cat "$DIR/$b.haproxy.pid")" || { cat "$DIR/$b.haproxy.out" >&2 2>/dev/null; false; }
         sleep 0.1
     done
-    echo "lab.sh: $b's nginx did not start" >&2
-    cat "$DIR/$b.nginx.out" "$DIR/$b.nginx/error.log" >&2 2>/dev/null || true
+    echo "lab.sh: $b's nginx or HAProxy did not start" >&2
+    cat "$DIR/$b.nginx.out" "$DIR/$b.nginx/error.log" "$DIR/$b.haproxy.out" >&2 2>/dev/null || true
     false
 }
 
@@ -321,6 +362,7 @@ stop_server() { # BACKEND: as a crashed server: nothing listens on its ports any
     stop_pid "$(cat "$DIR/$b.server.pid")"
     # nginx (a nat lab's): SIGTERM is its fast shutdown, the master ends its worker.
     if [[ -f $DIR/$b.nginx.pid ]]; then stop_pid "$(cat "$DIR/$b.nginx.pid")"; fi
+    if [[ -f $DIR/$b.haproxy.pid ]]; then stop_pid "$(cat "$DIR/$b.haproxy.pid")"; fi
 }
 
 stop_pid() { # PID: SIGTERM, up to 5 s, then SIGKILL
@@ -720,8 +762,10 @@ nat_backend_lines() { # FAMILY(v4|v6) PORT|- BACKEND:WEIGHT...
     done
 }
 
-nat_service() { # NAME VIP PORT PROTOCOL FORWARDING FAMILY BACKEND_PORT|- BACKEND:WEIGHT...
-    printf '  - name: %s\n    vip: "%s"\n    port: %s\n    protocol: %s\n    forwarding: %s\n    backends:\n' "$1" "$2" "$3" "$4" "$5"
+nat_service() { # NAME VIP PORT PROTOCOL FORWARDING FAMILY BACKEND_PORT|- BACKEND:WEIGHT... (CLIENT_ADDRESS=: its key)
+    printf '  - name: %s\n    vip: "%s"\n    port: %s\n    protocol: %s\n    forwarding: %s\n' "$1" "$2" "$3" "$4" "$5"
+    if [[ ${CLIENT_ADDRESS:-} ]]; then printf '    client_address: %s\n' "$CLIENT_ADDRESS"; fi
+    printf '    backends:\n'
     shift 5
     nat_backend_lines "$@"
 }
@@ -756,6 +800,14 @@ EOF
     nat_service echo-fullnat $FULLNAT_VIP4 7 tcp fullnat v4 - "${FULLNAT_BACKENDS[@]/%/:1}"
     nat_service web6-fullnat $FULLNAT_VIP6 80 tcp fullnat v6 $FULLNAT_BACKEND_PORT "${FULLNAT_BACKENDS[@]/%/:1}"
     nat_service web-fullnat-lb1 $FULLNAT_VIP4 $FULLNAT_BACKEND_PORT tcp fullnat v4 80 "${NAT_BACKENDS[@]/%/:1}"
+    local fam vip suffix
+    for fam in v4 v6; do
+        if [[ $fam == v4 ]]; then vip=$FULLNAT_VIP4 suffix=""; else vip=$FULLNAT_VIP6 suffix=6; fi
+        CLIENT_ADDRESS=proxy-v2 nat_service "nginx$suffix-proxy" "$vip" 81 tcp fullnat $fam $PROXY_NGINX_PORT "${FULLNAT_BACKENDS[@]/%/:1}"
+        CLIENT_ADDRESS=proxy-v2 nat_service "haproxy$suffix-proxy" "$vip" 82 tcp fullnat $fam $PROXY_HAPROXY_PORT "${FULLNAT_BACKENDS[@]/%/:1}"
+        CLIENT_ADDRESS=proxy-v2 nat_service "banner$suffix-proxy" "$vip" 25 tcp fullnat $fam $PROXY_BANNER_PORT "${FULLNAT_BACKENDS[@]/%/:1}"
+        CLIENT_ADDRESS=proxy-v2 nat_service "echo$suffix-proxy" "$vip" 26 tcp fullnat $fam $PROXY_ECHO_PORT "${FULLNAT_BACKENDS[@]/%/:1}"
+    done
 }
 
 cmd_info() {
