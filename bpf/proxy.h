@@ -271,6 +271,21 @@ static __always_inline int sl_proxy_trim_syn(struct xdp_md *ctx, struct sl_packe
 	return SL_CONTINUE;
 }
 
+/* The frame again, as the balancer parsed it before its tail call (nothing
+ * else crosses it), with its 5-tuple in *key; anything but TCP passes. */
+static __always_inline int sl_proxy_parse(struct xdp_md *ctx, struct sl_packet *pkt, struct sl_flow_key *key,
+					  struct sl_stats *st)
+{
+	int rc = sl_parse_packet(ctx, pkt, st);
+
+	if (rc != SL_CONTINUE)
+		return rc;
+	if (pkt->proto != IPPROTO_TCP || pkt->ip_proto != pkt->proto)
+		return XDP_PASS;
+	sl_flow_key_build(pkt, key);
+	return SL_CONTINUE;
+}
+
 /* A client's segment that sl_proxy_seq_forward() sent here: its SYN loses its
  * data, or, at the stream's start, it gets the header. Translated and sent
  * to the backend. */
@@ -284,12 +299,9 @@ static __always_inline int sl_proxy_forward(struct xdp_md *ctx, struct sl_stats 
 	__u32 backend_id;
 	int rc;
 
-	rc = sl_parse_packet(ctx, &pkt, st);
+	rc = sl_proxy_parse(ctx, &pkt, &flow, st);
 	if (rc != SL_CONTINUE)
 		return rc;
-	if (pkt.proto != IPPROTO_TCP || pkt.ip_proto != pkt.proto)
-		return XDP_PASS;
-	sl_flow_key_build(&pkt, &flow);
 	ct = bpf_map_lookup_elem(&sl_conntrack, &flow);
 	if (!ct || !ct->proxy)
 		return SL_RC_DROP(SL_DROP_PROXY); /* aged out since the balancer saw it */
@@ -439,12 +451,9 @@ static __always_inline int sl_proxy_translate_reply(struct xdp_md *ctx, struct s
 	__u64 diff = 0;
 	int rc;
 
-	rc = sl_parse_packet(ctx, &pkt, st);
+	rc = sl_proxy_parse(ctx, &pkt, &key, st);
 	if (rc != SL_CONTINUE)
 		return rc;
-	if (pkt.proto != IPPROTO_TCP || pkt.ip_proto != pkt.proto)
-		return XDP_PASS;
-	sl_flow_key_build(&pkt, &key);
 	nat = bpf_map_lookup_elem(&sl_nat, &key);
 	if (!nat || !nat->proxy)
 		return XDP_PASS; /* aged out since the balancer saw it */

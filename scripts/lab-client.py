@@ -53,22 +53,7 @@ def family_of(host):
 
 
 def http_once(host, port, _n):
-    with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
-        s.settimeout(TIMEOUT)
-        s.connect((host, port))
-        hosthdr = f"[{host}]" if ":" in host else host
-        s.sendall(f"GET / HTTP/1.0\r\nHost: {hosthdr}\r\nUser-Agent: sluice-lab\r\n\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    # lab-server.py answers HTTP/1.0, nginx (a nat lab's backends) HTTP/1.1.
-    if not (head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")):
-        raise RuntimeError(f"bad response {head[:40]!r}")
-    return body.decode().strip()
+    return http_get(host, port, "/", TIMEOUT)[1].decode().strip()
 
 
 def udp_once(host, port, n):
@@ -114,22 +99,29 @@ def own_address(s):
     return f"{local[0]} {local[1]}"
 
 
-def proxyhttp_once(host, port, _n):
+def http_get(host, port, path, timeout):
+    """One HTTP/1.0 GET on a new connection: (this end as "ADDRESS PORT", the body of a 200)."""
     with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
-        s.settimeout(TIMEOUT)
+        s.settimeout(timeout)
         s.connect((host, port))
         me = own_address(s)
         hosthdr = f"[{host}]" if ":" in host else host
-        s.sendall(f"GET / HTTP/1.0\r\nHost: {hosthdr}\r\nUser-Agent: sluice-lab\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {hosthdr}\r\nUser-Agent: sluice-lab\r\n\r\n".encode())
         data = b""
         while True:
-            chunk = s.recv(4096)
+            chunk = s.recv(65536)
             if not chunk:
                 break
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
+    # lab-server.py answers HTTP/1.0, nginx HTTP/1.1.
     if not (head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")):
         raise RuntimeError(f"bad response {head[:40]!r}")
+    return me, body
+
+
+def proxyhttp_once(host, port, _n):
+    me, body = http_get(host, port, "/", TIMEOUT)
     name, _, seen = body.decode().strip().partition(" ")
     if seen != me:
         raise RuntimeError(f"{name} saw the client as {seen!r}, it is {me!r}")
@@ -179,21 +171,7 @@ def bigecho_once(host, port, _n, mbytes):
 
 def download_once(host, port, _n, path):
     import hashlib
-    with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
-        s.settimeout(TIMEOUT * 5)
-        s.connect((host, port))
-        me = own_address(s)
-        hosthdr = f"[{host}]" if ":" in host else host
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {hosthdr}\r\n\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    if not (head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")):
-        raise RuntimeError(f"bad response {head[:40]!r}")
+    me, body = http_get(host, port, path, TIMEOUT * 5)
     return f"{hashlib.sha256(body).hexdigest()}:{len(body)}", me
 
 

@@ -70,8 +70,8 @@ extension Lab {
 
         /// tshark's expert errors for the file (TShark.expertErrors), naming the capture; nil
         /// when there are none.
-        public func expertErrors(guePort: Int) async throws -> String? {
-            try await TShark.expertErrors(pcap: file, guePort: guePort).map { "\(place): \(file)\n\($0)" }
+        public func expertErrors(guePort: Int, options: [String] = []) async throws -> String? {
+            try await TShark.expertErrors(pcap: file, guePort: guePort, options: options).map { "\(place): \(file)\n\($0)" }
         }
     }
 
