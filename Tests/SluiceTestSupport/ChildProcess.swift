@@ -1,35 +1,78 @@
 // A process the tests start (lbctl, lab.sh, curl, an agent, a lab client), awaited
-// without holding a thread: Swift Testing runs every suite in one process on a
-// cooperative pool of one thread per core (two here), so a test that blocks a thread
-// while a child runs stalls every other suite. Foundation's Process reaps the child
-// on a thread of its own and calls the termination handler on another; the handler
-// resumes whoever awaits the exit. Two of Process's habits on Linux matter here:
-// it learns of the exit when a socket its child inherited is closed, so whatever the
-// child leaves running must close inherited descriptors (lab.sh does); and the child
-// inherits the spawning thread's signal mask, in which Swift's threads block SIGTERM
-// and SIGINT (a child that must react to them unblocks them, as lab-client.py does).
+// without holding a thread of the pool: Swift Testing runs every suite in one process
+// on a cooperative pool of one thread per core (two here), so a test that blocks a
+// thread while a child runs stalls every other suite. The child is started with
+// posix_spawn(3) from the calling thread (so it inherits that thread's network
+// namespace), stdin from /dev/null, stdout and stderr to the handles given, every other
+// descriptor closed, and no signal blocked; a thread of its own waits for it
+// (waitpid) and resumes whoever awaits the exit.
+//
+// Not Foundation's Process: twice a clean-clone CI run crashed inside Process.run() (a
+// bad read in memmove) while other suites spawned and read BPF maps, the second time
+// with every spawn already serialized behind a lock.
 import Foundation
 import Glibc
 
+public struct SpawnError: Error, CustomStringConvertible {
+    public let description: String
+}
+
 public final class ChildProcess: @unchecked Sendable {
-    /// Foundation's `Process.run()` on Linux is not safe from several threads at once: a
-    /// clean-clone run crashed inside it (a bad read in memmove) while other tests spawned
-    /// from the pool and from watch timers. Spawns take their turn; a spawn takes ~1 ms.
-    private static let spawning = NSLock()
-    private let process = Process()
     private let latch = ExitLatch()
+    public let pid: Int32
+
+    /// glibc's posix_spawn_file_actions_addclosefrom_np (2.34+), which Swift's Glibc module
+    /// does not import: every descriptor from 3 up is closed in the child.
+    private static let addCloseFrom: @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32 = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else {
+            preconditionFailure("glibc without posix_spawn_file_actions_addclosefrom_np (needs 2.34)")
+        }
+        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+    }()
 
     /// Starts `executable arguments...` with stdin from /dev/null and stdout and stderr
     /// to the given handles (the child gets its own copies: the caller may close them).
     public init(_ executable: String, _ arguments: [String], stdout: FileHandle, stderr: FileHandle) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = stdout
-        process.standardError = stderr
+        var actions = posix_spawn_file_actions_t()
+        var attributes = posix_spawnattr_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawnattr_init(&attributes)
+        defer {
+            posix_spawn_file_actions_destroy(&actions)
+            posix_spawnattr_destroy(&attributes)
+        }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, stdout.fileDescriptor, 1)
+        posix_spawn_file_actions_adddup2(&actions, stderr.fileDescriptor, 2)
+        Self.addCloseFrom(&actions, 3)
+        // Swift's threads block SIGTERM and SIGINT; a child must not inherit that mask.
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in [SIGTERM, SIGINT, SIGPIPE] { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for arg in argv { free(arg) } }
+        var child: pid_t = 0
+        let rc = argv.withUnsafeBufferPointer { args in
+            posix_spawn(&child, executable, &actions, &attributes, UnsafeMutablePointer(mutating: args.baseAddress!), environ)
+        }
+        guard rc == 0 else { throw SpawnError(description: "posix_spawn \(executable): \(String(cString: strerror(rc)))") }
+        pid = child
         // Captures the latch, not self: a child left running keeps only its latch alive.
-        process.terminationHandler = { [latch] process in latch.finish(status: process.terminationStatus) }
-        try Self.spawning.withLock { try process.run() }
+        let reaper = Thread { [latch, child] in
+            var status: Int32 = 0
+            while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+            // As Foundation's terminationStatus: the exit code, or the signal's number.
+            let code = status & 0x7f == 0 ? (status >> 8) & 0xff : status & 0x7f
+            latch.finish(status: code)
+        }
+        reaper.name = "child \(child)"
+        reaper.start()
     }
 
     /// Runs `executable arguments...` to its exit and returns its status, blocking the calling
@@ -44,7 +87,6 @@ public final class ChildProcess: @unchecked Sendable {
         return child.status!
     }
 
-    public var pid: Int32 { process.processIdentifier }
     /// False once the child has exited and been reaped.
     public var isRunning: Bool { latch.outcome == nil }
     /// The exit status (the signal's number if a signal ended it), nil while it runs.
@@ -75,7 +117,7 @@ public final class ChildProcess: @unchecked Sendable {
         return (nil, ContinuousClock.now - start)
     }
 
-    /// SIGKILL without waiting (for a deinit, which cannot await): Foundation still reaps it.
+    /// SIGKILL without waiting (for a deinit, which cannot await): its reaper still reaps it.
     public func killInBackground() {
         if isRunning { Glibc.kill(pid, SIGKILL) }
     }
