@@ -151,8 +151,8 @@ GUE_PORT=6080           # the backends' decapsulators strip GUE to this UDP port
 die() { echo "lab.sh: $*" >&2; exit 2; }
 
 # For a process `up` leaves running: close the descriptors a caller handed us (a test
-# runner's pipes, or the socket through which Foundation's Process learns that its child
-# has ended), so the servers never keep the caller waiting for an EOF.
+# runner's pipes, or any other descriptor a spawner leaves open), so the servers never keep
+# the caller waiting for an EOF.
 close_inherited_fds() {
     local fd
     for fd in /proc/$BASHPID/fd/*; do

@@ -77,7 +77,7 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// Runs `executable arguments...` to its exit and returns its status, blocking the calling
     /// thread: only for a thread of its own (a namespace thread from `TestNamespace.run`), never
-    /// the cooperative pool. It spawns under the same lock as every other child.
+    /// the cooperative pool.
     @available(*, noasync, message: "blocks its thread: use ChildProcess(...).exited() instead")
     public static func runToExit(_ executable: String, _ arguments: [String]) throws -> Int32 {
         let child = try ChildProcess(executable, arguments, stdout: FileHandle.nullDevice, stderr: FileHandle.nullDevice)
