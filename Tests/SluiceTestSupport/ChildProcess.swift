@@ -3,9 +3,9 @@
 // on a cooperative pool of one thread per core (two here), so a test that blocks a
 // thread while a child runs stalls every other suite. The child is started with
 // posix_spawn(3) from the calling thread (so it inherits that thread's network
-// namespace), stdin from /dev/null, stdout and stderr to the handles given, every other
-// descriptor closed, and no signal blocked; a thread of its own waits for it
-// (waitpid) and resumes whoever awaits the exit.
+// namespace and signal mask), stdin from /dev/null, stdout and stderr to the handles
+// given, every other descriptor closed; a thread of its own waits for it (waitpid) and
+// resumes whoever awaits the exit.
 //
 // Not Foundation's Process: twice a clean-clone CI run crashed inside Process.run() (a
 // bad read in memmove) while other suites spawned and read BPF maps, the second time
@@ -45,15 +45,9 @@ public final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_adddup2(&actions, stdout.fileDescriptor, 1)
         posix_spawn_file_actions_adddup2(&actions, stderr.fileDescriptor, 2)
         Self.addCloseFrom(&actions, 3)
-        // Swift's threads block SIGTERM and SIGINT; a child must not inherit that mask.
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attributes, &none)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGTERM, SIGINT, SIGPIPE] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // The child inherits the spawning thread's signal mask, as it did from Foundation's
+        // Process: Swift's threads block SIGTERM and SIGINT, and a child that must react to
+        // them unblocks them (lab-client.py does; the agent's signal handling expects them so).
 
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for arg in argv { free(arg) } }
