@@ -13,7 +13,7 @@ BPF_CLANG ?= /usr/bin/clang
 BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -mcpu=v3 \
 	-I/usr/include/$(shell uname -m)-linux-gnu -Ibpf
 APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev clang llvm bpftool iproute2 pkg-config xxd ethtool \
-	python3 iputils-ping util-linux prometheus openssl curl tcpdump tshark nginx haproxy nftables
+	python3 iputils-ping util-linux prometheus openssl curl tcpdump tshark nginx haproxy nftables bird2
 
 BPF_HEADERS := $(wildcard bpf/*.h)
 BPF_OBJECTS := bpf/build/lb.bpf.o bpf/build/decap.bpf.o
@@ -35,6 +35,10 @@ deps:
 		echo "installing:" $$missing; \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		if echo " $$missing " | grep -q " bird2 " && [ -d /run/systemd/system ]; then \
+			echo "stopping the packaged bird service: the lab and the tests run BIRDs of their own, in namespaces"; \
+			systemctl disable --now bird >/dev/null 2>&1 || true; \
+		fi; \
 	fi
 
 bpf/build/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS)

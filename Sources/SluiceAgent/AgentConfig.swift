@@ -23,6 +23,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var healthDefaults: HealthCheckDefaults
     /// Connection-state sync with peer balancers; nil = off.
     public var sync: SyncConfig?
+    /// Announcing the VIPs through the node's BIRD; nil = off.
+    public var bgp: BGPConfig?
     /// How long a flow may stay unseen before the agent deletes it from the connection table.
     public var idleTimeouts = IdleTimeouts()
 
@@ -38,9 +40,10 @@ public struct AgentConfig: Sendable, Equatable {
         self.tlsKey = tlsKey
         self.healthDefaults = healthDefaults
         sync = nil
+        bgp = nil
     }
 
-    static let keys = ["listen", "pin_path", "token_file", "services_file", "tls", "healthcheck_defaults", "sync", "conntrack"]
+    static let keys = ["listen", "pin_path", "token_file", "services_file", "tls", "healthcheck_defaults", "sync", "bgp", "conntrack"]
     static let conntrackKeys = ["tcp_idle_timeout", "udp_idle_timeout", "tcp_syn_timeout", "tcp_closing_timeout"]
     static let tlsKeys = ["cert", "key"]
 
@@ -71,6 +74,9 @@ public struct AgentConfig: Sendable, Equatable {
         }
         if let sync = top.values["sync"] {
             config.sync = try SyncConfig.parse(sync, reader: &reader)
+        }
+        if let bgp = top.values["bgp"] {
+            config.bgp = try BGPConfig.parse(bgp, reader: &reader)
         }
         if let conntrack = top.values["conntrack"] {
             let fields = try reader.mapping(conntrack, path: "conntrack", allowed: conntrackKeys)
@@ -114,6 +120,11 @@ public struct AgentConfig: Sendable, Equatable {
             return nil  // an IPv6 address needs brackets
         }
         return host.isEmpty ? nil : (host, port)
+    }
+
+    /// Where a drained node records it (beside the services file), so a restart stays drained.
+    public var drainMarker: String {
+        ((servicesFile as NSString).deletingLastPathComponent as NSString).appendingPathComponent("drained")
     }
 
     /// The bearer token: the token file's first line, without surrounding whitespace.

@@ -110,6 +110,8 @@ public actor AgentController {
     public nonisolated let health: HealthMonitor
     /// Connection-state sync with peer balancers (nil: not configured); a service beside the server.
     public nonisolated let sync: SyncService?
+    /// Announces the VIPs through BIRD (nil: no `bgp:`); a service beside the server.
+    public nonisolated let fleet: FleetAnnouncer?
     /// Request bodies larger than this are refused (a 4096-service file is ~1 MB).
     public static let maxBody = 16 << 20
 
@@ -134,6 +136,10 @@ public actor AgentController {
             try await dataplane.stopSyncReporting()
         }
         self.sync = sync
+        fleet = config.bgp.map { bgp in
+            FleetAnnouncer(config: bgp, dataplane: dataplane, drainMarker: config.drainMarker, logger: logger,
+                           isReady: { sync?.isReady ?? true })
+        }
         var refresh: (@Sendable ([FlowRecord]) async -> Void)?
         if let sync { refresh = { records in await sync.refresh(records) } }
         conntrack = try await ConntrackKeeper(dataplane: dataplane, timeouts: config.idleTimeouts, logger: logger,
@@ -212,7 +218,30 @@ public actor AgentController {
     }
 
     public nonisolated func status() async throws -> StatusReport {
-        do { return try await dataplane.status() } catch { throw APIError(error) }
+        do {
+            var report = try await dataplane.status()
+            report.bgp = fleet?.status
+            return report
+        } catch { throw APIError(error) }
+    }
+
+    /// This node's announcements (409 without `bgp:`).
+    public nonisolated func fleetStatus() throws -> FleetStatus {
+        try announcer().status
+    }
+
+    /// Withdraws every VIP and waits for new flows to stop (see FleetAnnouncer.drain).
+    public nonisolated func drain(timeout: Duration?) async throws -> DrainReport {
+        do { return try await announcer().drain(timeout: timeout) } catch let error as ControlError { throw APIError(error) }
+    }
+
+    public nonisolated func undrain() async throws -> FleetStatus {
+        try await announcer().undrain()
+    }
+
+    private nonisolated func announcer() throws(APIError) -> FleetAnnouncer {
+        guard let fleet else { throw APIError(status: 409, "this agent announces nothing: its configuration has no bgp: section") }
+        return fleet
     }
 
     /// The applied set, read back from the maps, in the service-file schema.
@@ -283,7 +312,9 @@ public actor AgentController {
             let input = try await dataplane.metrics(conntrackEntries: conntrack.entries, conntrackExpired: conntrack.expired,
                                                     lastApply: shared.withLock { $0.lastApply }, sync: sync?.stats.snapshot,
                                                     nat: conntrack.nat)
-            return MetricsRenderer.render(input)
+            var withFleet = input
+            withFleet.fleet = fleet?.status
+            return MetricsRenderer.render(withFleet)
         } catch { throw APIError(error) }
     }
 

@@ -6,6 +6,7 @@ import HummingbirdCore
 import HummingbirdTLS
 import Logging
 import ServiceLifecycle
+import UnixSignals
 import SluiceControl
 import SluiceCore
 
@@ -32,6 +33,24 @@ public enum AgentServer {
         }
         router.get("/v1/status") { _, _ in
             do { return json(200, try await controller.status()) } catch { return failure(error) }
+        }
+        router.get("/v1/bgp") { _, _ in
+            do { return json(200, try controller.fleetStatus()) } catch { return failure(error) }
+        }
+        router.post("/v1/drain") { request, _ in
+            guard controller.isAuthorized(request.headers[.authorization]) else { return failure(APIError.unauthorized) }
+            var timeout: Duration?
+            if let text = request.uri.queryParameters["timeout"].map(String.init) {
+                guard let milliseconds = HealthCheck.parseDuration(text), (0...3_600_000).contains(milliseconds) else {
+                    return failure(APIError(status: 400, "timeout \(String(reflecting: text)) is not a duration from 0s to 1h (e.g. 30s)"))
+                }
+                timeout = .milliseconds(milliseconds)
+            }
+            do { return json(200, try await controller.drain(timeout: timeout)) } catch { return failure(error) }
+        }
+        router.post("/v1/undrain") { request, _ in
+            guard controller.isAuthorized(request.headers[.authorization]) else { return failure(APIError.unauthorized) }
+            do { return json(200, try await controller.undrain()) } catch { return failure(error) }
         }
         router.get("/v1/services") { _, _ in
             do { return json(200, try await controller.services()) } catch { return failure(error) }
@@ -111,7 +130,8 @@ public enum AgentServer {
         let app = Application(
             router: router(controller), server: server,
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: "sluice"),
-            services: [controller.conntrack, controller.health, controller.neighbours] + (controller.sync.map { [$0] } ?? []),
+            services: [controller.conntrack, controller.health, controller.neighbours] + (controller.sync.map { [$0] } ?? [])
+                + (controller.fleet.map { [$0] } ?? []),
             onServerRunning: { channel in
                 // Tests and scripts wait for this line; with port 0 it is how they learn the port.
                 let port = channel.localAddress?.port ?? config.port
@@ -120,6 +140,30 @@ public enum AgentServer {
                 FileHandle.standardOutput.write(Data(line.utf8))
             },
             logger: logger)
-        try await app.runService()  // graceful shutdown on SIGTERM and SIGINT
+        // Graceful shutdown on SIGTERM and SIGINT, after the node has stopped announcing (and,
+        // for shutdown_grace, new flows have stopped): the server keeps answering meanwhile.
+        // A second signal cuts that wait short.
+        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            tasks.addTask {
+                var stopping: Task<Void, Never>?
+                for await signal in await UnixSignalsSequence(trapping: .sigterm, .sigint) {
+                    if let stopping {  // the second signal
+                        stopping.cancel()
+                        break
+                    }
+                    guard let fleet = controller.fleet else { break }
+                    logger.notice("\(signal): withdrawing every VIP before exiting")
+                    stopping = Task {
+                        await fleet.stopAnnouncing()
+                        await group.triggerGracefulShutdown()
+                    }
+                }
+                await group.triggerGracefulShutdown()
+            }
+            try await tasks.next()
+            tasks.cancelAll()
+        }
     }
 }

@@ -97,6 +97,11 @@ public actor DataplaneOwner {
         try await read { dataplane throws(ControlError) in try dataplane.status() }
     }
 
+    /// The node's counters (new flows, verdicts, drops), summed over the CPUs.
+    public nonisolated func nodeCounters() async throws(ControlError) -> NodeCounters {
+        try await read { dataplane throws(ControlError) in try dataplane.nodeCounters() }
+    }
+
     /// What applying `desired` would change; writes nothing.
     public nonisolated func dryRun(_ desired: ServiceFile) async throws(ControlError) -> ApplyResult {
         try await read { dataplane throws(ControlError) in try dataplane.apply(desired, dryRun: true) }

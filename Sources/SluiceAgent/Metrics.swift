@@ -42,12 +42,15 @@ public struct MetricsInput: Sendable {
     public var nat: NATFigures
     /// The applied SNAT addresses, IPv4 then IPv6, in pool order.
     public var snatPool: [SNATPoolAddress]
+    /// The announcements, when the agent drives BIRD.
+    public var fleet: FleetStatus?
 
     public init(counters: CounterSnapshot, services: [AppliedService], conntrackEntries: Int?, conntrackExpired: UInt64 = 0,
                 conntrackCapacity: Int, lastApply: Double, version: String, sync: SyncStats.Snapshot? = nil,
                 nat: NATFigures = NATFigures(), snatPool: [SNATPoolAddress] = []) {
         self.nat = nat
         self.snatPool = snatPool
+        fleet = nil
         self.conntrackExpired = conntrackExpired
         self.counters = counters
         self.services = services
@@ -183,6 +186,7 @@ public enum MetricsRenderer {
         out.family("sluice_flow_events_lost_total", .counter, "New flows not reported for sync because the ring buffer was full.")
         out.sample("sluice_flow_events_lost_total", "", counters.flowEventsLost)
         if let sync = input.sync { renderSync(sync, into: &out) }
+        if let fleet = input.fleet { renderFleet(fleet, into: &out) }
 
         out.family("sluice_services", .gauge, "Services applied.")
         out.sample("sluice_services", "", UInt64(input.services.count))
@@ -190,6 +194,20 @@ public enum MetricsRenderer {
                    "When the agent last applied a desired set (seconds since the epoch; 0: never).")
         out.sample("sluice_last_apply_timestamp_seconds", "", input.lastApply)
         return out.bytes
+    }
+
+    /// The node's place in the fleet: drained or not, each VIP announced through BIRD or not.
+    private static func renderFleet(_ fleet: FleetStatus, into out: inout PrometheusText) {
+        out.family("sluice_draining", .gauge, "1 while this node is drained (lbctl drain): every VIP withdrawn.")
+        out.sample("sluice_draining", "", UInt64(fleet.draining ? 1 : 0))
+        out.family("sluice_bgp_announced", .gauge, "1 while BIRD announces the VIP for this node, 0 while it is withdrawn.")
+        for vip in fleet.vips {
+            out.sample("sluice_bgp_announced", PrometheusText.labels(["vip": vip.vip]), UInt64(vip.announced ? 1 : 0))
+        }
+        out.family("sluice_bgp_updates_total", .counter, "Changed announcements BIRD took (include file rewritten, configure) since the agent started.")
+        out.sample("sluice_bgp_updates_total", "", fleet.updates)
+        out.family("sluice_bgp_errors_total", .counter, "Attempts to change the announcements that BIRD refused or did not answer, since the agent started.")
+        out.sample("sluice_bgp_errors_total", "", fleet.errors)
     }
 
     /// The translations: the data plane's counters, the agent's sweep figures, pool use.

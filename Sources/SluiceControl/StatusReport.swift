@@ -103,9 +103,12 @@ public struct StatusReport: Sendable, Codable, Equatable {
     public var interfaces: [Interface]
     public var node: Node
     public var services: [ServiceStatus]
+    /// From an agent with `bgp:` only (GET /v1/status, `lbctl status --server`): the node's
+    /// drain state and VIP announcements.
+    public var bgp: FleetStatus?
 
     enum CodingKeys: String, CodingKey {
-        case interfaces, node, services
+        case interfaces, node, services, bgp
         case pinPath = "pin_path"
         case programID = "program_id"
     }

@@ -72,80 +72,12 @@ struct Apply: AsyncParsableCommand {
         do { body = try Data(contentsOf: URL(fileURLWithPath: file)) } catch {
             throw ControlError.badInput("\(file): cannot read it: \(error.localizedDescription)")
         }
-        let token: String
-        do {
-            token = try String(contentsOfFile: tokenFile, encoding: .utf8)
-                .split(whereSeparator: \.isNewline).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
-        } catch {
-            throw ControlError.badInput("\(tokenFile): cannot read the token: \(error.localizedDescription)")
-        }
-        let base = server.hasSuffix("/") ? String(server.dropLast()) : server
-        guard let url = URL(string: base + (dryRun ? "/v1/services/validate" : "/v1/services")),
-              url.scheme == "http" || url.scheme == "https", url.host != nil else {
-            throw ControlError.badInput("--server \(String(reflecting: server)) is not an http:// or https:// URL")
-        }
-        // AsyncHTTPClient rather than URLSession: on Linux URLSession has no way to trust a given CA.
-        var tls = TLSConfiguration.makeClientConfiguration()
-        if let cacert {
-            let roots: [NIOSSLCertificate]
-            do { roots = try NIOSSLCertificate.fromPEMFile(cacert) } catch {
-                throw ControlError.badInput("--cacert \(cacert): cannot read PEM certificates from it: \(error)")
-            }
-            guard !roots.isEmpty else { throw ControlError.badInput("--cacert \(cacert): holds no PEM certificate") }
-            tls.trustRoots = .certificates(roots)
-        }
-        var configuration = HTTPClient.Configuration(tlsConfiguration: tls, timeout: .init(connect: .seconds(10), read: .seconds(60)))
-        // One attempt: a refused connection or a TLS failure is reported at once, not retried until the timeout.
-        configuration.connectionPool.retryConnectionEstablishment = false
-        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-        var request = HTTPClientRequest(url: url.absoluteString)
-        request.method = dryRun ? .POST : .PUT
-        request.headers.add(name: "Authorization", value: "Bearer \(token)")
-        request.headers.add(name: "Content-Type", value: file.hasSuffix(".json") ? "application/json" : "application/yaml")
-        request.body = .bytes(ByteBuffer(bytes: body))
-
-        let exchange: Result<(status: Int, data: Data), any Error>
-        do {
-            let response = try await client.execute(request, timeout: .seconds(60))
-            exchange = .success((Int(response.status.code), Data(try await response.body.collect(upTo: 64 << 20).readableBytesView)))
-        } catch {
-            exchange = .failure(error)
-        }
-        try? await client.shutdown()
-        let status: Int, data: Data
-        switch exchange {
-        case .success(let answer): (status, data) = answer
-        case .failure(let error): throw RemoteError(message: "\(url): \(Self.describe(error, url: url))", isBadInput: false)
-        }
-        guard status == 200 else {
-            let message = (try? JSONDecoder().decode(APIError.ErrorBody.self, from: data))?.error
-                ?? String(decoding: data.prefix(500), as: UTF8.self)
-            throw RemoteError(message: "\(url): \(status): \(message)", isBadInput: (400..<500).contains(status))
-        }
-        guard let answer = try? JSONDecoder().decode(ApplyResponse.self, from: data) else {
-            throw RemoteError(message: "\(url): the answer is not an apply result: \(String(decoding: data.prefix(500), as: UTF8.self))",
-                              isBadInput: false)
-        }
+        let token = try AgentClient.readToken(tokenFile)
+        let client = AgentClient(server: server, cacert: cacert)
+        let data = try await client.exchange(dryRun ? .POST : .PUT, dryRun ? "/v1/services/validate" : "/v1/services", token: token,
+                                             body: body, contentType: file.hasSuffix(".json") ? "application/json" : "application/yaml")
+        let answer = try client.decode(ApplyResponse.self, data, what: "an apply result")
         report(lines: answer.changes, applied: answer.applied, tables: answer.tablesWritten, bytes: answer.bytesWritten,
                unresolved: answer.unresolvedNeighbours ?? [])
     }
-}
-
-extension Apply {
-    /// A transport error in words; a certificate that does not verify says so and names the remedy.
-    static func describe(_ error: any Error, url: URL) -> String {
-        let text = String(describing: error)
-        if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("failedToValidateHostname") {
-            return "TLS: the agent's certificate could not be verified (\(text)); "
-                + "pass --cacert FILE with the CA that signed it, or check that it is issued for \(url.host ?? "the host")"
-        }
-        if error is NIOSSLError || error is BoringSSLError { return "TLS handshake failed: \(text)" }
-        return text
-    }
-}
-
-/// An agent refused the request (4xx: bad input, exit 2) or could not be reached or failed (exit 1).
-struct RemoteError: Error {
-    var message: String
-    var isBadInput: Bool
 }

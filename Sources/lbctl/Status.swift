@@ -1,16 +1,25 @@
 // lbctl status: interfaces, node settings, services and backends with their weights and health.
 import ArgumentParser
+import Foundation
 import SluiceControl
 
-struct Status: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show interfaces, services and backends.")
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show interfaces, services and backends.",
+        discussion: "With --server or --config, the agent answers (GET /v1/status), adding its drain state and each VIP's BGP announcement.")
 
     @Flag(help: "Print JSON (stable; see the README).") var json = false
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var agent: AgentOptions
 
-    func run() throws {
-        let dataplane = try Dataplane.open(pinPath: global.pinPath)
-        let report = try dataplane.status()
+    func run() async throws {
+        let report: StatusReport
+        if agent.server != nil || agent.config != nil {
+            let (client, _) = try agent.client(needsToken: false)
+            report = try client.decode(StatusReport.self, try await client.exchange(.GET, "/v1/status", token: nil), what: "a status report")
+        } else {
+            report = try Dataplane.open(pinPath: global.pinPath).status()
+        }
         if json { return try printJSON(report) }
         let interfaces = report.interfaces.map { "\($0.name) (\($0.mode))" }.joined(separator: ", ")
         print("pin path:   \(report.pinPath) (program id \(report.programID))")
@@ -32,6 +41,7 @@ struct Status: ParsableCommand {
                              address, String(backend.weight), backend.state, backend.health, mac])
             }
         }
+        if let fleet = report.bgp { printFleet(fleet) }
         print("")
         printTable(["SERVICE", "VIP", "FORWARDING", "BACKEND", "WEIGHT", "STATE", "HEALTH", "MAC"], rows)
     }

@@ -64,7 +64,7 @@ struct AgentConfigTests {
         #expect(syncDefaults?.batchIntervalMilliseconds == 50 && syncDefaults?.resyncTimeoutMilliseconds == 10_000)
     }
 
-    static let allowedTop = "listen, pin_path, token_file, services_file, tls, healthcheck_defaults, sync, conntrack"
+    static let allowedTop = "listen, pin_path, token_file, services_file, tls, healthcheck_defaults, sync, bgp, conntrack"
     static let durationTiming = "(e.g. 500ms, 2s, 1m)"
 
     static let bad: [BadAgentConfig] = [
