@@ -5,15 +5,24 @@
 #   scripts/lab.sh up NAME            build the lab (cleans up after itself if that fails)
 #   scripts/lab.sh down NAME          remove everything of lab NAME (idempotent)
 #   scripts/lab.sh info NAME          key=value lines: addresses, interfaces, paths
-#   scripts/lab.sh services NAME [ECHO] [lb|lb2]  print a service file (for that balancer); ECHO = the echo service's
+#   scripts/lab.sh services NAME [ECHO] [lb|lb2|lb3]  print a service file (for that balancer); ECHO = the echo service's
 #                                     backends as be1:1,be2:1 (the default). In a LAB_SEGMENT=nat lab: the
 #                                     nat and fullnat services below (no arguments)
 #   scripts/lab.sh apply NAME [ECHO]  write that service file and `lbctl apply` it on the lb
-#                                     (and on lb2, with lb2's node addresses, when the lab has it)
+#                                     (and on lb2 and lb3, with their own node addresses, when the lab has them)
 #   scripts/lab.sh lbctl NAME ARGS... run lbctl in the lb namespace with the lab's pin path
-#   scripts/lab.sh lbctl2 NAME ARGS.. the same for the second balancer (LAB_BALANCERS=2)
-#   scripts/lab.sh route NAME both|lb|lb2  route the VIPs over both balancers (ECMP) or
-#                                     only one (the other withdrawn, as a failed node would be)
+#   scripts/lab.sh lbctl2 NAME ARGS.. the same for the second balancer (LAB_BALANCERS=2 or 3)
+#   scripts/lab.sh lbctl3 NAME ARGS.. the same for the third balancer (LAB_BALANCERS=3)
+#   scripts/lab.sh route NAME both|lb|lb2|lb3  route the VIPs over every balancer (ECMP; `both`
+#                                     also in a three-balancer lab) or only one (the others withdrawn,
+#                                     as failed nodes would be); not in a LAB_ROUTING=bgp lab
+#   scripts/lab.sh bird NAME NODE ARGS...  birdc ARGS... on NODE's BIRD (router lb lb2 lb3; bgp lab only)
+#   scripts/lab.sh bird-stop NAME NODE     SIGKILL NODE's BIRD (as a crash) and wait until it is gone
+#   scripts/lab.sh bird-start NAME NODE    start it again, same config; wait until its socket answers
+#   scripts/lab.sh bfd NAME on|off    rewrite every bird.conf with or without BFD, `configure`
+#                                     each, wait until the router's sessions are Established again
+#   scripts/lab.sh cut NAME LB on|off a silent failure of the router's link to LB (bgp lab): nftables
+#                                     in the router drops everything on r-lb/r-lb2/r-lb3, carrier stays up
 #   scripts/lab.sh client NAME ARGS.. run scripts/lab-client.py in the client namespace
 #   scripts/lab.sh exec NAME NODE CMD...  run CMD in NAME-NODE (client router lb be1 be2 be3; be4-be6 in a nat lab)
 #   scripts/lab.sh server-stop NAME BE    stop backend BE's servers (as a crash would)
@@ -43,6 +52,19 @@
 # hashing on layer 4 (fib_multipath_hash_policy=1), so different client ports spread
 # over both nodes. `route NAME lb|lb2` withdraws one of them, `route NAME both` restores
 # ECMP. The count is kept in the lab's directory: later commands need no LAB_BALANCERS.
+# LAB_BALANCERS=3 (own segment only) adds a third, in the same way:
+#
+#   NAME-router r-lb3    10.10.6.1 fd10:6::1  ----  NAME-lb3 lb0 10.10.6.2 fd10:6::2 (XDP, pins $BPFFS/lb3)
+#
+# With LAB_ROUTING=bgp at `up` (LAB_BALANCERS=2 or 3, own segment) nobody writes VIP routes
+# by hand: every node runs BIRD 2 (in its namespace; config, control socket, pid and log as
+# DIR/NODE.bird.{conf,ctl,pid,log}). The router (AS 65000) has an eBGP session per balancer
+# and family (to its lb0 v4 and v6 addresses), imports everything and installs the best
+# routes, merged into ECMP multipath routes, in its kernel. Each balancer (AS 65100) has a
+# v4 and a v6 session to the router, installs nothing, and announces what its
+# DIR/LB.bird-vips.conf holds: static VIP routes, which the Sluice agent writes (the lab
+# writes it empty) and loads with `configure`. LAB_BFD=1 starts with BFD on every session
+# (`bfd NAME on|off` later). The routing and BFD state are kept in the lab's directory.
 #
 # With LAB_SEGMENT=shared at `up` (for l2dsr: direct routing on one Ethernet segment), the
 # balancer's link is a port of the backends' bridge instead of a link of its own:
@@ -102,8 +124,10 @@
 # Environment: LBCTL (default .build/debug/lbctl of this repository), PYTHON (default
 # Debian's /usr/bin/python3), NGINX (default the nginx on PATH, else /usr/sbin/nginx; a nat lab's),
 # LAB_ROOT (default /tmp: the lab dir is $LAB_ROOT/sluice-lab-NAME),
-# LAB_BALANCERS (1 or 2, default 1), LAB_SEGMENT (own, shared or nat, default own), LAB_TUNNEL_MTU
-# (1280-9000, default 1600, 1500 for nat; these three are read by `up` only).
+# LAB_BALANCERS (1, 2 or 3, default 1), LAB_SEGMENT (own, shared or nat, default own), LAB_TUNNEL_MTU
+# (1280-9000, default 1600, 1500 for nat), LAB_ROUTING (static or bgp, default static), LAB_BFD
+# (1 = BFD on at start, bgp only; these five are read by `up` only), BIRD and BIRDC (default
+# Debian's bird2: /usr/sbin/bird, /usr/sbin/birdc).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -115,14 +139,17 @@ fi
 LAB_ROOT=${LAB_ROOT:-/tmp}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}   # a nat lab's backends
 HAPROXY=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}   # a nat lab's backends (accept-proxy)
+BIRD=${BIRD:-/usr/sbin/bird} BIRDC=${BIRDC:-/usr/sbin/birdc}   # a LAB_ROUTING=bgp lab's
 
 # --- the plan: addresses and names ------------------------------------------------
 CLIENT_V4=10.10.1.2   CLIENT_V6=fd10:1::2
 ROUTER_CLIENT_V4=10.10.1.1 ROUTER_CLIENT_V6=fd10:1::1
 ROUTER_LB_V4=10.10.2.1 ROUTER_LB_V6=fd10:2::1
 LB_V4=10.10.2.2       LB_V6=fd10:2::2
-ROUTER_LB2_V4=10.10.4.1 ROUTER_LB2_V6=fd10:4::1   # LAB_BALANCERS=2 only
+ROUTER_LB2_V4=10.10.4.1 ROUTER_LB2_V6=fd10:4::1   # LAB_BALANCERS=2 or 3 only
 LB2_V4=10.10.4.2      LB2_V6=fd10:4::2
+ROUTER_LB3_V4=10.10.6.1 ROUTER_LB3_V6=fd10:6::1   # LAB_BALANCERS=3 only
+LB3_V4=10.10.6.2      LB3_V6=fd10:6::2
 ROUTER_BE_V4=10.10.3.1 ROUTER_BE_V6=fd10:3::1
 BACKENDS=(be1 be2 be3)
 # In a nat lab be1-be3 sit behind the lb on 10.10.5.0/24; every other backend on the router's 10.10.3.0/24.
@@ -168,14 +195,31 @@ set_name() {
     BPFFS=$DIR/bpffs
     LB_PIN=$BPFFS/lb
     LB2_PIN=$BPFFS/lb2
+    LB3_PIN=$BPFFS/lb3
     # The balancer count: what `up` recorded in the lab's directory, else (for `up`)
     # LAB_BALANCERS.
     if [[ -f $DIR/balancers ]]; then BALANCERS=$(cat "$DIR/balancers"); else BALANCERS=${LAB_BALANCERS:-1}; fi
-    [[ $BALANCERS == 1 || $BALANCERS == 2 ]] || die "LAB_BALANCERS must be 1 or 2, got '$BALANCERS'"
+    [[ $BALANCERS == 1 || $BALANCERS == 2 || $BALANCERS == 3 ]] || die "LAB_BALANCERS must be 1, 2 or 3, got '$BALANCERS'"
+    LBS=(lb lb2 lb3)
+    LBS=("${LBS[@]:0:BALANCERS}")
     # The segment and the tunnel MTU, recorded by `up` the same way.
     if [[ -f $DIR/segment ]]; then SEGMENT=$(cat "$DIR/segment"); else SEGMENT=${LAB_SEGMENT:-own}; fi
     [[ $SEGMENT == own || $SEGMENT == shared || $SEGMENT == nat ]] || die "LAB_SEGMENT must be own, shared or nat, got '$SEGMENT'"
     [[ $SEGMENT == own || $BALANCERS == 1 ]] || die "LAB_SEGMENT=$SEGMENT has one balancer (LAB_BALANCERS=1)"
+    # How the router learns the VIP routes (static: set_routes; bgp: BIRD), and whether the
+    # BGP sessions run BFD: recorded the same way.
+    if [[ -f $DIR/routing ]]; then ROUTING=$(cat "$DIR/routing"); else ROUTING=${LAB_ROUTING:-static}; fi
+    [[ $ROUTING == static || $ROUTING == bgp ]] || die "LAB_ROUTING must be static or bgp, got '$ROUTING'"
+    if [[ $ROUTING == bgp ]] && { ((BALANCERS < 2)) || [[ $SEGMENT != own ]]; }; then
+        die "LAB_ROUTING=bgp needs LAB_BALANCERS=2 or 3 and the own segment"
+    fi
+    if [[ -f $DIR/bfd ]]; then
+        BFD=$(cat "$DIR/bfd")
+    else
+        [[ ${LAB_BFD:-0} == 0 || ${LAB_BFD:-0} == 1 ]] || die "LAB_BFD must be 0 or 1, got '${LAB_BFD}'"
+        if [[ ${LAB_BFD:-0} == 1 ]]; then BFD=on; else BFD=off; fi
+    fi
+    [[ $BFD == off || $ROUTING == bgp ]] || die "LAB_BFD=1 needs LAB_ROUTING=bgp"
     # lb and backend links: by default room for the 20/40(+8 GUE)-byte tunnel header; NAT
     # adds no header, so a nat lab's links are the client's 1500.
     local default_mtu=1600
@@ -191,11 +235,17 @@ set_name() {
         NAT_BACKENDS=(be1 be2 be3) FULLNAT_BACKENDS=(be4 be5 be6)
         BACKENDS=("${NAT_BACKENDS[@]}" "${FULLNAT_BACKENDS[@]}")
     fi
-    if ((BALANCERS == 2)); then
-        NODES=(client router lb lb2 "${BACKENDS[@]}")
-    else
-        NODES=(client router lb "${BACKENDS[@]}")
-    fi
+    NODES=(client router "${LBS[@]}" "${BACKENDS[@]}")
+}
+# A balancer's addresses, pin path and the router's side of its link (lb, lb2, lb3).
+lb_v4() { case $1 in lb) echo "$LB_V4" ;; lb2) echo "$LB2_V4" ;; lb3) echo "$LB3_V4" ;; esac; }
+lb_v6() { case $1 in lb) echo "$LB_V6" ;; lb2) echo "$LB2_V6" ;; lb3) echo "$LB3_V6" ;; esac; }
+lb_pin() { case $1 in lb) echo "$LB_PIN" ;; lb2) echo "$LB2_PIN" ;; lb3) echo "$LB3_PIN" ;; esac; }
+router_lb_v4() { case $1 in lb) echo "$ROUTER_LB_V4" ;; lb2) echo "$ROUTER_LB2_V4" ;; lb3) echo "$ROUTER_LB3_V4" ;; esac; }
+router_lb_v6() { case $1 in lb) echo "$ROUTER_LB_V6" ;; lb2) echo "$ROUTER_LB2_V6" ;; lb3) echo "$ROUTER_LB3_V6" ;; esac; }
+router_lb_if() { echo "r-$1"; }
+check_lb() { # LB: one of this lab's balancers
+    [[ " ${LBS[*]} " == *" $1 "* ]] || die "lab $NAME has no balancer '$1' (${LBS[*]}; LAB_BALANCERS at up)"
 }
 ns() { echo "$NAME-$1"; }
 nx() { local node=$1; shift; ip netns exec "$(ns "$node")" "$@"; }
@@ -206,9 +256,9 @@ lbctl_in() { local node=$1; shift; nsenter --net="/run/netns/$(ns "$node")" "$LB
 # --- down -------------------------------------------------------------------------
 cmd_down() {
     local node n pid pids nodes=("${NODES[@]}")
-    # lb2 and a nat lab's be4-be6 too, whatever was recorded: a bring-up that failed early
-    # leaves no record.
-    for node in lb2 be4 be5 be6; do [[ " ${nodes[*]} " == *" $node "* ]] || nodes+=("$node"); done
+    # lb2, lb3 and a nat lab's be4-be6 too, whatever was recorded: a bring-up that failed
+    # early leaves no record. (BIRD runs inside the namespaces: their pids end it too.)
+    for node in lb2 lb3 be4 be5 be6; do [[ " ${nodes[*]} " == *" $node "* ]] || nodes+=("$node"); done
     for node in "${nodes[@]}"; do
         n=$(ns "$node")
         [[ -e /run/netns/$n ]] || continue
@@ -421,6 +471,7 @@ cmd_up() {
     [[ -x $LBCTL ]] || die "no lbctl at $LBCTL (swift build, or set LBCTL)"
     [[ -x $PYTHON ]] || die "no python3 (apt-get install python3)"
     [[ $SEGMENT != nat || -x $NGINX ]] || die "no nginx at $NGINX (apt-get install nginx, or set NGINX)"
+    [[ $ROUTING != bgp || (-x $BIRD && -x $BIRDC) ]] || die "no BIRD at $BIRD / $BIRDC (apt-get install bird2, or set BIRD and BIRDC)"
 
     # From here on, a failure or an interrupt takes down whatever was built.
     trap 'rc=$?; trap - EXIT ERR INT TERM; echo "lab.sh: bring-up of $NAME failed (line $LINENO), cleaning up" >&2; cmd_down; exit $((rc ? rc : 1))' ERR INT TERM
@@ -431,6 +482,8 @@ cmd_up() {
     mkdir -p "$BPFFS"
     ((BALANCERS == 1)) || echo "$BALANCERS" >"$DIR/balancers"
     [[ $SEGMENT == own ]] || echo "$SEGMENT" >"$DIR/segment"
+    [[ $ROUTING == static ]] || echo "$ROUTING" >"$DIR/routing"
+    [[ $ROUTING == static ]] || echo "$BFD" >"$DIR/bfd"
     ((TUNNEL_MTU == 1600)) || echo "$TUNNEL_MTU" >"$DIR/tunnel_mtu"
     mount -t bpf bpf "$BPFFS" -o mode=0700
 
@@ -449,17 +502,17 @@ cmd_up() {
     echo "lab $NAME is up: $DIR"
 }
 
-# The default (and shared-segment, two-balancer) lab: backends decapsulating, replies direct.
+# The default (and shared-segment, two- and three-balancer) lab: backends decapsulating, replies direct.
 build_dsr() {
-    local b i
+    local b i l
     # Links: every veth is created inside the router namespace with its peer created
     # directly in the other namespace; nothing touches the host's namespace.
     local R; R=$(ns router)
     ip -n "$R" link add r-client type veth peer name eth0 netns "$(ns client)"
     ip -n "$R" link add r-lb mtu $TUNNEL_MTU type veth peer name lb0 mtu $TUNNEL_MTU netns "$(ns lb)"
-    if ((BALANCERS == 2)); then
-        ip -n "$R" link add r-lb2 mtu $TUNNEL_MTU type veth peer name lb0 mtu $TUNNEL_MTU netns "$(ns lb2)"
-    fi
+    for l in "${LBS[@]:1}"; do
+        ip -n "$R" link add "r-$l" mtu $TUNNEL_MTU type veth peer name lb0 mtu $TUNNEL_MTU netns "$(ns "$l")"
+    done
     ip -n "$R" link add br0 mtu $TUNNEL_MTU type bridge stp_state 0 forward_delay 0 mcast_snooping 0
     for b in "${BACKENDS[@]}"; do
         ip -n "$R" link add "r-$b" mtu $TUNNEL_MTU type veth peer name eth0 mtu $TUNNEL_MTU netns "$(ns "$b")"
@@ -481,19 +534,23 @@ build_dsr() {
     ip -n "$R" addr add $ROUTER_BE_V4/24 dev br0
     ip -n "$R" addr add $ROUTER_BE_V6/64 dev br0 nodad
     local router_ifs=(r-client r-lb br0)
-    if ((BALANCERS == 2)); then
-        ip -n "$R" addr add $ROUTER_LB2_V4/24 dev r-lb2
-        ip -n "$R" addr add $ROUTER_LB2_V6/64 dev r-lb2 nodad
-        router_ifs+=(r-lb2)
+    for l in "${LBS[@]:1}"; do
+        ip -n "$R" addr add "$(router_lb_v4 "$l")/24" dev "r-$l"
+        ip -n "$R" addr add "$(router_lb_v6 "$l")/64" dev "r-$l" nodad
+        router_ifs+=("r-$l")
+    done
+    if ((BALANCERS > 1)); then
         # ECMP over the balancers hashes on addresses and ports (layer 4), so the
-        # connections of one client spread over both.
+        # connections of one client spread over all of them.
         sysctl_in router net.ipv4.fib_multipath_hash_policy=1 net.ipv6.fib_multipath_hash_policy=1
     fi
     for i in "${router_ifs[@]}"; do ip -n "$R" link set "$i" up; done
     # Replies come back from the backends with a VIP as source on br0, while the VIP routes
     # point at r-lb: strict reverse-path filtering would drop them.
     for i in "${router_ifs[@]}"; do sysctl_in router "net.ipv4.conf.$i.rp_filter=0"; done
-    if ((BALANCERS == 2)); then
+    if [[ $ROUTING == bgp ]]; then
+        : # No VIP routes here: BIRD installs what the balancers announce (start_bgp, below).
+    elif ((BALANCERS > 1)); then
         set_routes both
     else
         ip -n "$R" route add $VIP4/32 via $LB_V4
@@ -520,13 +577,13 @@ build_dsr() {
     ip -n "$(ns lb)" link set lb0 up
     ip -n "$(ns lb)" route add default via $ROUTER_LB_V4
     ip -n "$(ns lb)" -6 route add default via $ROUTER_LB_V6
-    if ((BALANCERS == 2)); then
-        ip -n "$(ns lb2)" addr add $LB2_V4/24 dev lb0
-        ip -n "$(ns lb2)" addr add $LB2_V6/64 dev lb0 nodad
-        ip -n "$(ns lb2)" link set lb0 up
-        ip -n "$(ns lb2)" route add default via $ROUTER_LB2_V4
-        ip -n "$(ns lb2)" -6 route add default via $ROUTER_LB2_V6
-    fi
+    for l in "${LBS[@]:1}"; do
+        ip -n "$(ns "$l")" addr add "$(lb_v4 "$l")/24" dev lb0
+        ip -n "$(ns "$l")" addr add "$(lb_v6 "$l")/64" dev lb0 nodad
+        ip -n "$(ns "$l")" link set lb0 up
+        ip -n "$(ns "$l")" route add default via "$(router_lb_v4 "$l")"
+        ip -n "$(ns "$l")" -6 route add default via "$(router_lb_v6 "$l")"
+    done
 
     # Backends: every VIP on lo, no ARP/ND answers for them, default route via the router.
     for b in "${BACKENDS[@]}"; do
@@ -552,20 +609,20 @@ build_dsr() {
     # stack unchanged (the tunnelled packets are addressed to the backends, not to the
     # router); it is the one XDP object lbctl already ships.
     lbctl_in router decap attach r-lb --vip $NEVER_VIP --pin-path "$BPFFS/router" >"$DIR/router.decap.out"
-    if ((BALANCERS == 2)); then
-        lbctl_in router decap attach r-lb2 --vip $NEVER_VIP --pin-path "$BPFFS/router-lb2" >"$DIR/router-lb2.decap.out"
-    fi
+    for l in "${LBS[@]:1}"; do
+        lbctl_in router decap attach "r-$l" --vip $NEVER_VIP --pin-path "$BPFFS/router-$l" >"$DIR/router-$l.decap.out"
+    done
 
     # The balancer, and its services.
     lbctl_in lb attach lb0 --pin-path "$LB_PIN" >"$DIR/lb.attach.out"
     render_services "" $LB_V4 $LB_V6 >"$DIR/services.yaml"
     lbctl_in lb apply -f "$DIR/services.yaml" --pin-path "$LB_PIN" >"$DIR/lb.apply.out"
-    if ((BALANCERS == 2)); then
-        # The same services, with lb2's own addresses as the tunnels' outer source.
-        lbctl_in lb2 attach lb0 --pin-path "$LB2_PIN" >"$DIR/lb2.attach.out"
-        render_services "" $LB2_V4 $LB2_V6 >"$DIR/services-lb2.yaml"
-        lbctl_in lb2 apply -f "$DIR/services-lb2.yaml" --pin-path "$LB2_PIN" >"$DIR/lb2.apply.out"
-    fi
+    for l in "${LBS[@]:1}"; do
+        # The same services, with the balancer's own addresses as the tunnels' outer source.
+        lbctl_in "$l" attach lb0 --pin-path "$(lb_pin "$l")" >"$DIR/$l.attach.out"
+        render_services "" "$(lb_v4 "$l")" "$(lb_v6 "$l")" >"$DIR/services-$l.yaml"
+        lbctl_in "$l" apply -f "$DIR/services-$l.yaml" --pin-path "$(lb_pin "$l")" >"$DIR/$l.apply.out"
+    done
 
     for b in "${BACKENDS[@]}"; do wait_server "$b"; done
 
@@ -576,7 +633,7 @@ build_dsr() {
         nx router ping -6 -c1 -W1 -q "$(be_v6 "$b")" >/dev/null 2>&1 || true
     done
     nx router ping -6 -c1 -W1 -q "$LB_V6" >/dev/null 2>&1 || true
-    if ((BALANCERS == 2)); then nx router ping -6 -c1 -W1 -q "$LB2_V6" >/dev/null 2>&1 || true; fi
+    for l in "${LBS[@]:1}"; do nx router ping -6 -c1 -W1 -q "$(lb_v6 "$l")" >/dev/null 2>&1 || true; done
     nx router ping -6 -c1 -W1 -q "$CLIENT_V6" >/dev/null 2>&1 || true
     # On the shared segment the balancer sends l2dsr frames to the backends' MACs itself.
     if [[ $SEGMENT == shared ]]; then
@@ -585,6 +642,8 @@ build_dsr() {
             nx lb ping -6 -c1 -W1 -q "$(be_v6 "$b")" >/dev/null 2>&1 || true
         done
     fi
+
+    if [[ $ROUTING == bgp ]]; then start_bgp; fi
 }
 
 # LAB_SEGMENT=nat: the balancer between the clients' side (lb0) and backends of its own
@@ -688,6 +747,246 @@ build_nat() {
     lbctl_in lb attach lb1 --gateway-mac "$gateway" --pin-path "$LB_PIN" >>"$DIR/lb.attach.out"
     render_nat_services >"$DIR/services.yaml"
     lbctl_in lb apply -f "$DIR/services.yaml" --pin-path "$LB_PIN" >"$DIR/lb.apply.out"
+}
+
+# --- BGP (LAB_ROUTING=bgp) ---------------------------------------------------------
+# Every node runs BIRD 2 in its namespace. The router (AS 65000) learns the VIPs from eBGP
+# sessions, one per balancer and family, and installs them (merged into ECMP multipath
+# routes) in its kernel; each balancer (AS 65100) announces what its include file holds,
+# which the Sluice agent owns, and installs nothing.
+ROUTER_AS=65000 LB_AS=65100
+ROUTER_ID=$ROUTER_CLIENT_V4
+declare -A BIRD_JOBS   # NODE -> the pid of the job start_bird left running (BIRD itself: exec all the way)
+bird_file() { echo "$DIR/$1.bird.$2"; }   # NODE conf|ctl|pid|log|out
+bird_include() { echo "$DIR/$1.bird-vips.conf"; }
+check_bird_node() { [[ $1 == router ]] || check_lb "$1"; }
+
+# Lab timings for every session: a silent peer is noticed within 3 s (hold time) and a
+# session comes back about a second after its peer does (connect retry; a first connect
+# 1 s after a (re)start instead of 5; an error wait of 1-5 s instead of 60-300: a
+# hold-timer expiry or a BFD failure is an error). Production defaults are a hold time of
+# 240 s and a keepalive of 80 s.
+bird_timers() {
+    echo "  hold time 3; keepalive time 1; connect retry time 1;"
+    echo "  connect delay time 1; error wait time 1, 5;"
+    [[ $BFD == off ]] || echo "  bfd on;"
+}
+
+# With BFD on, every session has a BFD session beside it: 100 ms, 3 missed, so a silent
+# link is noticed in about 0.3 s instead of the hold time.
+# (Printed with a blank line before it, into the line that precedes it: nothing when off.)
+bird_bfd() {
+    [[ $BFD == on ]] || return 0
+    printf '\n\n'
+    cat <<'EOF'
+protocol bfd {
+  interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };
+}
+EOF
+}
+
+render_bird_router() {
+    local l
+    cat <<EOF
+# BIRD of lab $NAME's router (scripts/lab.sh): eBGP with every balancer, ECMP into the kernel.
+log "$(bird_file router log)" all;
+router id $ROUTER_ID;
+
+protocol device {}
+
+# What the balancers announce goes into the kernel; several balancers announcing one VIP
+# make one multipath route (merge paths), hashed on layer 4 (fib_multipath_hash_policy=1).
+protocol kernel kernel4 {
+  ipv4 { export all; import none; };
+  merge paths on;
+}
+protocol kernel kernel6 {
+  ipv6 { export all; import none; };
+  merge paths on;
+}$(bird_bfd)
+
+template bgp balancer {
+$(bird_timers)
+}
+EOF
+    for l in "${LBS[@]}"; do
+        cat <<EOF
+
+protocol bgp ${l}_v4 from balancer {
+  local $(router_lb_v4 "$l") as $ROUTER_AS;
+  neighbor $(lb_v4 "$l") as $LB_AS;
+  ipv4 { import all; export none; };
+}
+protocol bgp ${l}_v6 from balancer {
+  local $(router_lb_v6 "$l") as $ROUTER_AS;
+  neighbor $(lb_v6 "$l") as $LB_AS;
+  ipv6 { import all; export none; };
+}
+EOF
+    done
+}
+
+render_bird_lb() { # LB
+    local l=$1
+    cat <<EOF
+# BIRD of lab $NAME's balancer $l (scripts/lab.sh): announces the VIPs of its include file
+# (the Sluice agent's) to the router; no kernel protocol: it installs nothing.
+log "$(bird_file "$l" log)" all;
+router id $(lb_v4 "$l");
+
+protocol device {}
+
+include "$(bird_include "$l")";$(bird_bfd)
+
+template bgp uplink {
+$(bird_timers)
+}
+
+protocol bgp router_v4 from uplink {
+  local $(lb_v4 "$l") as $LB_AS;
+  neighbor $(router_lb_v4 "$l") as $ROUTER_AS;
+  ipv4 { import none; export filter sluice_export; };
+}
+protocol bgp router_v6 from uplink {
+  local $(lb_v6 "$l") as $LB_AS;
+  neighbor $(router_lb_v6 "$l") as $ROUTER_AS;
+  ipv6 { import none; export filter sluice_export; };
+}
+EOF
+}
+
+# The include file as the agent writes it, with no routes: the balancer announces nothing
+# until the agent (or a test, by hand) puts its VIPs in and sends `configure`.
+write_bird_include() { # LB
+    cat >"$(bird_include "$1")" <<'EOF'
+# Written by the Sluice agent: the VIP routes this node announces. Do not edit; the agent rewrites it.
+protocol static sluice_vips4 {
+  ipv4;
+}
+protocol static sluice_vips6 {
+  ipv6;
+}
+filter sluice_export {
+  if proto != "sluice_vips4" && proto != "sluice_vips6" then reject;
+  accept;
+}
+EOF
+}
+
+write_bird_confs() { # (the include files are the agent's: not rewritten here)
+    local l
+    render_bird_router >"$(bird_file router conf)"
+    for l in "${LBS[@]}"; do render_bird_lb "$l" >"$(bird_file "$l" conf)"; done
+}
+
+bird_running() { # NODE
+    local pidfile; pidfile=$(bird_file "$1" pid)
+    [[ -s $pidfile ]] && running "$(cat "$pidfile")"
+}
+
+start_bird() { # NODE: in the foreground of its own background job, descriptors closed
+    local node=$1
+    ! bird_running "$node" || die "$node's BIRD is running (pid $(cat "$(bird_file "$node" pid)"))"
+    : >>"$(bird_file "$node" log)"
+    rm -f "$(bird_file "$node" pid)"
+    (close_inherited_fds; exec ip netns exec "$(ns "$node")" "$BIRD" -f -c "$(bird_file "$node" conf)" \
+        -s "$(bird_file "$node" ctl)" -P "$(bird_file "$node" pid)") >"$(bird_file "$node" out)" 2>&1 </dev/null &
+    BIRD_JOBS[$node]=$!
+}
+
+stop_bird() { # NODE: SIGKILL, as a crash: no session is closed politely, peers see silence
+    local node=$1 pid
+    bird_running "$node" || die "$node's BIRD is not running"
+    pid=$(cat "$(bird_file "$node" pid)")
+    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do running "$pid" || return 0; sleep 0.1; done
+    die "$node's BIRD (pid $pid) did not go away"
+}
+
+wait_bird_socket() { # NODE: until its control socket answers (up to 10 s)
+    local node=$1
+    for _ in $(seq 100); do
+        "$BIRDC" -s "$(bird_file "$node" ctl)" show status >/dev/null 2>&1 && return 0
+        # -f: BIRD stays in the foreground, so a config error ends the job at once.
+        running "${BIRD_JOBS[$node]}" || break
+        sleep 0.1
+    done
+    echo "lab.sh: $node's BIRD does not answer on $(bird_file "$node" ctl)" >&2
+    cat "$(bird_file "$node" out)" >&2 2>/dev/null || true
+    false
+}
+
+router_bgp_established() { # every session of the router (two per balancer) Established
+    "$BIRDC" -s "$(bird_file router ctl)" show protocols 2>/dev/null |
+        awk -v want=$((2 * BALANCERS)) '$2 == "BGP" { n++; if ($6 == "Established") e++ } END { exit !(n == want && e == n) }'
+}
+
+router_bfd_up() { # every BFD session of the router (one per BGP session) Up
+    "$BIRDC" -s "$(bird_file router ctl)" show bfd sessions 2>/dev/null |
+        awk -v want=$((2 * BALANCERS)) '$3 == "Up" { n++ } END { exit !(n == want) }'
+}
+
+wait_router_bgp() { # SECONDS: poll until every router session is Established (and BFD Up, with BFD)
+    local deadline=$((SECONDS + $1))
+    while ((SECONDS < deadline)); do
+        if router_bgp_established && { [[ $BFD == off ]] || router_bfd_up; }; then return 0; fi
+        sleep 0.1
+    done
+    local with=""; [[ $BFD == off ]] || with=" (with their BFD sessions Up)"
+    echo "lab.sh: the router's BGP sessions are not all Established$with after $1 s:" >&2
+    "$BIRDC" -s "$(bird_file router ctl)" show protocols >&2 || true
+    [[ $BFD == off ]] || "$BIRDC" -s "$(bird_file router ctl)" show bfd sessions >&2 || true
+    false
+}
+
+start_bgp() {
+    local node
+    write_bird_confs
+    for node in "${LBS[@]}"; do write_bird_include "$node"; done
+    for node in router "${LBS[@]}"; do start_bird "$node"; done
+    for node in router "${LBS[@]}"; do wait_bird_socket "$node"; done
+    wait_router_bgp 20
+}
+
+cmd_bfd() { # on|off
+    local node out
+    case $1 in on | off) ;; *) die "bfd: want on or off, got '$1'" ;; esac
+    BFD=$1
+    echo "$BFD" >"$DIR/bfd"
+    write_bird_confs
+    for node in router "${LBS[@]}"; do
+        out=$("$BIRDC" -s "$(bird_file "$node" ctl)" configure) || die "bfd: $node: $out"
+        # birdc exits 0 on a config error too: its answer says.
+        [[ $out == *Reconfigur* ]] || die "bfd: $node: $out"
+    done
+    wait_router_bgp 20
+}
+
+# A silent failure of the router's link to LB: nftables in the router drops whatever is
+# received on, sent out of or forwarded through r-LB, while both ends keep their carrier,
+# so only BGP's hold timer (or BFD) notices. The ingress hook is there for what arrives
+# before routing: the balancer's XDP_TX frames reach the router's stack as received
+# packets of r-LB (the decap program there passes them), and ARP, which inet's input
+# never sees.
+cmd_cut() { # LB on|off
+    local l=$1 table
+    check_lb "$l"
+    table=sluice_cut_$l
+    nx router nft delete table inet "$table" 2>/dev/null || true
+    case $2 in
+        on)
+            nx router nft -f - <<EOF
+table inet $table {
+  chain ingress { type filter hook ingress device "r-$l" priority -500; policy accept; counter drop; }
+  chain input { type filter hook input priority -300; policy accept; iifname "r-$l" counter drop; }
+  chain forward { type filter hook forward priority -300; policy accept; iifname "r-$l" counter drop; oifname "r-$l" counter drop; }
+  chain output { type filter hook output priority -300; policy accept; oifname "r-$l" counter drop; }
+}
+EOF
+            ;;
+        off) ;;
+        *) die "cut: want on or off, got '$2'" ;;
+    esac
 }
 
 # --- the service file -------------------------------------------------------------
@@ -831,6 +1130,7 @@ client_v6=$CLIENT_V6
 lb_v4=$LB_V4
 lb_v6=$LB_V6
 segment=$SEGMENT
+routing=$ROUTING
 tunnel_mtu=$TUNNEL_MTU
 gue_port=$GUE_PORT
 vip4=$VIP4
@@ -861,17 +1161,28 @@ EOF
         echo "${b}_v6=$(be_v6 "$b")"
         echo "${b}_log=$DIR/$b.log"
     done
-    # Only a two-balancer lab prints these (a lab without them has one balancer).
-    if ((BALANCERS == 2)); then
+    # Only a lab with more than one balancer prints these (a lab without them has one).
+    ((BALANCERS == 1)) || echo "balancers=$BALANCERS"
+    local l
+    for l in "${LBS[@]:1}"; do
         cat <<EOF
-balancers=$BALANCERS
-lb2_ns=$(ns lb2)
-lb2_pin_path=$LB2_PIN
-lb2_if=lb0
-router_lb2_if=r-lb2
-lb2_v4=$LB2_V4
-lb2_v6=$LB2_V6
+${l}_ns=$(ns "$l")
+${l}_pin_path=$(lb_pin "$l")
+${l}_if=lb0
+router_${l}_if=r-$l
+${l}_v4=$(lb_v4 "$l")
+${l}_v6=$(lb_v6 "$l")
 EOF
+    done
+    # Only a LAB_ROUTING=bgp lab prints these.
+    if [[ $ROUTING == bgp ]]; then
+        echo "bfd=$BFD"
+        for l in router "${LBS[@]}"; do
+            echo "${l}_bird_socket=$(bird_file "$l" ctl)"
+            echo "${l}_bird_conf=$(bird_file "$l" conf)"
+            echo "${l}_bird_log=$(bird_file "$l" log)"
+        done
+        for l in "${LBS[@]}"; do echo "${l}_bird_include=$(bird_include "$l")"; done
     fi
 }
 
@@ -885,46 +1196,58 @@ cmd_apply() {
     fi
     render_services "${1:-}" $LB_V4 $LB_V6 >"$file"
     lbctl_in lb apply -f "$file" --pin-path "$LB_PIN"
-    if ((BALANCERS == 2)); then
-        file=$(mktemp "$DIR/services-lb2-XXXXXX.yaml")
-        render_services "${1:-}" $LB2_V4 $LB2_V6 >"$file"
-        lbctl_in lb2 apply -f "$file" --pin-path "$LB2_PIN" | sed 's/^/lb2: /'
-    fi
+    local l
+    for l in "${LBS[@]:1}"; do
+        file=$(mktemp "$DIR/services-$l-XXXXXX.yaml")
+        render_services "${1:-}" "$(lb_v4 "$l")" "$(lb_v6 "$l")" >"$file"
+        lbctl_in "$l" apply -f "$file" --pin-path "$(lb_pin "$l")" | sed "s/^/$l: /"
+    done
 }
 
-# The router's VIP routes: over both balancers (ECMP multipath) or one of them, as the
-# routing protocol would leave them when the other node is withdrawn (or has failed).
-set_routes() { # both|lb|lb2
-    local R v4 v6 route
+# The router's VIP routes: over every balancer (ECMP multipath) or one of them, as the
+# routing protocol would leave them when the others are withdrawn (or have failed).
+set_routes() { # both|lb|lb2|lb3 (both: every balancer of the lab, two or three)
+    local R v4=() v6=() route l
     R=$(ns router)
     case $1 in
-        both) v4=(nexthop via $LB_V4 nexthop via $LB2_V4) v6=(nexthop via $LB_V6 nexthop via $LB2_V6) ;;
-        lb) v4=(via $LB_V4) v6=(via $LB_V6) ;;
-        lb2) v4=(via $LB2_V4) v6=(via $LB2_V6) ;;
-        *) die "route: want both, lb or lb2, got '$1'" ;;
+        both) for l in "${LBS[@]}"; do v4+=(nexthop via "$(lb_v4 "$l")") v6+=(nexthop via "$(lb_v6 "$l")"); done ;;
+        lb | lb2 | lb3) check_lb "$1"; v4=(via "$(lb_v4 "$1")") v6=(via "$(lb_v6 "$1")") ;;
+        *) die "route: want both, lb, lb2 or lb3, got '$1'" ;;
     esac
     for route in $VIP4/32 $VIP4IN6/32; do ip -n "$R" route replace "$route" "${v4[@]}"; done
     ip -n "$R" -6 route replace $VIP6/128 "${v6[@]}"
 }
 
-need_two() { ((BALANCERS == 2)) || die "lab $NAME has one balancer (bring it up with LAB_BALANCERS=2)"; }
+need_two() { ((BALANCERS >= 2)) || die "lab $NAME has one balancer (bring it up with LAB_BALANCERS=2)"; }
+need_bgp() { [[ $ROUTING == bgp ]] || die "lab $NAME routes statically (bring it up with LAB_ROUTING=bgp)"; }
 
 main() {
     local cmd=${1:-}
-    [[ $# -ge 2 ]] || die "usage: lab.sh up|down|info|services|apply|lbctl|lbctl2|route|client|exec|server-stop|server-start|decap|capture NAME [ARGS...]"
+    [[ $# -ge 2 ]] || die "usage: lab.sh up|down|info|services|apply|lbctl|lbctl2|lbctl3|route|bird|bird-stop|bird-start|bfd|cut|client|exec|server-stop|server-start|decap|capture NAME [ARGS...]"
     shift
     set_name "$1"; shift
     case $cmd in
         up) cmd_up ;;
         down) cmd_down ;;
         info) cmd_info ;;
-        services) # [ECHO] [lb|lb2]: the file for that balancer (its own node addresses)
+        services) # [ECHO] [lb|lb2|lb3]: the file for that balancer (its own node addresses)
             if [[ $SEGMENT == nat ]]; then render_nat_services
-            elif [[ ${2:-lb} == lb2 ]]; then render_services "${1:-}" $LB2_V4 $LB2_V6; else render_services "${1:-}" $LB_V4 $LB_V6; fi ;;
+            else
+                case ${2:-lb} in lb | lb2 | lb3) ;; *) die "services: want lb, lb2 or lb3, got '$2'" ;; esac
+                render_services "${1:-}" "$(lb_v4 "${2:-lb}")" "$(lb_v6 "${2:-lb}")"
+            fi ;;
         apply) cmd_apply "${1:-}" ;;
         lbctl) lbctl_in lb "$@" --pin-path "$LB_PIN" ;;
         lbctl2) need_two; lbctl_in lb2 "$@" --pin-path "$LB2_PIN" ;;
-        route) need_two; set_routes "${1:?both, lb or lb2}" ;;
+        lbctl3) check_lb lb3; lbctl_in lb3 "$@" --pin-path "$LB3_PIN" ;;
+        route)
+            [[ $ROUTING != bgp ]] || die "lab $NAME routes the VIPs by BGP (LAB_ROUTING=bgp): the balancers announce them; no hand-written routes"
+            need_two; set_routes "${1:?both, lb, lb2 or lb3}" ;;
+        bird) need_bgp; check_bird_node "${1:?node}"; local node=$1; shift; "$BIRDC" -s "$(bird_file "$node" ctl)" "$@" ;;
+        bird-stop) need_bgp; check_bird_node "${1:?node}"; stop_bird "$1" ;;
+        bird-start) need_bgp; check_bird_node "${1:?node}"; start_bird "$1"; wait_bird_socket "$1" ;;
+        bfd) need_bgp; cmd_bfd "${1:?on or off}" ;;
+        cut) need_bgp; cmd_cut "${1:?balancer}" "${2:?on or off}" ;;
         # exec: a signal for the client (a long-lived session ends with SIGTERM) reaches it.
         client) exec ip netns exec "$(ns client)" "$PYTHON" "$REPO/scripts/lab-client.py" "$@" ;;
         exec) local node=${1:?node}; shift; nx "$node" "$@" ;;

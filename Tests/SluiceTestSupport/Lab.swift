@@ -38,9 +38,20 @@ public final class Lab: @unchecked Sendable {
         return try await Command.run(executable, full)
     }
 
-    /// How `lab.sh up` builds the lab: LAB_BALANCERS, LAB_SEGMENT and LAB_TUNNEL_MTU.
+    /// How the router learns the VIP routes (lab.sh's LAB_ROUTING).
+    public enum Routing: String, Sendable {
+        /// Routes written by lab.sh (`route NAME both|lb|lb2|lb3`).
+        case `static`
+        /// BIRD 2 on every node: eBGP from each balancer to the router, which installs ECMP
+        /// routes; each balancer announces what its `<lb>_bird_include` file holds (needs
+        /// 2 or 3 balancers; see LabECMP.swift).
+        case bgp
+    }
+
+    /// How `lab.sh up` builds the lab: LAB_BALANCERS, LAB_SEGMENT, LAB_TUNNEL_MTU,
+    /// LAB_ROUTING and LAB_BFD.
     public struct Variant: Sendable {
-        /// 1, or 2 for NAME-lb2 behind an ECMP route (see LabECMP.swift).
+        /// 1, or 2 or 3 for NAME-lb2 (and NAME-lb3) behind an ECMP route (see LabECMP.swift).
         public var balancers = 1
         /// The balancer on the backends' segment (a port of their bridge), for l2dsr.
         public var sharedSegment = false
@@ -50,12 +61,19 @@ public final class Lab: @unchecked Sendable {
         /// LAB_SEGMENT=nat: the balancer on two interfaces, plain backends behind it (nat) and
         /// behind the router (fullnat); see LabNAT.swift.
         public var nat = false
+        /// LAB_ROUTING: static routes, or BGP (BIRD) between the balancers and the router.
+        public var routing = Routing.static
+        /// LAB_BFD=1: BFD on every BGP session from the start (`routing: .bgp` only).
+        public var bfd = false
 
-        public init(balancers: Int = 1, sharedSegment: Bool = false, tunnelMTU: Int? = nil, nat: Bool = false) {
+        public init(balancers: Int = 1, sharedSegment: Bool = false, tunnelMTU: Int? = nil, nat: Bool = false,
+                    routing: Routing = .static, bfd: Bool = false) {
             self.balancers = balancers
             self.sharedSegment = sharedSegment
             self.tunnelMTU = tunnelMTU
             self.nat = nat
+            self.routing = routing
+            self.bfd = bfd
         }
 
         var environment: [String: String] {
@@ -64,6 +82,8 @@ public final class Lab: @unchecked Sendable {
             if sharedSegment { env["LAB_SEGMENT"] = "shared" }
             if nat { env["LAB_SEGMENT"] = "nat" }
             if let tunnelMTU { env["LAB_TUNNEL_MTU"] = String(tunnelMTU) }
+            if routing != .static { env["LAB_ROUTING"] = routing.rawValue }
+            if bfd { env["LAB_BFD"] = "1" }
             return env
         }
     }
@@ -86,12 +106,15 @@ public final class Lab: @unchecked Sendable {
 
     /// Brings up a new lab (about a second) once one of `LabSlots.shared`'s permits is free,
     /// and holds it until `down()`. lab.sh cleans up after a failed bring-up itself; the
-    /// thrown error carries its output. `balancers: 2` adds NAME-lb2 behind an ECMP route
-    /// (LAB_BALANCERS=2; see LabECMP.swift). Prefer `withLab { }`, which always takes it down.
-    public static func up(name: String = Lab.uniqueName(), balancers: Int = 1) async throws -> Lab {
+    /// thrown error carries its output. `balancers: 2` (or 3) adds NAME-lb2 (and NAME-lb3)
+    /// behind an ECMP route (LAB_BALANCERS; see LabECMP.swift); `routing: .bgp` has BIRD
+    /// announce the routes (LAB_ROUTING=bgp), `bfd: true` with BFD (LAB_BFD=1). Prefer
+    /// `withLab { }`, which always takes it down.
+    public static func up(name: String = Lab.uniqueName(), balancers: Int = 1, routing: Routing = .static,
+                          bfd: Bool = false) async throws -> Lab {
         try await LabSlots.shared.acquire()
         do {
-            return try await bringUp(name: name, variant: Variant(balancers: balancers), permits: 1)
+            return try await bringUp(name: name, variant: Variant(balancers: balancers, routing: routing, bfd: bfd), permits: 1)
         } catch {
             await LabSlots.shared.release()
             throw error
@@ -110,8 +133,9 @@ public final class Lab: @unchecked Sendable {
     }
 
     /// A fresh lab for `body`, taken down afterwards however `body` ends.
-    public static func withLab<T>(balancers: Int = 1, _ body: (Lab) async throws -> T) async throws -> T {
-        try await withLabs(1, variant: Variant(balancers: balancers)) { try await body($0[0]) }
+    public static func withLab<T>(balancers: Int = 1, routing: Routing = .static, bfd: Bool = false,
+                                  _ body: (Lab) async throws -> T) async throws -> T {
+        try await withLabs(1, variant: Variant(balancers: balancers, routing: routing, bfd: bfd)) { try await body($0[0]) }
     }
 
     /// The same for a lab of another `variant`.
@@ -123,8 +147,9 @@ public final class Lab: @unchecked Sendable {
     /// that each need two cannot each hold one and wait for ever), all taken down
     /// afterwards however `body` ends. A lab that does not come down fails the test; when
     /// `body` failed already its error is the one thrown, the teardown's goes to stderr.
-    public static func withLabs<T>(_ count: Int, balancers: Int = 1, _ body: ([Lab]) async throws -> T) async throws -> T {
-        try await withLabs(count, variant: Variant(balancers: balancers), body)
+    public static func withLabs<T>(_ count: Int, balancers: Int = 1, routing: Routing = .static, bfd: Bool = false,
+                                   _ body: ([Lab]) async throws -> T) async throws -> T {
+        try await withLabs(count, variant: Variant(balancers: balancers, routing: routing, bfd: bfd), body)
     }
 
     private static func withLabs<T>(_ count: Int, variant: Variant, _ body: ([Lab]) async throws -> T) async throws -> T {

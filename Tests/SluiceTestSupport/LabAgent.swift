@@ -20,11 +20,11 @@ public final class LabAgent: @unchecked Sendable {
     public let token: String
     public private(set) var process: AgentProcess
 
-    /// Starts the agent in the namespace of `lab`'s balancer `balancer` (lb2 in a
-    /// two-balancer lab); waits until it listens.
+    /// Starts the agent in the namespace of `lab`'s balancer `balancer` (lb2 or lb3 in a
+    /// lab with more than one); waits until it listens.
     public init(lab: Lab, balancer: Lab.Balancer = .lb, extraConfig: String = "") async throws {
-        namespace = try lab.info(balancer == .lb ? "lb_ns" : "lb2_ns")
-        pinPath = try lab.info(balancer == .lb ? "pin_path" : "lb2_pin_path")
+        namespace = try lab.info("lb_ns", of: balancer)
+        pinPath = try lab.info("pin_path", of: balancer)
         directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("sluice-labagent-\(lab.name)-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)

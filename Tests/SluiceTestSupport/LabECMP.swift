@@ -1,28 +1,117 @@
-// The two-balancer lab (`Lab.withLab(balancers: 2)`, lab.sh's LAB_BALANCERS=2): NAME-lb and
-// NAME-lb2 behind an ECMP multipath route on the router, hashed on layer 4, so the
-// connections of one client spread over both. `route(.lb2)` withdraws lb from the
-// router as a failed node would be; `route(.both)` restores ECMP. Plus `Sessions`, many
-// long-lived echo connections in one background client (`lab-client.py sessions`),
-// for what happens to established flows when a balancer goes away.
+// The two- and three-balancer labs (`Lab.withLab(balancers: 2)`, lab.sh's LAB_BALANCERS=2
+// or 3): NAME-lb, NAME-lb2 (and NAME-lb3) behind an ECMP multipath route on the router,
+// hashed on layer 4, so the connections of one client spread over them. `route(.lb2)`
+// withdraws the others from the router as failed nodes would be; `route(.both)` restores
+// ECMP. With `routing: .bgp` (LAB_ROUTING=bgp) BIRD announces the routes instead: `bird`,
+// `stopBird`/`startBird`, `setBFD` and `cut` (a silent link failure) drive it. Plus
+// `Sessions`, many long-lived echo connections in one background client (`lab-client.py
+// sessions`), for what happens to established flows when a balancer goes away.
 import Foundation
 import Glibc
 
 extension Lab {
-    /// A balancer of the lab: `lb` (always there) or `lb2` (two-balancer labs).
-    public enum Balancer: String, Sendable, CaseIterable { case lb, lb2 }
+    /// A balancer of the lab: `lb` (always there), `lb2` (two- and three-balancer labs) or
+    /// `lb3` (three-balancer labs). The raw value is its node name in lab.sh (`bird NAME lb2`).
+    public enum Balancer: String, Sendable, CaseIterable {
+        case lb, lb2, lb3
 
-    /// Where the router sends the VIPs: over both balancers (ECMP) or only one.
-    public enum Route: String, Sendable { case both, lb, lb2 }
+        /// This balancer's name for lb's info key `key`: lb's keys as they are, the others'
+        /// with their own name (`lb_ns` -> `lb3_ns`, `router_lb_if` -> `router_lb3_if`,
+        /// `lb_v4` -> `lb3_v4`), and lb's plain `pin_path` -> `lb3_pin_path`.
+        public func infoKey(_ key: String) -> String {
+            guard self != .lb else { return key }
+            if key == "pin_path" { return "\(rawValue)_pin_path" }
+            if key.hasPrefix("router_lb_") { return "router_\(rawValue)_" + String(key.dropFirst("router_lb_".count)) }
+            if key.hasPrefix("lb_") { return "\(rawValue)_" + String(key.dropFirst("lb_".count)) }
+            return key
+        }
 
-    /// 1, or 2 for a lab brought up with `balancers: 2` (info's `balancers`).
+        /// The lab.sh command that runs lbctl on this balancer: `lbctl`, `lbctl2`, `lbctl3`.
+        public var lbctlCommand: String {
+            switch self {
+            case .lb: return "lbctl"
+            case .lb2: return "lbctl2"
+            case .lb3: return "lbctl3"
+            }
+        }
+    }
+
+    /// Where the router sends the VIPs: over every balancer (ECMP; `both` in a
+    /// three-balancer lab too) or only one.
+    public enum Route: String, Sendable { case both, lb, lb2, lb3 }
+
+    /// 1, 2 or 3 (info's `balancers`, absent in a one-balancer lab).
     public var balancerCount: Int { Int(info["balancers"] ?? "1") ?? 1 }
 
-    /// The balancers this lab has.
-    public var balancers: [Balancer] { balancerCount == 2 ? [.lb, .lb2] : [.lb] }
+    /// The balancers this lab has, lb first.
+    public var balancers: [Balancer] { Array(Balancer.allCases.prefix(max(1, min(balancerCount, Balancer.allCases.count)))) }
 
-    /// `lab.sh route NAME both|lb|lb2`: replaces the router's VIP routes.
+    /// `info(key)` of `balancer` (see `Balancer.infoKey`): `info("lb_ns", of: .lb3)` is lb3_ns.
+    public func info(_ key: String, of balancer: Balancer) throws -> String {
+        try info(balancer.infoKey(key))
+    }
+
+    /// `lab.sh route NAME both|lb|lb2|lb3`: replaces the router's VIP routes (not in a
+    /// `routing: .bgp` lab, where lab.sh refuses: BGP brings the routes).
     public func route(_ route: Route) async throws {
         try Self.checked(await Self.run("route", name, [route.rawValue]))
+    }
+
+    // MARK: BGP (routing: .bgp)
+
+    /// How the lab routes the VIPs (info's `routing`).
+    public var routing: Routing { Routing(rawValue: info["routing"] ?? "static") ?? .static }
+
+    /// A node that runs BIRD in a `routing: .bgp` lab: the router or a balancer.
+    public enum BirdNode: Sendable, Hashable {
+        case router
+        case balancer(Balancer)
+        /// The node's name in lab.sh and in info's `<node>_bird_*` keys.
+        public var name: String {
+            switch self {
+            case .router: return "router"
+            case .balancer(let balancer): return balancer.rawValue
+            }
+        }
+    }
+
+    /// `info("<node>_bird_socket")`, `_bird_conf`, `_bird_log` (what = socket, conf, log).
+    public func birdPath(_ what: String, of node: BirdNode) throws -> String {
+        try info("\(node.name)_bird_\(what)")
+    }
+
+    /// The BIRD include file of `balancer` (info's `<lb>_bird_include`): its VIP routes,
+    /// which the Sluice agent owns.
+    public func birdInclude(of balancer: Balancer) throws -> String {
+        try info("\(balancer.rawValue)_bird_include")
+    }
+
+    /// `lab.sh bird NAME NODE ARGS...`: birdc on that node's control socket (not checked:
+    /// birdc's exit status says little; read its output).
+    public func bird(_ node: BirdNode, _ arguments: [String]) async throws -> CommandResult {
+        try await Self.run("bird", name, [node.name] + arguments)
+    }
+
+    /// `lab.sh bird-stop NAME NODE`: SIGKILLs that BIRD (a crash) and waits until it is gone.
+    public func stopBird(_ node: BirdNode) async throws {
+        try Self.checked(await Self.run("bird-stop", name, [node.name]))
+    }
+
+    /// `lab.sh bird-start NAME NODE`: starts it again, same config; waits until it answers.
+    public func startBird(_ node: BirdNode) async throws {
+        try Self.checked(await Self.run("bird-start", name, [node.name]))
+    }
+
+    /// `lab.sh bfd NAME on|off`: every node's BIRD with or without BFD; returns when the
+    /// router's sessions are Established again (and, with BFD, its BFD sessions Up).
+    public func setBFD(_ on: Bool) async throws {
+        try Self.checked(await Self.run("bfd", name, [on ? "on" : "off"]))
+    }
+
+    /// `lab.sh cut NAME LB on|off`: the router drops everything on its link to `balancer`
+    /// (nftables; the carrier stays up, so only the hold timer or BFD notices), or no more.
+    public func cut(_ balancer: Balancer, _ on: Bool) async throws {
+        try Self.checked(await Self.run("cut", name, [balancer.rawValue, on ? "on" : "off"]))
     }
 
     /// `lbctl ARGS... --pin-path <lb2's>` in lb2's namespace.
@@ -32,7 +121,7 @@ extension Lab {
 
     /// `lbctl ARGS...` on `balancer`, with its pin path, in its namespace.
     public func lbctl(on balancer: Balancer, _ arguments: [String]) async throws -> CommandResult {
-        try await Self.run(balancer == .lb ? "lbctl" : "lbctl2", name, arguments)
+        try await Self.run(balancer.lbctlCommand, name, arguments)
     }
 
     /// `lbctl ARGS...` on each of `balancers`, run side by side again and again off the
@@ -43,7 +132,7 @@ extension Lab {
     public func watchLbctl(_ arguments: [String], on balancers: [Balancer] = [.lb], every interval: Duration = .milliseconds(50),
                            timeout: Duration, until condition: @escaping @Sendable ([CommandResult]) -> Bool) throws -> CommandWatch {
         let commands = try balancers.map { balancer in
-            let namespace = try info(balancer == .lb ? "lb_ns" : "lb2_ns"), pin = try info(balancer == .lb ? "pin_path" : "lb2_pin_path")
+            let namespace = try info("lb_ns", of: balancer), pin = try info("pin_path", of: balancer)
             return (TestNamespace.nsenter, ["--net=/run/netns/\(namespace)", Lbctl.path] + arguments + ["--pin-path", pin])
         }
         return CommandWatch(commands, every: interval, timeout: timeout, until: condition)
