@@ -62,6 +62,7 @@ let package = Package(
         .executableTarget(name: "sluice-bench", dependencies: [
             "SluiceAgent", "SluiceControl", "SluiceCore", "SluiceBPF", "CSluice", "CLibbpf", "SluiceTestSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Crypto", package: "swift-crypto"),  // the sync frames' key, for their figures
         ], path: "Benchmarks/SluiceBench"),
         .target(name: "SluiceTestSupport", dependencies: ["SluiceCore", "SluiceBPF", "SluiceControl", "CSluice", "CLibbpf"],
                 path: "Tests/SluiceTestSupport"),

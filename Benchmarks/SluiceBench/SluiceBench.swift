@@ -43,6 +43,7 @@ struct SluiceBench: ParsableCommand {
             case .live: try LiveBench(options: options).run(into: &report)
             case .controlplane:
                 try ControlPlaneBench(options: options).run(into: &report)
+                try FleetBench(options: options).run(into: &report)
                 try AgentLatencyBench(options: options, lbctl: try ControlPlaneBench.lbctlPath(), prefix: "latency").run(into: &report)
                 if let baselineLbctl {
                     try AgentLatencyBench(options: options, lbctl: baselineLbctl, prefix: "baseline").run(into: &report)

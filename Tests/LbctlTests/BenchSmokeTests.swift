@@ -42,6 +42,8 @@ struct BenchSmokeTests {
                      "controlplane.maglev_build.m65537.n1000", "controlplane.apply.32x10.one_backend_change",
                      "controlplane.metrics.1000x10.scrape", "controlplane.metrics.1000x10.bytes",
                      "controlplane.agent.idle.rss", "controlplane.agent.1000x10.rss",
+                     "fleet.apply.8x1000.one_backend_change", "fleet.bird.configure.1000_vips",
+                     "fleet.sync.dsr.bytes_per_record", "fleet.sync.fullnat.seal_frame",
                      "memory.sl_conntrack", "memory.total"] {
             let value = values[name]
             #expect(value != nil && value! > 0, "no positive figure named \(name) in the report: \(values.keys.sorted())")
