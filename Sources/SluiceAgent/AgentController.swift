@@ -190,6 +190,9 @@ public actor AgentController {
             if result.tablesWritten > 0 {
                 logger.notice("health: \(result.tablesWritten) Maglev table(s) rebuilt")
             }
+            // A VIP that lost (or regained) its last backend is withdrawn (or announced) now,
+            // not at the announcer's next look.
+            if let fleet { Task { await fleet.evaluate() } }
             for service in desired.services {
                 let candidates = service.backends.filter { $0.weight > 0 }.map(\.address)
                 if let down = verdicts[service.name], !candidates.isEmpty, candidates.allSatisfy(down.contains) {

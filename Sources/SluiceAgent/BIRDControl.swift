@@ -10,6 +10,8 @@ public struct BIRDControl: Sendable {
 
     public struct Failure: Error, Sendable, CustomStringConvertible {
         public var message: String
+        /// Nothing listens on the socket (BIRD is not running): it reads its files when it starts.
+        public var notRunning = false
         public var description: String { message }
     }
 
@@ -84,7 +86,7 @@ public struct BIRDControl: Sendable {
         guard result == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
-            throw Failure(message: "BIRD's control socket \(socketPath): \(reason) (is bird running?)")
+            throw Failure(message: "BIRD's control socket \(socketPath): \(reason) (is bird running?)", notRunning: true)
         }
         return fd
     }

@@ -103,7 +103,9 @@ public final class FleetAnnouncer: ServiceLifecycle.Service, Sendable {
         var vips: [FleetStatus.VIP] = [], wanted: [IPAddress] = []
         for (vip, services) in byVIP.sorted(by: { $0.key < $1.key }) {
             guard let address = IPAddress(vip) else { continue }
-            let dead = services.filter { !$0.backends.contains { $0.state == "active" } }.map(\.name)
+            // Up: in the Maglev table and not failing its check (with every backend failing,
+            // the last table stays in place, so "active" alone is not enough).
+            let dead = services.filter { !$0.backends.contains { $0.state == "active" && $0.health != "down" } }.map(\.name)
             let servable = announceWhen == .anyServiceUp ? dead.count < services.count : dead.isEmpty
             let reason: String? =
                 draining ? "draining"
@@ -158,7 +160,7 @@ public final class FleetAnnouncer: ServiceLifecycle.Service, Sendable {
 
     /// Writes `text` over the include file (a rename: BIRD never reads half of it) and
     /// has BIRD re-read its configuration.
-    static func install(_ text: String, config: BGPConfig, bird: BIRDControl) throws(BIRDControl.Failure) {
+    public static func install(_ text: String, config: BGPConfig, bird: BIRDControl) throws(BIRDControl.Failure) {
         let path = config.includeFile, staged = path + ".new"
         do {
             try AgentController.writeDurably(text, to: staged)
@@ -173,10 +175,17 @@ public final class FleetAnnouncer: ServiceLifecycle.Service, Sendable {
         try bird.configure()
     }
 
-    /// With the agent gone (for a supervisor: systemd's ExecStopPost): withdraws every VIP.
-    public static func withdrawAll(config: BGPConfig) throws(BIRDControl.Failure) {
-        try install(BIRDInclude.render([]) { _ in BGPConfig.Attributes() }, config: config,
-                    bird: BIRDControl(socketPath: config.birdSocket))
+    /// With the agent gone (for a supervisor: systemd's ExecStopPost, or before BIRD starts):
+    /// withdraws every VIP. False when BIRD is not running: it reads the emptied file when it starts.
+    @discardableResult
+    public static func withdrawAll(config: BGPConfig) throws(BIRDControl.Failure) -> Bool {
+        do {
+            try install(BIRDInclude.render([]) { _ in BGPConfig.Attributes() }, config: config,
+                        bird: BIRDControl(socketPath: config.birdSocket))
+            return true
+        } catch let error where error.notRunning {
+            return false
+        }
     }
 
     // MARK: - Drain
@@ -188,6 +197,8 @@ public final class FleetAnnouncer: ServiceLifecycle.Service, Sendable {
             s.draining = true
             return s.announced.map(\.description).sorted()
         }
+        try? FileManager.default.createDirectory(atPath: (drainMarker as NSString).deletingLastPathComponent,
+                                                 withIntermediateDirectories: true)
         if !FileManager.default.createFile(atPath: drainMarker, contents: Data("drained by lbctl drain\n".utf8)) {
             logger.warning("bgp: could not write \(drainMarker): the drain will not outlive a restart of the agent")
         }

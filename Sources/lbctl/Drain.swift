@@ -52,7 +52,7 @@ struct Undrain: AsyncParsableCommand {
 struct Withdraw: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Withdraw every VIP with the agent gone: empty its BIRD include file and reconfigure BIRD.",
-        discussion: "For a supervisor after the agent exited (systemd: ExecStopPost). With the agent running, use lbctl drain: the agent would announce again.")
+        discussion: "For a supervisor after the agent exited (systemd: ExecStopPost), and before BIRD starts (the file must exist; BIRD then announces nothing until the agent is ready). With the agent running, use lbctl drain: the agent would announce again.")
 
     @Option(help: ArgumentHelp("The agent's configuration file (its bgp: section).", valueName: "FILE"))
     var config: String
@@ -60,8 +60,10 @@ struct Withdraw: ParsableCommand {
     func run() throws {
         let agent = try AgentConfig.load(path: config)
         guard let bgp = agent.bgp else { throw ControlError.badInput("\(config): no bgp: section, nothing to withdraw") }
-        do { try FleetAnnouncer.withdrawAll(config: bgp) } catch { throw ControlError.runtime(error.message) }
-        print("withdrawn: \(bgp.includeFile) announces nothing; BIRD reconfigured")
+        let reconfigured: Bool
+        do { reconfigured = try FleetAnnouncer.withdrawAll(config: bgp) } catch { throw ControlError.runtime(error.message) }
+        print("withdrawn: \(bgp.includeFile) announces nothing; "
+              + (reconfigured ? "BIRD reconfigured" : "BIRD is not running (\(bgp.birdSocket)): it reads the file when it starts"))
     }
 }
 
