@@ -28,9 +28,9 @@ lab-client.py session HOST PORT STATEFILE [INTERVAL]
   one long-lived TCP connection to an echo service: a line every INTERVAL seconds (0.2),
   each echo checked; STATEFILE is rewritten after every exchange with
   {"backend", "ok", "failed", "last_error", "closed"}. Runs until SIGTERM/SIGINT.
-lab-client.py sessions HOST PORT COUNT STATEFILE [INTERVAL]
+lab-client.py sessions HOST PORT COUNT STATEFILE [INTERVAL [TIMEOUT]]
   COUNT long-lived TCP connections to an echo service, in one thread: every INTERVAL
-  seconds (0.3) a line on every connection still alive, each echo checked (2 s timeout).
+  seconds (0.3) a line on every connection still alive, each echo awaited TIMEOUT seconds (2).
   A connection that fails (reset, timeout, EOF, a wrong echo or another backend) is
   broken for good, never reopened. STATEFILE is rewritten after every round with
   {"connections", "opened", "rounds", "alive", "broken", "per_connection": [{"backend",
@@ -458,6 +458,9 @@ def main(argv):
     if mode == "session":
         return session(host, port, argv[4], float(argv[5]) if len(argv) > 5 else 0.2)
     if mode == "sessions":
+        if len(argv) > 7:  # how long a round waits for its echo before the session counts as broken
+            global TIMEOUT
+            TIMEOUT = float(argv[7])
         return sessions(host, port, int(argv[4]), argv[5], float(argv[6]) if len(argv) > 6 else 0.3)
     print(__doc__, file=sys.stderr)
     return 2

@@ -6,35 +6,39 @@ import Foundation
 import SluiceTestSupport
 import Testing
 
-/// An agent with `sync:` on each balancer of a two-balancer lab, peers of each other,
-/// sharing one key. The agents go with this object (LabAgent's deinit) or with the lab.
+/// An agent with `sync:` on each balancer of a two- or three-balancer lab, each a peer of
+/// the others, sharing one key. The agents go with this object (LabAgent's deinit) or with the lab.
 final class SyncedAgents: @unchecked Sendable {
     let lab: Lab
     let agents: [Lab.Balancer: LabAgent]
     private let keyDirectory: String
 
-    /// `extra`: more agent configuration (top-level YAML), the same on both.
-    init(lab: Lab, resyncTimeout: String = "10s", extra: String = "") async throws {
+    /// `extra`: more agent configuration (top-level YAML), the same on every node;
+    /// `perBalancer`: more of it for one node (its `bgp:` section).
+    init(lab: Lab, resyncTimeout: String = "10s", extra: String = "",
+         perBalancer: (Lab.Balancer) throws -> String = { _ in "" }) async throws {
         self.lab = lab
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-sync-\(lab.name)").path
         keyDirectory = directory
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
         try (key + "\n").write(toFile: directory + "/sync.key", atomically: true, encoding: .utf8)
-        let a = try lab.info("lb_v4"), b = try lab.info("lb2_v4")
-        func sync(_ me: String, _ peer: String) -> String {
-            """
-            sync:
-              listen: \(me):9301
-              peers: ["\(peer):9301"]
-              key_file: \(directory)/sync.key
-              batch_interval: 50ms
-              resync_timeout: \(resyncTimeout)
-            \(extra)
-            """
+        let addresses = try Dictionary(uniqueKeysWithValues: lab.balancers.map { ($0, try lab.info("lb_v4", of: $0)) })
+        var agents: [Lab.Balancer: LabAgent] = [:]
+        for balancer in lab.balancers {
+            let peers = lab.balancers.filter { $0 != balancer }.map { "\"\(addresses[$0]!):9301\"" }.joined(separator: ", ")
+            agents[balancer] = try await LabAgent(lab: lab, balancer: balancer, extraConfig: """
+                sync:
+                  listen: \(addresses[balancer]!):9301
+                  peers: [\(peers)]
+                  key_file: \(directory)/sync.key
+                  batch_interval: 50ms
+                  resync_timeout: \(resyncTimeout)
+                \(extra)
+                \(try perBalancer(balancer))
+                """)
         }
-        agents = [.lb: try await LabAgent(lab: lab, balancer: .lb, extraConfig: sync(a, b)),
-                  .lb2: try await LabAgent(lab: lab, balancer: .lb2, extraConfig: sync(b, a))]
+        self.agents = agents
     }
 
     deinit { try? FileManager.default.removeItem(atPath: keyDirectory) }

@@ -14,10 +14,18 @@ struct LabHealthTests {
 
     /// The lab's service file with a health check on web (HTTP) and dns (UDP).
     static func checkedServices(_ lab: Lab) throws -> String {
-        var yaml = try String(contentsOfFile: lab.directory + "/services.yaml", encoding: .utf8)
+        try checked(String(contentsOfFile: lab.directory + "/services.yaml", encoding: .utf8))
+    }
+
+    /// `yaml` (a lab service file) with health checks on web (HTTP), dns (UDP) and, with
+    /// `echo`, echo (a TCP connect to the backend's HTTP port).
+    static func checked(_ yaml: String, echo: Bool = false) throws -> String {
+        var yaml = yaml
         let timings = "interval: \(Int(interval))s, timeout: 500ms, rise: \(rise), fall: \(fall)"
-        for (service, check) in [("web", "type: http, port: 8080, path: /healthz, expect_status: 200"),
-                                 ("dns", "type: udp, send: ping, expect: ping")] {
+        var checks = [("web", "type: http, port: 8080, path: /healthz, expect_status: 200"),
+                      ("dns", "type: udp, send: ping, expect: ping")]
+        if echo { checks.append(("echo", "type: tcp, port: 8080")) }
+        for (service, check) in checks {
             let head = try #require(yaml.range(of: "  - name: \(service)\n"), "no service \(service) in\n\(yaml)")
             let backends = try #require(yaml.range(of: "    backends:\n", range: head.upperBound..<yaml.endIndex))
             yaml.insert(contentsOf: "    healthcheck: { \(check), \(timings) }\n", at: backends.lowerBound)

@@ -11,10 +11,11 @@ import Testing
 @Suite("agent: BGP announcements")
 struct FleetAnnouncerTests {
     /// A status as the data plane reports it: VIP .10 with a live service (web) and a dead
-    /// one (dns), .11 with only down backends, .12 with only a drained (weight 0) backend.
+    /// one (dns), .11 with only down backends, .12 with only a drained (weight 0) backend,
+    /// .13 with every backend failing its check (its last table kept).
     static func report(attached: Bool = true) throws -> StatusReport {
-        func backend(_ address: String, weight: Int = 1, state: String) -> String {
-            #"{"address": "\#(address)", "weight": \#(weight), "state": "\#(state)", "health": "up", "id": 1, "mac": null, "port": null}"#
+        func backend(_ address: String, weight: Int = 1, state: String, health: String = "up") -> String {
+            #"{"address": "\#(address)", "weight": \#(weight), "state": "\#(state)", "health": "\#(health)", "id": 1, "mac": null, "port": null}"#
         }
         func service(_ name: String, _ vip: String, _ backends: [String]) -> String {
             #"{"name": "\#(name)", "vip": "\#(vip)", "port": 80, "protocol": "tcp", "forwarding": "ipip", "maglev_table_size": 65537, "generation": 1, "backends": [\#(backends.joined(separator: ","))]}"#
@@ -24,6 +25,8 @@ struct FleetAnnouncerTests {
             service("dns", "198.51.100.10", [backend("10.0.0.1", state: "down")]),
             service("web6", "2001:db8::11", [backend("fd00::1", state: "down")]),
             service("echo", "198.51.100.12", [backend("10.0.0.3", weight: 0, state: "drained")]),
+            // Every backend failing: the last table stays, its backends "active" but down.
+            service("mail", "198.51.100.13", [backend("10.0.0.4", state: "active", health: "down")]),
         ]
         let json = """
             {"pin_path": "/p", "program_id": 1, "interfaces": [\(attached ? #"{"name": "lb0", "mode": "native"}"# : "")],
@@ -42,7 +45,7 @@ struct FleetAnnouncerTests {
         var (vips, wanted) = FleetAnnouncer.verdicts(report, draining: false, ready: true, announced: [], announceWhen: .anyServiceUp)
         #expect(wanted == [IPAddress("198.51.100.10")!])
         #expect(Self.reasons(vips) == ["198.51.100.10": "announce", "2001:db8::11": "no backend up (service web6)",
-                                       "198.51.100.12": "no backend up (service echo)"])
+                                       "198.51.100.12": "no backend up (service echo)", "198.51.100.13": "no backend up (service mail)"])
         #expect(vips.first { $0.vip == "198.51.100.10" }?.services == ["web", "dns"])
         #expect(vips.allSatisfy { !$0.announced }, "nothing is announced before BIRD took it")
 

@@ -170,14 +170,15 @@ extension Lab {
 
     /// A running `lab.sh client NAME sessions HOST PORT COUNT STATEFILE INTERVAL`:
     /// COUNT echo connections, each checked every `interval` seconds.
-    public func startSessions(_ host: String, _ port: Int, count: Int, interval: Double = 0.3) throws -> Sessions {
-        try Sessions(lab: self, host: host, port: port, count: count, interval: interval)
+    /// `timeout`: how long a round waits for each echo before that session is broken (2 s).
+    public func startSessions(_ host: String, _ port: Int, count: Int, interval: Double = 0.3, timeout: Double = 2) throws -> Sessions {
+        try Sessions(lab: self, host: host, port: port, count: count, interval: interval, timeout: timeout)
     }
 
     /// Sessions for `body`, stopped (awaited) however `body` ends.
-    public func withSessions<T>(_ host: String, _ port: Int, count: Int, interval: Double = 0.3,
+    public func withSessions<T>(_ host: String, _ port: Int, count: Int, interval: Double = 0.3, timeout: Double = 2,
                                 _ body: (Sessions) async throws -> T) async throws -> T {
-        let sessions = try startSessions(host, port, count: count, interval: interval)
+        let sessions = try startSessions(host, port, count: count, interval: interval, timeout: timeout)
         return try await withCleanup { try await body(sessions) } cleanup: { await sessions.stop() }
     }
 
@@ -223,10 +224,10 @@ extension Lab {
         private let client: Session
         public let count: Int
 
-        init(lab: Lab, host: String, port: Int, count: Int, interval: Double) throws {
+        init(lab: Lab, host: String, port: Int, count: Int, interval: Double, timeout: Double) throws {
             self.count = count
             client = try Session(lab: lab, prefix: "sessions") {
-                ["sessions", host, String(port), String(count), $0, String(interval)]
+                ["sessions", host, String(port), String(count), $0, String(interval), String(timeout)]
             }
         }
 
