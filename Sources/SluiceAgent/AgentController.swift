@@ -178,6 +178,7 @@ public actor AgentController {
         let verdicts = HealthVerdicts(down: health.verdicts(for: desired))
         let result = try owned { owner throws(ControlError) in try owner.apply(desired, health: verdicts) }
         setDesired(desired)
+        fleet?.poke()
         return result.diff
     }
 
@@ -190,9 +191,9 @@ public actor AgentController {
             if result.tablesWritten > 0 {
                 logger.notice("health: \(result.tablesWritten) Maglev table(s) rebuilt")
             }
-            // A VIP that lost (or regained) its last backend is withdrawn (or announced) now,
-            // not at the announcer's next look.
-            if let fleet { Task { await fleet.evaluate() } }
+            // A VIP that lost (or regained) its last backend is withdrawn (or announced) at the
+            // announcer's next look.
+            fleet?.poke()
             for service in desired.services {
                 let candidates = service.backends.filter { $0.weight > 0 }.map(\.address)
                 if let down = verdicts[service.name], !candidates.isEmpty, candidates.allSatisfy(down.contains) {
@@ -303,6 +304,7 @@ public actor AgentController {
         }
         setDesired(desired)
         health.update(desired)
+        fleet?.poke()
         let diff = ConfigDiff.between(current: previous, desired: desired)
         if !diff.isEmpty { shared.withLock { $0.lastApply = Date().timeIntervalSince1970 } }
         return ApplyResponse(applied: true, changed: !diff.isEmpty, changes: diff.lines, diff: diff,

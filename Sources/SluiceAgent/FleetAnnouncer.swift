@@ -1,8 +1,9 @@
 // Announces through BIRD exactly the VIPs this node can serve now: the data plane is
 // attached and has a service on the VIP with a backend up, the agent is ready (its sync
-// copy arrived or timed out) and the node is not draining. It looks every 200 ms and
-// rewrites BIRD's include file and sends `configure` only when the announcement changed;
-// BIRD's own calls block, so they run on a thread of their own.
+// copy arrived or timed out) and the node is not draining. It reads the data plane once a
+// second, and within 200 ms of a change the agent made (an apply, a health verdict, a
+// drain) or of readiness; it rewrites BIRD's include file and sends `configure` only when
+// the announcement changed. BIRD's own calls block, so they run on a thread of their own.
 import Foundation
 import Glibc
 import Logging
@@ -21,7 +22,12 @@ public final class FleetAnnouncer: ServiceLifecycle.Service, Sendable {
     private let thread = DedicatedThread(name: "sluice-bird")
     /// Present while the node is drained: a drain outlives an agent restart.
     private let drainMarker: String
+    /// How often the agent's own changes and readiness are looked at.
     public static let interval = Duration.milliseconds(200)
+    /// How often the data plane is read when nothing happened (an attach, a local apply).
+    public static let fullInterval = Duration.seconds(1)
+    /// Set by `poke()`: something the agent did may change what to announce.
+    private let dirty = Atomic<Bool>(true)
 
     private struct State {
         var draining = false
@@ -62,10 +68,21 @@ public final class FleetAnnouncer: ServiceLifecycle.Service, Sendable {
         }
     }
 
+    /// Something changed that may change what to announce: looked at within `interval`.
+    public func poke() {
+        dirty.store(true, ordering: .relaxed)
+    }
+
     public func run() async throws {
         await cancelWhenGracefulShutdown {
+            var last = ContinuousClock.now, wasReady = self.isReady()
             while !Task.isCancelled {
-                await self.evaluate()
+                let ready = self.isReady()
+                if self.dirty.exchange(false, ordering: .relaxed) || ready != wasReady || ContinuousClock.now - last >= Self.fullInterval {
+                    wasReady = ready
+                    last = .now
+                    await self.evaluate()
+                }
                 try? await Task.sleep(for: Self.interval)
             }
         }
