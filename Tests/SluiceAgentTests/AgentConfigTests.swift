@@ -19,6 +19,17 @@ struct BadAgentConfig: Sendable, CustomTestStringConvertible {
     var error: String {
         "a.yaml" + (line.map { ":\($0)" } ?? "") + ": " + (field.map { "field \"\($0)\": " } ?? "") + message
     }
+
+    /// The configuration is refused with exactly this error.
+    func expectRefused() {
+        do {
+            let config = try AgentConfig.parse(text, file: "a.yaml")
+            Issue.record("accepted: \(config)")
+        } catch {
+            #expect(error.description == self.error)
+            #expect(error.line == line && error.field == field && error.service == nil)
+        }
+    }
 }
 
 @Suite("agent: configuration")
@@ -148,13 +159,7 @@ struct AgentConfigTests {
 
     @Test("a bad configuration is refused with the file, the line, the field and the value", arguments: bad)
     func refusal(_ bad: BadAgentConfig) {
-        do {
-            let config = try AgentConfig.parse(bad.text, file: "a.yaml")
-            Issue.record("accepted: \(config)")
-        } catch {
-            #expect(error.description == bad.error)
-            #expect(error.line == bad.line && error.field == bad.field && error.service == nil)
-        }
+        bad.expectRefused()
     }
 
     @Test("a YAML syntax error names the line")
