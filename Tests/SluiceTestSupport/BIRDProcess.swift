@@ -36,11 +36,20 @@ public final class BIRDProcess: @unchecked Sendable {
             try? FileManager.default.removeItem(atPath: directory)
             throw error
         }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while (try? await birdc("show status"))?.status != 0 {
-            guard child.isRunning, ContinuousClock.now < deadline else {
+        // BIRD answers within milliseconds. The limit is for a loaded machine, where each look
+        // (a birdc process) and this task's resumption can take seconds: a clean-clone CI run
+        // stalled every test of the process for two minutes, and a look made after that found
+        // 10 s gone. It gives up only after 60 s *and* 40 looks.
+        let deadline = ContinuousClock.now + .seconds(60)
+        var looks = 0
+        while true {
+            let look = try? await birdc("show status")
+            looks += 1
+            if look?.status == 0 { break }
+            guard child.isRunning, ContinuousClock.now < deadline || looks < 40 else {
                 let output = (try? String(contentsOfFile: directory + "/stderr", encoding: .utf8)) ?? ""
-                throw SpawnError(description: "bird did not answer on \(socketPath) (running: \(child.isRunning)): \(output)")
+                throw SpawnError(description: "bird did not answer on \(socketPath) after \(looks) looks (running: \(child.isRunning)); "
+                                 + "last birdc: \(look.map { "\($0)" } ?? "could not run"); bird's output: \(output)")
             }
             try await Task.sleep(for: .milliseconds(50))
         }
