@@ -96,11 +96,13 @@ extension Lab {
         return seen
     }
 
-    /// Runs `nft -f -` with `rules` in `node`'s namespace.
-    func nft(_ node: String, _ rules: String) async throws {
+    /// Runs `nft -f FILE` with `rules` in `node`'s namespace; the result's `started` and
+    /// `exited` bracket when the rules took effect.
+    @discardableResult
+    func nft(_ node: String, _ rules: String) async throws -> CommandResult {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-nft-\(UUID().uuidString.prefix(8)).nft").path
         try rules.write(toFile: file, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: file) }
-        try Self.checked(await Self.run("exec", name, [node, "/usr/sbin/nft", "-f", file]))
+        return try Self.checked(await Self.run("exec", name, [node, "/usr/sbin/nft", "-f", file]))
     }
 }

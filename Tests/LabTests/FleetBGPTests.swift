@@ -88,12 +88,13 @@ struct FleetBGPTests {
             // every service on the VIP goes down there, and only there.
             let bound = Duration.seconds(LabHealthTests.interval * Double(LabHealthTests.fall) + 2)
             let watch = lab.watchNextHops(Self.vip4, timeout: bound + .seconds(5)) { $0 == [.lb, .lb3] }
-            let cut = ContinuousClock.now
-            try await lab.nft("lb2", """
+            // From just before nft was spawned (a late resumption of this task before it is not
+            // counted; nft's own start-up is, so the figure errs long).
+            let cut = try await lab.nft("lb2", """
                 table inet sluice_probes {
                   chain out { type filter hook output priority 0; ip daddr 10.10.3.0/24 drop; ip6 daddr fd10:3::/64 drop; }
                 }
-                """)
+                """).started
             let outcome = await watch.outcome
             let lb2 = try await agents.bgp(.lb2)
             let took = try #require(outcome.satisfied ? outcome.look : nil, "lb2 was never withdrawn: \(lb2)").finished - cut
@@ -230,8 +231,8 @@ struct FleetBGPTests {
     static func cutAndMeasure(_ lab: Lab, _ balancer: Lab.Balancer) async throws -> Duration {
         let remaining = Set(lab.balancers).subtracting([balancer])
         let watch = lab.watchNextHops(vip4, every: .milliseconds(20), timeout: .seconds(15)) { $0 == remaining }
-        let cut = ContinuousClock.now
-        try await lab.cut(balancer, true)
+        // From just before lab.sh was spawned to make the cut (its start-up counted: errs long).
+        let cut = try await lab.cut(balancer, true).started
         let outcome = await watch.outcome
         return try #require(outcome.satisfied ? outcome.look : nil, "the router kept using \(balancer)").finished - cut
     }

@@ -110,7 +110,9 @@ extension Lab {
 
     /// `lab.sh cut NAME LB on|off`: the router drops everything on its link to `balancer`
     /// (nftables; the carrier stays up, so only the hold timer or BFD notices), or no more.
-    public func cut(_ balancer: Balancer, _ on: Bool) async throws {
+    /// Returns lab.sh's result: its `started` and `exited` bracket when the cut took effect.
+    @discardableResult
+    public func cut(_ balancer: Balancer, _ on: Bool) async throws -> CommandResult {
         try Self.checked(await Self.run("cut", name, [balancer.rawValue, on ? "on" : "off"]))
     }
 
