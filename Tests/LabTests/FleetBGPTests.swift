@@ -188,8 +188,14 @@ struct FleetBGPTests {
                 try #require(started?.opened == count && started?.broken == 0, "sessions: \(started?.summary ?? "none") \(sessions.output)")
                 try await Self.waitAllSynced(lab, agents)
 
+                let streamBefore = try await ECMPFailoverTests.newFlows(lab).values.reduce(0, +)
                 async let stream = lab.client(.echo, Self.vip4, Self.echoPort, count: 600)
-                try await Task.sleep(for: .milliseconds(300))  // the stream under way when the drain starts
+                // The drain starts once the stream is under way: new flows counted on the nodes.
+                let streaming = ContinuousClock.now + .seconds(20)
+                while try await ECMPFailoverTests.newFlows(lab).values.reduce(0, +) < streamBefore + 20 {
+                    try #require(ContinuousClock.now < streaming, "the stream of new connections never started")
+                    try await Task.sleep(for: .milliseconds(20))
+                }
                 let drain = try Lab.checked(await agents.lbctlThroughAgent(.lb2, ["drain", "--json"]))
                 let connections = try await stream
                 let report = try #require(try JSONSerialization.jsonObject(with: drain.stdoutData) as? [String: Any], "\(drain)")
