@@ -34,15 +34,45 @@ struct sl_target {
 };
 
 /* Places a flow conntrack did not vouch for (a SYN, an unknown flow, a stale
- * entry) with Maglev. A non-SYN packet here is a conntrack miss. */
+ * entry). A UDP flow whose first packet is held in sl_ct_unconfirmed goes
+ * where that packet went; any other flow is placed by Maglev. A non-SYN
+ * packet here is a conntrack miss. Sets *confirmed for a held UDP flow. */
 static __always_inline int sl_place_flow(const struct sl_packet *pkt, const struct sl_vip *vip,
 					 const struct sl_flow_key *key, struct sl_stats *st,
-					 struct sl_target *target)
+					 struct sl_target *target, int *confirmed)
 {
 	if (!pkt->tcp_syn)
 		st->ct_misses++;
 	target->service_id = vip->id;
+	*confirmed = pkt->proto == IPPROTO_UDP && !sl_fwd_is_nat(vip->forwarding) &&
+		     sl_ct_unconfirmed_lookup(key, vip->id, &target->backend_id);
+	if (*confirmed)
+		return SL_CONTINUE;
 	return sl_maglev_pick(vip, key, &target->backend_id);
+}
+
+/* Writes what a flow that does not translate leaves behind, by its packet:
+ * a SYN nothing at all (not even a lookup: an entry an earlier connection
+ * left on the same 5-tuple keeps catching that 5-tuple's packets until it
+ * ages out), a UDP flow's first packet its hold in sl_ct_unconfirmed,
+ * anything else (the first packet after a SYN, a UDP flow's second, a flow
+ * that was never seen opening) its sl_conntrack entry. */
+static __always_inline void sl_remember_flow(const struct sl_packet *pkt, const struct sl_flow_key *key,
+					     const struct sl_target *target, int confirmed,
+					     const struct sl_config *cfg, struct sl_stats *st)
+{
+	struct sl_ct_entry entry;
+
+	if (pkt->tcp_syn)
+		return;
+	__builtin_memset(&entry, 0, sizeof(entry));
+	entry.backend_id = target->backend_id;
+	entry.service_id = target->service_id;
+	entry.tcp_seen = pkt->tcp_seen;
+	if (pkt->proto == IPPROTO_UDP && !confirmed)
+		sl_ct_hold(key, &entry, st);
+	else
+		sl_ct_record(key, &entry, cfg, st);
 }
 
 /* A SYN of a NAT service that finds its flow open is a retransmission: it
@@ -61,7 +91,9 @@ static __always_inline int sl_syn_reopens(const struct sl_flow_key *key, const s
  * packet but a SYN asks conntrack first: a current entry names the service
  * slot and the backend, so an established flow costs one hash lookup and
  * never touches sl_vips. A SYN, an unknown flow or a stale entry is looked up
- * in sl_vips (no VIP: pass, counting nothing else) and placed by Maglev. A
+ * in sl_vips (no VIP: pass, counting nothing else) and placed by Maglev; what
+ * it leaves in conntrack is sl_remember_flow's (or, translated, sl_nat_open's)
+ * concern. A
  * packet for a VIP is counted for its VIP and backend once the backend is
  * known, before the tunnel header is written (so a later NO_SOURCE or ENCAP
  * drop, or an ICMP "too big" answer, is counted there too). */
@@ -78,7 +110,7 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 	struct sl_vip *vip = NULL;
 	__u32 zero = 0;
 	__u8 mode;
-	int rc, hit;
+	int rc, hit, confirmed = 0;
 
 	rc = sl_parse_packet(ctx, &pkt, st);
 	if (rc != SL_CONTINUE)
@@ -115,7 +147,7 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 		target.service_id = known.service_id;
 		target.backend_id = known.backend_id;
 	} else {
-		rc = sl_place_flow(&pkt, vip, &flow_key, st, &target);
+		rc = sl_place_flow(&pkt, vip, &flow_key, st, &target, &confirmed);
 		if (rc != SL_CONTINUE)
 			return rc;
 	}
@@ -139,13 +171,8 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 		sl_count_traffic(target.service_id, target.backend_id, pkt.frame_len);
 		return sl_nat_forward(ctx, &pkt, be, known.entry);
 	}
-	if (!hit) {
-		__builtin_memset(&opened, 0, sizeof(opened));
-		opened.backend_id = target.backend_id;
-		opened.service_id = target.service_id;
-		opened.tcp_seen = pkt.tcp_seen;
-		sl_ct_record(&flow_key, &opened, cfg, st);
-	}
+	if (!hit)
+		sl_remember_flow(&pkt, &flow_key, &target, confirmed, cfg, st);
 	sl_count_traffic(target.service_id, target.backend_id, pkt.frame_len);
 	return sl_forward(ctx, &pkt, cfg, be, &flow_key, st);
 }

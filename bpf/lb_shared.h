@@ -19,6 +19,15 @@
 #define SL_MAX_BACKENDS 65536
 #define SL_MAGLEV_DEFAULT_SIZE 65537
 #define SL_CT_DEFAULT_SIZE 1048576
+#define SL_CT_UNCONFIRMED_DEFAULT_SIZE 65536
+
+/* How long (sl_clock seconds) a UDP flow seen once stays in sl_ct_unconfirmed
+ * for its second packet to confirm it on the same backend. */
+#define SL_CT_UNCONFIRMED_TTL 30
+
+/* New NAT translations a CPU creates per second when node.nat_flow_budget is
+ * not set (Katran's default limit of conntrack updates per CPU). */
+#define SL_NAT_FLOW_BUDGET_DEFAULT 125000
 #define SL_SERVICE_NAME_LEN 64
 
 /* A Maglev slot that names no backend: every backend of the service is drained. */
@@ -170,7 +179,7 @@ enum sl_tcp_seen {
 	SL_TCP_SEEN_RST = 1 << 3,
 };
 
-/* Value of sl_conntrack. A hit is trusted only while sl_vip_epochs still
+/* Value of sl_conntrack and sl_ct_unconfirmed. A hit is trusted only while sl_vip_epochs still
  * holds `epoch` (its low 16 bits) for `service_id`: the control plane bumps a
  * slot's epoch when it frees the slot or gives it another VIP key, which
  * retires every flow recorded for the old one at once. */
@@ -267,6 +276,7 @@ struct sl_config {
 	__u16 tunnel_mtu;    /* largest packet the path to the backends carries, encapsulation
 	                      * included (host order); 0 = no limit: no MSS clamp, no ICMP */
 	__be16 gue_port;     /* UDP destination port of GUE tunnels, network order */
+	__u32 nat_flow_budget; /* new nat/fullnat translations per second per CPU; 0 = no limit */
 };
 
 enum sl_config_flags {
@@ -301,6 +311,7 @@ enum sl_drop_reason {
 	SL_DROP_NO_SNAT,        /* fullnat: the node has no SNAT address of the backend's family */
 	SL_DROP_SNAT_EXHAUSTED, /* fullnat: every candidate (address, port) tried was in use */
 	SL_DROP_PROXY,          /* proxy-v2: the frame could not grow (or shrink) for the header */
+	SL_DROP_NAT_BUDGET,     /* nat, fullnat: this CPU created nat_flow_budget translations this second */
 	SL_DROP__MAX,
 };
 
@@ -310,9 +321,11 @@ enum sl_drop_reason {
 /* Value of sl_stats (a per-CPU array of one): the node-wide counters. */
 struct sl_stats {
 	__u64 verdicts[SL_VERDICTS]; /* indexed by XDP action */
-	__u64 new_flows;             /* flows placed by Maglev (SYN or conntrack miss) */
+	__u64 new_flows;             /* flows recorded in sl_conntrack: TCP by its first packet after the
+	                              * SYN, UDP by its second, nat/fullnat by the first */
 	__u64 ct_hits;               /* packets of a known flow */
-	__u64 ct_misses;             /* non-SYN packets of a flow not in the table */
+	__u64 ct_misses;             /* non-SYN packets of a flow not in sl_conntrack (a TCP flow's first
+	                              * ACK, a UDP flow's first two packets, a flow from elsewhere) */
 	__u64 fragments;             /* IP fragments, passed to the kernel */
 	__u64 ip_options;            /* IPv4 packets to a VIP that carry options */
 	__u64 drops[SL_DROP__MAX];   /* indexed by enum sl_drop_reason */
@@ -331,6 +344,15 @@ struct sl_stats {
 	                              * Open: the client sends it again after the handshake) */
 	__u64 proxy_midstream;       /* flows of proxy-v2 services opened without their SYN: no
 	                              * header can be written, they are translated as plain full NAT */
+	__u64 ct_unconfirmed;        /* UDP flows' first packets, held in sl_ct_unconfirmed */
+};
+
+/* Value of sl_nat_budget (per CPU): the translations this CPU created in the
+ * second that began at window_ns (bpf_ktime_get_coarse_ns). */
+struct sl_nat_budget {
+	__u64 window_ns;
+	__u32 created;
+	__u32 pad;
 };
 
 /* Value of sl_services, indexed by service slot. Control-plane metadata kept

@@ -81,7 +81,11 @@ struct {
 /* Connection tracking: 5-tuple -> backend id, service slot and the slot's
  * epoch. LRU, so a full table forgets its oldest flows; user space may resize
  * it before load. Looked up before sl_vips for every packet but a SYN, so an
- * established flow costs one hash lookup, not two. */
+ * established flow costs one hash lookup, not two. Only flows that proved
+ * themselves are written: a TCP flow by its first packet after the SYN, a UDP
+ * flow by its second (sl_ct_unconfirmed holds its first). A NAT flow needs its
+ * translation at once and is written by its first packet, at most
+ * nat_flow_budget a second per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SL_CT_DEFAULT_SIZE);
@@ -89,6 +93,30 @@ struct {
 	__type(value, struct sl_ct_entry);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_conntrack SEC(".maps");
+
+/* UDP flows seen once (struct sl_ct_entry): a flow's first packet is held
+ * here, its second records it in sl_conntrack on the same backend. Small and
+ * LRU, sized by user space, so a flood of one-packet flows (spoofed sources)
+ * churns this table and never pushes established flows out of sl_conntrack.
+ * An entry older than SL_CT_UNCONFIRMED_TTL, or of an older epoch, is not
+ * trusted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SL_CT_UNCONFIRMED_DEFAULT_SIZE);
+	__type(key, struct sl_flow_key);
+	__type(value, struct sl_ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_ct_unconfirmed SEC(".maps");
+
+/* Each CPU's count of new NAT translations in the current second, against
+ * sl_config.nat_flow_budget. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_nat_budget);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_nat_budget SEC(".maps");
 
 /* The translations seen from the backend's side (struct sl_nat_entry), keyed
  * by the backend's reply as it arrives: one per nat or fullnat flow, created

@@ -275,6 +275,34 @@ static __always_inline int sl_snat_alloc(const struct sl_flow_key *key, struct s
  * which *ct is filled in as. Returns SL_CONTINUE or a drop; nothing is
  * recorded when the allocation fails.
  */
+/* Takes one new translation from this CPU's budget of nat_flow_budget a
+ * second (0: no limit). The translation's entries are the one thing a SYN
+ * still writes, so the budget bounds how fast a SYN flood to a NAT VIP can
+ * churn the tables; past it the SYN is dropped and the client sends it again.
+ * The coarse clock (the last tick, no clock read) is fine for a one-second
+ * window. */
+static __always_inline int sl_nat_budget_take(const struct sl_config *cfg)
+{
+	__u32 zero = 0, limit = cfg->nat_flow_budget;
+	struct sl_nat_budget *budget;
+	__u64 now;
+
+	if (!limit)
+		return 1;
+	budget = bpf_map_lookup_elem(&sl_nat_budget, &zero);
+	if (!budget)
+		return 1;
+	now = bpf_ktime_get_coarse_ns();
+	if (now - budget->window_ns >= 1000000000ull) {
+		budget->window_ns = now;
+		budget->created = 0;
+	}
+	if (budget->created >= limit)
+		return 0;
+	budget->created++;
+	return 1;
+}
+
 static __always_inline int sl_nat_open(struct xdp_md *ctx, const struct sl_packet *pkt,
 				       const struct sl_config *cfg, const struct sl_backend *be,
 				       const struct sl_flow_key *key, __u32 backend_id, __u32 service_id,
@@ -284,6 +312,8 @@ static __always_inline int sl_nat_open(struct xdp_md *ctx, const struct sl_packe
 	struct sl_flow_key reply;
 	int rc;
 
+	if (!sl_nat_budget_take(cfg))
+		return SL_RC_DROP(SL_DROP_NAT_BUDGET);
 	__builtin_memcpy(&nat.flow, key, sizeof(nat.flow));
 	sl_mac_copy(nat.client_mac, pkt->eth->src);
 	sl_mac_copy(nat.local_mac, pkt->eth->dst);

@@ -145,12 +145,17 @@ public enum MetricsRenderer {
                        PrometheusText.labels(["service": a.service.name, "vip": a.service.vip.description]), UInt64(a.generation))
         }
 
-        out.family("sluice_new_flows_total", .counter, "Flows placed by Maglev (TCP SYN or unknown flow).")
+        out.family("sluice_new_flows_total", .counter,
+                   "Flows recorded in the connection table: TCP by its first packet after the SYN, UDP by its second, nat/fullnat by the first.")
         out.sample("sluice_new_flows_total", "", counters.newFlows)
         out.family("sluice_conntrack_hits_total", .counter, "Packets of a flow found in the connection table.")
         out.sample("sluice_conntrack_hits_total", "", counters.conntrackHits)
-        out.family("sluice_conntrack_misses_total", .counter, "Non-SYN packets of a flow missing from the connection table.")
+        out.family("sluice_conntrack_misses_total", .counter,
+                   "Non-SYN packets of a flow missing from the connection table (a TCP flow's first ACK, a UDP flow's first two packets, a flow from elsewhere).")
         out.sample("sluice_conntrack_misses_total", "", counters.conntrackMisses)
+        out.family("sluice_conntrack_unconfirmed_total", .counter,
+                   "UDP flows' first packets, held in the unconfirmed table until a second packet records the flow.")
+        out.sample("sluice_conntrack_unconfirmed_total", "", counters.conntrackUnconfirmed)
         if let entries = input.conntrackEntries {
             out.family("sluice_conntrack_entries", .gauge, "Flows in the connection table (counted at the agent's last sweep).")
             out.sample("sluice_conntrack_entries", "", UInt64(entries))

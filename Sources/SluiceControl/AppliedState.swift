@@ -78,9 +78,17 @@ public struct AppliedState: Sendable {
         let size = config.maglev_size == 0 ? Maglev.defaultTableSize : Int(config.maglev_size)
         return ServiceFile(node: NodeConfig(sourceV4: config.sourceV4, sourceV6: config.sourceV6, maglevTableSize: size,
                                             tunnelMTU: config.fileTunnelMTU, guePort: config.fileGUEPort,
+                                            natFlowBudget: fileNATFlowBudget,
                                             snatV4: snatPools[0].addresses(family: .v4), snatV6: snatPools[1].addresses(family: .v6),
                                             snatPorts: snatPools[0].filePorts),
                            services: services.map(\.service))
+    }
+
+    /// The NAT flow budget as the service file names it: nil for the default, and before the
+    /// first apply (maglev_size still 0), when sl_config holds no budget yet.
+    var fileNATFlowBudget: UInt32? {
+        let budget = config.nat_flow_budget
+        return config.maglev_size == 0 || budget == NodeConfig.defaultNATFlowBudget ? nil : budget
     }
 
     public func service(named name: String) -> AppliedService? { services.first { $0.service.name == name } }

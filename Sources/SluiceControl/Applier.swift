@@ -179,7 +179,7 @@ struct Plan {
 
     /// sl_config for `node`: tunnel_mtu from the file (marked as such), else from the attached
     /// interfaces, else as attach wrote it (0 when a file's value is all there was); the GUE
-    /// port in network order.
+    /// port in network order; the NAT flow budget in effect (the default when unset).
     static func config(_ current: sl_config, node: NodeConfig, interfaceMTU: Int?) -> sl_config {
         var config = current
         config.setSources(v4: node.sourceV4, v6: node.sourceV6)
@@ -192,6 +192,7 @@ struct Plan {
             config.setTunnelMTU(0, fromFile: false)
         }
         config.gue_port = node.effectiveGUEPort.bigEndian
+        config.nat_flow_budget = node.effectiveNATFlowBudget
         return config
     }
 

@@ -41,9 +41,15 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
     }
 
     public var verdicts: [String: UInt64]
+    /// Flows recorded in sl_conntrack: TCP by its first packet after the SYN, UDP by its
+    /// second, nat/fullnat by the first.
     public var newFlows: UInt64
     public var conntrackHits: UInt64
+    /// Non-SYN packets of a flow not in sl_conntrack (a TCP flow's first ACK, a UDP flow's
+    /// first two packets, a flow from elsewhere).
     public var conntrackMisses: UInt64
+    /// UDP flows' first packets, held in sl_ct_unconfirmed.
+    public var conntrackUnconfirmed: UInt64 = 0
     public var fragments: UInt64
     public var ipOptions: UInt64
     public var drops: [String: UInt64]
@@ -79,6 +85,7 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
         case newFlows = "new_flows"
         case conntrackHits = "conntrack_hits"
         case conntrackMisses = "conntrack_misses"
+        case conntrackUnconfirmed = "conntrack_unconfirmed"
         case ipOptions = "ip_options"
         case mssClamped = "mss_clamped"
         case icmpTooBig = "icmp_too_big"
@@ -97,7 +104,8 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
     public static let verdictNames = ["aborted", "drop", "pass", "tx", "redirect"]
     /// Names of enum sl_drop_reason, indexed by value.
     public static let dropNames = ["malformed", "truncated", "no_backend", "no_source", "no_gateway", "encap",
-                                   "too_big", "no_neighbour", "no_snat", "snat_exhausted", "proxy"]
+                                   "too_big", "no_neighbour", "no_snat", "snat_exhausted", "proxy",
+                                   "nat_budget"]
 
     static func read(from dataplane: Dataplane, state: AppliedState) throws(ControlError) -> CounterSnapshot {
         let node = try NodeCounters.read(from: dataplane)
@@ -124,7 +132,8 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
             throw .bpf(error, while: "reading counters")
         }
         return CounterSnapshot(verdicts: node.verdicts, newFlows: node.newFlows, conntrackHits: node.conntrackHits,
-                               conntrackMisses: node.conntrackMisses, fragments: node.fragments, ipOptions: node.ipOptions,
+                               conntrackMisses: node.conntrackMisses, conntrackUnconfirmed: node.conntrackUnconfirmed,
+                               fragments: node.fragments, ipOptions: node.ipOptions,
                                drops: node.drops, flowEventsLost: node.flowEventsLost, mssClamped: node.mssClamped,
                                icmpTooBig: node.icmpTooBig, icmpSteered: node.icmpSteered, natCreated: node.natCreated,
                                natReplies: node.natReplies, natICMP: node.natICMP, snatCollisions: node.snatCollisions,
@@ -139,9 +148,15 @@ public struct CounterSnapshot: Sendable, Codable, Equatable {
 public struct NodeCounters: Sendable, Equatable {
     /// By name (CounterSnapshot.verdictNames).
     public var verdicts: [String: UInt64]
+    /// Flows recorded in sl_conntrack: TCP by its first packet after the SYN, UDP by its
+    /// second, nat/fullnat by the first.
     public var newFlows: UInt64 = 0
     public var conntrackHits: UInt64 = 0
+    /// Non-SYN packets of a flow not in sl_conntrack (a TCP flow's first ACK, a UDP flow's
+    /// first two packets, a flow from elsewhere).
     public var conntrackMisses: UInt64 = 0
+    /// UDP flows' first packets, held in sl_ct_unconfirmed.
+    public var conntrackUnconfirmed: UInt64 = 0
     public var fragments: UInt64 = 0
     public var ipOptions: UInt64 = 0
     /// By reason (CounterSnapshot.dropNames).
@@ -191,6 +206,7 @@ public struct NodeCounters: Sendable, Equatable {
         counters.newFlows = total.new_flows
         counters.conntrackHits = total.ct_hits
         counters.conntrackMisses = total.ct_misses
+        counters.conntrackUnconfirmed = total.ct_unconfirmed
         counters.fragments = total.fragments
         counters.ipOptions = total.ip_options
         counters.flowEventsLost = total.flow_events_lost
@@ -216,6 +232,7 @@ public struct NodeCounters: Sendable, Equatable {
         out.newFlows = lhs.newFlows &- rhs.newFlows
         out.conntrackHits = lhs.conntrackHits &- rhs.conntrackHits
         out.conntrackMisses = lhs.conntrackMisses &- rhs.conntrackMisses
+        out.conntrackUnconfirmed = lhs.conntrackUnconfirmed &- rhs.conntrackUnconfirmed
         out.fragments = lhs.fragments &- rhs.fragments
         out.ipOptions = lhs.ipOptions &- rhs.ipOptions
         out.flowEventsLost = lhs.flowEventsLost &- rhs.flowEventsLost
@@ -241,7 +258,8 @@ extension NodeCounters: CustomStringConvertible {
         for name in CounterSnapshot.verdictNames where verdicts[name, default: 0] != 0 { parts.append("\(name)=\(verdicts[name]!)") }
         for name in CounterSnapshot.dropNames where drops[name, default: 0] != 0 { parts.append("drop.\(name)=\(drops[name]!)") }
         for (name, value) in [("new_flows", newFlows), ("ct_hits", conntrackHits), ("ct_misses", conntrackMisses),
-                              ("fragments", fragments), ("ip_options", ipOptions), ("flow_events_lost", flowEventsLost),
+                              ("ct_unconfirmed", conntrackUnconfirmed), ("fragments", fragments), ("ip_options", ipOptions),
+                              ("flow_events_lost", flowEventsLost),
                               ("mss_clamped", mssClamped), ("icmp_too_big", icmpTooBig), ("icmp_steered", icmpSteered),
                               ("nat_created", natCreated), ("nat_replies", natReplies), ("nat_icmp", natICMP),
                               ("snat_collisions", snatCollisions), ("proxy_headers", proxyHeaders),

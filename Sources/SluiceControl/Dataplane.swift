@@ -24,7 +24,9 @@ public final class Dataplane: Sendable {
         case maglev = "sl_maglev"
         case backends = "sl_backends"
         case conntrack = "sl_conntrack"
+        case ctUnconfirmed = "sl_ct_unconfirmed"
         case nat = "sl_nat"
+        case natBudget = "sl_nat_budget"
         case snatPools = "sl_snat_pools"
         case progs = "sl_progs"
         case flowEvents = "sl_flow_events"
@@ -60,10 +62,13 @@ public final class Dataplane: Sendable {
     /// Opens the pinned data plane, or loads the embedded object and pins it. The NAT table
     /// (sl_nat) holds one entry per NAT flow, so it is sized like conntrack unless `natSize`
     /// says otherwise (tests, whose many balancers at once would otherwise hold gigabytes).
+    /// The table of UDP flows seen once (sl_ct_unconfirmed) only has to hold the flows of
+    /// one round trip, so it is conntrack's size up to SL_CT_UNCONFIRMED_DEFAULT_SIZE.
     public static func openOrLoad(pinPath: String, conntrackSize: UInt32 = UInt32(SL_CT_DEFAULT_SIZE),
                                   natSize: UInt32? = nil) throws(ControlError) -> Dataplane {
         Dataplane(try PinnedObject<Map>.openOrLoad(at: pinPath) { object throws(BPFError) in
             try object.setMaxEntries(map: Map.conntrack.rawValue, conntrackSize)
+            try object.setMaxEntries(map: Map.ctUnconfirmed.rawValue, min(conntrackSize, UInt32(SL_CT_UNCONFIRMED_DEFAULT_SIZE)))
             try object.setMaxEntries(map: Map.nat.rawValue, natSize ?? conntrackSize)
         })
     }

@@ -18,6 +18,8 @@ public struct StatusReport: Sendable, Codable, Equatable {
         /// Where it came from: "service_file" or "interface" (nil with no limit).
         public var tunnelMTUSource: String?
         public var guePort: UInt16
+        /// New nat/fullnat translations per second per CPU (sl_config.nat_flow_budget); 0: no limit.
+        public var natFlowBudget: UInt32 = NodeConfig.defaultNATFlowBudget
         /// Full NAT's source addresses, in pool slot order.
         public var snatV4: [String] = []
         public var snatV6: [String] = []
@@ -26,7 +28,8 @@ public struct StatusReport: Sendable, Codable, Equatable {
         enum CodingKeys: String, CodingKey {
             case sourceV4 = "source_v4", sourceV6 = "source_v6", gatewayMAC = "gateway_mac"
             case maglevTableSize = "maglev_table_size", tunnelMTU = "tunnel_mtu", tunnelMTUSource = "tunnel_mtu_source"
-            case guePort = "gue_port", snatV4 = "snat_v4", snatV6 = "snat_v6", snatPorts = "snat_ports"
+            case guePort = "gue_port", natFlowBudget = "nat_flow_budget"
+            case snatV4 = "snat_v4", snatV6 = "snat_v6", snatPorts = "snat_ports"
         }
 
         // Unset values are written as null, so scripts always find every key.
@@ -39,6 +42,7 @@ public struct StatusReport: Sendable, Codable, Equatable {
             try container.encode(tunnelMTU, forKey: .tunnelMTU)
             try container.encode(tunnelMTUSource, forKey: .tunnelMTUSource)
             try container.encode(guePort, forKey: .guePort)
+            try container.encode(natFlowBudget, forKey: .natFlowBudget)
             try container.encode(snatV4, forKey: .snatV4)
             try container.encode(snatV6, forKey: .snatV6)
             try container.encode(snatPorts, forKey: .snatPorts)
@@ -123,13 +127,33 @@ public struct StatusReport: Sendable, Codable, Equatable {
                        gatewayMAC: state.config.gateway?.description, maglevTableSize: file.node.maglevTableSize,
                        tunnelMTU: state.config.tunnel_mtu == 0 ? nil : Int(state.config.tunnel_mtu),
                        tunnelMTUSource: state.config.tunnel_mtu == 0 ? nil : file.node.tunnelMTU != nil ? "service_file" : "interface",
-                       guePort: file.node.effectiveGUEPort, snatV4: file.node.snatV4.map(\.description),
-                       snatV6: file.node.snatV6.map(\.description), snatPorts: file.node.effectiveSNATPorts.description),
+                       guePort: file.node.effectiveGUEPort, natFlowBudget: state.config.nat_flow_budget,
+                       snatV4: file.node.snatV4.map(\.description), snatV6: file.node.snatV6.map(\.description),
+                       snatPorts: file.node.effectiveSNATPorts.description),
             services: state.services.map { applied in
                 ServiceStatus(name: applied.service.name, vip: applied.service.vip.description, port: applied.service.port,
                               protocol: applied.service.proto.rawValue, forwarding: applied.service.forwarding.rawValue,
                               maglevTableSize: applied.maglevSize, generation: applied.generation,
                               backends: applied.backends.map(BackendStatus.init))
             })
+    }
+}
+
+// Decoded by hand only so that a report without nat_flow_budget (an older agent's) reads as the
+// default; an extension keeps the memberwise initializer.
+extension StatusReport.Node {
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        sourceV4 = try container.decodeIfPresent(String.self, forKey: .sourceV4)
+        sourceV6 = try container.decodeIfPresent(String.self, forKey: .sourceV6)
+        gatewayMAC = try container.decodeIfPresent(String.self, forKey: .gatewayMAC)
+        maglevTableSize = try container.decode(Int.self, forKey: .maglevTableSize)
+        tunnelMTU = try container.decodeIfPresent(Int.self, forKey: .tunnelMTU)
+        tunnelMTUSource = try container.decodeIfPresent(String.self, forKey: .tunnelMTUSource)
+        guePort = try container.decode(UInt16.self, forKey: .guePort)
+        natFlowBudget = try container.decodeIfPresent(UInt32.self, forKey: .natFlowBudget) ?? NodeConfig.defaultNATFlowBudget
+        snatV4 = try container.decode([String].self, forKey: .snatV4)
+        snatV6 = try container.decode([String].self, forKey: .snatV6)
+        snatPorts = try container.decode(String.self, forKey: .snatPorts)
     }
 }

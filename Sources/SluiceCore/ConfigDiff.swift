@@ -226,6 +226,11 @@ public struct ValueChange: Equatable, Sendable, Codable {
             changes.append(ValueChange(field: "gue_port", from: String(current.effectiveGUEPort),
                                        to: String(desired.effectiveGUEPort)))
         }
+        // Likewise an unset budget is the default one.
+        if current.effectiveNATFlowBudget != desired.effectiveNATFlowBudget {
+            changes.append(ValueChange(field: "nat_flow_budget", from: String(current.effectiveNATFlowBudget),
+                                       to: String(desired.effectiveNATFlowBudget)))
+        }
         // The pool is a set to the operator: apply keeps each address's slot in the pool, so
         // a reordered list changes nothing.
         for (field, old, new) in [("snat_v4", current.snatV4, desired.snatV4), ("snat_v6", current.snatV6, desired.snatV6)]

@@ -41,6 +41,9 @@ public struct NodeConfig: Equatable, Hashable, Sendable, Codable {
     public var tunnelMTU: Int?
     /// UDP destination port of GUE tunnels; nil: `defaultGUEPort`.
     public var guePort: UInt16?
+    /// New nat/fullnat translations each CPU may create per second (0: no limit); nil:
+    /// `defaultNATFlowBudget`.
+    public var natFlowBudget: UInt32?
     /// Full NAT's source addresses toward IPv4 backends (sl_snat_pools[0]), in file order.
     public var snatV4: [IPAddress]
     /// Full NAT's source addresses toward IPv6 backends (sl_snat_pools[1]).
@@ -52,6 +55,8 @@ public struct NodeConfig: Equatable, Hashable, Sendable, Codable {
     public static let tunnelMTURange = 1280...65535
     /// The GUE port when the file names none (SL_GUE_DEFAULT_PORT in lb_shared.h).
     public static let defaultGUEPort: UInt16 = 6080
+    /// The NAT flow budget when the file names none (SL_NAT_FLOW_BUDGET_DEFAULT in lb_shared.h).
+    public static let defaultNATFlowBudget: UInt32 = 125_000
     /// The SNAT ports when the file names none (SL_SNAT_DEFAULT_PORT_MIN..MAX in lb_shared.h).
     public static let defaultSNATPorts = PortRange(low: 1024, high: 65535)
     /// SL_MAX_SNAT_ADDRS: the most SNAT addresses of one family a pool holds.
@@ -59,12 +64,14 @@ public struct NodeConfig: Equatable, Hashable, Sendable, Codable {
 
     public init(sourceV4: IPAddress? = nil, sourceV6: IPAddress? = nil,
                 maglevTableSize: Int = Maglev.defaultTableSize, tunnelMTU: Int? = nil, guePort: UInt16? = nil,
+                natFlowBudget: UInt32? = nil,
                 snatV4: [IPAddress] = [], snatV6: [IPAddress] = [], snatPorts: PortRange? = nil) {
         self.sourceV4 = sourceV4
         self.sourceV6 = sourceV6
         self.maglevTableSize = maglevTableSize
         self.tunnelMTU = tunnelMTU
         self.guePort = guePort
+        self.natFlowBudget = natFlowBudget
         self.snatV4 = snatV4
         self.snatV6 = snatV6
         self.snatPorts = snatPorts
@@ -72,6 +79,8 @@ public struct NodeConfig: Equatable, Hashable, Sendable, Codable {
 
     /// The GUE port in effect.
     public var effectiveGUEPort: UInt16 { guePort ?? Self.defaultGUEPort }
+    /// The NAT flow budget in effect (0: no limit).
+    public var effectiveNATFlowBudget: UInt32 { natFlowBudget ?? Self.defaultNATFlowBudget }
     /// The SNAT port range in effect.
     public var effectiveSNATPorts: PortRange { snatPorts ?? Self.defaultSNATPorts }
 
@@ -91,6 +100,7 @@ public struct NodeConfig: Equatable, Hashable, Sendable, Codable {
         case maglevTableSize = "maglev_table_size"
         case tunnelMTU = "tunnel_mtu"
         case guePort = "gue_port"
+        case natFlowBudget = "nat_flow_budget"
         case snatV4 = "snat_v4"
         case snatV6 = "snat_v6"
         case snatPorts = "snat_ports"
@@ -104,6 +114,7 @@ public struct NodeConfig: Equatable, Hashable, Sendable, Codable {
         try container.encode(maglevTableSize, forKey: .maglevTableSize)
         try container.encodeIfPresent(tunnelMTU, forKey: .tunnelMTU)
         try container.encodeIfPresent(guePort, forKey: .guePort)
+        try container.encodeIfPresent(natFlowBudget, forKey: .natFlowBudget)
         if !snatV4.isEmpty { try container.encode(snatV4, forKey: .snatV4) }
         if !snatV6.isEmpty { try container.encode(snatV6, forKey: .snatV6) }
         try container.encodeIfPresent(snatPorts, forKey: .snatPorts)
@@ -119,6 +130,7 @@ public struct NodeConfig: Equatable, Hashable, Sendable, Codable {
         maglevTableSize = try container.decodeIfPresent(Int.self, forKey: .maglevTableSize) ?? Maglev.defaultTableSize
         tunnelMTU = try container.decodeIfPresent(Int.self, forKey: .tunnelMTU)
         guePort = try container.decodeIfPresent(UInt16.self, forKey: .guePort)
+        natFlowBudget = try container.decodeIfPresent(UInt32.self, forKey: .natFlowBudget)
     }
 }
 

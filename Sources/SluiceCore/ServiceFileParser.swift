@@ -24,7 +24,7 @@ public enum ServiceFileParser {
 
     static let topKeys = ["node", "services"]
     static let nodeKeys = ["source_v4", "source_v6", "maglev_table_size", "tunnel_mtu", "gue_port",
-                           "snat_v4", "snat_v6", "snat_ports"]
+                           "nat_flow_budget", "snat_v4", "snat_v6", "snat_ports"]
     static let serviceKeys = ["name", "vip", "port", "protocol", "forwarding", "client_address", "backends", "healthcheck"]
     static let backendKeys = ["address", "port", "weight"]
 
@@ -85,6 +85,14 @@ public enum ServiceFileParser {
                 throw reader.error(at: port, field: "node.gue_port", Complaint.notAPort(raw))
             }
             node.guePort = UInt16(number)
+        }
+        if let budget = reader.optional(fields, "nat_flow_budget") {
+            let raw = try reader.scalar(budget, field: "node.nat_flow_budget")
+            // What sl_config.nat_flow_budget holds: no sign, no more than 32 bits.
+            guard raw.first.map({ ("0"..."9").contains($0) }) == true, let number = UInt32(raw) else {
+                throw reader.error(at: budget, field: "node.nat_flow_budget", Complaint.notANATFlowBudget(raw))
+            }
+            node.natFlowBudget = number
         }
         node.snatV4 = try snatAddresses(fields, "snat_v4", family: .v4, reader: &reader)
         node.snatV6 = try snatAddresses(fields, "snat_v6", family: .v6, reader: &reader)

@@ -206,6 +206,10 @@ enum Complaint {
         "\(ConfigError.show(raw)) is not a tunnel MTU (\(NodeConfig.tunnelMTURange.lowerBound)-\(NodeConfig.tunnelMTURange.upperBound))"
     }
 
+    static func notANATFlowBudget(_ raw: String) -> String {
+        "\(ConfigError.show(raw)) is not a NAT flow budget (new translations per second per CPU, 0-\(UInt32.max); 0 = no limit)"
+    }
+
     static func notAForwardingMode(_ raw: String) -> String {
         let modes = Forwarding.allCases.map(\.rawValue).joined(separator: ", ")
         return "\(ConfigError.show(raw)) is not a forwarding mode (\(modes))"

@@ -15,7 +15,7 @@ struct Stats: ParsableCommand {
         let verdicts = CounterSnapshot.verdictNames.map { "\($0) \(snapshot.verdicts[$0] ?? 0)" }.joined(separator: ", ")
         let drops = CounterSnapshot.dropNames.map { "\($0) \(snapshot.drops[$0] ?? 0)" }.joined(separator: ", ")
         print("verdicts:  \(verdicts)")
-        print("flows:     new \(snapshot.newFlows), conntrack hits \(snapshot.conntrackHits), misses \(snapshot.conntrackMisses)")
+        print("flows:     new \(snapshot.newFlows), conntrack hits \(snapshot.conntrackHits), misses \(snapshot.conntrackMisses), unconfirmed \(snapshot.conntrackUnconfirmed)")
         print("other:     fragments passed \(snapshot.fragments), ip options forwarded \(snapshot.ipOptions)")
         print("mtu:       mss clamped \(snapshot.mssClamped), icmp too big sent \(snapshot.icmpTooBig), icmp errors steered \(snapshot.icmpSteered)")
         print("nat:       created \(snapshot.natCreated), replies \(snapshot.natReplies), icmp translated \(snapshot.natICMP), snat collisions \(snapshot.snatCollisions)")

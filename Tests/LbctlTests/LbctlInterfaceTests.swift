@@ -69,11 +69,12 @@ struct LbctlInterfaceTests {
             ]
             for frame in strangers { try socket.send(frame) }
 
-            // Each flow: a SYN, then an ACK that conntrack must send to the same backend.
+            // Each flow: a SYN, then its ACK (placed by Maglev on the same backend and
+            // recorded), then a segment that conntrack must send there.
             var exchanges: [Exchange] = []
-            for round in [Set<TCPFlag>([.syn]), [.ack]] {
+            for round in [Set<TCPFlag>([.syn]), [.ack], [.ack, .psh]] {
                 for index in 0..<Self.flowCount {
-                    let tag = round.contains(.syn) ? "syn" : "ack"
+                    let tag = round.contains(.syn) ? "syn" : round.contains(.psh) ? "data" : "ack"
                     for (client, vip, port) in [(Self.clientV4, Fixtures.webVIP, UInt16(80)),
                                                 (Self.clientV6, Fixtures.web6VIP, UInt16(443))] {
                         let frame = builder.tcp(from: client, UInt16(41000 + index), to: vip, port, flags: round,
@@ -159,14 +160,16 @@ struct LbctlInterfaceTests {
         try #require(result.status == 0, "\(result)")
         let stats = try #require(try result.json() as? [String: Any])
         expectStatsKeys(stats)
-        let perFamily = 2 * Self.flowCount
+        let perFamily = 3 * Self.flowCount
         let verdicts = stats["verdicts"] as? [String: Int] ?? [:]
         #expect(verdicts["tx"] == 2 * perFamily, "\(verdicts)")
         #expect((verdicts["pass"] ?? 0) >= 3, "the three strangers are passed: \(verdicts)")
         #expect(verdicts["drop"] == 0 && verdicts["aborted"] == 0, "\(verdicts)")
+        // Each flow's SYN is placed and records nothing; its ACK misses and records it; its
+        // data segment is a hit.
         #expect(stats["new_flows"] as? Int == 2 * Self.flowCount)
         #expect(stats["conntrack_hits"] as? Int == 2 * Self.flowCount)
-        #expect(stats["conntrack_misses"] as? Int == 0)
+        #expect(stats["conntrack_misses"] as? Int == 2 * Self.flowCount)
         #expect((stats["drops"] as? [String: Int] ?? [:]).values.allSatisfy { $0 == 0 }, "\(stats["drops"] ?? "")")
         let services = stats["services"] as? [[String: Any]] ?? []
         #expect(services.map { $0["name"] as? String } == ["web", "web6"])

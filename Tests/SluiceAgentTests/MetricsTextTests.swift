@@ -19,9 +19,11 @@ struct MetricsTextTests {
     func goldenRendering() throws {
         let counters = try JSONDecoder().decode(CounterSnapshot.self, from: Data("""
             {"verdicts": {"aborted": 0, "drop": 1, "pass": 2, "tx": 7, "redirect": 0},
-             "new_flows": 5, "conntrack_hits": 2, "conntrack_misses": 1, "fragments": 3, "ip_options": 4,
+             "new_flows": 5, "conntrack_hits": 2, "conntrack_misses": 1, "conntrack_unconfirmed": 29,
+             "fragments": 3, "ip_options": 4,
              "drops": {"malformed": 1, "truncated": 0, "no_backend": 0, "no_source": 0, "no_gateway": 0, "encap": 0,
-                       "too_big": 12, "no_neighbour": 13, "no_snat": 17, "snat_exhausted": 18, "proxy": 24},
+                       "too_big": 12, "no_neighbour": 13, "no_snat": 17, "snat_exhausted": 18, "proxy": 24,
+                       "nat_budget": 30},
              "flow_events_lost": 6, "mss_clamped": 14, "icmp_too_big": 15, "icmp_steered": 16,
              "nat_created": 19, "nat_replies": 20, "nat_icmp": 21, "snat_collisions": 22,
              "proxy_headers": 25, "proxy_resent": 26, "proxy_tfo_trimmed": 27, "proxy_midstream": 28,
@@ -59,6 +61,7 @@ struct MetricsTextTests {
             #"sluice_backend_up{service="web",vip="192.0.2.10",backend="10.1.0.2"} 0"#,
             #"sluice_config_generation{service="web",vip="192.0.2.10"} 2"#,
             "sluice_new_flows_total 5", "sluice_conntrack_hits_total 2", "sluice_conntrack_misses_total 1",
+            "sluice_conntrack_unconfirmed_total 29",
             "sluice_conntrack_entries 9", "sluice_conntrack_capacity_entries 1024", "sluice_conntrack_expired_total 11",
             "sluice_fragments_passed_total 3", "sluice_ip_options_packets_total 4",
             #"sluice_drops_total{reason="malformed"} 1"#, #"sluice_xdp_verdicts_total{verdict="tx"} 7"#,
@@ -77,12 +80,13 @@ struct MetricsTextTests {
             #"sluice_snat_pool_ports{address="192.0.2.20"} 64512"#, "# TYPE sluice_snat_pool_in_use gauge",
             #"sluice_drops_total{reason="proxy"} 24"#, "sluice_proxy_headers_total 25", "sluice_proxy_headers_resent_total 26",
             "sluice_proxy_tfo_trimmed_total 27", "sluice_proxy_unwritable_total 28",
+            #"sluice_drops_total{reason="nat_budget"} 30"#,
         ] {
             #expect(lines.contains(expected), "missing: \(expected)\n\(text)")
         }
         let types = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count
         let helps = text.split(separator: "\n").filter { $0.hasPrefix("# HELP ") }.count
-        #expect(types == 41 && helps == 41, "every family has HELP and TYPE (\(types), \(helps))")
+        #expect(types == 42 && helps == 42, "every family has HELP and TYPE (\(types), \(helps))")
         #expect(text.hasSuffix("\n"))
         #expect(!text.contains("sluice_sync_"), "no sync series without sync")
 
@@ -110,7 +114,7 @@ struct MetricsTextTests {
         ] {
             #expect(syncLines.contains(expected), "missing: \(expected)\n\(synced)")
         }
-        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 40 + 9,
+        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 41 + 9,
                 "no sluice_nat_translations without a count, and the nine sync families")
     }
 }

@@ -121,6 +121,62 @@ let goodFile = """
             #expect(error.description.contains("No such file or directory"))
         }
     }
+
+    /// A file whose node names `nat_flow_budget: value` on line 3 (nothing when nil).
+    private static func budgetFile(_ value: String?) -> String {
+        "node:\n  source_v4: 192.0.2.10\n" + (value.map { "  nat_flow_budget: \($0)\n" } ?? "") + "services: []\n"
+    }
+
+    @Test func natFlowBudgetAcceptsZeroForNoLimitAndAnyUInt32() throws {
+        for (raw, budget) in [("0", UInt32(0)), ("5000", 5000), ("4294967295", UInt32.max)] {
+            let node = try ServiceFileParser.parse(Self.budgetFile(raw), file: "node.yaml").node
+            #expect(node.natFlowBudget == budget && node.effectiveNATFlowBudget == budget, "\(raw)")
+        }
+    }
+
+    @Test func anAbsentNATFlowBudgetIsTheDataPlanesDefault() throws {
+        let node = try ServiceFileParser.parse(Self.budgetFile(nil), file: "node.yaml").node
+        #expect(node.natFlowBudget == nil)
+        #expect(node.effectiveNATFlowBudget == 125_000 && NodeConfig.defaultNATFlowBudget == 125_000,
+                "SL_NAT_FLOW_BUDGET_DEFAULT in lb_shared.h")
+        #expect(node == NodeConfig(sourceV4: IPAddress("192.0.2.10")))
+    }
+
+    @Test func aNATFlowBudgetThatIsNoUInt32IsRefusedNamingFileLineFieldAndValue() {
+        let range = "(new translations per second per CPU, 0-4294967295; 0 = no limit)"
+        for (raw, shown) in [("-1", "-1"), ("lots", #""lots""#), ("4294967296", "4294967296"), ("1.5", #""1.5""#),
+                             ("+5", "+5"), ("-0", "-0")] {
+            let expected = ConfigError(file: "node.yaml", line: 3, field: "node.nat_flow_budget",
+                                       message: "\(shown) is not a NAT flow budget \(range)")
+            #expect(throws: expected, "\(raw)") { try ServiceFileParser.parse(Self.budgetFile(raw), file: "node.yaml") }
+            do {
+                _ = try ServiceFileParser.parse(Self.budgetFile(raw), file: "node.yaml")
+            } catch {
+                #expect(error.description == #"node.yaml:3: field "node.nat_flow_budget": "# + "\(shown) is not a NAT flow budget \(range)")
+            }
+        }
+    }
+
+    @Test func theNATFlowBudgetIsInTheJSONSchemaAndTheDiffAndUnsetIsTheDefault() throws {
+        let current = try ServiceFileParser.parse(Self.budgetFile(nil), file: "node.yaml")
+        let desired = try ServiceFileParser.parse(Self.budgetFile("5000"), file: "node.yaml")
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        let json = String(decoding: try encoder.encode(desired), as: UTF8.self)
+        #expect(json.contains(#""nat_flow_budget":5000"#), "\(json)")
+        #expect(try JSONDecoder().decode(ServiceFile.self, from: Data(json.utf8)) == desired)
+        #expect(!String(decoding: try encoder.encode(current), as: UTF8.self).contains("nat_flow_budget"),
+                "an unset budget leaves the JSON as it was")
+
+        let diff = ConfigDiff.between(current: current, desired: desired)
+        #expect(diff.nodeChanges == [ValueChange(field: "nat_flow_budget", from: "125000", to: "5000")])
+        #expect(diff.lines == ["~ node: nat_flow_budget 125000 -> 5000"])
+        #expect(ConfigDiff.between(current: desired, desired: try ServiceFileParser.parse(Self.budgetFile("0"), file: "n")).lines
+                == ["~ node: nat_flow_budget 5000 -> 0"])
+        var explicit = current
+        explicit.node.natFlowBudget = NodeConfig.defaultNATFlowBudget
+        #expect(ConfigDiff.between(current: current, desired: explicit).isEmpty, "125000 is what an unset budget means")
+    }
 }
 
 @Suite struct ServiceFileCodableTests {

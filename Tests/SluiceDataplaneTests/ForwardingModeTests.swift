@@ -79,7 +79,12 @@ struct ForwardingModeTests {
         try lb.setForwarding(SL_FWD_L2DSR, of: "web")
         let (verdict, _, counted) = try lb.runCounted(PacketBuilder().tcp(from: clientV4, 40000, to: "198.51.100.10", 80))
         #expect(verdict == XDPVerdict.drop.rawValue)
-        #expect(counted == NodeStats(.drop, drop: .noNeighbour, newFlows: 1))
+        #expect(counted == NodeStats(.drop, drop: .noNeighbour), "a SYN: placed, recorded nowhere, dropped")
+        // The flow's next packet is recorded by its conntrack miss before the drop, as a forwarded one would be.
+        let (ackVerdict, _, ackCounted) = try lb.runCounted(
+            PacketBuilder().tcp(from: clientV4, 40000, to: "198.51.100.10", 80, flags: [.ack]))
+        #expect(ackVerdict == XDPVerdict.drop.rawValue)
+        #expect(ackCounted == NodeStats(.drop, drop: .noNeighbour, newFlows: 1, ctMisses: 1))
     }
 
     @Test("gue: outer IP + UDP to gue_port, source port from the flow, IPv6 checksum valid", arguments: [
@@ -153,9 +158,14 @@ struct ForwardingModeTests {
         let lb = try await TestDataplane.make(yaml: Config.standard)
         defer { lb.close() }
         let syn = PacketBuilder().tcp(from: clientV4, 41000, to: "198.51.100.10", 80)
+        let handshakeACK = PacketBuilder().tcp(from: clientV4, 41000, to: "198.51.100.10", 80, flags: [.ack])
         let ack = PacketBuilder().tcp(from: clientV4, 41000, to: "198.51.100.10", 80, flags: [.ack], payload: [1, 2, 3])
         let (_, first) = try lb.run(syn)
         let backend = try TunnelFrame(first).outerDestination
+        // The handshake's ACK establishes the flow: placed where the SYN went and recorded.
+        let (_, established, recorded) = try lb.runCounted(handshakeACK)
+        #expect(try TunnelFrame(established).outerDestination == backend)
+        #expect(recorded == NodeStats(.tx, newFlows: 1, ctMisses: 1), "\(recorded)")
         // Move every other backend's weight away, as a new Maglev table would place the flow elsewhere.
         var file = lb.serviceFile
         let web = file.services.firstIndex { $0.name == "web" }!

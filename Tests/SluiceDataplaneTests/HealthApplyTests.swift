@@ -17,7 +17,7 @@ private let b1 = IPAddress("10.1.0.21")!, b2 = IPAddress("10.1.0.22")!, b3 = IPA
 struct HealthApplyTests {
     private func desired() throws -> ServiceFile { try ServiceFileParser.parse(file, file: "test.yaml") }
 
-    /// Where the program sends a SYN from `client`.
+    /// Where the program sends a packet (a SYN unless `flags` say otherwise) from `client`.
     private func destination(_ lb: TestDataplane, client: String, port: UInt16 = 40000,
                              flags: Set<TCPFlag> = [.syn]) throws -> IPAddress? {
         let (verdict, output) = try lb.run(PacketBuilder().tcp(from: client, port, to: "198.51.100.10", 80, flags: flags))
@@ -37,8 +37,11 @@ struct HealthApplyTests {
         #expect(try backend(lb, "web", b1).health == "up")
         #expect(try backend(lb, "dns", IPAddress("10.1.0.31")!).health == "unchecked")
 
-        // A flow placed on b1 before it fails.
+        // A flow placed on b1 by its SYN, and established there by its handshake's ACK, before b1 fails.
         let pinned = try #require((0..<200).map { "198.18.0.\($0)" }.first { try destination(lb, client: $0) == b1 })
+        let before = try lb.nodeStats()
+        #expect(try destination(lb, client: pinned, flags: [.ack]) == b1)
+        #expect(try lb.nodeStats() - before == NodeStats(.tx, newFlows: 1, ctMisses: 1), "the ACK records the flow")
 
         let result = try lb.apply(try desired(), health: HealthVerdicts(down: ["web": [b1]]))
         #expect(result.healthChanged && result.tablesWritten == 1 && result.diff.isEmpty)

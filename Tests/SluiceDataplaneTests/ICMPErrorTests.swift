@@ -29,9 +29,14 @@ struct ICMPErrorTests {
         defer { lb.close() }
         let (service, client, vip, port, router) = v6 ? ("web6", clientV6, "2001:db8::80", UInt16(443), routerV6)
                                                       : ("web", clientV4, "198.51.100.10", UInt16(80), routerV4)
-        // The flow is placed (and recorded) while the service tunnels with IP-in-IP.
+        // The flow is placed by its SYN and recorded by its handshake's ACK while the service
+        // tunnels with IP-in-IP.
         let syn = PacketBuilder().tcp(from: client, 42000, to: vip, port)
+        let ack = PacketBuilder().tcp(from: client, 42000, to: vip, port, flags: [.ack])
         let backend = try TunnelFrame(lb.run(syn).output).outerDestination
+        let (_, established, recorded) = try lb.runCounted(ack)
+        #expect(try TunnelFrame(established).outerDestination == backend, "the ACK goes where the SYN went")
+        #expect(recorded == NodeStats(.tx, newFlows: 1, ctMisses: 1), "the ACK records the flow: \(recorded)")
         try lb.setForwarding(sl_forwarding(mode), of: service, mac: backendMAC)
         try lb.setTunnel(mtu: 1500)
         // Even with its table changed, conntrack names the flow's backend.
@@ -55,7 +60,6 @@ struct ICMPErrorTests {
             let sport = output.be16(gueUDPOffset(output))
             #expect(output == expectedGUEFrame(input: error, backend: backend, node: lb.serviceFile.node, sport: sport))
             // The flow's own packets take the same tunnel source port.
-            let ack = PacketBuilder().tcp(from: client, 42000, to: vip, port, flags: [.ack])
             #expect(try lb.run(ack).output.be16(gueUDPOffset(output)) == sport)
         default:
             #expect(output == expectedTunnelFrame(input: error, backend: backend, node: lb.serviceFile.node))

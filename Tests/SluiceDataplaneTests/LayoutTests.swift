@@ -41,7 +41,7 @@ private let snatPool = swiftLayout(sl_snat_pool.self, "sl_snat_pool",
 private let config = swiftLayout(sl_config.self, "sl_config",
                                  ["source_v4": \.source_v4, "source_v6": \.source_v6, "gateway_mac": \.gateway_mac,
                                   "flags": \.flags, "pad": \.pad, "maglev_size": \.maglev_size,
-                                  "tunnel_mtu": \.tunnel_mtu, "gue_port": \.gue_port])
+                                  "tunnel_mtu": \.tunnel_mtu, "gue_port": \.gue_port, "nat_flow_budget": \.nat_flow_budget])
 private let counter = swiftLayout(sl_counter.self, "sl_counter", ["packets": \.packets, "bytes": \.bytes,
                                                                     "reply_packets": \.reply_packets, "reply_bytes": \.reply_bytes])
 private let stats = swiftLayout(sl_stats.self, "sl_stats",
@@ -53,7 +53,7 @@ private let stats = swiftLayout(sl_stats.self, "sl_stats",
                                  "nat_replies": \.nat_replies, "nat_icmp": \.nat_icmp,
                                  "snat_collisions": \.snat_collisions, "proxy_headers": \.proxy_headers,
                                  "proxy_resent": \.proxy_resent, "proxy_tfo_trimmed": \.proxy_tfo_trimmed,
-                                 "proxy_midstream": \.proxy_midstream])
+                                 "proxy_midstream": \.proxy_midstream, "ct_unconfirmed": \.ct_unconfirmed])
 private let serviceInfo = swiftLayout(sl_service_info.self, "sl_service_info",
                                       ["name": \.name, "vip": \.vip, "maglev_size": \.maglev_size,
                                        "generation": \.generation, "forwarding": \.forwarding, "vip_flags": \.vip_flags,
@@ -71,9 +71,9 @@ struct LayoutTests {
         #expect(MemoryLayout<sl_snat_pool>.size == Int(SL_MAX_SNAT_ADDRS) * 16 + 8)
         #expect(MemoryLayout<sl_flow_event>.size == 60)
         #expect(MemoryLayout<sl_addr_key>.size == 20)
-        #expect(MemoryLayout<sl_config>.size == 36)
+        #expect(MemoryLayout<sl_config>.size == 40)
         #expect(MemoryLayout<sl_counter>.size == 32)
-        #expect(MemoryLayout<sl_stats>.size == 8 * (Int(SL_VERDICTS) + 17 + Int(SL_DROP__MAX.rawValue)))
+        #expect(MemoryLayout<sl_stats>.size == 8 * (Int(SL_VERDICTS) + 18 + Int(SL_DROP__MAX.rawValue)))
         #expect(MemoryLayout<sl_service_info>.size == Int(SL_SERVICE_NAME_LEN) + 20 + 4 + 4 + 4)
     }
 
@@ -143,7 +143,8 @@ struct LayoutTests {
         #expect(CounterSnapshot.verdictNames.count == Int(SL_VERDICTS))
         #expect(DropReason.allCases.map(\.rawValue) ==
                 [SL_DROP_MALFORMED, SL_DROP_TRUNCATED, SL_DROP_NO_BACKEND, SL_DROP_NO_SOURCE, SL_DROP_NO_GATEWAY,
-                 SL_DROP_ENCAP, SL_DROP_TOO_BIG, SL_DROP_NO_NEIGHBOUR, SL_DROP_NO_SNAT, SL_DROP_SNAT_EXHAUSTED, SL_DROP_PROXY].map(\.rawValue))
+                 SL_DROP_ENCAP, SL_DROP_TOO_BIG, SL_DROP_NO_NEIGHBOUR, SL_DROP_NO_SNAT, SL_DROP_SNAT_EXHAUSTED, SL_DROP_PROXY,
+                 SL_DROP_NAT_BUDGET].map(\.rawValue))
         #expect(CounterSnapshot.dropNames.count == Int(SL_DROP__MAX.rawValue))
         #expect(SL_OUTER_TTL == 64, "the tunnel checks expect TTL 64")
         #expect(VIPFilter.bits == Int(SL_VIP_FILTER_BITS))

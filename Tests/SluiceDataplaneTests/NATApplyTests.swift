@@ -66,6 +66,62 @@ private struct Seen: Sendable {
     var error: String?
 }
 
+/// A nat service, TCP 198.51.100.20:443 to 10.2.0.11:8443 (behind the gateway) and the on-link
+/// 10.77.0.2, on a node allowing `budget` new translations per second per CPU.
+private func budgetFile(_ budget: Int) -> String {
+    """
+    node:
+      maglev_table_size: 251
+      nat_flow_budget: \(budget)
+    services:
+      - name: api
+        vip: 198.51.100.20
+        port: 443
+        protocol: tcp
+        forwarding: nat
+        backends: [ {address: 10.2.0.11, port: 8443}, {address: 10.77.0.2} ]
+    """
+}
+
+/// Keeps the calling thread on the CPU it runs on: sl_nat_budget is per CPU, so SYNs sent from
+/// a thread that migrates would draw on several budgets. Returns why it could not, else nil.
+/// sched_getcpu and sched_setaffinity are glibc's GNU extensions, which Swift's Glibc module
+/// does not import: they are looked up by name.
+private func pinToCurrentCPU() -> String? {
+    typealias GetCPU = @convention(c) () -> Int32
+    typealias SetAffinity = @convention(c) (pid_t, Int, UnsafeRawPointer) -> Int32
+    guard let libc = dlopen(nil, RTLD_NOW), let get = dlsym(libc, "sched_getcpu"),
+          let set = dlsym(libc, "sched_setaffinity") else { return "sched_getcpu or sched_setaffinity not found" }
+    let cpu = Int(unsafeBitCast(get, to: GetCPU.self)())
+    var mask = [UInt8](repeating: 0, count: 128)  // a cpu_set_t: 1024 CPUs
+    guard cpu >= 0, cpu < mask.count * 8 else { return "sched_getcpu: \(cpu)" }
+    mask[cpu / 8] |= UInt8(1 << (cpu % 8))
+    let rc = mask.withUnsafeBytes { unsafeBitCast(set, to: SetAffinity.self)(0, $0.count, $0.baseAddress!) }
+    return rc == 0 ? nil : "sched_setaffinity(CPU \(cpu)): \(String(cString: strerror(errno)))"
+}
+
+/// What the NAT flow budget test saw, carried out of the namespace's thread.
+private struct BudgetSeen: Sendable {
+    /// Each apply's diff, bytes and tables written, and the budget read back from the applied
+    /// state and from sl_config.
+    var lines: [[String]] = []
+    var bytes: [Int] = []
+    var tables: [Int] = []
+    var fileBudgets: [UInt32?] = []
+    var configBudgets: [UInt32?] = []
+    var generations: [UInt32?] = []
+    /// The 10 SYNs under a budget of 3: each verdict, what they counted, how long they took.
+    var synVerdicts: [UInt32] = []
+    var synCounted = NodeStats()
+    var synNanoseconds: Int64 = 0
+    /// The next packet (an ACK) of each flow the budget let open: verdict and count.
+    var acks: [(verdict: UInt32, counted: NodeStats)] = []
+    /// 10 SYNs of new flows once the budget is 0.
+    var unlimitedVerdicts: [UInt32] = []
+    var unlimitedCounted = NodeStats()
+    var error: String?
+}
+
 @Suite(requiresRoot)
 struct NATApplyTests {
     private static let backends = ["10.2.0.11:8443", "10.2.0.11:9443", "10.77.0.2:443", "10.2.0.12:5353", "10.77.0.9:443",
@@ -239,6 +295,95 @@ struct NATApplyTests {
         #expect(seen[2].slots["10.2.0.11:8443"]?.mac == newMAC && seen[2].slots["10.2.0.12:5353"]?.mac == newMAC)
         #expect(seen[2].slots["10.77.0.2:443"]?.mac == onLinkMAC, "an on-link backend keeps its own MAC")
         #expect(seen[2].bytes == 0, "nothing changes on the next refresh")
+    }
+
+    /// Only the first packet of a flow is counted against the budget; a flow it let open keeps
+    /// being forwarded. BPF_PROG_TEST_RUN runs a packet as come in on lo, so a flow toward a
+    /// backend on lb0 is forwarded by a redirect there (XDP_REDIRECT), not XDP_TX.
+    @Test func theNATFlowBudgetBoundsNewTranslationsPerSecondAndZeroLiftsIt() async throws {
+        let seen = try await withAttachedNATBalancer { lb, _, _ in
+            var seen = BudgetSeen()
+            func apply(_ budget: Int) throws {
+                let result = try lb.apply(yaml: budgetFile(budget))
+                let state = try lb.appliedState()
+                seen.lines.append(result.diff.lines)
+                seen.bytes.append(result.bytesWritten)
+                seen.tables.append(result.tablesWritten)
+                seen.fileBudgets.append(state.serviceFile.node.natFlowBudget)
+                seen.configBudgets.append(try lb.dataplane[.config].lookup(UInt32(0), as: sl_config.self)?.nat_flow_budget)
+                seen.generations.append(state.service(named: "api")?.generation)
+            }
+            func syn(_ client: String) throws -> UInt32 {
+                try lb.run(natFrame(.tcp, from: client, 40000, to: "198.51.100.20", 443, macs: (clientSideMAC, ourMAC))).verdict
+            }
+            if let why = pinToCurrentCPU() { return BudgetSeen(error: "could not pin the test thread to one CPU: \(why)") }
+            do {
+                try apply(3)
+                try apply(3)
+                let before = try lb.nodeStats()
+                let start = ContinuousClock.now
+                for i in 1...10 { seen.synVerdicts.append(try syn("10.200.0.\(i)")) }
+                let elapsed = ContinuousClock.now - start
+                seen.synCounted = try lb.nodeStats() - before
+                seen.synNanoseconds = elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
+                for (i, verdict) in zip(1..., seen.synVerdicts) where verdict != XDPVerdict.drop.rawValue {
+                    let ack = natFrame(.tcp, from: "10.200.0.\(i)", 40000, to: "198.51.100.20", 443, flags: [.ack],
+                                       macs: (clientSideMAC, ourMAC))
+                    let (verdict, _, counted) = try lb.runCounted(ack)
+                    seen.acks.append((verdict, counted))
+                }
+                try apply(0)
+                try apply(0)
+                let unlimited = try lb.nodeStats()
+                for i in 1...10 { seen.unlimitedVerdicts.append(try syn("10.201.0.\(i)")) }
+                seen.unlimitedCounted = try lb.nodeStats() - unlimited
+            } catch {
+                seen.error = "\(error)"
+            }
+            return seen
+        }
+        try #require(seen.error == nil, "\(seen.error ?? "")")
+        let redirect = XDPVerdict.redirect.rawValue, drop = XDPVerdict.drop.rawValue
+
+        // Applied: the budget reaches sl_config and reads back; the same file again writes nothing.
+        #expect(seen.lines[0].contains { $0.hasPrefix("~ node: ") && $0.contains("nat_flow_budget 125000 -> 3") }, "\(seen.lines[0])")
+        #expect(seen.configBudgets[0] == 3 && seen.fileBudgets[0] == 3)
+        #expect(seen.lines[1].isEmpty && seen.bytes[1] == 0, "budget 3 applied again: \(seen.lines[1]) \(seen.bytes[1]) bytes")
+
+        // 10 SYNs of 10 new flows in the same second: 3 translations, 7 drops as nat_budget.
+        let milliseconds = Double(seen.synNanoseconds) / 1e6
+        let created = seen.synCounted.natCreated, refused = seen.synCounted[drop: .natBudget]
+        if milliseconds < 900 {
+            #expect(created == 3 && refused == 7, "\(seen.synCounted)")
+            #expect(seen.synVerdicts == [UInt32](repeating: redirect, count: 3) + [UInt32](repeating: drop, count: 7),
+                    "the first 3 SYNs open their flows, the rest are dropped")
+        } else {
+            // The window is one second from the first SYN: past it, a fresh budget of 3 opens.
+            let windows = UInt64(milliseconds / 1000) + 2
+            #expect(Bool(false), """
+                the 10 SYNs took \(milliseconds) ms, not well within one second: the budget's one-second \
+                window may have rolled over between them, so exactly 3 created and 7 dropped cannot be \
+                asserted (got \(created) created, \(refused) dropped; checked only created <= 3 per window)
+                """)
+            #expect(created + refused == 10 && created >= 3 && created <= 3 * windows, "\(seen.synCounted)")
+        }
+        #expect(seen.synCounted.newFlows == created && seen.synCounted[.redirect] == created
+                && seen.synCounted[.drop] == refused && seen.synCounted.ctMisses == 0, "\(seen.synCounted)")
+
+        // The flows that opened keep being forwarded: their next packet is a conntrack hit.
+        #expect(UInt64(seen.acks.count) == created)
+        for ack in seen.acks {
+            #expect(ack.verdict == redirect && ack.counted == NodeStats(.redirect, ctHits: 1), "\(ack.counted)")
+        }
+
+        // 0 lifts the limit, and the apply changes nothing else.
+        #expect(seen.lines[2] == ["~ node: nat_flow_budget 3 -> 0"])
+        #expect(seen.bytes[2] == MemoryLayout<sl_config>.size && seen.tables[2] == 0, "only sl_config is written")
+        #expect(seen.generations[2] == seen.generations[0], "the service's table stays")
+        #expect(seen.configBudgets[2] == 0 && seen.fileBudgets[2] == 0, "0 reads back as 0, not as the default")
+        #expect(seen.lines[3].isEmpty && seen.bytes[3] == 0, "budget 0 applied again: \(seen.lines[3]) \(seen.bytes[3]) bytes")
+        #expect(seen.unlimitedCounted.natCreated == 10 && seen.unlimitedCounted[drop: .natBudget] == 0, "\(seen.unlimitedCounted)")
+        #expect(seen.unlimitedVerdicts == [UInt32](repeating: redirect, count: 10))
     }
 
     @Test func aNATServiceOnABalancerAttachedNowhereIsRefused() async throws {

@@ -1,5 +1,5 @@
 // Connection-state sync through the real program: the data plane reports each flow it
-// places (and nothing for established flows) when sync is on; a peer's records written into
+// records (and nothing for established flows) when sync is on; a peer's records written into
 // the connection table steer that flow's packets; a fresher local entry is never
 // overwritten; and one node's table copied into another makes both forward alike.
 
@@ -38,13 +38,15 @@ struct SyncDataplaneTests {
         let lb = try await TestDataplane.make(yaml: services)
         let sync = try ConntrackSync(dataplane: lb.dataplane)
         _ = try lb.run(syn("198.18.0.1"))
+        _ = try lb.run(ack("198.18.0.1"))
         #expect(try sync.newFlows().isEmpty, "sync is off by default")
 
         try sync.setReporting(true)
         let clients = (2...6).map { "198.18.0.\($0)" }
         for client in clients { _ = try lb.run(syn(client)) }
+        for client in clients { _ = try lb.run(ack(client)) }  // recorded, so reported
         for client in clients { _ = try lb.run(ack(client)) }  // conntrack hits: no reports
-        _ = try lb.run(PacketBuilder().udp(from: "198.18.0.9", 5353, to: "198.51.100.10", 53))
+        for _ in 0..<2 { _ = try lb.run(PacketBuilder().udp(from: "198.18.0.9", 5353, to: "198.51.100.10", 53)) }
         let reported = try sync.newFlows()
         #expect(reported.count == clients.count + 1, "\(reported)")
         for (client, record) in zip(clients, reported) {
@@ -58,6 +60,7 @@ struct SyncDataplaneTests {
 
         try sync.setReporting(false)
         _ = try lb.run(syn("198.18.0.7"))
+        _ = try lb.run(ack("198.18.0.7"))
         #expect(try sync.newFlows().isEmpty)
     }
 
@@ -74,8 +77,12 @@ struct SyncDataplaneTests {
         #expect(try destination(lb, ack(client)) == IPAddress("10.1.0.23"), "the peer's entry is a conntrack hit")
         let flow = try #require(try lb.dataplane.flows().first { $0.source == client })
         #expect(flow.origin == "peer" && flow.peer == "10.10.4.2" && flow.backend == "10.1.0.23", "\(flow)")
-        // A SYN of the same 5-tuple is a new connection: placed here, and local again.
+        // Once the peer's entry is gone (aged out), a new connection on the 5-tuple is
+        // placed here, and its ACK records it as local.
+        #expect(try lb.dataplane[.conntrack].delete(
+            flowKey(.tcp, from: IPAddress(client)!, 40000, to: vip, 80)))
         _ = try lb.run(syn(client))
+        _ = try lb.run(ack(client))
         #expect(try lb.dataplane.flows().first { $0.source == client }?.origin == "local")
     }
 
@@ -83,6 +90,7 @@ struct SyncDataplaneTests {
         let lb = try await TestDataplane.make(yaml: services)
         let sync = try ConntrackSync(dataplane: lb.dataplane)
         let local = try #require(try destination(lb, syn("198.18.2.1")))
+        #expect(try destination(lb, ack("198.18.2.1")) == local)
         let other = ["10.1.0.21", "10.1.0.22", "10.1.0.23"].first { IPAddress($0) != local }!
         var unknownService = record("198.18.2.3", backend: "10.1.0.21")
         unknownService.destinationPort = UInt16(8080).bigEndian
@@ -101,7 +109,10 @@ struct SyncDataplaneTests {
     @Test func aCopyOfOneNodesTableMakesAnotherForwardItsFlowsAlike() async throws {
         let a = try await TestDataplane.make(yaml: services)
         let clients = (1...40).map { "198.18.3.\($0)" }
-        for client in clients { _ = try a.run(syn(client)) }
+        for client in clients {
+            _ = try a.run(syn(client))
+            _ = try a.run(ack(client))
+        }
         let copy = try ConntrackSync(dataplane: a.dataplane).snapshot()
         #expect(copy.count == clients.count)
 

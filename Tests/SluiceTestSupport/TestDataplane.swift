@@ -25,7 +25,8 @@ public enum XDPVerdict: UInt32, CaseIterable, Sendable, CustomStringConvertible 
 
 /// enum sl_drop_reason.
 public enum DropReason: UInt32, CaseIterable, Sendable, CustomStringConvertible {
-    case malformed = 0, truncated, noBackend, noSource, noGateway, encap, tooBig, noNeighbour, noSNAT, snatExhausted, proxy
+    case malformed = 0, truncated, noBackend, noSource, noGateway, encap, tooBig, noNeighbour, noSNAT, snatExhausted, proxy,
+         natBudget
 
     public var description: String { CounterSnapshot.dropNames[Int(rawValue)] }
 }
@@ -37,16 +38,17 @@ public typealias NodeStats = NodeCounters
 extension NodeCounters {
     /// One packet's expected effect: its verdict (and drop reason), plus the flow counters named.
     public init(_ verdict: XDPVerdict, drop: DropReason? = nil, newFlows: UInt64 = 0, ctHits: UInt64 = 0,
-                ctMisses: UInt64 = 0, fragments: UInt64 = 0, ipOptions: UInt64 = 0, mssClamped: UInt64 = 0,
-                icmpTooBig: UInt64 = 0, icmpSteered: UInt64 = 0, natCreated: UInt64 = 0, natReplies: UInt64 = 0,
-                natICMP: UInt64 = 0, snatCollisions: UInt64 = 0, proxyHeaders: UInt64 = 0, proxyResent: UInt64 = 0,
-                proxyTFOTrimmed: UInt64 = 0, proxyMidstream: UInt64 = 0, packets: UInt64 = 1) {
+                ctMisses: UInt64 = 0, ctUnconfirmed: UInt64 = 0, fragments: UInt64 = 0, ipOptions: UInt64 = 0,
+                mssClamped: UInt64 = 0, icmpTooBig: UInt64 = 0, icmpSteered: UInt64 = 0, natCreated: UInt64 = 0,
+                natReplies: UInt64 = 0, natICMP: UInt64 = 0, snatCollisions: UInt64 = 0, proxyHeaders: UInt64 = 0,
+                proxyResent: UInt64 = 0, proxyTFOTrimmed: UInt64 = 0, proxyMidstream: UInt64 = 0, packets: UInt64 = 1) {
         self.init()
         verdicts[verdict.description] = packets
         if let drop { drops[drop.description] = packets }
         self.newFlows = newFlows
         conntrackHits = ctHits
         conntrackMisses = ctMisses
+        conntrackUnconfirmed = ctUnconfirmed
         self.fragments = fragments
         self.ipOptions = ipOptions
         self.mssClamped = mssClamped
@@ -66,6 +68,7 @@ extension NodeCounters {
     public subscript(drop reason: DropReason) -> UInt64 { drops[reason.description, default: 0] }
     public var ctHits: UInt64 { conntrackHits }
     public var ctMisses: UInt64 { conntrackMisses }
+    public var ctUnconfirmed: UInt64 { conntrackUnconfirmed }
 }
 
 /// Where the data plane must place a new flow, computed from the service file
