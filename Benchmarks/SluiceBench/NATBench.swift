@@ -73,14 +73,15 @@ extension ConfigRun {
                               checkOutput: natOutput({ Self.snat.contains($0.source) && backends.contains($0.destination) },
                                                      "fullnat new flow"),
                               balancer: balancer, maxRepeat: Self.newFlowPasses, prepare: { [dataplane = balancer.dataplane] in try Self.clearTranslations(dataplane) })
-        // The new-flow target of the DSR rows, and against the DSR new flow of this run: a
-        // full-NAT flow writes two table entries (conntrack and sl_nat) where DSR writes one.
+        // The new-flow target of the DSR rows, and against the DSR flow's recording packet of
+        // this run (its first ACK; its SYN writes nothing): a full-NAT flow writes two table
+        // entries (conntrack and sl_nat) where DSR writes one.
         _ = try figure("mode.fullnat.syn_v4_new_flow", "fullnat: SYN v4, a new flow every packet (source allocated)", newFlow,
                        target: .encap(2.5, "<= 2.5x encap floor"), into: &report)
-        let dsr = "dataplane.syn_v4.ct_empty.\(suffix)"
+        let dsr = "dataplane.first_ack_v4.ct_empty.\(suffix)"
         if let figure = report.record(named: "dataplane.mode.fullnat.syn_v4_new_flow.\(suffix)") {
             report.add("dataplane.mode.fullnat_vs_dsr.syn_v4_new_flow.\(suffix)", group: "dataplane",
-                       "fullnat over DSR (ipip): SYN v4, a new flow every packet", value: figure.value, unit: "ns/packet",
+                       "fullnat over DSR (ipip): a new flow every packet, SYN against the DSR flow's first ACK", value: figure.value, unit: "ns/packet",
                        reference: dsr, limit: 2.2, target: "<= 2.2x (two inserts for one)")
         }
         report.method["dataplane.nat"] = "dataplane.mode.nat.* and mode.fullnat.*: 1 VIP, \(self.backends) backends applied through the real Applier, then each backend's mode, port \(Self.backendPort) and next hop written into the maps as an apply writes them, and a pool of 2 SNAT addresses x 1024-65535; established: the flow opened by its SYN once, then its ACK (forward) or the backend's ACK to the translated source (reply); syn_v4_new_flow: \(Self.newFlowPasses) passes a run at most, a new source port each, from tables emptied before each run"

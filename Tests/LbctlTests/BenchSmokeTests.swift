@@ -37,7 +37,7 @@ struct BenchSmokeTests {
                      "dataplane.established_v4.vips1.backends10", "dataplane.syn_v4.ct_empty.vips1.backends10",
                      "dataplane.udp_v4.vips1.backends10", "dataplane.established_6in6.vips1.backends10",
                      "dataplane.established_4in6.vips1.backends10", "dataplane.no_vip.vips1.backends10",
-                     "dataplane.syn_v4_one_flow.sync.ct_empty.vips1.backends10",
+                     "dataplane.first_ack_v4.sync.ct_empty.vips1.backends10", "dataplane.first_ack_v4.ct_empty.vips1.backends10",
                      "live.floor.swap_tx", "live.established_v4", "live.syn_v4",
                      "controlplane.maglev_build.m65537.n1000", "controlplane.apply.32x10.one_backend_change",
                      "controlplane.metrics.1000x10.scrape", "controlplane.metrics.1000x10.bytes",
