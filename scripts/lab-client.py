@@ -3,6 +3,8 @@
 
 lab-client.py http HOST PORT COUNT      COUNT new TCP connections, one HTTP GET each
 lab-client.py udp HOST PORT COUNT       COUNT datagrams, each from a new socket (a new flow)
+lab-client.py udp2 HOST PORT COUNT      COUNT flows of two datagrams each, from a new socket, both answered
+                                        by the same backend (the balancer records a UDP flow by its second)
 lab-client.py echo HOST PORT COUNT      COUNT new TCP connections to an echo service, one line each
 lab-client.py upload HOST PORT COUNT MB COUNT connections to a count service, each sending MB MiB
                                         and checking the byte count the server answers
@@ -56,16 +58,30 @@ def http_once(host, port, _n):
     return http_get(host, port, "/", TIMEOUT)[1].decode().strip()
 
 
-def udp_once(host, port, n):
+def udp_flow(host, port, payloads):
+    """One flow: each payload in turn from one new socket, each answer checked; all answered
+    by one backend, whose name is returned."""
+    names = set()
     with socket.socket(family_of(host), socket.SOCK_DGRAM) as s:
         s.settimeout(TIMEOUT)
-        payload = f"query-{n}"
-        s.sendto(payload.encode(), (host, port))
-        data, _ = s.recvfrom(2048)
-    name, _, echoed = data.decode().partition(" ")
-    if echoed != payload:
-        raise RuntimeError(f"bad answer {data[:40]!r}")
-    return name
+        for payload in payloads:
+            s.sendto(payload.encode(), (host, port))
+            data, _ = s.recvfrom(2048)
+            name, _, echoed = data.decode().partition(" ")
+            if echoed != payload:
+                raise RuntimeError(f"bad answer {data[:40]!r}")
+            names.add(name)
+    if len(names) != 1:
+        raise RuntimeError(f"one flow answered by {sorted(names)}")
+    return names.pop()
+
+
+def udp_once(host, port, n):
+    return udp_flow(host, port, [f"query-{n}"])
+
+
+def udp2_once(host, port, n):
+    return udp_flow(host, port, [f"query-{n}-1", f"query-{n}-2"])
 
 
 def echo_once(host, port, n):
@@ -175,7 +191,7 @@ def download_once(host, port, _n, path):
     return f"{hashlib.sha256(body).hexdigest()}:{len(body)}", me
 
 
-ONCE = {"http": http_once, "udp": udp_once, "echo": echo_once, "upload": upload_once,
+ONCE = {"http": http_once, "udp": udp_once, "udp2": udp2_once, "echo": echo_once, "upload": upload_once,
         "proxyhttp": proxyhttp_once, "banner": banner_once, "bigecho": bigecho_once, "download": download_once}
 
 

@@ -215,7 +215,8 @@ struct ECMPSyncTests {
                 // the burst, so a late resumption of this task cannot make it look too late.
                 let everywhere = lab.balancers.map { "\($0): 20 dns, 20 echo" }
                 let reached = try lab.watchLbctl(["flows", "--json"], on: lab.balancers, every: .milliseconds(100), timeout: .seconds(10)) { counts($0) == everywhere }
-                let udp = try await lab.client(.udp, ECMPFailoverTests.vip4, 53, count: 20)
+                // Two datagrams a flow: a UDP flow is recorded (and synced) by its second.
+                let udp = try await lab.client(.udp2, ECMPFailoverTests.vip4, 53, count: 20)
                 let burstEnd = udp.exited
                 try #require(udp.ok == 20, "\(udp.output)")
                 let outcome = await reached.outcome

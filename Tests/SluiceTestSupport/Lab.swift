@@ -229,7 +229,8 @@ public final class Lab: @unchecked Sendable {
 
     // MARK: Traffic
 
-    public enum ClientKind: String, Sendable { case http, udp, echo, upload }
+    /// `udp2`: flows of two datagrams each, which the balancer records (one datagram is only held).
+    public enum ClientKind: String, Sendable { case http, udp, udp2, echo, upload }
 
     /// What `lab-client.py http|udp|echo` prints.
     public struct ClientResult: Decodable, Sendable {
