@@ -59,11 +59,39 @@ static __always_inline __u32 jhash_3words(__u32 a, __u32 b, __u32 c, __u32 initv
 	return __jhash_nwords(a, b, c, initval + JHASH_INITVAL + (3 << 2));
 }
 
+/* Mixing of three 32-bit values, as in Linux. */
+#define __jhash_mix(a, b, c)                    \
+	{                                       \
+		a -= c; a ^= rol32(c, 4);  c += b; \
+		b -= a; b ^= rol32(a, 6);  a += c; \
+		c -= b; c ^= rol32(b, 8);  b += a; \
+		a -= c; a ^= rol32(c, 16); c += b; \
+		b -= a; b ^= rol32(a, 19); a += c; \
+		c -= b; c ^= rol32(b, 4);  b += a; \
+	}
+
+/* Linux's jhash2(words, 4, initval), unrolled: one mix of the first three
+ * words, the fourth in the final mix. */
+static __always_inline __u32 jhash_4words(const __u32 *words, __u32 initval)
+{
+	__u32 a, b, c;
+
+	a = b = c = JHASH_INITVAL + (4 << 2) + initval;
+	a += words[0];
+	b += words[1];
+	c += words[2];
+	__jhash_mix(a, b, c);
+	a += words[3];
+	__jhash_final(a, b, c);
+	return c;
+}
+
 /*
  * The hash of a flow: jhash_3words(a, b, c, SL_HASH_SEED) with
- *   a = the source address as loaded from the packet, no byte swap; for IPv6
- *       the XOR of its four 32-bit words (an IPv4 key's words 1..3 are zero,
- *       so one XOR serves both families);
+ *   a = for IPv4, the source address as loaded from the packet, no byte
+ *       swap; for IPv6, jhash2 of its four 32-bit words with SL_HASH_SEED,
+ *       so every bit of all 16 bytes moves the slot (a fold by XOR would let
+ *       sources that differ in two words the same way collide);
  *   b = the first four bytes of the TCP/UDP header as one 32-bit word:
  *       sport | dport << 16 with both ports in network order;
  *   c = the IP protocol number.
@@ -72,7 +100,7 @@ static __always_inline __u32 jhash_3words(__u32 a, __u32 b, __u32 c, __u32 initv
  */
 static __always_inline __u32 sl_flow_hash(const struct sl_flow_key *key)
 {
-	__u32 a = key->src[0] ^ key->src[1] ^ key->src[2] ^ key->src[3];
+	__u32 a = key->family == SL_FAMILY_V6 ? jhash_4words(key->src, SL_HASH_SEED) : key->src[0];
 	__u32 b = (__u32)key->sport | ((__u32)key->dport << SL_PORT_BITS);
 
 	return jhash_3words(a, b, key->proto, SL_HASH_SEED);

@@ -1,6 +1,7 @@
 // The data plane's flow hash, modelled bit for bit so tests can predict which
 // backend the BPF program picks. Linux jhash_3words over (source address,
-// ports as on the wire, protocol) with seed SL_HASH_SEED.
+// ports as on the wire, protocol) with seed SL_HASH_SEED; an IPv6 source
+// enters as Linux jhash2 of its four words.
 
 public enum FlowHash {
     /// SL_HASH_SEED in lb_shared.h.
@@ -9,10 +10,12 @@ public enum FlowHash {
     /// Linux include/linux/jhash.h jhash_3words (all arithmetic wraps).
     public static func jhash3(_ a: UInt32, _ b: UInt32, _ c: UInt32, initval: UInt32) -> UInt32 {
         let initval = initval &+ 0xdead_beef &+ (3 << 2)
-        var a = a &+ initval
-        var b = b &+ initval
-        var c = c &+ initval
-        // __jhash_final
+        return final(a &+ initval, b &+ initval, c &+ initval)
+    }
+
+    /// __jhash_final: mixes (a, b, c) into c.
+    private static func final(_ a: UInt32, _ b: UInt32, _ c: UInt32) -> UInt32 {
+        var a = a, b = b, c = c
         c ^= b; c &-= rol32(b, 14)
         a ^= c; a &-= rol32(c, 11)
         b ^= a; b &-= rol32(a, 25)
@@ -23,13 +26,30 @@ public enum FlowHash {
         return c
     }
 
+    /// Linux jhash2(words, 4, initval): the words as loaded from memory (no byte swap).
+    public static func jhash4(_ w: (UInt32, UInt32, UInt32, UInt32), initval: UInt32) -> UInt32 {
+        let start = 0xdead_beef &+ (4 << 2) &+ initval
+        var a = start &+ w.0
+        var b = start &+ w.1
+        var c = start &+ w.2
+        // __jhash_mix
+        a &-= c; a ^= rol32(c, 4); c &+= b
+        b &-= a; b ^= rol32(a, 6); a &+= c
+        c &-= b; c ^= rol32(b, 8); b &+= a
+        a &-= c; a ^= rol32(c, 16); c &+= b
+        b &-= a; b ^= rol32(a, 19); a &+= c
+        c &-= b; c ^= rol32(b, 4); b &+= a
+        a &+= w.3
+        return final(a, b, c)
+    }
+
     /// The hash of a flow. Ports are in host order here; the data plane reads
     /// them from the packet, so `b` is the little-endian load of the wire bytes
-    /// [sport_hi, sport_lo, dport_hi, dport_lo]. IPv6 sources are folded by XOR.
+    /// [sport_hi, sport_lo, dport_hi, dport_lo]. An IPv6 source is hashed whole first.
     public static func hash(source: IPAddress, sourcePort: UInt16, destinationPort: UInt16,
                             protocolNumber: UInt8) -> UInt32 {
         let w = source.words
-        let a = source.family == .v4 ? w.0 : w.0 ^ w.1 ^ w.2 ^ w.3
+        let a = source.family == .v4 ? w.0 : jhash4(w, initval: seed)
         let b = UInt32(sourcePort.byteSwapped) | UInt32(destinationPort.byteSwapped) << 16
         return jhash3(a, b, UInt32(protocolNumber), initval: seed)
     }

@@ -18,13 +18,24 @@ import Testing
         #expect(hash == 0xe38a_cefb)
     }
 
-    @Test func anIPv6FlowFoldsItsFourAddressWordsWithXor() throws {
+    @Test func anIPv6FlowHashesAllSixteenSourceBytesWithJhash2() throws {
         let source = try #require(IPAddress("2001:db8::1"))
-        let w = source.words
         let hash = FlowHash.hash(source: source, sourcePort: 12345, destinationPort: 443, protocolNumber: 17)
-        #expect(w.0 ^ w.1 ^ w.2 ^ w.3 == 0xb90d_0120)
-        #expect(hash == FlowHash.jhash3(0xb90d_0120, 0xbb01_3930, 17, initval: FlowHash.seed))
-        #expect(hash == 0xfe52_eb0c)  // from the same C program
+        // Both from a C program running Linux's generic jhash2 loop and jhash_3words.
+        #expect(FlowHash.jhash4(source.words, initval: FlowHash.seed) == 0x96a0_39d1)
+        #expect(hash == FlowHash.jhash3(0x96a0_39d1, 0xbb01_3930, 17, initval: FlowHash.seed))
+        #expect(hash == 0xfe77_ae45)
+    }
+
+    @Test func ipv6SourcesWhoseWordsFoldToTheSameXorHashApart() throws {
+        // The two swap their last two words: an XOR fold could not tell them apart.
+        let one = try #require(IPAddress("2001:db8::1:2:3:4"))
+        let other = try #require(IPAddress("2001:db8::3:4:1:2"))
+        #expect(one.words.2 ^ one.words.3 == other.words.2 ^ other.words.3)
+        let hashes = [one, other].map {
+            FlowHash.hash(source: $0, sourcePort: 12345, destinationPort: 443, protocolNumber: 17)
+        }
+        #expect(hashes == [0xdc85_7c2a, 0x4ea8_c465])  // from the C program
     }
 
     @Test func theSeedIsTheOneInLbSharedH() {
