@@ -121,6 +121,15 @@ struct sl_vip_key {
 	__u8 family;     /* enum sl_family */
 };
 
+/* Value of a Maglev table (an inner map of sl_maglev): two slots per entry.
+ * The kernel lays array values out every 8 bytes, so a __u32 value would take
+ * 8 bytes a slot; a pair takes 4 (256 KiB per service at M = 65537, not 512).
+ * Slot s is backend[s & 1] of entry s >> 1; a table of M slots has (M + 1) / 2
+ * entries, and the unused half of the last one (M is odd) is SL_NO_BACKEND. */
+struct sl_maglev_pair {
+	__u32 backend[2];
+};
+
 /* Value of sl_vips: what the data plane needs to place a new flow. */
 struct sl_vip {
 	__u32 id;          /* service slot: index of sl_maglev, sl_vip_stats, sl_services */

@@ -47,17 +47,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_vip_epochs SEC(".maps");
 
-/* One Maglev lookup table: slot -> backend id (or SL_NO_BACKEND). The
- * template only fixes the key and value sizes: BPF_F_INNER_MAP lets user space
- * install arrays of any prime size M, made aside and switched in with one
+/* One Maglev lookup table: slot pair -> two backend ids (or SL_NO_BACKEND),
+ * struct sl_maglev_pair. The template only fixes the key and value sizes:
+ * BPF_F_INNER_MAP lets user space install tables of any prime size M, made aside and switched in with one
  * update of sl_maglev. BPF_F_MMAPABLE lets user space fill a new table with
  * one copy through a mapping instead of a syscall's work per slot. */
 struct sl_maglev_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SL_MAGLEV_DEFAULT_SIZE);
+	__uint(max_entries, (SL_MAGLEV_DEFAULT_SIZE + 1) / 2);
 	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, __u32);
+	/* A size, not __type: clang leaves a struct reached only through the
+	 * template's pointer as a forward declaration libbpf cannot size. */
+	__uint(value_size, sizeof(struct sl_maglev_pair));
 };
 
 /* The Maglev tables: service slot -> that service's current table. */

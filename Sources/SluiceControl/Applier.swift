@@ -383,9 +383,7 @@ struct Writer {
             return
         }
         guard let slot = retired.first else { return }
-        // The flags must match sl_maglev's template (bpf/maps.h).
-        let scratch = try BPFMap.create(type: BPF_MAP_TYPE_ARRAY, name: "sl_maglev_sync", keySize: 4, valueSize: 4,
-                                        maxEntries: 1, flags: UInt32(BPF_F_INNER_MAP | BPF_F_MMAPABLE))
+        let scratch = try Self.createMaglevTable(name: "sl_maglev_sync", entries: 1)
         try dataplane[.maglev].update(slot, innerMap: scratch)
         try dataplane[.maglev].delete(slot)
     }
@@ -451,16 +449,29 @@ struct Writer {
             let table = Maglev.table(for: maglevBackends, size: size).map {
                 $0 == Maglev.noBackend ? SL_NO_BACKEND : entry.backendIDs[Int($0)]
             }
-            // The flags must match sl_maglev's template (bpf/maps.h).
-            let inner = try BPFMap.create(type: BPF_MAP_TYPE_ARRAY, name: "sl_maglev_\(entry.slot)", keySize: 4,
-                                          valueSize: 4, maxEntries: size, flags: UInt32(BPF_F_INNER_MAP | BPF_F_MMAPABLE))
-            try inner.writeMapped(table)
+            let pairs = Self.maglevPairs(table)
+            let inner = try Self.createMaglevTable(name: "sl_maglev_\(entry.slot)", entries: pairs.count)
+            try inner.writeMapped(pairs)
             inners.append(inner)
-            bytes += size * 4
+            bytes += pairs.count * MemoryLayout<sl_maglev_pair>.size
         }
         try dataplane[.maglev].updateBatch(keys: entries.map(\.slot), values: inners.map { UInt32(bitPattern: $0.fd) })
         for (entry, inner) in zip(entries, inners) { installed[entry.slot] = inner }
         tables += entries.count
+    }
+
+    /// An inner map for sl_maglev; the flags and value must match its template (bpf/maps.h).
+    private static func createMaglevTable(name: String, entries: Int) throws(BPFError) -> BPFMap {
+        try BPFMap.create(type: BPF_MAP_TYPE_ARRAY, name: name, keySize: 4, valueSize: MemoryLayout<sl_maglev_pair>.size,
+                          maxEntries: entries, flags: UInt32(BPF_F_INNER_MAP | BPF_F_MMAPABLE))
+    }
+
+    /// A table's slots two to an entry, as the data plane reads them: slot s is half
+    /// s & 1 of entry s >> 1; an odd table's last entry ends in SL_NO_BACKEND.
+    static func maglevPairs(_ table: [UInt32]) -> [sl_maglev_pair] {
+        stride(from: 0, to: table.count, by: 2).map { index in
+            sl_maglev_pair(backend: (table[index], index + 1 < table.count ? table[index + 1] : SL_NO_BACKEND))
+        }
     }
 
     private mutating func writeServiceInfo(_ entry: Plan.Entry, size: Int, generation: UInt32) throws(BPFError) {

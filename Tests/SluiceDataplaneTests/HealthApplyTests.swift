@@ -69,7 +69,7 @@ struct HealthApplyTests {
         try lb.apply(try desired(), health: HealthVerdicts(down: ["web": [b1, b2]]))
         let slot = try #require(try lb.appliedState().service(named: "web")).slot
         let table = try #require(try lb.maglevInnerMapID(slot: slot))
-        let contents = try TestDataplane.arrayContents(mapID: table)
+        let contents = try lb.maglevTable(mapID: table)
         let b3id = try #require(try lb.appliedState().service(named: "web")?.backends.first { $0.address == b3 }).id
         #expect(Set(contents) == [b3id], "only b3 is left in the table")
 
@@ -84,7 +84,7 @@ struct HealthApplyTests {
         try lb.apply(try desired(), health: HealthVerdicts(down: ["web": [b1, b3]]))
         let b2id = try #require(try lb.appliedState().service(named: "web")?.backends.first { $0.address == b2 }).id
         let rebuilt = try #require(try lb.maglevInnerMapID(slot: slot))
-        #expect(Set(try TestDataplane.arrayContents(mapID: rebuilt)) == [b2id])
+        #expect(Set(try lb.maglevTable(mapID: rebuilt)) == [b2id])
         #expect(try backend(lb, "web", b3).state == "down")
     }
 
@@ -100,7 +100,7 @@ struct HealthApplyTests {
         #expect(try backend(lb, "web", b1).state == "down")
         let b1id = try backend(lb, "web", b1).id
         let slot = try #require(try lb.appliedState().service(named: "web")).slot
-        #expect(!(try TestDataplane.arrayContents(mapID: try #require(try lb.maglevInnerMapID(slot: slot)))).contains(b1id))
+        #expect(!(try lb.maglevTable(mapID: try #require(try lb.maglevInnerMapID(slot: slot)))).contains(b1id))
 
         // An agent that no longer checks web (no verdicts for it) puts b1 back, unchecked.
         var unchecked = reweighted

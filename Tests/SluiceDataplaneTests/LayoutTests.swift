@@ -109,7 +109,8 @@ struct LayoutTests {
                 #expect(kernelValue == value, "\(map.name) value: kernel \(kernelValue), Swift \(value)")
             }
         }
-        // The Maglev outer map: slot -> inner map; its inner tables are __u32 -> __u32.
+        // The Maglev outer map: slot -> inner map; its inner tables are __u32 -> struct sl_maglev_pair
+        // (TestDataplane.MapByID.maglevSlots checks each table read back).
         #expect(d[.maglev].info.keySize == u32 && d[.maglev].info.valueSize == u32)
         #expect(d[.maglev].info.type.rawValue == mapTypeArrayOfMaps)
         #expect(d[.maglev].info.maxEntries == Int(SL_MAX_VIPS))

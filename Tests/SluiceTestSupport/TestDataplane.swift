@@ -228,10 +228,10 @@ public final class TestDataplane {
         try dataplane[.maglev].lookup(slot, as: UInt32.self)
     }
 
-    /// Every slot of the BPF map with this id (an inner Maglev table).
-    public static func arrayContents(mapID: UInt32) throws -> [UInt32] {
-        let map = try MapByID(id: mapID)
-        return try map.contents()
+    /// Every slot of the inner Maglev table with this id, for the table size of the
+    /// last applied service file.
+    public func maglevTable(mapID: UInt32) throws -> [UInt32] {
+        try MapByID(id: mapID).maglevSlots(tableSize: serviceFile.node.maglevTableSize)
     }
 
     /// Holds a reference to a map by id, e.g. an inner Maglev table that is
@@ -244,24 +244,34 @@ public final class TestDataplane {
         }
         deinit { Glibc.close(fd) }
 
-        /// Slots 0..<max_entries of a u32 -> u32 array map.
-        public func contents() throws -> [UInt32] {
+        /// Slots 0..<tableSize of an inner Maglev table (struct sl_maglev_pair entries),
+        /// read one entry at a time; throws unless the table has exactly the entries a
+        /// table of that size needs and an odd size's unused last half is SL_NO_BACKEND.
+        public func maglevSlots(tableSize: Int) throws -> [UInt32] {
             var info = bpf_map_info()
             var len = UInt32(MemoryLayout<bpf_map_info>.size)
             guard bpf_obj_get_info_by_fd(fd, &info, &len) == 0 else {
                 throw TestDataplaneError(description: "bpf_obj_get_info_by_fd: \(String(cString: strerror(errno)))")
             }
-            var values: [UInt32] = []
-            values.reserveCapacity(Int(info.max_entries))
+            guard info.value_size == MemoryLayout<sl_maglev_pair>.size, Int(info.max_entries) == (tableSize + 1) / 2 else {
+                throw TestDataplaneError(description: "a table of \(tableSize) slots has \(info.max_entries) entries of \(info.value_size) bytes")
+            }
+            var slots: [UInt32] = []
+            slots.reserveCapacity(2 * Int(info.max_entries))
             for index in 0..<info.max_entries {
                 var key = index
-                var value: UInt32 = 0
-                guard bpf_map_lookup_elem(fd, &key, &value) == 0 else {
-                    throw TestDataplaneError(description: "lookup of slot \(index): \(String(cString: strerror(errno)))")
+                var pair = sl_maglev_pair()
+                guard bpf_map_lookup_elem(fd, &key, &pair) == 0 else {
+                    throw TestDataplaneError(description: "lookup of entry \(index): \(String(cString: strerror(errno)))")
                 }
-                values.append(value)
+                slots += [pair.backend.0, pair.backend.1]
             }
-            return values
+            if slots.count > tableSize {
+                guard slots.removeLast() == SL_NO_BACKEND else {
+                    throw TestDataplaneError(description: "the unused last half of an odd table is not SL_NO_BACKEND")
+                }
+            }
+            return slots
         }
     }
 }
