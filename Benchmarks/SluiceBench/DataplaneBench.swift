@@ -563,6 +563,26 @@ struct ConfigRun {
         // table has).
         _ = try figure("first_ack_v4.ct_1m", "first ACK v4 (records the flow), new flows, ct 1M (cycled)", firstACK(),
                        target: newFlow, extra: ["ct_entries_before": Double(try balancer.conntrackCount())], into: &report)
+        // Established traffic spread over the table: 65,536 recorded flows among the
+        // million, each pass the next one, so each lookup meets lines another flow left.
+        try recordEveryPort(Frames.firstACK4, varyOffset: Frames.sourcePortOffset(Frames.firstACK4), "established_v4.spread")
+        let spread = Subject(program: balancer.program, frame: Frames.firstACK4, varyOffset: Frames.sourcePortOffset(Frames.firstACK4),
+                             verdict: 3, checkOutput: tunnel(.tcp4, family: .v4, proto: 4), balancer: balancer,
+                             expected: { NodeStats(.tx, ctHits: $0, packets: $0) })
+        _ = try figure("established_v4.spread.ct_1m", "established v4 (ct hit), 65,536 flows cycling, ct 1M", spread,
+                       target: hit, extra: ["ct_entries_before": Double(try balancer.conntrackCount())], into: &report)
+    }
+
+    /// Records the flows of `frame` with every value of the 16-bit field at `varyOffset`
+    /// (what the wrapper's pass counter writes there), one test run each, not timed.
+    private func recordEveryPort(_ frame: [UInt8], varyOffset: Int, _ name: String) throws {
+        var frame = frame
+        for port in 0..<65536 {
+            frame[varyOffset] = UInt8(port >> 8)
+            frame[varyOffset + 1] = UInt8(port & 0xff)
+            let result = try balancer.program.testRun(frame)
+            guard result.verdict == 3 else { throw DataplaneBenchError("\(name): recording port \(port): \(result.verdictName)") }
+        }
     }
 
     /// The one-flow SYN again with sync reporting on, the new-flow ring drained by another

@@ -44,7 +44,7 @@ struct BenchSmokeTests {
                      "controlplane.agent.idle.rss", "controlplane.agent.1000x10.rss",
                      "fleet.apply.8x1000.one_backend_change", "fleet.bird.configure.1000_vips",
                      "fleet.sync.dsr.bytes_per_record", "fleet.sync.fullnat.seal_frame",
-                     "memory.sl_conntrack", "memory.total"] {
+                     "memory.sl_conntrack", "memory.maglev_tables", "memory.sl_nat", "memory.total"] {
             let value = values[name]
             #expect(value != nil && value! > 0, "no positive figure named \(name) in the report: \(values.keys.sorted())")
         }
