@@ -56,9 +56,10 @@ struct sl_maglev_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, (SL_MAGLEV_DEFAULT_SIZE + 1) / 2);
 	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
-	__type(key, __u32);
-	/* A size, not __type: clang leaves a struct reached only through the
-	 * template's pointer as a forward declaration libbpf cannot size. */
+	/* Sizes, not __type: clang leaves a struct reached only through the
+	 * template's pointer as a forward declaration libbpf cannot size, and
+	 * the kernel refuses BTF for a key without BTF for the value. */
+	__uint(key_size, sizeof(__u32));
 	__uint(value_size, sizeof(struct sl_maglev_pair));
 };
 
