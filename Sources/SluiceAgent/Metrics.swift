@@ -284,6 +284,10 @@ public enum MetricsRenderer {
         out.sample("sluice_sync_lag_seconds", "", sync.lagSeconds)
         out.family("sluice_sync_frames_dropped_total", .counter, "Batches not sent because a peer's queue was full.")
         out.sample("sluice_sync_frames_dropped_total", "", sync.framesDropped)
+        out.family("sluice_sync_key_info", .gauge, "The sync keys in force, by id (HKDF of the secret): role seal for the one sealing what this node sends, accept for another one it opens.")
+        for (index, id) in sync.keyIDs.enumerated() {
+            out.sample("sluice_sync_key_info", PrometheusText.labels(["key_id": id, "role": index == 0 ? "seal" : "accept"]), UInt64(1))
+        }
     }
 }
 

@@ -59,16 +59,34 @@ public struct SyncConfig: Sendable, Equatable {
         return config
     }
 
-    /// The shared key: the key file's first line (at least 32 bytes).
-    public func readKey() throws(ControlError) -> SymmetricKey {
+    /// Secrets a key file may hold: the one in use, and during a rotation the one coming
+    /// in or going out.
+    static let maximumKeys = 2
+
+    /// The fleet's shared secrets: each non-empty line of the key file one (at least 32
+    /// bytes), the first sealing what this node sends, every one opening what it receives.
+    public func readKeys() throws(ControlError) -> SyncKeyRing {
         let text: String
         do { text = try String(contentsOfFile: keyFile, encoding: .utf8) } catch {
             throw .badInput("sync.key_file \(keyFile): cannot read it: \(error.localizedDescription)")
         }
-        let key = text.split(whereSeparator: \.isNewline).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
-        guard key.utf8.count >= Self.minimumKeyBytes else {
-            throw .badInput("sync.key_file \(keyFile): the key is \(key.utf8.count) bytes; at least \(Self.minimumKeyBytes) are needed (e.g. openssl rand -hex 32)")
+        var keys: [SyncKey] = []
+        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let secret = line.trimmingCharacters(in: .whitespacesAndNewlines)
+            if secret.isEmpty { continue }
+            guard secret.utf8.count >= Self.minimumKeyBytes else {
+                throw .badInput("sync.key_file \(keyFile):\(index + 1): the key is \(secret.utf8.count) bytes; at least \(Self.minimumKeyBytes) are needed (e.g. openssl rand -hex 32)")
+            }
+            let key = SyncKey(secret: Data(secret.utf8))
+            guard !keys.contains(key) else { throw .badInput("sync.key_file \(keyFile):\(index + 1): the same key twice") }
+            keys.append(key)
         }
-        return SymmetricKey(data: Data(key.utf8))
+        guard !keys.isEmpty else {
+            throw .badInput("sync.key_file \(keyFile): no key in the file (one line of at least \(Self.minimumKeyBytes) bytes, e.g. openssl rand -hex 32)")
+        }
+        guard keys.count <= Self.maximumKeys else {
+            throw .badInput("sync.key_file \(keyFile): \(keys.count) keys; at most \(Self.maximumKeys) (the key in use first, then the one being rotated in or out)")
+        }
+        return SyncKeyRing(keys)
     }
 }

@@ -32,6 +32,8 @@ public final class SyncStats: Sendable {
         /// Seconds between a peer stamping its last applied batch and this node writing it.
         public var lagSeconds: Double = 0
         public var framesDropped: UInt64 = 0
+        /// The ids of the keys in force: the one sealing first, then any other one accepted.
+        public var keyIDs: [String] = []
 
         public init() {}
     }
@@ -43,7 +45,8 @@ public final class SyncStats: Sendable {
 
 public actor SyncService: ServiceLifecycle.Service {
     private let config: SyncConfig
-    private let key: SymmetricKey
+    /// The shared secrets, read again when the key file changes (a rotation needs no restart).
+    private let keys: WatchedFile<SyncKeyRing>
     /// Reads new flows, writes peers' records and copies the table, off the pool.
     private let dataplane: DataplaneOwner
     private let logger: Logger
@@ -64,7 +67,24 @@ public actor SyncService: ServiceLifecycle.Service {
         self.config = config
         self.logger = logger
         self.dataplane = dataplane
-        key = try config.readKey()
+        let stats = stats, path = config.keyFile
+        do {
+            keys = try WatchedFile(path: path, interval: .seconds(1), read: { try config.readKeys() }) { result in
+                switch result {
+                case let .success(ring):
+                    stats.update { $0.keyIDs = ring.keys.map(\.idHex) }
+                    logger.notice("sync.key_file \(path) changed: sealing with key \(ring.sealing.idHex), accepting \(ring.keys.map(\.idHex).joined(separator: ", "))")
+                case let .failure(error):
+                    logger.warning("sync.key_file \(path) changed but gives no keys (\(error)); keeping the keys in force")
+                }
+            }
+        } catch let error as ControlError {
+            throw error
+        } catch {
+            throw .badInput("sync.key_file \(path): \(error)")
+        }
+        let ids = keys.current().keys.map(\.idHex)
+        stats.update { $0.keyIDs = ids }
         try await dataplane.startSync(peers: config.peers.map(\.address))
         if config.peers.isEmpty { ready = true }
         stats.update { [ready] in $0.ready = ready }
@@ -85,7 +105,17 @@ public actor SyncService: ServiceLifecycle.Service {
                 }
                 group.addTask { await self.sendNewFlows() }
                 group.addTask { await self.readyAfterTimeout() }
+                group.addTask { await self.watchKeys() }
             }
+        }
+    }
+
+    /// Looks at the key file every second, so a rotated key is in force (and shown in
+    /// /metrics) within about a second even while no frame comes or goes.
+    private func watchKeys() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            _ = keys.current()
         }
     }
 
@@ -169,7 +199,7 @@ public actor SyncService: ServiceLifecycle.Service {
     private func seal(_ frame: Outgoing) -> [UInt8] {
         let sequence = sequence.add(1, ordering: .relaxed).newValue
         return SyncFrame(kind: frame.kind, sender: sender, sequence: sequence, timestampMilliseconds: Self.now(),
-                         records: frame.records).encoded(key: key)
+                         records: frame.records).encoded(keys: keys.current())
     }
 
     private func enqueue(_ frame: Outgoing, to index: Int) {
@@ -212,7 +242,7 @@ public actor SyncService: ServiceLifecycle.Service {
 
     private func handle(_ bytes: [UInt8], peerIndex: Int?, peerName: String) async {
         let frame: SyncFrame
-        do { frame = try SyncFrame.decode(bytes, key: key) } catch {
+        do { frame = try SyncFrame.decode(bytes, keys: keys.current()) } catch {
             stats.update { $0.batchesRejected[error.rawValue, default: 0] += 1 }
             return
         }

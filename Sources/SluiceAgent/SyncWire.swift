@@ -1,23 +1,67 @@
-// The sync protocol's wire format: a frame is a header, up to `maxRecords` flow records and
-// an HMAC-SHA256 over both under the fleet's shared key. A receiver drops a frame whose
-// MAC is wrong, whose timestamp is outside the allowed clock skew, or whose sequence does
-// not increase for its sender (a replay). Integers are big-endian, addresses and ports as
-// they sit in the packet.
+// The sync protocol's wire format. A node sends sealed frames: a header in the clear
+// (authenticated), then its flow records encrypted and authenticated with
+// ChaCha20-Poly1305 under a key derived from the fleet's shared secret. A receiver drops a
+// frame it cannot open, whose timestamp is outside the allowed clock skew, or whose
+// sequence does not increase for its sender (a replay). Integers are big-endian, addresses
+// and ports as they sit in the packet.
 //
-//   0 "SLSY"  4 version (1, 2 or 3)  5 kind  6 reserved (2)  8 sender (u64)  16 sequence (u64)
-//  24 timestamp, ms since the epoch (u64)  32 record count (u16)  34 reserved (2)
-//  36 records, 56 bytes each (version 1), 60 (version 2) or 68 (version 3)  ... HMAC-SHA256 (32)
+// Sealed (version 4):
+//   0 "SLSY"  4 version (4)  5 kind  6 record layout (1, 2 or 3)  7 reserved  8 sender (u64)
+//  16 sequence (u64)  24 timestamp, ms since the epoch (u64)  32 record count (u16)
+//  34 reserved (2)  36 key id (8)  44 nonce (12)  56 the records, encrypted  ... tag (16)
+// The additional data is bytes 0..<56. The key id names which secret sealed the frame, so
+// that a receiver holding two (during a rotation) tries one; the nonce is random.
+//
+// Signed only (versions 1 to 3, what nodes before sealing sent, still accepted so a fleet
+// can be upgraded node by node): the same first 36 bytes with the version in byte 4 and
+// byte 6 zero, the records in the clear, then an HMAC-SHA256 (32) over all of it under
+// the secret itself.
 //
 // A record: 0 family  1 protocol  2 source port  4 destination port  6 backend family
 // 7 reserved  8 source address (16)  24 destination address (the VIP, 16)  40 backend (16);
-// version 2 adds 56 nat (enum sl_forwarding, 0 = none)  57 SNAT slot  58 SNAT port;
-// version 3 adds 60 flags (1 = a PROXY v2 flow)  61 reserved (3)  64 the client's first
-// sequence number after its SYN (u32). A frame takes the lowest version its records need,
-// so a fleet without NAT talks version 1 as before, and an older receiver drops (as
-// malformed) only the frames it could not apply anyway.
+// layout 2 adds 56 nat (enum sl_forwarding, 0 = none)  57 SNAT slot  58 SNAT port;
+// layout 3 adds 60 flags (1 = a PROXY v2 flow)  61 reserved (3)  64 the client's first
+// sequence number after its SYN (u32). A frame takes the lowest layout its records need:
+// 56, 60 or 68 bytes a record.
 import Crypto
 import Foundation
 import SluiceCore
+
+/// One shared secret of the fleet (a line of `sync.key_file`) and what is derived from it.
+public struct SyncKey: Sendable, Equatable {
+    /// Names the secret in a sealed frame: HKDF output, so it tells nothing of the secret.
+    public let id: [UInt8]
+    /// The ChaCha20-Poly1305 key (HKDF-SHA256 of the secret).
+    let sealing: SymmetricKey
+    /// The secret itself, the HMAC key of signed-only frames.
+    let signing: SymmetricKey
+
+    public init(secret: some ContiguousBytes) {
+        let material = SymmetricKey(data: secret)
+        signing = material
+        sealing = HKDF<SHA256>.deriveKey(inputKeyMaterial: material, info: Data("sluice sync v4 seal".utf8), outputByteCount: 32)
+        id = HKDF<SHA256>.deriveKey(inputKeyMaterial: material, info: Data("sluice sync v4 key id".utf8), outputByteCount: 8)
+            .withUnsafeBytes { Array($0) }
+    }
+
+    /// The id as hex, for logs and /metrics.
+    public var idHex: String { id.map { String(format: "%02x", $0) }.joined() }
+
+    public static func == (a: SyncKey, b: SyncKey) -> Bool { a.id == b.id }
+}
+
+/// The secrets a node holds: the first seals what it sends; every one opens what it receives.
+public struct SyncKeyRing: Sendable, Equatable {
+    public let keys: [SyncKey]
+    public var sealing: SyncKey { keys[0] }
+
+    public init(_ keys: [SyncKey]) {
+        precondition(!keys.isEmpty)
+        self.keys = keys
+    }
+
+    func key(id: ArraySlice<UInt8>) -> SyncKey? { keys.first { $0.id[...] == id } }
+}
 
 public struct SyncFrame: Sendable, Equatable {
     public enum Kind: UInt8, Sendable {
@@ -44,98 +88,154 @@ public struct SyncFrame: Sendable, Equatable {
     }
 
     static let magic: [UInt8] = Array("SLSY".utf8)
-    static let version: UInt8 = 1
-    /// The version whose records carry a translation.
-    static let natVersion: UInt8 = 2
-    /// The version whose records also carry a PROXY v2 flow's sequence number.
-    static let proxyVersion: UInt8 = 3
+    /// Record layouts: plain, with a translation, also with a PROXY v2 flow's sequence number.
+    static let layout: UInt8 = 1
+    static let natLayout: UInt8 = 2
+    static let proxyLayout: UInt8 = 3
+    /// The version of sealed frames; 1 to 3 are signed-only frames of those layouts.
+    public static let sealedVersion: UInt8 = 4
     static let headerSize = 36
+    static let sealedHeaderSize = 56
     static let recordSize = 56
     static let natRecordSize = 60
     static let proxyRecordSize = 68
     static let macSize = 32
+    static let tagSize = 16
     /// Records per frame: a frame stays under 64 KiB.
     public static let maxRecords = 900
-    public static let maxSize = headerSize + maxRecords * proxyRecordSize + macSize
+    public static let maxSize = sealedHeaderSize + maxRecords * proxyRecordSize + tagSize
 
-    static func recordSize(version: UInt8) -> Int {
-        version == proxyVersion ? proxyRecordSize : version == natVersion ? natRecordSize : recordSize
+    static func recordSize(layout: UInt8) -> Int {
+        layout == proxyLayout ? proxyRecordSize : layout == natLayout ? natRecordSize : recordSize
     }
 
-    /// The frame's bytes, MAC included.
-    public func encoded(key: SymmetricKey) -> [UInt8] {
+    /// The lowest record layout that carries every record.
+    var neededLayout: UInt8 {
+        records.contains { $0.proxySeq != nil } ? Self.proxyLayout : records.contains { $0.nat != 0 } ? Self.natLayout : Self.layout
+    }
+
+    /// The frame sealed with the ring's first key (version 4), under a random nonce.
+    public func encoded(keys: SyncKeyRing) -> [UInt8] {
         precondition(records.count <= Self.maxRecords)
-        let version = records.contains { $0.proxySeq != nil } ? Self.proxyVersion
-            : records.contains { $0.nat != 0 } ? Self.natVersion : Self.version
+        let layout = neededLayout
+        let key = keys.sealing
+        let nonce = ChaChaPoly.Nonce()
+        var header = self.header(version: Self.sealedVersion, layout: layout)
+        header += key.id
+        header += Array(nonce)
+        // Cannot fail: a valid key and nonce, and a message far below ChaChaPoly's limit.
+        let box = try! ChaChaPoly.seal(encodedRecords(layout: layout), using: key.sealing, nonce: nonce, authenticating: header)
+        return header + Array(box.ciphertext) + Array(box.tag)
+    }
+
+    /// The frame signed only, as nodes before sealing sent it (version = record layout).
+    public func encodedSigned(key: SyncKey) -> [UInt8] {
+        precondition(records.count <= Self.maxRecords)
+        let layout = neededLayout
+        var out = header(version: layout, layout: 0) + encodedRecords(layout: layout)
+        out += HMAC<SHA256>.authenticationCode(for: out, using: key.signing)
+        return out
+    }
+
+    private func header(version: UInt8, layout: UInt8) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(Self.headerSize + records.count * Self.recordSize(version: version) + Self.macSize)
+        out.reserveCapacity(Self.sealedHeaderSize)
         out += Self.magic
-        out += [version, kind.rawValue, 0, 0]
+        out += [version, kind.rawValue, layout, 0]
         out.appendBig(sender)
         out.appendBig(sequence)
         out.appendBig(timestampMilliseconds)
         out.appendBig(UInt16(records.count))
         out += [0, 0]
+        return out
+    }
+
+    private func encodedRecords(layout: UInt8) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(records.count * Self.recordSize(layout: layout))
         for record in records {
             out += [record.source.family.rawValue, record.proto]
             out.appendRaw(record.sourcePort)
             out.appendRaw(record.destinationPort)
             out += [record.backend.family.rawValue, 0]
             out += record.source.bytes16 + record.destination.bytes16 + record.backend.bytes16
-            if version >= Self.natVersion {
+            if layout >= Self.natLayout {
                 out += [record.nat, record.snatIndex]
                 out.appendRaw(record.snatPort)
             }
-            if version >= Self.proxyVersion {
+            if layout >= Self.proxyLayout {
                 out += [record.proxySeq == nil ? 0 : 1, 0, 0, 0]
                 out.appendBig(record.proxySeq ?? 0)
             }
         }
-        out += HMAC<SHA256>.authenticationCode(for: out, using: key)
         return out
     }
 
     public enum Rejection: String, Error, Sendable, CaseIterable {
         /// Cut short, a wrong magic, version, kind, count or address.
         case malformed
-        /// The MAC does not match: another key, or tampered with.
+        /// It does not open (sealed) or its MAC does not match (signed): another secret
+        /// with the same id cannot happen, so this is tampering, or a signed-only frame
+        /// under a secret this node does not hold.
         case badMAC = "bad_mac"
+        /// Sealed under a secret this node does not hold (another fleet, or a key rotated out).
+        case unknownKey = "unknown_key"
     }
 
-    /// Checks the MAC (in constant time) and decodes. Timestamps and sequences are the
-    /// receiver's to judge (SyncReplayGuard).
-    public static func decode(_ bytes: [UInt8], key: SymmetricKey) throws(Rejection) -> SyncFrame {
-        guard bytes.count >= headerSize + macSize, bytes.count <= maxSize else { throw .malformed }
-        let body = bytes[..<(bytes.count - macSize)]
-        guard HMAC<SHA256>.isValidAuthenticationCode(bytes[(bytes.count - macSize)...], authenticating: body, using: key) else {
-            throw .badMAC
+    /// Opens a sealed frame, or checks a signed-only one against every key of the ring (in
+    /// constant time each), and decodes. Timestamps and sequences are the receiver's to
+    /// judge (SyncReplayGuard).
+    public static func decode(_ bytes: [UInt8], keys: SyncKeyRing) throws(Rejection) -> SyncFrame {
+        guard bytes.count >= headerSize, bytes.count <= maxSize, Array(bytes[0..<4]) == magic else { throw .malformed }
+        let records: [UInt8], layout: UInt8
+        if bytes[4] == sealedVersion {
+            guard bytes.count >= sealedHeaderSize + tagSize else { throw .malformed }
+            guard let key = keys.key(id: bytes[36..<44]) else { throw .unknownKey }
+            let header = bytes[..<sealedHeaderSize]
+            guard let nonce = try? ChaChaPoly.Nonce(data: bytes[44..<56]),
+                  let box = try? ChaChaPoly.SealedBox(nonce: nonce, ciphertext: bytes[sealedHeaderSize..<(bytes.count - tagSize)],
+                                                      tag: bytes[(bytes.count - tagSize)...]),
+                  let opened = try? ChaChaPoly.open(box, using: key.sealing, authenticating: header) else { throw .badMAC }
+            records = Array(opened)
+            layout = bytes[6]
+        } else {
+            guard bytes.count >= headerSize + macSize else { throw .malformed }
+            let body = bytes[..<(bytes.count - macSize)]
+            let mac = bytes[(bytes.count - macSize)...]
+            guard keys.keys.contains(where: { HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: body, using: $0.signing) }) else {
+                throw .badMAC
+            }
+            records = Array(bytes[headerSize..<(bytes.count - macSize)])
+            layout = bytes[4]
         }
-        guard Array(bytes[0..<4]) == magic, (version...proxyVersion).contains(bytes[4]),
-              let kind = Kind(rawValue: bytes[5]) else { throw .malformed }
-        let frameVersion = bytes[4]
-        let size = recordSize(version: frameVersion)
-        let count = Int(bytes.big(UInt16.self, at: 32))
-        guard body.count == headerSize + count * size else { throw .malformed }
+        guard (Self.layout...proxyLayout).contains(layout), let kind = Kind(rawValue: bytes[5]) else { throw .malformed }
+        return SyncFrame(kind: kind, sender: bytes.big(UInt64.self, at: 8), sequence: bytes.big(UInt64.self, at: 16),
+                         timestampMilliseconds: bytes.big(UInt64.self, at: 24),
+                         records: try decodeRecords(records, layout: layout, count: Int(bytes.big(UInt16.self, at: 32))))
+    }
+
+    private static func decodeRecords(_ bytes: [UInt8], layout: UInt8, count: Int) throws(Rejection) -> [FlowRecord] {
+        let size = recordSize(layout: layout)
+        guard bytes.count == count * size else { throw .malformed }
         var records: [FlowRecord] = []
         records.reserveCapacity(count)
         for index in 0..<count {
-            let at = headerSize + index * size
+            let at = index * size
             guard let family = IPAddress.Family(rawValue: bytes[at]), let backendFamily = IPAddress.Family(rawValue: bytes[at + 6]),
                   let source = IPAddress(bytes16: bytes[(at + 8)..<(at + 24)], family: family),
                   let destination = IPAddress(bytes16: bytes[(at + 24)..<(at + 40)], family: family),
                   let backend = IPAddress(bytes16: bytes[(at + 40)..<(at + 56)], family: backendFamily) else { throw .malformed }
             var record = FlowRecord(source: source, destination: destination, sourcePort: bytes.raw(UInt16.self, at: at + 2),
                                     destinationPort: bytes.raw(UInt16.self, at: at + 4), proto: bytes[at + 1], backend: backend)
-            if frameVersion >= natVersion {
+            if layout >= natLayout {
                 (record.nat, record.snatIndex, record.snatPort) = (bytes[at + 56], bytes[at + 57], bytes.raw(UInt16.self, at: at + 58))
             }
-            if frameVersion >= proxyVersion, bytes[at + 60] & 1 != 0 {
+            if layout >= proxyLayout, bytes[at + 60] & 1 != 0 {
                 record.proxySeq = bytes.big(UInt32.self, at: at + 64)
             }
             records.append(record)
         }
-        return SyncFrame(kind: kind, sender: bytes.big(UInt64.self, at: 8), sequence: bytes.big(UInt64.self, at: 16),
-                         timestampMilliseconds: bytes.big(UInt64.self, at: 24), records: records)
+        return records
     }
 }
 

@@ -12,6 +12,8 @@ final class SyncedAgents: @unchecked Sendable {
     let lab: Lab
     let agents: [Lab.Balancer: LabAgent]
     private let keyDirectory: String
+    /// The key file every agent reads (`sync.key_file`).
+    var keyFile: String { keyDirectory + "/sync.key" }
 
     /// `extra`: more agent configuration (top-level YAML), the same on every node;
     /// `perBalancer`: more of it for one node (its `bgp:` section).
@@ -94,16 +96,27 @@ final class SyncedAgents: @unchecked Sendable {
         try await flows(balancer).filter { $0.service == service }.map { ($0.flow, $0.origin) }
     }
 
-    /// Waits until every echo flow `from` placed itself is in `to`'s table too.
-    func waitSynced(from: Lab.Balancer, to: Lab.Balancer, timeout: Duration = .seconds(10)) async throws -> (missing: Int, local: Int) {
+    /// Waits until every flow of `service` that `from` placed itself is in `to`'s table too.
+    func waitSynced(from: Lab.Balancer, to: Lab.Balancer, service: String = "echo",
+                    timeout: Duration = .seconds(10)) async throws -> (missing: Int, local: Int) {
         let deadline = ContinuousClock.now + timeout
         while true {  // looks before the clock after every sleep, as waitReady does
-            let mine = Set(try await echoFlows(from).filter { $0.origin == "local" }.map(\.flow))
-            let theirs = Set(try await echoFlows(to).map(\.flow))
+            let mine = Set(try await echoFlows(from, service: service).filter { $0.origin == "local" }.map(\.flow))
+            let theirs = Set(try await echoFlows(to, service: service).map(\.flow))
             let missing = mine.subtracting(theirs).count
             if missing == 0 || ContinuousClock.now >= deadline { return (missing, mine.count) }
             try await Task.sleep(for: .milliseconds(200))
         }
+    }
+
+    /// `sluice_sync_key_info` of `balancer`: the sealing key's id first, then any other accepted.
+    func keyIDs(_ balancer: Lab.Balancer) async throws -> [String] {
+        let text = try await self[balancer].request("GET", "/metrics").text
+        let lines = text.split(separator: "\n").filter { $0.hasPrefix("sluice_sync_key_info{") }
+        func id(_ line: Substring) -> String? {
+            line.split(separator: "\"").dropFirst().first.map(String.init)  // key_id="…" comes first
+        }
+        return lines.filter { $0.contains("role=\"seal\"") }.compactMap(id) + lines.filter { $0.contains("role=\"accept\"") }.compactMap(id)
     }
 
     /// One counter of `balancer`'s /metrics (the sum of its series), or nil.
@@ -184,6 +197,54 @@ struct ECMPSyncTests {
                 #expect(try await lab.stats(of: .lb).newFlows == lbBefore, "lb re-placed flows it should have found in its table")
                 let hits = try #require(try await agents.metric(.lb, "sluice_conntrack_hits_total"))
                 #expect(hits > 0, "lb carried none of the sessions after the route came back")
+            }
+        }
+    }
+
+    @Test("the sync key is rotated under traffic in three steps (accept the new key, seal with it, drop the old) with no record lost or refused")
+    func keyRotationUnderTraffic() async throws {
+        try await ECMPFailoverTests.withTwoBalancerLab { lab in
+            let agents = try await SyncedAgents(lab: lab)
+            try await agents.requireReady()
+            let old = try String(contentsOfFile: agents.keyFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            let new = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+            let oldID = try #require(try await agents.keyIDs(.lb).first, "no sluice_sync_key_info")
+            try await lab.withSessions(ECMPFailoverTests.vip4, ECMPFailoverTests.echoPort, count: 20) { sessions in
+                let started = try await sessions.wait { $0.opened == 20 && $0.rounds >= 2 }
+                try #require(started?.opened == 20, "sessions: \(started?.summary ?? "none")")
+                var newID: String?
+                for (step, lines) in [[old, new], [new, old], [new]].enumerated() {
+                    // One file for both agents, replaced whole (rename), as a secret store does.
+                    try (lines.joined(separator: "\n") + "\n").write(toFile: agents.keyFile, atomically: true, encoding: .utf8)
+                    // Each agent shows the step's keys in /metrics within about a second.
+                    let deadline = ContinuousClock.now + .seconds(10)
+                    var seen: [Lab.Balancer: [String]] = [:]
+                    while true {
+                        for balancer in lab.balancers { seen[balancer] = try await agents.keyIDs(balancer) }
+                        if step == 0, newID == nil, let ids = seen[.lb], ids.count == 2 { newID = ids[1] }
+                        let expected = [[oldID, newID ?? "?"], [newID ?? "?", oldID], [newID ?? "?"]][step]
+                        if lab.balancers.allSatisfy({ seen[$0] == expected }) { break }
+                        try #require(ContinuousClock.now < deadline, "step \(step + 1): the agents show keys \(seen), expected \(expected)")
+                        try await Task.sleep(for: .milliseconds(200))
+                    }
+                    // New flows at this step, on both nodes (ECMP spreads them): each reaches the other.
+                    let udp = try await lab.client(.udp2, ECMPFailoverTests.vip4, 53, count: 20)
+                    try #require(udp.ok == 20, "step \(step + 1): \(udp.output)")
+                    var placed = 0
+                    for (from, to) in [(Lab.Balancer.lb, Lab.Balancer.lb2), (.lb2, .lb)] {
+                        let synced = try await agents.waitSynced(from: from, to: to, service: "dns")
+                        #expect(synced.missing == 0, "step \(step + 1): \(synced.missing) of \(from)'s \(synced.local) flows never reached \(to)")
+                        placed += synced.local
+                    }
+                    #expect(placed >= 20 * (step + 1), "step \(step + 1): the nodes placed \(placed) UDP flows so far")
+                }
+                #expect(newID != nil && newID != oldID)
+                for balancer in lab.balancers {
+                    #expect(try await agents.metric(balancer, "sluice_sync_batches_rejected_total") == 0, "\(balancer) refused frames")
+                    #expect(try await agents.metric(balancer, "sluice_sync_records_applied_total") ?? 0 > 0)
+                }
+                let state = try #require(sessions.state())
+                #expect(state.broken == 0 && state.alive == 20, "\(state.summary)")
             }
         }
     }

@@ -192,4 +192,27 @@ struct AgentConfigTests {
         #expect(error?.kind == .badInput, "\(String(describing: error))")
         #expect(error?.message.hasPrefix("token_file /nonexistent/sluice-token: cannot read it") == true, "\(String(describing: error))")
     }
+
+    @Test("the sync key file: one key, or two during a rotation (the first seals); a bad line is named")
+    func syncKeyFile() throws {
+        let files = try ScratchDirectory()
+        let first = String(repeating: "a", count: 32), second = String(repeating: "b", count: 64)
+        func keys(_ text: String) throws(ControlError) -> SyncKeyRing {
+            try SyncConfig(keyFile: try! files.write("sync.key", text)).readKeys()
+        }
+        let one = try keys(first + "\n")
+        #expect(one.keys.count == 1 && one.sealing == SyncKey(secret: Data(first.utf8)))
+        let two = try keys("\n  \(second)  \n\(first)\n\n")
+        #expect(two.keys == [SyncKey(secret: Data(second.utf8)), SyncKey(secret: Data(first.utf8))], "in file order, spaces and blank lines ignored")
+        for (text, message) in [
+            ("\(first)\nshort\n", ":2: the key is 5 bytes; at least 32 are needed"),
+            ("\n\n", ": no key in the file"),
+            ("\(first)\n\(second)\n\(String(repeating: "c", count: 32))\n", ": 3 keys; at most 2"),
+            ("\(first)\n\(first)\n", ":2: the same key twice"),
+        ] {
+            let error = #expect(throws: ControlError.self) { try keys(text) }
+            #expect(error?.kind == .badInput && error?.message.hasPrefix("sync.key_file \(files.path)/sync.key\(message)") == true,
+                    "\(String(describing: error))")
+        }
+    }
 }

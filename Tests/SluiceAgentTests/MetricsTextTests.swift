@@ -100,6 +100,7 @@ struct MetricsTextTests {
         sync.batchesRejected = ["bad_mac": 1]
         sync.connected = ["10.0.0.2:9301": true]
         sync.lagSeconds = 0.25
+        sync.keyIDs = ["0011223344556677", "8899aabbccddeeff"]
         let synced = String(decoding: MetricsRenderer.render(MetricsInput(
             counters: counters, services: [applied], conntrackEntries: 9, conntrackCapacity: 1024,
             lastApply: 1_764_000_000.5, version: "1.2.3", sync: sync)), as: UTF8.self)
@@ -111,10 +112,13 @@ struct MetricsTextTests {
             #"sluice_sync_records_rejected_total{reason="unknown_backend"} 0"#, #"sluice_sync_batches_rejected_total{reason="bad_mac"} 1"#,
             #"sluice_sync_batches_rejected_total{reason="replay"} 0"#, #"sluice_sync_batches_rejected_total{reason="stale"} 0"#,
             "sluice_sync_lag_seconds 0.25", "sluice_sync_frames_dropped_total 0",
+            #"sluice_sync_batches_rejected_total{reason="unknown_key"} 0"#,
+            #"sluice_sync_key_info{key_id="0011223344556677",role="seal"} 1"#,
+            #"sluice_sync_key_info{key_id="8899aabbccddeeff",role="accept"} 1"#,
         ] {
             #expect(syncLines.contains(expected), "missing: \(expected)\n\(synced)")
         }
-        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 41 + 9,
-                "no sluice_nat_translations without a count, and the nine sync families")
+        #expect(synced.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.count == 41 + 10,
+                "no sluice_nat_translations without a count, and the ten sync families")
     }
 }
