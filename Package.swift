@@ -71,7 +71,8 @@ let package = Package(
         .testTarget(name: "LbctlTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceControl"]),
         // The agent: its configuration, metrics text, health probes, sync frames, and lbctl agent as a process.
         .testTarget(name: "SluiceAgentTests", dependencies: ["SluiceTestSupport", "SluiceCore", "SluiceAgent", "SluiceControl",
-                                                           .product(name: "Crypto", package: "swift-crypto")]),
+                                                           .product(name: "Crypto", package: "swift-crypto"),
+                                                           .product(name: "Yams", package: "Yams")]),  // docs/openapi.yaml
         // End to end through scripts/lab.sh: namespaces, real TCP/UDP servers, DSR.
         .testTarget(name: "LabTests", dependencies: ["SluiceTestSupport"]),
     ]
