@@ -13,7 +13,10 @@ BPF_CLANG ?= /usr/bin/clang
 BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -mcpu=v3 \
 	-I/usr/include/$(shell uname -m)-linux-gnu -Ibpf
 APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev clang llvm bpftool iproute2 pkg-config xxd ethtool \
-	python3 iputils-ping util-linux prometheus openssl curl tcpdump tshark nginx haproxy nftables bird2
+	python3 python3-venv iputils-ping util-linux prometheus openssl curl tcpdump tshark nginx haproxy nftables bird2
+# The API fuzzer the tests run against a real agent: from PyPI (Debian has none), pinned, in a venv of its own.
+SCHEMATHESIS_VERSION := 4.32.5
+SCHEMATHESIS_VENV := .build/tools/schemathesis
 
 BPF_HEADERS := $(wildcard bpf/*.h)
 BPF_OBJECTS := bpf/build/lb.bpf.o bpf/build/decap.bpf.o
@@ -24,7 +27,7 @@ EMBEDDED := Sources/CSluice/generated_objects.inc
 # What EMBEDDED was called before objects.c: a stale copy would be compiled too (duplicate symbols).
 OLD_EMBEDDED := Sources/CSluice/generated_objects.c
 
-.PHONY: all deps bpf build release demo test bench install clean
+.PHONY: all deps bpf build release demo test bench install clean schemathesis
 
 all: deps release
 
@@ -61,8 +64,15 @@ release: bpf
 demo: build
 	python3 scripts/demo.py
 
-test: build
+test: build schemathesis
 	$(SWIFT) test
+
+schemathesis: deps
+	@if ! $(SCHEMATHESIS_VENV)/bin/schemathesis --version 2>/dev/null | grep -q "$(SCHEMATHESIS_VERSION)"; then \
+		echo "installing schemathesis $(SCHEMATHESIS_VERSION) into $(SCHEMATHESIS_VENV)"; \
+		rm -rf $(SCHEMATHESIS_VENV) && python3 -m venv $(SCHEMATHESIS_VENV) && \
+		$(SCHEMATHESIS_VENV)/bin/pip install -q --disable-pip-version-check "schemathesis==$(SCHEMATHESIS_VERSION)"; \
+	fi
 
 bench: bpf
 	$(SWIFT) build -c release

@@ -9,12 +9,15 @@ import ServiceLifecycle
 import UnixSignals
 import SluiceControl
 import SluiceCore
+import Synchronization
 
 public enum AgentServer {
     /// Builds the routes over `controller`. Reads (GET) are open; writes (PUT, POST) need
     /// the bearer token, are checked before the body is read and change nothing when refused.
     public static func router(_ controller: AgentController) -> Router<BasicRequestContext> {
         let router = Router()
+        let table = RouteTable()
+        router.add(middleware: MethodNotAllowed(table: table))
         router.get("/healthz") { _, _ in
             json(200, ["status": "ok"])
         }
@@ -61,7 +64,39 @@ public enum AgentServer {
         router.post("/v1/services/validate") { request, _ in
             await write(request, controller) { body in try await controller.validate(body) }
         }
+        table.fill(router.routes.map { ("\($0.method)", "\($0.path)") })
         return router
+    }
+
+    /// Each path the router serves and its methods, set once the routes are in.
+    final class RouteTable: Sendable {
+        private let methods = Mutex<[String: [String]]>([:])
+
+        func fill(_ routes: [(method: String, path: String)]) {
+            methods.withLock { table in
+                for route in routes {
+                    table[route.path.hasPrefix("/") ? route.path : "/" + route.path, default: []].append(route.method)
+                }
+            }
+        }
+
+        func methods(of path: String) -> [String]? { methods.withLock { $0[path] } }
+    }
+
+    /// A path the agent serves, asked with a method it does not serve for it: 405 with the
+    /// methods it does in Allow (RFC 9110), where the router would answer 404.
+    struct MethodNotAllowed<Context: RequestContext>: RouterMiddleware {
+        let table: RouteTable
+
+        func handle(_ request: Request, context: Context,
+                    next: (Request, Context) async throws -> Response) async throws -> Response {
+            do { return try await next(request, context) } catch let error as HTTPError where error.status == .notFound {
+                guard let methods = table.methods(of: request.uri.path) else { throw error }
+                var response = failure(APIError(status: 405, "\(request.method) is not served for \(request.uri.path) (\(methods.sorted().joined(separator: ", ")) is)"))
+                response.headers[.allow] = methods.sorted().joined(separator: ", ")
+                return response
+            }
+        }
     }
 
     private struct ReadyAnswer: Encodable {

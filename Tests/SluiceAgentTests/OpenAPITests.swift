@@ -137,4 +137,50 @@ struct OpenAPITests {
             #expect(try await fixture.status() == before)
         }
     }
+
+    /// schemathesis, installed by `make test` (Makefile: SCHEMATHESIS_VENV).
+    static let schemathesis = Lbctl.packageRoot.appendingPathComponent(".build/tools/schemathesis/bin/schemathesis").path
+    /// What is checked of every answer. Left out: whether schema-valid documents are accepted
+    /// and schema-invalid ones refused, since a service file's validity (YAML bodies, rules
+    /// across fields) is more than its JSON schema says; the answers to those are still checked.
+    static let checks = ["not_a_server_error", "status_code_conformance", "content_type_conformance",
+                         "response_schema_conformance", "ignored_auth", "unsupported_method", "allow_header_conformance"]
+
+    /// The agent's resident memory, from /proc.
+    static func residentKiB(_ pid: Int32) throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let line = try #require(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
+        return try #require(Int(line.split(separator: " ").dropFirst().first ?? ""))
+    }
+
+    @Test("schemathesis against a real agent, from docs/openapi.yaml, without the token and with it: no 5xx, answers as documented, a refused write changes nothing, memory bounded")
+    func schemathesisFindsNothing() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.schemathesis), "no \(Self.schemathesis): make test installs it")
+        let scratch = try ScratchDirectory()
+        try await AgentFixture.with { fixture in
+            let before = try await fixture.status()
+            let memoryBefore = try Self.residentKiB(fixture.agent.pid)
+            func run(_ extra: [String]) async throws -> CommandResult {
+                try await Command.run("/usr/bin/env", ["-C", scratch.path, Self.schemathesis, "run", OpenAPIDocument.path,
+                                                       "--url", fixture.agent.baseURL, "--checks", Self.checks.joined(separator: ","),
+                                                       "--max-examples", "40", "--generation-database", "none", "--no-color"] + extra)
+            }
+            // Without the token: every write is refused (401), so nothing may change.
+            let refused = try await run([])
+            #expect(refused.status == 0, "\(refused.stdout)\n\(refused.stderr)")
+            #expect(try await fixture.status() == before, "a refused request changed the data plane")
+            #expect(!FileManager.default.fileExists(atPath: fixture.servicesPath), "a refused request persisted a set")
+            // With it: whatever the documents, never a 5xx and always a documented answer.
+            let authorized = try await run(["--header", "Authorization: Bearer \(AgentFixture.token)"])
+            #expect(authorized.status == 0, "\(authorized.stdout)\n\(authorized.stderr)")
+            let health = try await fixture.agent.request("GET", "/healthz")
+            #expect(health.status == 200, "the agent still answers: \(health)")
+            let memoryAfter = try Self.residentKiB(fixture.agent.pid)
+            #expect(memoryAfter < memoryBefore + 64 * 1024, "resident memory grew from \(memoryBefore) to \(memoryAfter) KiB")
+            for result in [refused, authorized] {
+                print("schemathesis:", result.stdout.split(separator: "\n").filter { $0.contains("generated") || $0.hasPrefix("Seed") }.joined(separator: "; "))
+            }
+            print("agent resident memory: \(memoryBefore) KiB before, \(memoryAfter) KiB after")
+        }
+    }
 }
