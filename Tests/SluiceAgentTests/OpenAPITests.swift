@@ -138,6 +138,23 @@ struct OpenAPITests {
         }
     }
 
+    @Test("a method a path does not serve answers 405 naming the ones it does in Allow; an unknown path 404")
+    func undeclaredMethods() async throws {
+        let scratch = try ScratchDirectory()
+        let headers = scratch.path + "/headers"
+        try await AgentFixture.with { fixture in
+            for (method, path, allow) in [("DELETE", "/v1/services", "GET, PUT"), ("GET", "/v1/drain", "POST"), ("PUT", "/healthz", "GET")] {
+                let reply = try await fixture.agent.curl(method, path, curlOptions: ["-D", headers])
+                #expect(reply.status == 405, "\(method) \(path): \(reply)")
+                #expect((try reply.json()["error"] as? String)?.contains(allow) == true, "\(reply)")
+                let lines = try String(contentsOfFile: headers, encoding: .utf8).lowercased().split(separator: "\r\n")
+                #expect(lines.contains("allow: \(allow.lowercased())"), "\(method) \(path): \(lines)")
+            }
+            let unknown = try await fixture.agent.request("GET", "/v2/anything")
+            #expect(unknown.status == 404, "\(unknown)")
+        }
+    }
+
     /// schemathesis, installed by `make test` (Makefile: SCHEMATHESIS_VENV).
     static let schemathesis = Lbctl.packageRoot.appendingPathComponent(".build/tools/schemathesis/bin/schemathesis").path
     /// What is checked of every answer. Left out: whether schema-valid documents are accepted
