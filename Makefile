@@ -2,6 +2,7 @@
 #   make          install missing Debian packages, build everything (release lbctl)
 #   make demo     real TCP and UDP through a balancer in a namespace lab (root)
 #   make test     every test: pure Swift, BPF_PROG_TEST_RUN, CLI, veth and lab tests (root)
+#   make fuzz     the fuzz suites at full size (root)
 #   make bench    the performance table (release build), also as JSON under bench/results/
 #   make install  copy lbctl to $(PREFIX)/bin
 
@@ -27,7 +28,7 @@ EMBEDDED := Sources/CSluice/generated_objects.inc
 # What EMBEDDED was called before objects.c: a stale copy would be compiled too (duplicate symbols).
 OLD_EMBEDDED := Sources/CSluice/generated_objects.c
 
-.PHONY: all deps bpf build release demo test bench install clean schemathesis
+.PHONY: all deps bpf build release demo test fuzz bench install clean schemathesis
 
 all: deps release
 
@@ -66,6 +67,11 @@ demo: build
 
 test: build schemathesis
 	$(SWIFT) test
+
+# The fuzz suites at full size (make test runs them smaller): 100,000 documents per parser,
+# 1,000 service files through lbctl apply. SLUICE_FUZZ_SEED=N replays a run.
+fuzz: build schemathesis
+	SLUICE_FUZZ_DOCUMENTS=100000 SLUICE_FUZZ_APPLIES=1000 $(SWIFT) test --filter 'ServiceFileFuzzTests|AgentConfigFuzzTests|OpenAPITests'
 
 schemathesis: deps
 	@if ! $(SCHEMATHESIS_VENV)/bin/schemathesis --version 2>/dev/null | grep -q "$(SCHEMATHESIS_VERSION)"; then \

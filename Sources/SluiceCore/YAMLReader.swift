@@ -164,7 +164,7 @@ extension YAMLReader {
             throw ConfigError(file: file, message: "invalid YAML: \(error)")
         }
         guard let root else {
-            throw ConfigError(file: file, message: "the file is empty; expected \(expected)")
+            throw ConfigError(file: file, line: 1, message: "the file is empty; expected \(expected)")
         }
         return root
     }

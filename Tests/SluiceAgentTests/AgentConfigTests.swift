@@ -153,7 +153,7 @@ struct AgentConfigTests {
                        text: "- a\n", line: 1, field: nil,
                        message: "the top level must be a mapping with keys \(allowedTop), found a list"),
         BadAgentConfig(label: "an empty file",
-                       text: "", line: nil, field: nil,
+                       text: "", line: 1, field: nil,
                        message: "the file is empty; expected a mapping with keys \(allowedTop)"),
     ]
 
