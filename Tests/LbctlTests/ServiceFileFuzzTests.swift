@@ -1,6 +1,6 @@
 // Service files as operators and attackers write them: seeded mutations of valid files fed
-// to the parser (20,000 in `make test`, 100,000 in `make fuzz`), then a sample of them to
-// the real `lbctl apply` over a pinned data plane (60, and 1,000). Every document parses or
+// to the parser (10,000 in `make test`, 100,000 in `make fuzz`), then a sample of them to
+// the real `lbctl apply` over a pinned data plane (30, and 1,000). Every document parses or
 // is refused with the file, the line and a message; `lbctl apply` exits 0 or 2, never
 // anything else, and a refused apply leaves every byte of every pinned map as it was.
 import Foundation
@@ -101,14 +101,14 @@ enum FuzzSeeds {
         """,
     ]
 
-    /// Documents per run: SLUICE_FUZZ_DOCUMENTS (`make fuzz` sets 100,000), else 20,000.
+    /// Documents per run: SLUICE_FUZZ_DOCUMENTS (`make fuzz` sets 100,000), else 10,000.
     static var documents: Int {
-        ProcessInfo.processInfo.environment["SLUICE_FUZZ_DOCUMENTS"].flatMap(Int.init) ?? 20_000
+        ProcessInfo.processInfo.environment["SLUICE_FUZZ_DOCUMENTS"].flatMap(Int.init) ?? 10_000
     }
 
-    /// Files applied with lbctl per run: SLUICE_FUZZ_APPLIES (`make fuzz` sets 1,000), else 60.
+    /// Files applied with lbctl per run: SLUICE_FUZZ_APPLIES (`make fuzz` sets 1,000), else 30.
     static var applies: Int {
-        ProcessInfo.processInfo.environment["SLUICE_FUZZ_APPLIES"].flatMap(Int.init) ?? 60
+        ProcessInfo.processInfo.environment["SLUICE_FUZZ_APPLIES"].flatMap(Int.init) ?? 30
     }
 
     /// SLUICE_FUZZ_SEED, else a new one (printed, so a failure can be replayed).
@@ -120,25 +120,31 @@ enum FuzzSeeds {
 @Suite("service files, fuzzed")
 struct ServiceFileFuzzTests {
     @Test("every mutated service file parses or is refused naming the file, the line and what is wrong")
-    func theParserNamesTheLineOfEveryRefusal() {
+    func theParserNamesTheLineOfEveryRefusal() async throws {
         for seedFile in FuzzSeeds.serviceFiles {
             #expect(throws: Never.self) { try ServiceFileParser.parse(seedFile, file: "seed.yaml") }
         }
         let seed = FuzzSeeds.seed, count = FuzzSeeds.documents
-        var mutator = DocumentMutator(seed: seed)
-        var accepted = 0, refused = 0, withField = 0
-        var unplaced: [String] = []
-        for index in 0..<count {
-            let document = mutator.mutate(FuzzSeeds.serviceFiles[index % FuzzSeeds.serviceFiles.count])
-            do {
-                _ = try ServiceFileParser.parse(document, file: "fuzz.yaml")
-                accepted += 1
-            } catch {
-                refused += 1
-                if error.field != nil { withField += 1 }
-                if error.file != "fuzz.yaml" || error.line == nil || error.message.isEmpty || !error.description.hasPrefix("fuzz.yaml:") {
-                    unplaced.append("\(error.description)\n--- document:\n\(document)")
+        // Seconds of CPU: on a thread of its own, and while no lab (whose tests measure time) is up.
+        let (accepted, refused, withField, unplaced) = try await LabSlots.shared.withPermits(LabSlots.shared.permits) {
+            try await offPool {
+                var mutator = DocumentMutator(seed: seed)
+                var accepted = 0, refused = 0, withField = 0
+                var unplaced: [String] = []
+                for index in 0..<count {
+                    let document = mutator.mutate(FuzzSeeds.serviceFiles[index % FuzzSeeds.serviceFiles.count])
+                    do throws(ConfigError) {
+                        _ = try ServiceFileParser.parse(document, file: "fuzz.yaml")
+                        accepted += 1
+                    } catch {
+                        refused += 1
+                        if error.field != nil { withField += 1 }
+                        if error.file != "fuzz.yaml" || error.line == nil || error.message.isEmpty || !error.description.hasPrefix("fuzz.yaml:") {
+                            unplaced.append("\(error.description)\n--- document:\n\(document)")
+                        }
+                    }
                 }
+                return (accepted, refused, withField, unplaced)
             }
         }
         print("service files fuzzed (seed \(seed)): \(count) documents, \(accepted) accepted, \(refused) refused (\(withField) naming a field)")
@@ -147,13 +153,18 @@ struct ServiceFileFuzzTests {
 
     @Test("lbctl apply of mutated files exits 0 or 2, and a refused one leaves every pinned map byte for byte as it was")
     func lbctlApplyRefusesWithoutChangingAMap() async throws {
+        // Half a minute of both cores: while no lab (whose tests measure time) is up.
+        try await LabSlots.shared.withPermits(LabSlots.shared.permits) { try await applyMutatedFiles() }
+    }
+
+    private func applyMutatedFiles() async throws {
         let files = try ScratchDirectory()
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
         let pin = "\(bpffs.path)/lb"
         try #require(try await Lbctl.run("apply", "-f", try files.write("seed.yaml", FuzzSeeds.serviceFiles[2]), pinPath: pin).status == 0)
 
-        func maps() async throws -> [String: [UInt8]] { try PinnedMapBytes.snapshot(pin) }
+        func maps() async throws -> [String: [UInt8]] { try await offPool { try PinnedMapBytes.snapshot(pin) } }
         var before = try await maps()
         try #require(before["sl_vips"] != nil && before["sl_maglev"] != nil, "\(before.keys.sorted())")
 
