@@ -69,9 +69,9 @@ test: build schemathesis
 	$(SWIFT) test
 
 # The fuzz suites at full size (make test runs them smaller): 100,000 documents per parser,
-# 1,000 service files through lbctl apply. SLUICE_FUZZ_SEED=N replays a run.
+# 1,000 service files through lbctl apply, 200 schemathesis examples an operation. SLUICE_FUZZ_SEED=N replays a run.
 fuzz: build schemathesis
-	SLUICE_FUZZ_DOCUMENTS=100000 SLUICE_FUZZ_APPLIES=1000 $(SWIFT) test --filter 'ServiceFileFuzzTests|AgentConfigFuzzTests|OpenAPITests'
+	SLUICE_FUZZ_DOCUMENTS=100000 SLUICE_FUZZ_APPLIES=1000 SLUICE_FUZZ_EXAMPLES=200 $(SWIFT) test --filter 'ServiceFileFuzzTests|AgentConfigFuzzTests|OpenAPITests'
 
 schemathesis: deps
 	@if ! $(SCHEMATHESIS_VENV)/bin/schemathesis --version 2>/dev/null | grep -q "$(SCHEMATHESIS_VERSION)"; then \

@@ -1,6 +1,6 @@
 // Service files as operators and attackers write them: seeded mutations of valid files fed
-// to the parser (10,000 in `make test`, 100,000 in `make fuzz`), then a sample of them to
-// the real `lbctl apply` over a pinned data plane (30, and 1,000). Every document parses or
+// to the parser (3,000 in `make test`, 100,000 in `make fuzz`), then a sample of them to
+// the real `lbctl apply` over a pinned data plane (15, and 1,000). Every document parses or
 // is refused with the file, the line and a message; `lbctl apply` exits 0 or 2, never
 // anything else, and a refused apply leaves every byte of every pinned map as it was.
 import Foundation
@@ -101,14 +101,14 @@ enum FuzzSeeds {
         """,
     ]
 
-    /// Documents per run: SLUICE_FUZZ_DOCUMENTS (`make fuzz` sets 100,000), else 10,000.
+    /// Documents per run: SLUICE_FUZZ_DOCUMENTS (`make fuzz` sets 100,000), else 3,000.
     static var documents: Int {
-        ProcessInfo.processInfo.environment["SLUICE_FUZZ_DOCUMENTS"].flatMap(Int.init) ?? 10_000
+        ProcessInfo.processInfo.environment["SLUICE_FUZZ_DOCUMENTS"].flatMap(Int.init) ?? 3_000
     }
 
-    /// Files applied with lbctl per run: SLUICE_FUZZ_APPLIES (`make fuzz` sets 1,000), else 30.
+    /// Files applied with lbctl per run: SLUICE_FUZZ_APPLIES (`make fuzz` sets 1,000), else 15.
     static var applies: Int {
-        ProcessInfo.processInfo.environment["SLUICE_FUZZ_APPLIES"].flatMap(Int.init) ?? 30
+        ProcessInfo.processInfo.environment["SLUICE_FUZZ_APPLIES"].flatMap(Int.init) ?? 15
     }
 
     /// SLUICE_FUZZ_SEED, else a new one (printed, so a failure can be replayed).

@@ -1,4 +1,4 @@
-// The agent's configuration as operators write it, mutated (10,000 documents in `make test`,
+// The agent's configuration as operators write it, mutated (3,000 documents in `make test`,
 // 100,000 in `make fuzz`, as for service files): every one parses or is refused naming the
 // file, the line and what is wrong; none crashes the parser.
 import Foundation
@@ -40,7 +40,7 @@ struct AgentConfigFuzzTests {
     func theParserNamesTheLineOfEveryRefusal() async throws {
         _ = try AgentConfig.parse(Self.seedFile, file: "seed.yaml")
         let seed = ProcessInfo.processInfo.environment["SLUICE_FUZZ_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 1...UInt64.max)
-        let count = ProcessInfo.processInfo.environment["SLUICE_FUZZ_DOCUMENTS"].flatMap(Int.init) ?? 10_000
+        let count = ProcessInfo.processInfo.environment["SLUICE_FUZZ_DOCUMENTS"].flatMap(Int.init) ?? 3_000
         // Seconds of CPU: on a thread of its own, and while no lab (whose tests measure time) is up.
         let (accepted, refused, unplaced) = try await LabSlots.shared.withPermits(LabSlots.shared.permits) {
             try await offPool {

@@ -185,7 +185,7 @@ struct OpenAPITests {
             func run(_ extra: [String]) async throws -> CommandResult {
                 try await Command.run("/usr/bin/env", ["-C", scratch.path, Self.schemathesis, "run", OpenAPIDocument.path,
                                                        "--url", fixture.agent.baseURL, "--checks", Self.checks.joined(separator: ","),
-                                                       "--max-examples", "40", "--generation-database", "none", "--no-color"] + extra)
+                                                       "--max-examples", ProcessInfo.processInfo.environment["SLUICE_FUZZ_EXAMPLES"] ?? "20", "--generation-database", "none", "--no-color"] + extra)
             }
             // Without the token: every write is refused (401), so nothing may change.
             let refused = try await run([])
