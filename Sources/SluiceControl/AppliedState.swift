@@ -49,18 +49,27 @@ public struct AppliedService: Sendable {
     public var maglevSize: Int
     public var generation: UInt32
     public var backends: [AppliedBackend]
+    /// sl_vips holds the VIP, pointing at this slot. False only after an apply was killed
+    /// between writing the service and publishing its VIP; the next apply publishes it.
+    public var isPublished: Bool
+    /// sl_maglev holds a table for the slot. False only after an apply was killed between
+    /// removing a service's table and clearing the service; the next apply builds one.
+    public var hasTable: Bool
 
     /// The l2dsr and NAT backends, whose next hops' MACs must follow the neighbour table.
     public var neighbourBackends: [AppliedBackend] {
         service.forwarding == .l2dsr || service.forwarding.translates ? backends : []
     }
 
-    public init(slot: UInt32, service: Service, maglevSize: Int, generation: UInt32, backends: [AppliedBackend]) {
+    public init(slot: UInt32, service: Service, maglevSize: Int, generation: UInt32, backends: [AppliedBackend],
+                isPublished: Bool = true, hasTable: Bool = true) {
         self.slot = slot
         self.service = service
         self.maglevSize = maglevSize
         self.generation = generation
         self.backends = backends
+        self.isPublished = isPublished
+        self.hasTable = hasTable
     }
 }
 
@@ -93,6 +102,16 @@ public struct AppliedState: Sendable {
 
     public func service(named name: String) -> AppliedService? { services.first { $0.service.name == name } }
 
+    /// Backend slots in use for a service slot that holds no service: left by an apply killed
+    /// after it wrote a new service's backends and before the service itself, or after it
+    /// cleared a removed service and before releasing its backends. No VIP leads to them.
+    package var orphanBackendIDs: [UInt32] {
+        let owners = Set(services.map(\.slot))
+        let inUse = UInt8(SL_BACKEND_F_IN_USE.rawValue)
+        return backendSlots.indices.filter { backendSlots[$0].flags & inUse != 0 && !owners.contains(backendSlots[$0].service_id) }
+            .map { UInt32($0) }
+    }
+
     static func read(from dataplane: Dataplane) throws(ControlError) -> AppliedState {
         do {
             let config = try dataplane[.config].lookup(UInt32(0), as: sl_config.self) ?? sl_config()
@@ -109,6 +128,10 @@ public struct AppliedState: Sendable {
                                    mac: backend.macAddress, port: backend.port == 0 ? nil : UInt16(bigEndian: backend.port),
                                    sourceMAC: backend.sourceMACAddress, interfaceIndex: backend.ifindex))
             }
+            // Keys byte for byte, padding included (every key is built zeroed): VIP -> slot.
+            let published = Dictionary(try dataplane[.vips].hashEntries(key: sl_vip_key.self, value: sl_vip.self).map {
+                (withUnsafeBytes(of: $0.0) { Array($0) }, $0.1.id)
+            }, uniquingKeysWith: { first, _ in first })
             var services: [AppliedService] = []
             for (slot, info) in infos.enumerated() where info.name.0 != 0 {
                 guard let vip = info.vip.address, let proto = info.vip.l4Protocol,
@@ -123,8 +146,12 @@ public struct AppliedState: Sendable {
                                           Backend(address: $0.address, weight: $0.weight,
                                                   port: forwarding.translates && $0.port != port ? $0.port : nil)
                                       })
+                let key = sl_vip_key(service: service)
+                let isPublished = published[withUnsafeBytes(of: key) { Array($0) }] == UInt32(slot)
+                let hasTable = try dataplane[.maglev].lookup(UInt32(slot), as: UInt32.self) != nil
                 services.append(AppliedService(slot: UInt32(slot), service: service, maglevSize: Int(info.maglev_size),
-                                               generation: info.generation, backends: backends))
+                                               generation: info.generation, backends: backends, isPublished: isPublished,
+                                               hasTable: hasTable))
             }
             return AppliedState(config: config, snatPools: pools, services: services, backendSlots: slots)
         } catch {

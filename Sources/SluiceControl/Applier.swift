@@ -91,6 +91,8 @@ struct Plan {
     var entries: [Entry] = []
     var removedServices: [AppliedService] = []
     var freedBackendIDs: [UInt32] = []
+    /// In use for no service (AppliedState.orphanBackendIDs): released before anything else.
+    var orphanBackendIDs: [UInt32] = []
     /// A kept backend's flags change (new backends are in the diff anyway).
     var healthChanged = false
     /// sl_config as the desired set wants it.
@@ -116,6 +118,8 @@ struct Plan {
         var usedSlots = Set(state.services.map(\.slot))  // a removed service's slot is cleared after the writes: not reusable yet
         var freeSlots = (0..<UInt32(SL_MAX_VIPS)).lazy.filter { !usedSlots.contains($0) }.makeIterator()
         var allocator = BackendAllocator(slots: state.backendSlots)
+        orphanBackendIDs = state.orphanBackendIDs
+        hasWrites = hasWrites || !orphanBackendIDs.isEmpty
 
         for service in desired.services {
             let previous = state.service(named: service.name)
@@ -144,12 +148,13 @@ struct Plan {
             // The mode and the backends' ports live in the backend slots: the table stays.
             let needsTable = previous.map {
                 Self.tableShape($0.service) != Self.tableShape(service) || $0.maglevSize != size || excludedBefore != excluded
+                    || !$0.hasTable
             } ?? true
             let slots = zip(zip(service.backends, ids), flags).map { pair, flags in
                 Self.backendSlot(pair.0, service: service, slot: slot, flags: flags,
                                  hop: Self.keepingMAC(hops(pair.0.address), id: pair.1, state: state, service: service))
             }
-            hasWrites = hasWrites || zip(ids, slots).contains { id, new in
+            hasWrites = hasWrites || previous?.isPublished == false || zip(ids, slots).contains { id, new in
                 Int(id) >= state.backendSlots.count || !bytewiseEqual(state.backendSlots[Int(id)], new)
             }
             let before = Dictionary((previous?.backends ?? []).map { ($0.address, $0.flags) }, uniquingKeysWith: { a, _ in a })
@@ -160,7 +165,8 @@ struct Plan {
                                  needsTable: needsTable,
                                  needsInfo: !needsTable && (previous?.service.forwarding != service.forwarding
                                                             || previous?.service.clientAddress != service.clientAddress),
-                                 needsVIP: !needsTable && previous?.service.clientAddress != service.clientAddress,
+                                 needsVIP: !needsTable && (previous?.service.clientAddress != service.clientAddress
+                                                           || previous?.isPublished == false),
                                  isNewSlot: previous == nil, previous: previous))
         }
         freedBackendIDs += removedServices.flatMap { $0.backends.map(\.id) }
@@ -282,6 +288,9 @@ struct Writer {
 
     mutating func write(_ plan: Plan, state: AppliedState, desired: ServiceFile) throws(BPFError) {
         let size = desired.node.maglevTableSize
+        // First, what a killed apply left in use for no service: a service given that slot
+        // now must not find them among its backends.
+        for id in plan.orphanBackendIDs { try release(id, state: state) }
         if !bytewiseEqual(plan.config, state.config) {
             try dataplane[.config].update(UInt32(0), plan.config)
             bytes += MemoryLayout<sl_config>.size
@@ -364,12 +373,15 @@ struct Writer {
             }
         }
         // Released backends keep their address so established flows still reach them.
-        for id in plan.freedBackendIDs {
-            var slot = state.backendSlots[Int(id)]
-            slot.flags &= ~UInt8(SL_BACKEND_F_IN_USE.rawValue)
-            try dataplane[.backends].update(id, slot)
-            bytes += MemoryLayout<sl_backend>.size
-        }
+        for id in plan.freedBackendIDs { try release(id, state: state) }
+    }
+
+    /// Marks a backend slot free, keeping its address.
+    private mutating func release(_ id: UInt32, state: AppliedState) throws(BPFError) {
+        var slot = state.backendSlots[Int(id)]
+        slot.flags &= ~UInt8(SL_BACKEND_F_IN_USE.rawValue)
+        try dataplane[.backends].update(id, slot)
+        bytes += MemoryLayout<sl_backend>.size
     }
 
     /// Returns once every program that was running has finished: an update

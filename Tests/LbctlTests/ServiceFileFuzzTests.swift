@@ -112,9 +112,7 @@ enum FuzzSeeds {
     }
 
     /// SLUICE_FUZZ_SEED, else a new one (printed, so a failure can be replayed).
-    static var seed: UInt64 {
-        ProcessInfo.processInfo.environment["SLUICE_FUZZ_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 1...UInt64.max)
-    }
+    static var seed: UInt64 { SplitMix64.testSeed }
 }
 
 @Suite("service files, fuzzed")

@@ -75,6 +75,12 @@ final class AgentFixture: @unchecked Sendable {
         agent = try await AgentProcess(configPath: configPath)
     }
 
+    /// SIGKILL, without a restart.
+    func kill() async { await agent.stop(signal: SIGKILL) }
+
+    /// A new agent over the same config and data plane (after `kill`).
+    func start() async throws { agent = try await AgentProcess(configPath: configPath) }
+
     func lbctl(_ arguments: String...) async throws -> CommandResult {
         try await Lbctl.run(arguments + ["--pin-path", dataplane.pinPath])
     }

@@ -2,6 +2,7 @@
 // write: lines deleted, doubled, swapped or re-indented, values replaced by hostile ones
 // (empty, negative, huge, wrong type, malformed addresses, YAML syntax), keys misspelt,
 // the text cut or garbage inserted. The same seed gives the same documents.
+import Foundation
 
 /// SplitMix64: small, fast and reproducible.
 public struct SplitMix64: RandomNumberGenerator, Sendable {
@@ -13,6 +14,13 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
         z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
         z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
         return z ^ (z >> 31)
+    }
+}
+
+extension SplitMix64 {
+    /// SLUICE_FUZZ_SEED, else a new seed: tests print it, so a failing run can be replayed.
+    public static var testSeed: UInt64 {
+        ProcessInfo.processInfo.environment["SLUICE_FUZZ_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 1...UInt64.max)
     }
 }
 
