@@ -26,6 +26,11 @@ lab-client.py parallel KIND HOST PORT COUNT TIMEOUT
 lab-client.py dfudp HOST PORT SIZE      one connected UDP socket sending SIZE-byte datagrams with DF
   (IP_PMTUDISC_DO) every 0.1 s until the kernel's path MTU for HOST drops (an ICMP "fragmentation
   needed" / "packet too big" came back) or 3 s pass; prints {"sent", "mtu_before", "mtu", "errors"}
+lab-client.py synflood HOST PORT COUNT PREFIX
+lab-client.py udpflood HOST PORT COUNT PREFIX
+  COUNT TCP SYNs (or UDP datagrams of 32 bytes) to HOST:PORT from sources spoofed at random in
+  the IPv4 /16 PREFIX (e.g. 198.18.0.0) and random ports, through a raw socket, as fast as one
+  thread sends them; prints {"sent", "seconds"}
 lab-client.py session HOST PORT STATEFILE [INTERVAL]
   one long-lived TCP connection to an echo service: a line every INTERVAL seconds (0.2),
   each echo checked; STATEFILE is rewritten after every exchange with
@@ -450,6 +455,43 @@ def sessions(host, port, count, statefile, interval):
     return 0
 
 
+def flood(kind, host, port, count, prefix):
+    """Spoofed-source packets through a raw socket (the kernel fills in the IPv4 header's
+    length and checksum); each packet's L4 checksum is computed over its own source."""
+    import random
+    import struct
+    base = struct.unpack("!I", socket.inet_aton(prefix))[0] & 0xFFFF0000
+    dst = socket.inet_aton(host)
+    proto = socket.IPPROTO_TCP if kind == "synflood" else socket.IPPROTO_UDP
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    rng = random.Random(count)
+
+    def checksum(data):
+        if len(data) % 2:
+            data += b"\0"
+        total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return ~total & 0xFFFF
+
+    started = time.monotonic()
+    for _ in range(count):
+        src = struct.pack("!I", base | rng.randrange(1, 0xFFFF))
+        sport = rng.randrange(1024, 65536)
+        if proto == socket.IPPROTO_TCP:
+            l4 = struct.pack("!HHIIBBHHH", sport, port, rng.getrandbits(32), 0, 5 << 4, 0x02, 65535, 0, 0)
+            at = 16
+        else:
+            l4 = struct.pack("!HHHH", sport, port, 8 + 32, 0) + bytes(32)
+            at = 6
+        pseudo = src + dst + struct.pack("!BBH", 0, proto, len(l4))
+        l4 = l4[:at] + struct.pack("!H", checksum(pseudo + l4)) + l4[at + 2:]
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0, 64, proto, 0, src, dst)
+        sock.sendto(ip + l4, (host, 0))
+    print(json.dumps({"sent": count, "seconds": round(time.monotonic() - started, 3)}))
+    return 0
+
+
 def take_signals():
     """A parent may have left SIGTERM and SIGINT blocked (threads of Swift's runtime
     do, and a child inherits the mask): `lab.sh down` and Ctrl-C must still end us."""
@@ -469,6 +511,8 @@ def main(argv):
         return burst(mode, host, port, int(argv[4]), argv[5])
     if mode in ONCE:
         return burst(mode, host, port, int(argv[4]))
+    if mode in ("synflood", "udpflood"):
+        return flood(mode, host, port, int(argv[4]), argv[5])
     if mode == "dfudp":
         return df_udp(host, port, int(argv[4]))
     if mode == "session":

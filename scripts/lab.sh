@@ -126,8 +126,9 @@
 # LAB_ROOT (default /tmp: the lab dir is $LAB_ROOT/sluice-lab-NAME),
 # LAB_BALANCERS (1, 2 or 3, default 1), LAB_SEGMENT (own, shared or nat, default own), LAB_TUNNEL_MTU
 # (1280-9000, default 1600, 1500 for nat), LAB_ROUTING (static or bgp, default static), LAB_BFD
-# (1 = BFD on at start, bgp only; these five are read by `up` only), BIRD and BIRDC (default
-# Debian's bird2: /usr/sbin/bird, /usr/sbin/birdc).
+# (1 = BFD on at start, bgp only), LAB_CT_SIZE (the balancer's --conntrack-size, default
+# lbctl's; these six are read by `up` only), BIRD and BIRDC (default Debian's bird2:
+# /usr/sbin/bird, /usr/sbin/birdc).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -614,7 +615,7 @@ build_dsr() {
     done
 
     # The balancer, and its services.
-    lbctl_in lb attach lb0 --pin-path "$LB_PIN" >"$DIR/lb.attach.out"
+    lbctl_in lb attach lb0 ${LAB_CT_SIZE:+--conntrack-size "$LAB_CT_SIZE"} --pin-path "$LB_PIN" >"$DIR/lb.attach.out"
     render_services "" $LB_V4 $LB_V6 >"$DIR/services.yaml"
     lbctl_in lb apply -f "$DIR/services.yaml" --pin-path "$LB_PIN" >"$DIR/lb.apply.out"
     for l in "${LBS[@]:1}"; do

@@ -65,15 +65,18 @@ public final class Lab: @unchecked Sendable {
         public var routing = Routing.static
         /// LAB_BFD=1: BFD on every BGP session from the start (`routing: .bgp` only).
         public var bfd = false
+        /// LAB_CT_SIZE: the balancer's connection table (`lbctl attach --conntrack-size`); nil = lbctl's default.
+        public var conntrackSize: Int?
 
         public init(balancers: Int = 1, sharedSegment: Bool = false, tunnelMTU: Int? = nil, nat: Bool = false,
-                    routing: Routing = .static, bfd: Bool = false) {
+                    routing: Routing = .static, bfd: Bool = false, conntrackSize: Int? = nil) {
             self.balancers = balancers
             self.sharedSegment = sharedSegment
             self.tunnelMTU = tunnelMTU
             self.nat = nat
             self.routing = routing
             self.bfd = bfd
+            self.conntrackSize = conntrackSize
         }
 
         var environment: [String: String] {
@@ -84,6 +87,7 @@ public final class Lab: @unchecked Sendable {
             if let tunnelMTU { env["LAB_TUNNEL_MTU"] = String(tunnelMTU) }
             if routing != .static { env["LAB_ROUTING"] = routing.rawValue }
             if bfd { env["LAB_BFD"] = "1" }
+            if let conntrackSize { env["LAB_CT_SIZE"] = String(conntrackSize) }
             return env
         }
     }
