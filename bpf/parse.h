@@ -228,17 +228,20 @@ static __always_inline int sl_parse_ipv6(struct sl_cursor *c, struct sl_packet *
 }
 
 /* TCP or UDP (pkt->proto says which): the ports, and whether a TCP
- * connection opens. */
+ * connection opens. The header must lie inside the frame and inside the IP
+ * packet's own length: bytes past that length (Ethernet padding, anything)
+ * are no header, and a packet too short for its own is malformed. */
 static __always_inline int sl_parse_l4(struct sl_cursor *c, struct sl_packet *pkt)
 {
 	struct sl_ports *ports = c->pos;
+	__u32 room = pkt->ip_len - pkt->l3_len; /* >= 0: the IP parsers check it */
 
 	if (pkt->proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = c->pos;
 
 		if ((void *)(tcp + 1) > c->end)
 			return SL_RC_DROP(SL_DROP_TRUNCATED);
-		if (tcp->doff < SL_TCP_MIN_DOFF)
+		if (tcp->doff < SL_TCP_MIN_DOFF || room < sizeof(*tcp))
 			return SL_RC_DROP(SL_DROP_MALFORMED);
 		pkt->tcp_syn = tcp->syn && !tcp->ack;
 		pkt->tcp_seen = sl_tcp_seen_of(((__u8 *)tcp)[SL_TCP_FLAGS_OFFSET]);
@@ -247,6 +250,8 @@ static __always_inline int sl_parse_l4(struct sl_cursor *c, struct sl_packet *pk
 
 		if ((void *)(udp + 1) > c->end)
 			return SL_RC_DROP(SL_DROP_TRUNCATED);
+		if (room < sizeof(*udp))
+			return SL_RC_DROP(SL_DROP_MALFORMED);
 		pkt->tcp_syn = 0;
 		pkt->tcp_seen = 0;
 	}

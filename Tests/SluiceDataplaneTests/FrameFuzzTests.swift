@@ -1,16 +1,18 @@
 // Seeded frames through the real programs (BPF_PROG_TEST_RUN): valid frames of every family
-// and protocol to the VIPs of several IP-in-IP services (4in4, 6in6, 4in6), and mutations of
+// and protocol to the VIPs of IP-in-IP (4in4, 6in6, 4in6), GUE and l2dsr services, and mutations of
 // them: truncations at and around every header boundary, IPv4 header and total lengths off by
 // one either way, every fragment flag and offset, IPv6 extension headers, VLAN and QinQ tags,
 // TCP flags and data offsets, ICMP errors quoting flows or noise, random bytes. For every frame:
 // never XDP_ABORTED; a passed frame leaves byte-identical; a transmitted one is exactly the
-// frame the Swift model predicts (Maglev's backend for the flow, the tunnel around the input's
-// IP packet, valid checksums); the verdict counters add up to the frames tried. Then every
+// frame the Swift model predicts (Maglev's backend for the flow, or for the flow an ICMP error
+// quotes; the tunnel around the input's IP packet, or the readdressed frame; valid checksums);
+// the verdict counters add up to the frames tried. Then every
 // tunnel the balancer sent, and mutations of those and of GUE frames, through the backends'
 // decapsulator: never aborted; a frame passes untouched or stripped to exactly its inner
 // packet. 20,000 frames a program in `make test`, 1,000,000 in `make fuzz`
 // (SLUICE_FUZZ_FRAMES); SLUICE_FUZZ_SEED replays a run; a failing frame is attached as a pcap
 // and printed in hex.
+import CSluice
 import Foundation
 import SluiceControl
 import SluiceCore
@@ -22,6 +24,7 @@ private let fuzzServices = """
       source_v4: 192.0.2.10
       source_v6: "2001:db8:ffff::10"
       maglev_table_size: 251
+      gue_port: 6080
     services:
       - name: web
         vip: 198.51.100.10
@@ -35,6 +38,7 @@ private let fuzzServices = """
         vip: 198.51.100.10
         port: 53
         protocol: udp
+        forwarding: gue
         backends:
           - { address: 10.1.0.53 }
           - { address: 10.1.0.54 }
@@ -201,6 +205,7 @@ struct FrameFuzzTests {
         let balancer = Unchecked(lb)
         let services = lb.serviceFile.services, node = lb.serviceFile.node
         let backends = Set(services.flatMap { $0.backends.map(\.address) })
+        try lb.setForwarding(SL_FWD_L2DSR, of: "web6", mac: backendMAC)
         let seed = SplitMix64.testSeed, count = FrameFuzz.frames
         // Seconds of CPU: on a thread of its own.
         let (outcomes, failures, tunnels) = try await offPool {
@@ -218,20 +223,19 @@ struct FrameFuzzTests {
                 case .drop: break
                 case .pass: if output != frame { fail("passed, changed") }
                 case .tx:
-                    guard let tunnel = try? TunnelFrame(output), backends.contains(tunnel.outerDestination) else {
-                        fail("sent, but not in a tunnel to a backend")
+                    // A TCP or UDP flow goes where the model says; an ICMP error to the backend of the flow
+                    // it quotes; either way exactly the frame of that backend's mode.
+                    guard let flow = IPFlow(frame: frame) ?? Self.quotedFlow(frame), let service = lb.model.service(for: flow),
+                          let backend = lb.model.backend(for: flow)?.address else {
+                        fail("sent, but the model has no backend for it")
                         continue
                     }
-                    // A TCP or UDP flow goes where the model says; an ICMP error to the backend of the flow it
-                    // quotes (read from the outer header here); either way exactly the model's frame.
-                    let flow = IPFlow(frame: frame)
-                    let backend = flow.map { lb.model.backend(for: $0)?.address } ?? tunnel.outerDestination
-                    guard let backend, backend == tunnel.outerDestination else {
-                        fail("sent to \(tunnel.outerDestination), the model says \(String(describing: flow.map { lb.model.backend(for: $0)?.address }))")
-                        continue
+                    let mode = Self.modes[service.name] ?? .ipip
+                    if output != Self.expected(mode, input: frame, output: output, backend: backend, node: node) {
+                        fail("sent, not the model's frame (\(mode) to \(backend))")
+                    } else if mode != .l2dsr && tunnels.count < count / 4 {
+                        tunnels.append(output)
                     }
-                    if output != expectedTunnelFrame(input: frame, backend: backend, node: node) { fail("sent, not the model's frame") }
-                    if tunnels.count < count / 4 { tunnels.append(output) }
                 default: fail("verdict \(verdictName)")
                 }
             }
@@ -263,6 +267,37 @@ struct FrameFuzzTests {
             return (outcomes, failures)
         }
         report("decapsulator", seed: seed, count: count, outcomes: decapOutcomes, failures: decapFailures)
+    }
+
+    enum Mode: String { case ipip, gue, l2dsr }
+    /// The services' modes: as the file says, web6 switched to l2dsr (an unattached balancer has
+    /// no neighbours to resolve, so the test writes the MAC).
+    static let modes: [String: Mode] = ["dns": .gue, "web6": .l2dsr]
+
+    /// The frame the balancer must send for `input` to `backend` in `mode`. GUE's UDP source port
+    /// is the flow's entropy: read from `output`, everything else modelled.
+    static func expected(_ mode: Mode, input: [UInt8], output: [UInt8], backend: IPAddress, node: NodeConfig) -> [UInt8] {
+        switch mode {
+        case .ipip:
+            return expectedTunnelFrame(input: input, backend: backend, node: node)
+        case .gue:
+            guard let outer = ipPacketRange(ofFrame: output)?.lowerBound, output.count >= outer + (backend.family == .v4 ? 22 : 42) else { return [] }
+            return expectedGUEFrame(input: input, backend: backend, node: node, sport: output.be16(outer + (backend.family == .v4 ? 20 : 40)))
+        case .l2dsr:
+            return backendMAC + Array(input[0..<6]) + Array(input[12...])
+        }
+    }
+
+    /// The client's flow an ICMP error to a VIP is about: the packet it quotes (VIP -> client), turned round.
+    static func quotedFlow(_ frame: [UInt8]) -> IPFlow? {
+        guard let range = ipPacketRange(ofFrame: frame) else { return nil }
+        let packet = Array(frame[range])
+        let v4 = packet[0] >> 4 == 4
+        let header = v4 ? Int(packet[0] & 0x0f) * 4 : 40
+        guard packet.count > header + 8, packet[v4 ? 9 : 6] == (v4 ? 1 : 58),
+              let quoted = IPFlow(ipPacket: Array(packet[(header + 8)...])) else { return nil }
+        return IPFlow(source: quoted.destination, destination: quoted.source, protocolNumber: quoted.protocolNumber,
+                      sourcePort: quoted.destinationPort, destinationPort: quoted.sourcePort)
     }
 
     /// `output` is `input` with its outer IP (and UDP and GUE) header taken out: the link

@@ -228,6 +228,15 @@ extension PacketCase {
             PacketCase(description: "an IPv6 TCP data offset of 0 is dropped as malformed",
                        frame: { var f = syn6; f[l3 + 40 + 12] = 0; return f }(),
                        verdict: .drop, output: .dropped, counters: malformed),
+            // The frame holds a whole header after the IP packet's end: padding, not a header.
+            PacketCase(description: "an IPv4 tot_len that ends inside the TCP header is dropped as malformed",
+                       frame: editingIPv4(syn4) { $0.setBE16(l3 + 2, 30) }, verdict: .drop, output: .dropped, counters: malformed),
+            PacketCase(description: "an IPv4 tot_len with no room for the UDP header is dropped as malformed",
+                       frame: editingIPv4(plain.udp(from: client4, 40043, to: "198.51.100.10", 53)) { $0.setBE16(l3 + 2, 20) },
+                       verdict: .drop, output: .dropped, counters: malformed),
+            PacketCase(description: "an IPv6 payload_len of 0 before a TCP header is dropped as malformed",
+                       frame: { var f = syn6; f.setBE16(l3 + 4, 0); return f }(),
+                       verdict: .drop, output: .dropped, counters: malformed),
         ]
     }()
 
