@@ -27,6 +27,8 @@ struct Status: AsyncParsableCommand {
         print("node:       source_v4 \(report.node.sourceV4 ?? "-"), source_v6 \(report.node.sourceV6 ?? "-"), gateway \(report.node.gatewayMAC ?? "-"), maglev_table_size \(report.node.maglevTableSize)")
         let mtu = report.node.tunnelMTU.map { "\($0) (from the \(report.node.tunnelMTUSource == "service_file" ? "service file" : "interface"))" }
         print("tunnels:    tunnel_mtu \(mtu ?? "none (no limit)"), gue_port \(report.node.guePort)")
+        let budget = report.node.natFlowBudget
+        print("nat:        nat_flow_budget \(budget == 0 ? "0 (no limit)" : "\(budget) new translations a second per CPU")")
         if !report.node.snatV4.isEmpty || !report.node.snatV6.isEmpty {
             let v4 = report.node.snatV4.joined(separator: ", "), v6 = report.node.snatV6.joined(separator: ", ")
             print("snat:       v4 [\(v4)], v6 [\(v6)], ports \(report.node.snatPorts)")

@@ -120,6 +120,11 @@ struct LbctlCommandLineTests {
             }
         }
 
+        // The text form names the node settings too, the NAT flow budget among them.
+        let text = try await Lbctl.run("status", pinPath: pin)
+        #expect(text.status == 0 && text.stdout.contains("nat_flow_budget 125000 new translations a second per CPU")
+                && text.stdout.contains("maglev_table_size") && text.stdout.contains("gue_port"), "\(text)")
+
         let stats = try await Lbctl.run("stats", "--json", pinPath: pin)
         try #require(stats.status == 0, "\(stats)")
         let counters = try stats.json() as? [String: Any]
