@@ -78,11 +78,12 @@ static __always_inline void sl_remember_flow(const struct sl_packet *pkt, const 
 /* A SYN of a NAT service that finds its flow open is a retransmission: it
  * keeps the flow's backend and source, or the backend would see two
  * connections. One after a FIN or RST opens a new connection and is placed
- * afresh. */
-static __always_inline int sl_syn_reopens(const struct sl_flow_key *key, const struct sl_packet *pkt,
-					  struct sl_ct_flow *known)
+ * afresh. The flow's state is the one before this SYN: a SYN that itself
+ * carries FIN or RST (no real stack sends one) does not close the open flow
+ * it lands on. */
+static __always_inline int sl_syn_reopens(const struct sl_flow_key *key, struct sl_ct_flow *known)
 {
-	return sl_ct_lookup(key, pkt->tcp_seen, known) && known->entry->nat &&
+	return sl_ct_lookup(key, 0, known) && known->entry->nat &&
 	       !(known->entry->tcp_seen & (SL_TCP_SEEN_FIN | SL_TCP_SEEN_RST));
 }
 
@@ -133,7 +134,7 @@ static __always_inline int sl_process(struct xdp_md *ctx, struct sl_stats *st)
 		if (!vip)
 			return sl_nat_reply(ctx, &pkt, &vip_key, &flow_key, st);
 		if (pkt.tcp_syn && sl_fwd_is_nat(vip->forwarding))
-			hit = sl_syn_reopens(&flow_key, &pkt, &known);
+			hit = sl_syn_reopens(&flow_key, &known);
 	}
 	if (pkt.ip_options)
 		st->ip_options++;

@@ -335,6 +335,9 @@ struct NATTests {
         #expect(try send([.syn]) == out, "a retransmitted SYN keeps its translation")
         _ = try send([.ack])
         #expect(try lb.ctEntry(key)?.tcp_seen == syn | ack)
+        // A SYN that itself carries FIN or RST (no stack sends one) does not close the open flow it lands on.
+        #expect(try send([.syn, .fin]) == out && (try send([.syn, .rst])) == out, "the flow's state before the SYN decides")
+        #expect(try lb.ctEntry(key)?.tcp_seen == syn | ack)
         _ = try send([.fin, .ack])
         #expect(try lb.ctEntry(key)?.tcp_seen == syn | ack | fin)
         try reply([.rst])
