@@ -68,8 +68,8 @@ demo: build
 test: build schemathesis
 	$(SWIFT) test
 
-# The fuzz suites at full size (make test runs them smaller): 1,000,000 frames through the balancer and
-# the decapsulator, 100,000 documents per parser, 1,000 service files through lbctl apply, 200 schemathesis
+# The fuzz suites at full size (make test runs them smaller): 1,000,000 frames through the balancer (its
+# tunnelling modes, and its translating ones: FrameFuzzTests matches NATFrameFuzzTests too) and the decapsulator, 100,000 documents per parser, 1,000 service files through lbctl apply, 200 schemathesis
 # examples an operation. SLUICE_FUZZ_SEED=N replays a run.
 fuzz: build schemathesis
 	SLUICE_FUZZ_FRAMES=1000000 SLUICE_FUZZ_DOCUMENTS=100000 SLUICE_FUZZ_APPLIES=1000 SLUICE_FUZZ_EXAMPLES=200 \

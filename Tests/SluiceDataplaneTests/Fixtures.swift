@@ -99,6 +99,7 @@ let l3 = 14
 
 extension Array where Element == UInt8 {
     func be16(_ at: Int) -> UInt16 { UInt16(self[at]) << 8 | UInt16(self[at + 1]) }
+    func be32(_ at: Int) -> UInt32 { UInt32(be16(at)) << 16 | UInt32(be16(at + 2)) }
 
     mutating func setBE16(_ at: Int, _ value: UInt16) {
         self[at] = UInt8(value >> 8)

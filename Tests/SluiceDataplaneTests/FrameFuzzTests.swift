@@ -191,7 +191,7 @@ struct FrameMutator {
 }
 
 /// A value handed to the one thread that uses it.
-private struct Unchecked<T>: @unchecked Sendable {
+struct Unchecked<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
 }
@@ -306,11 +306,13 @@ struct FrameFuzzTests {
         guard output.count < input.count, let range = ipPacketRange(ofFrame: output), range.lowerBound >= 14 else { return false }
         return Array(output[..<12]) == Array(input[..<12]) && input.suffix(output.count - range.lowerBound).elementsEqual(output[range.lowerBound...])
     }
+}
 
-    private func report(_ program: String, seed: UInt64, count: Int, outcomes: [String: Int], failures: [(String, [UInt8], [UInt8])]) {
-        print("\(program) fuzzed (seed \(seed)): \(count) frames; " + outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
-        if let first = failures.first { attachPcap(named: "first-\(program)-fuzz-failure", [first.1, first.2]) }
-        let first = failures.prefix(5).map { "\($0.0)\n  in:  \(hex($0.1))\n  out: \(hex($0.2))" }.joined(separator: "\n")
-        #expect(failures.isEmpty, "\(program), seed \(seed): \(failures.count) failures; the first: \(first)")
-    }
+/// Prints a fuzz run's outcomes by kind and expects no failure; the first failing frame (and
+/// what came out) is attached as a pcap, the first five printed in hex.
+func report(_ program: String, seed: UInt64, count: Int, outcomes: [String: Int], failures: [(String, [UInt8], [UInt8])]) {
+    print("\(program) fuzzed (seed \(seed)): \(count) frames; " + outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+    if let first = failures.first { attachPcap(named: "first-\(program)-fuzz-failure", [first.1, first.2]) }
+    let first = failures.prefix(5).map { "\($0.0)\n  in:  \(hex($0.1))\n  out: \(hex($0.2))" }.joined(separator: "\n")
+    #expect(failures.isEmpty, "\(program), seed \(seed): \(failures.count) failures; the first: \(first)")
 }
