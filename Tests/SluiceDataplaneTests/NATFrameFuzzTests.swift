@@ -257,14 +257,7 @@ extension TestDataplane {
         try natEntry(Self.key(flow))
     }
     static func key(_ flow: IPFlow) -> sl_flow_key {
-        var key = sl_flow_key()
-        key.src = flow.source.words
-        key.dst = flow.destination.words
-        key.sport = flow.sourcePort.bigEndian
-        key.dport = flow.destinationPort.bigEndian
-        key.proto = flow.protocolNumber
-        key.family = flow.source.family.rawValue
-        return key
+        flowKey(flow.protocolNumber == 6 ? .tcp : .udp, from: flow.source, flow.sourcePort, to: flow.destination, flow.destinationPort)
     }
 
     /// NATFrameModel's frame for `frame`, from the flow's entries as the maps hold them now.
