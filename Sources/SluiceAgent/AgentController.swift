@@ -71,9 +71,12 @@ public struct ApplyResponse: Codable, Sendable, Equatable {
     public var bytesWritten: Int
     /// l2dsr backends applied without a MAC (nil for validate, and from older agents).
     public var unresolvedNeighbours: [UnresolvedNeighbour]?
+    /// validate only: what the change would disturb in each service served now that it changes
+    /// (nil for a PUT, and from older agents).
+    public var disruption: [ServiceDisruption]?
 
     enum CodingKeys: String, CodingKey {
-        case applied, changed, changes, diff
+        case applied, changed, changes, diff, disruption
         case tablesWritten = "tables_written"
         case bytesWritten = "bytes_written"
         case unresolvedNeighbours = "unresolved_neighbours"
@@ -256,13 +259,13 @@ public actor AgentController {
     /// Parses `body` and diffs it against what is applied; writes nothing.
     public nonisolated func validate(_ body: String) async throws -> ApplyResponse {
         let desired = try Self.parse(body)
-        let diff: ConfigDiff
+        let diff: ConfigDiff, disruption: [ServiceDisruption]
         do {
-            _ = try await dataplane.dryRun(desired)
+            disruption = try await dataplane.dryRun(desired).disruption
             diff = ConfigDiff.between(current: try await current(), desired: desired)
         } catch { throw APIError(error) }
         return ApplyResponse(applied: false, changed: !diff.isEmpty, changes: diff.lines, diff: diff,
-                             tablesWritten: 0, bytesWritten: 0)
+                             tablesWritten: 0, bytesWritten: 0, disruption: disruption)
     }
 
     /// Replaces the whole desired set: all or nothing. The document is written beside the

@@ -7,8 +7,9 @@ import SluiceCore
 
 public struct ApplyResult: Sendable {
     public init(diff: ConfigDiff, tablesWritten: Int, bytesWritten: Int, healthChanged: Bool = false,
-                unresolved: [UnresolvedNeighbour] = []) {
+                unresolved: [UnresolvedNeighbour] = [], disruption: [ServiceDisruption] = []) {
         self.diff = diff
+        self.disruption = disruption
         self.tablesWritten = tablesWritten
         self.bytesWritten = bytesWritten
         self.healthChanged = healthChanged
@@ -25,6 +26,8 @@ public struct ApplyResult: Sendable {
     public var bytesWritten: Int
     /// l2dsr and NAT backends applied without a next-hop MAC (the neighbour did not answer in time).
     public var unresolved: [UnresolvedNeighbour]
+    /// On a dry run: what the change would disturb in each service served now that it changes.
+    public var disruption: [ServiceDisruption]
 }
 
 /// What an agent's health checks found, handed to `Applier.apply`.
@@ -56,7 +59,11 @@ enum Applier {
         let plan = try Plan(state: state, desired: target, health: health, hops: { nextHops.slotFields(for: $0) },
                             interfaceMTU: attached.compactMap { NetworkInterface.mtu(of: $0) }.min())
         let unresolved = dryRun ? [] : nextHops.unresolved(in: target)
-        guard !dryRun, !diff.isEmpty || plan.hasWrites else {
+        if dryRun {
+            return ApplyResult(diff: diff, tablesWritten: 0, bytesWritten: 0, healthChanged: plan.healthChanged,
+                               disruption: try DisruptionPreview.compute(plan, size: target.node.maglevTableSize, dataplane: dataplane))
+        }
+        guard !diff.isEmpty || plan.hasWrites else {
             return ApplyResult(diff: diff, tablesWritten: 0, bytesWritten: 0, healthChanged: plan.healthChanged)
         }
         var writer = Writer(dataplane: dataplane)
@@ -453,15 +460,7 @@ struct Writer {
     private mutating func switchTables(_ entries: [Plan.Entry], size: Int) throws(BPFError) {
         var inners: [BPFMap] = []
         for entry in entries {
-            // A backend left out for its health check counts as weight 0: no new flows.
-            let maglevBackends = zip(entry.service.backends, entry.flags).map { backend, flags in
-                MaglevBackend(key: MaglevKey.forBackend(backend.address),
-                              weight: flags & Plan.excludedFlag != 0 ? 0 : backend.weight)
-            }
-            let table = Maglev.table(for: maglevBackends, size: size).map {
-                $0 == Maglev.noBackend ? SL_NO_BACKEND : entry.backendIDs[Int($0)]
-            }
-            let pairs = Self.maglevPairs(table)
+            let pairs = Self.maglevPairs(entry.maglevTable(size: size))
             let inner = try Self.createMaglevTable(name: "sl_maglev_\(entry.slot)", entries: pairs.count)
             try inner.writeMapped(pairs)
             inners.append(inner)

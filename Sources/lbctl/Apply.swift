@@ -15,7 +15,8 @@ struct Apply: AsyncParsableCommand {
         discussion: "With --server, the file is sent to an agent (PUT /v1/services, or POST /v1/services/validate for --dry-run) and the agent's diff is printed.")
 
     @Option(name: .shortAndLong, help: ArgumentHelp("The service file (YAML).", valueName: "FILE")) var file: String
-    @Flag(help: "Print what would change, write nothing.") var dryRun = false
+    @Flag(help: "Print what would change and what it would disturb (moved placements, flows on removed backends); write nothing.")
+    var dryRun = false
     @Option(help: ArgumentHelp("An agent's base URL, e.g. https://lb1:9300: apply through its control API.", valueName: "URL"))
     var server: String?
     @Option(help: ArgumentHelp("File holding the agent's bearer token (with --server).", valueName: "FILE"))
@@ -47,10 +48,11 @@ struct Apply: AsyncParsableCommand {
             result = try Dataplane.openOrLoad(pinPath: global.pinPath).apply(desired, dryRun: dryRun)
         }
         report(lines: result.diff.lines, applied: !dryRun, tables: result.tablesWritten, bytes: result.bytesWritten,
-               unresolved: result.unresolved)
+               unresolved: result.unresolved, disruption: result.disruption)
     }
 
-    private func report(lines: [String], applied: Bool, tables: Int, bytes: Int, unresolved: [UnresolvedNeighbour]) {
+    private func report(lines: [String], applied: Bool, tables: Int, bytes: Int, unresolved: [UnresolvedNeighbour],
+                        disruption: [ServiceDisruption]) {
         for neighbour in unresolved {
             FileHandle.standardError.write(Data("lbctl: warning: \(neighbour)\n".utf8))
         }
@@ -59,6 +61,7 @@ struct Apply: AsyncParsableCommand {
             return
         }
         for line in lines { print(line) }
+        for service in disruption { print(service.line) }
         if applied {
             print("applied: \(tables) Maglev table(s) switched, \(bytes) bytes written")
         } else {
@@ -78,6 +81,6 @@ struct Apply: AsyncParsableCommand {
                                              body: body, contentType: file.hasSuffix(".json") ? "application/json" : "application/yaml")
         let answer = try client.decode(ApplyResponse.self, data, what: "an apply result")
         report(lines: answer.changes, applied: answer.applied, tables: answer.tablesWritten, bytes: answer.bytesWritten,
-               unresolved: answer.unresolvedNeighbours ?? [])
+               unresolved: answer.unresolvedNeighbours ?? [], disruption: answer.disruption ?? [])
     }
 }

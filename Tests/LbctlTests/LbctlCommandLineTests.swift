@@ -198,6 +198,8 @@ struct LbctlCommandLineTests {
         let dry = try await Lbctl.run("apply", "-f", try files.write("changed.yaml", Fixtures.changed), "--dry-run", pinPath: pin)
         #expect(dry.status == 0, "\(dry)")
         #expect(dry.stdout.contains("+ service dns 192.0.2.53:53/udp (1 backend)"), "\(dry)")
+        #expect(dry.stdout.contains("disruption: web: ") && dry.stdout.contains("% of new-flow placements move ("), "\(dry)")
+        #expect(dry.stdout.contains("disruption: web6: removed: every new-flow placement goes, 0 established flows lose their VIP"), "\(dry)")
         #expect(dry.stdout.contains("dry run: nothing applied"), "\(dry)")
         #expect(!dry.stdout.contains("applied:"), "\(dry)")
         #expect(try await Lbctl.run("status", "--json", pinPath: pin).stdoutData == before.stdoutData)

@@ -167,6 +167,15 @@ struct AgentTests {
             #expect(dry.status == 200, "\(dry)")
             #expect(try dry.json()["changes"] as? [String] == expected.lines)
             #expect(try dry.json()["applied"] as? Bool == false)
+            // web loses a backend and reweighs one, web6 leaves; dns is new and disturbs nothing.
+            let disruption = try dry.json()["disruption"] as? [[String: Any]] ?? []
+            #expect(disruption.compactMap { $0["service"] as? String } == ["web", "web6"], "\(dry)")
+            if let web = disruption.first, let web6 = disruption.last {
+                let share = web["moved_share"] as? Double ?? 0
+                #expect(web["removed"] as? Bool == false && share > 0 && share < 1 && web["slots_moved"] as? Int ?? 0 > 0, "\(web)")
+                #expect(web6["removed"] as? Bool == true && web6["moved_share"] as? Double == 1, "\(web6)")
+                #expect(web["flows_on_removed_backends"] as? Int == 0 && web6["flows_on_removed_backends"] as? Int == 0)
+            }
             #expect(try await fixture.status() == before, "validate changed the data plane")
 
             let put = try await fixture.agent.request("PUT", "/v1/services", body: Fixtures.changed, token: AgentFixture.token)
