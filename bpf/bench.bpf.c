@@ -8,6 +8,10 @@
  *   bench_encap    grows the head by an outer IPv4 header, writes a fixed
  *                  Ethernet + outer IPv4 header and returns XDP_TX: the least
  *                  work any tunnelling balancer must do (the encapsulation floor)
+ *   bench_encap_lookup  one lookup of the frame's flow in an LRU hash keyed
+ *                  and valued like sl_conntrack, then bench_encap's work: the
+ *                  least any tunnelling balancer with a flow table does per
+ *                  established packet (the flow-table floor)
  *   bench_wrapper  restores the frame, then tail-calls the program under test
  *
  * With repeat > 1 the kernel runs the program again on the frame the previous
@@ -26,6 +30,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "parse.h"
+#include "lb_shared.h"
 
 /* The largest frame the wrapper restores. */
 #define BENCH_FRAME_MAX 128
@@ -137,8 +142,16 @@ int bench_fib_swap(struct xdp_md *ctx)
 	return bench_swap_macs(eth);
 }
 
-SEC("xdp")
-int bench_encap(struct xdp_md *ctx)
+/* The flow-table floor's table: the balancer's conntrack key and entry, and
+ * the frame's one flow, recorded by the first pass. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sl_flow_key);
+	__type(value, struct sl_ct_entry);
+} bench_flows SEC(".maps");
+
+static __always_inline int bench_encap_fixed(struct xdp_md *ctx)
 {
 	void *data, *data_end;
 
@@ -163,6 +176,42 @@ int bench_encap(struct xdp_md *ctx)
 	*(__be32 *)(data + 28) = bpf_htonl(0x020a0a01);  /* source, destination */
 	*(__be16 *)(data + 32) = bpf_htons(0x0015);
 	return XDP_TX;
+}
+
+SEC("xdp")
+int bench_encap(struct xdp_md *ctx)
+{
+	return bench_encap_fixed(ctx);
+}
+
+/* The flow's key is read at the fixed offsets of the bench's IPv4 TCP frame
+ * (no parse: the balancer's parse is part of what it is measured for). */
+SEC("xdp")
+int bench_encap_lookup(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	struct sl_flow_key key;
+	struct sl_ct_entry *ct;
+
+	if (data + ETH_HLEN + sizeof(struct iphdr) + 4 > data_end)
+		return XDP_DROP;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.src[0] = *(__u32 *)(data + 26);
+	key.dst[0] = *(__u32 *)(data + 30);
+	key.sport = *(__u16 *)(data + 34);
+	key.dport = *(__u16 *)(data + 36);
+	key.proto = IPPROTO_TCP;
+	key.family = SL_FAMILY_V4;
+	ct = bpf_map_lookup_elem(&bench_flows, &key);
+	if (!ct) {
+		struct sl_ct_entry entry;
+
+		__builtin_memset(&entry, 0, sizeof(entry));
+		bpf_map_update_elem(&bench_flows, &key, &entry, BPF_ANY);
+	} else if (ct->backend_id == SL_NO_BACKEND) {
+		return XDP_DROP; /* never: keeps the load */
+	}
+	return bench_encap_fixed(ctx);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -214,8 +214,9 @@ struct Meter {
             }
         }
         let fib = Subject(program: programs.fibSwap, frame: frame, varyOffset: vary, verdict: 3, checkOutput: swap.checkOutput)
+        let lookup = Subject(program: programs.encapLookup, frame: frame, varyOffset: vary, verdict: 3, checkOutput: encap.checkOutput)
         let subjects = [("dataplane.floor.pass", pass), ("dataplane.floor.swap_tx", swap), ("dataplane.floor.encap", encap),
-                        ("dataplane.floor.fib_lookup", fib)]
+                        ("dataplane.floor.fib_lookup", fib), ("dataplane.floor.encap_lookup", lookup)]
 
         // XDP_PASS run bare: no wrapper, the kernel's loop and an empty program.
         let bare = try programs.pass.testRun(frame, repetitions: 1)
@@ -255,6 +256,9 @@ struct Meter {
         report.add("dataplane.floor.fib_lookup", group: "dataplane",
                    "bpf_fib_lookup of the destination, then swap MACs, XDP_TX (a next hop resolved per packet)",
                    value: median(samples[3]), unit: "ns/packet", reference: "dataplane.floor.swap_tx", details: spread(samples[3], repeats[3]))
+        report.add("dataplane.floor.encap_lookup", group: "dataplane",
+                   "one flow-table lookup (LRU hash, conntrack's 40 B key), then the encap floor's work",
+                   value: median(samples[4]), unit: "ns/packet", reference: "dataplane.floor.encap", details: spread(samples[4], repeats[4]))
         report.add("dataplane.bare.pass", group: "dataplane", "XDP_PASS run bare (no wrapper)", value: median(bareSamples),
                    unit: "ns/packet", details: spread(bareSamples, bareRepeat))
         var wrapperDetails = spread(wrapperSamples, repeats[0])

@@ -35,6 +35,7 @@ final class BenchPrograms {
     let pass: BPFProgram
     let swapTX: BPFProgram
     let encap: BPFProgram
+    let encapLookup: BPFProgram
     let fibSwap: BPFProgram
     private let template: BPFMap
     private let target: BPFMap
@@ -51,6 +52,7 @@ final class BenchPrograms {
         pass = try object.program(named: "bench_pass")
         swapTX = try object.program(named: "bench_swap_tx")
         encap = try object.program(named: "bench_encap")
+        encapLookup = try object.program(named: "bench_encap_lookup")
         fibSwap = try object.program(named: "bench_fib_swap")
         template = try object.map(named: "bench_template")
         target = try object.map(named: "bench_target")
