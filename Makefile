@@ -4,17 +4,24 @@
 #   make test     every test: pure Swift, BPF_PROG_TEST_RUN, CLI, veth and lab tests (root)
 #   make fuzz     the fuzz suites at full size (root)
 #   make bench    the performance table (release build), also as JSON under bench/results/
-#   make install  copy lbctl to $(PREFIX)/bin
+#   make install  lbctl, its systemd units, completions, man page and an example /etc/sluice
+#                 (DESTDIR, PREFIX, SBINDIR, UNITDIR, SYSCONFDIR)
 
 SHELL := /bin/bash
 PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+MAN_DIR := .build/man
 SWIFT ?= swift
 # Debian's clang 14 from apt; named explicitly because the Swift toolchain's clang may come first in PATH.
 BPF_CLANG ?= /usr/bin/clang
 BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -mcpu=v3 \
 	-I/usr/include/$(shell uname -m)-linux-gnu -Ibpf
 APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev clang llvm bpftool iproute2 pkg-config xxd ethtool \
-	python3 python3-venv iputils-ping util-linux prometheus openssl curl tcpdump tshark nginx haproxy nftables bird2
+	python3 python3-venv iputils-ping util-linux systemd prometheus openssl curl tcpdump tshark nginx haproxy nftables bird2
 # The API fuzzer the tests run against a real agent: from PyPI (Debian has none), pinned, in a venv of its own.
 SCHEMATHESIS_VERSION := 4.32.5
 SCHEMATHESIS_VENV := .build/tools/schemathesis
@@ -28,7 +35,7 @@ EMBEDDED := Sources/CSluice/generated_objects.inc
 # What EMBEDDED was called before objects.c: a stale copy would be compiled too (duplicate symbols).
 OLD_EMBEDDED := Sources/CSluice/generated_objects.c
 
-.PHONY: all deps bpf build release demo test fuzz bench install clean schemathesis
+.PHONY: all deps bpf build release demo test fuzz bench install install-files man clean schemathesis
 
 all: deps release
 
@@ -65,7 +72,7 @@ release: bpf
 demo: build
 	python3 scripts/demo.py
 
-test: build schemathesis
+test: build schemathesis man
 	$(SWIFT) test
 
 # The fuzz suites at full size (make test runs them smaller): 1,000,000 frames through the balancer (its
@@ -87,7 +94,39 @@ bench: bpf
 	"$$($(SWIFT) build -c release --show-bin-path)/sluice-bench" --objects bpf/build --out bench/results $(BENCH_ARGS)
 
 install: release
-	install -m 0755 "$$($(SWIFT) build -c release --show-bin-path)/lbctl" $(PREFIX)/bin/lbctl
+	$(MAKE) install-files LBCTL="$$($(SWIFT) build -c release --show-bin-path)/lbctl"
+
+# What `make install` puts under $(DESTDIR)$(PREFIX) and $(DESTDIR)$(SYSCONFDIR), from the
+# lbctl named by LBCTL (the tests install their debug build into a scratch root this way).
+# An existing /etc/sluice file is kept; a missing token is made with openssl.
+install-files: $(MAN_DIR)/lbctl.8
+	@test -x "$(LBCTL)" || { echo "install-files: LBCTL=$(LBCTL) is not an executable (make install builds one)"; exit 2; }
+	install -D -m 0755 "$(LBCTL)" "$(DESTDIR)$(SBINDIR)/lbctl"
+	@for unit in contrib/systemd/*.service; do \
+		mkdir -p "$(DESTDIR)$(UNITDIR)"; \
+		sed 's|@SBINDIR@|$(SBINDIR)|g' "$$unit" > "$(DESTDIR)$(UNITDIR)/$${unit##*/}" && chmod 0644 "$(DESTDIR)$(UNITDIR)/$${unit##*/}"; \
+	done
+	mkdir -p "$(DESTDIR)$(DATADIR)/bash-completion/completions" "$(DESTDIR)$(DATADIR)/zsh/vendor-completions" \
+		"$(DESTDIR)$(DATADIR)/fish/vendor_completions.d"
+	"$(LBCTL)" --generate-completion-script bash > "$(DESTDIR)$(DATADIR)/bash-completion/completions/lbctl"
+	"$(LBCTL)" --generate-completion-script zsh > "$(DESTDIR)$(DATADIR)/zsh/vendor-completions/_lbctl"
+	"$(LBCTL)" --generate-completion-script fish > "$(DESTDIR)$(DATADIR)/fish/vendor_completions.d/lbctl.fish"
+	install -D -m 0644 $(MAN_DIR)/lbctl.8 "$(DESTDIR)$(MANDIR)/man8/lbctl.8"
+	@for file in agent.yaml services.yaml; do \
+		target="$(DESTDIR)$(SYSCONFDIR)/sluice/$$file"; \
+		[ -e "$$target" ] || install -D -m 0644 "contrib/etc/sluice/$$file" "$$target"; \
+	done
+	@token="$(DESTDIR)$(SYSCONFDIR)/sluice/token"; \
+	[ -e "$$token" ] || { (umask 077; openssl rand -hex 32 > "$$token") && echo "made $$token"; }
+
+# The man page, generated from lbctl's argument parser (swift-argument-parser's plugin).
+# Made before `swift test` runs: SwiftPM holds .build while it does.
+man: $(MAN_DIR)/lbctl.8
+
+$(MAN_DIR)/lbctl.8: $(wildcard Sources/lbctl/*.swift) Package.swift
+	@mkdir -p $(MAN_DIR)
+	$(SWIFT) package --allow-writing-to-directory $(MAN_DIR) generate-manual --output-directory $(MAN_DIR) \
+		--section 8 --authors "The Sluice authors" >/dev/null
 
 clean:
 	rm -rf bpf/build $(EMBEDDED) $(OLD_EMBEDDED) .build
