@@ -1,0 +1,241 @@
+// What `lbctl doctor` checks: the things that make XDP balancers fail in practice, each
+// with what was found and how to fix it. Everything is read from this network namespace:
+// /proc/sys/net and /proc/net follow the reader's namespace, sysfs would not under nsenter.
+import Foundation
+import Glibc
+import SluiceBPF
+import SluiceCore
+
+/// One check's outcome.
+public struct PreflightCheck: Sendable, Codable, Equatable {
+    public var check: String
+    public var ok: Bool
+    /// What was found.
+    public var detail: String
+    /// How to fix it (nil when ok).
+    public var fix: String?
+
+    public init(_ check: String, ok: Bool, _ detail: String, fix: String? = nil) {
+        self.check = check
+        self.ok = ok
+        self.detail = detail
+        self.fix = ok ? nil : fix
+    }
+}
+
+public enum Preflight {
+    /// The balancer side: the kernel, bpffs, memlock and, for `interface`, the XDP hook, MTU
+    /// headroom for the services pinned at `pinPath` (every tunnel mode when none), offloads,
+    /// reverse-path filtering and the gateway's neighbour entry.
+    public static func balancer(interface name: String?, pinPath: String) -> [PreflightCheck] {
+        var checks = [kernel(), btf(), bpffs(pinPath), memlock()]
+        guard let name else { return checks }
+        guard let interface = try? NetworkInterface.named(name) else {
+            return checks + [PreflightCheck("interface", ok: false, "\(name): no such interface in this network namespace",
+                                            fix: "name the interface that receives the VIPs' traffic (ip -br link)")]
+        }
+        checks.append(xdp(interface, pinPath: pinPath))
+        checks.append(mtu(interface, pinPath: pinPath))
+        checks += offloads(interface)
+        checks.append(rpFilter(interface.name))
+        checks.append(gateway(interface))
+        return checks
+    }
+
+    /// The backend side of `services`: each VIP of a DSR service on loopback, ARP kept quiet
+    /// for l2dsr VIPs, and a decapsulator for the tunnel modes (pinned at `decapPinPath`).
+    public static func backend(services: ServiceFile, decapPinPath: String) -> [PreflightCheck] {
+        let dsr = services.services.filter { [.ipip, .gue, .l2dsr].contains($0.forwarding) }
+        let local = Set(localAddresses(on: "lo"))
+        var checks = Set(dsr.map(\.vip)).sorted { $0.description < $1.description }.map { vip in
+            local.contains(vip)
+                ? PreflightCheck("vip_on_loopback", ok: true, "\(vip) is on lo")
+                : PreflightCheck("vip_on_loopback", ok: false, "\(vip) is not an address of lo: the kernel drops what the balancer delivers to it",
+                                 fix: "ip addr add \(vip)/\(vip.family == .v4 ? 32 : 128) dev lo")
+        }
+        if dsr.contains(where: { $0.forwarding == .l2dsr && $0.vip.family == .v4 }) {
+            let ignore = sysctl("net/ipv4/conf/all/arp_ignore") ?? 0, announce = sysctl("net/ipv4/conf/all/arp_announce") ?? 0
+            checks.append(ignore >= 1 && announce >= 2
+                ? PreflightCheck("arp", ok: true, "arp_ignore \(ignore), arp_announce \(announce)")
+                : PreflightCheck("arp", ok: false, "arp_ignore \(ignore), arp_announce \(announce): this backend answers ARP for the l2dsr VIPs on lo, stealing them from the balancer",
+                                 fix: "sysctl -w net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2"))
+        }
+        if dsr.contains(where: { $0.forwarding != .l2dsr }) {
+            let pinned = DecapDataplane.isPinned(at: decapPinPath)
+            checks.append(pinned
+                ? PreflightCheck("decap", ok: true, "a decapsulator is pinned at \(decapPinPath)")
+                : PreflightCheck("decap", ok: false, "no decapsulator at \(decapPinPath): IP-in-IP and GUE packets from the balancer are not unwrapped",
+                                 fix: "lbctl decap IFACE --vip VIP ... (see lbctl decap --help)"))
+        }
+        return checks
+    }
+
+    // MARK: The checks
+
+    static func kernel() -> PreflightCheck {
+        var name = utsname()
+        uname(&name)
+        let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        let ok = parts.count == 2 && (parts[0], parts[1]) >= (5, 10)
+        return PreflightCheck("kernel", ok: ok, "Linux \(release)", fix: "Sluice needs Linux 5.10 or later (BTF, XDP, ring buffers)")
+    }
+
+    static func btf() -> PreflightCheck {
+        let path = "/sys/kernel/btf/vmlinux"
+        return access(path, R_OK) == 0
+            ? PreflightCheck("btf", ok: true, "\(path) is readable")
+            : PreflightCheck("btf", ok: false, "\(path) is missing", fix: "a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+    }
+
+    static func bpffs(_ pinPath: String) -> PreflightCheck {
+        let root = pinPath.hasPrefix("/sys/fs/bpf/") ? "/sys/fs/bpf" : (pinPath as NSString).deletingLastPathComponent
+        if PinDirectory.isBPFFS(root) { return PreflightCheck("bpffs", ok: true, "\(root) is bpffs") }
+        return PreflightCheck("bpffs", ok: false, "\(root) is not bpffs: the pins of \(pinPath) cannot be made",
+                              fix: root == "/sys/fs/bpf" ? "mount -t bpf bpf /sys/fs/bpf (lbctl attach does it; systemd at boot)"
+                                                         : "mount -t bpf bpf \(root), or use a --pin-path under /sys/fs/bpf")
+    }
+
+    static func memlock() -> PreflightCheck {
+        var limit = rlimit()
+        getrlimit(__rlimit_resource_t(8) /* RLIMIT_MEMLOCK */, &limit)
+        let unlimited = limit.rlim_cur == rlim_t.max  // RLIM_INFINITY
+        // Since 5.11 BPF memory is charged to the memory cgroup, not to RLIMIT_MEMLOCK.
+        if kernelAtLeast(5, 11) || unlimited {
+            return PreflightCheck("memlock", ok: true, unlimited ? "RLIMIT_MEMLOCK unlimited" : "BPF memory is charged to the memory cgroup (Linux 5.11+)")
+        }
+        return PreflightCheck("memlock", ok: false, "RLIMIT_MEMLOCK is \(limit.rlim_cur) bytes: the maps will not fit",
+                              fix: "ulimit -l unlimited, or LimitMEMLOCK=infinity in the unit")
+    }
+
+    static func xdp(_ interface: NetworkInterface, pinPath: String) -> PreflightCheck {
+        let ours = try? Dataplane.pinnedProgramID(at: pinPath)
+        guard let attached = try? XDP.query(ifindex: interface.index) else {
+            return PreflightCheck("xdp", ok: true, "no XDP program on \(interface.name)")
+        }
+        if attached.programID == ours {
+            return attached.mode == .generic
+                ? PreflightCheck("xdp", ok: false, "the balancer runs in generic (skb) mode on \(interface.name): it works, at a fraction of native speed",
+                                 fix: "lbctl detach \(interface.name) && lbctl attach \(interface.name) (native) on a driver with XDP support")
+                : PreflightCheck("xdp", ok: true, "the balancer is attached to \(interface.name) (\(attached.mode.rawValue))")
+        }
+        return PreflightCheck("xdp", ok: false, "another XDP program (id \(attached.programID)) is attached to \(interface.name): lbctl attach refuses to replace it",
+                              fix: "find its owner (bpftool net show dev \(interface.name)) and detach it")
+    }
+
+    /// The largest header the pinned services add (every tunnel mode's when none is pinned).
+    static func mtu(_ interface: NetworkInterface, pinPath: String) -> PreflightCheck {
+        guard let mtu = NetworkInterface.mtu(of: interface.name) else {
+            return PreflightCheck("mtu", ok: false, "cannot read \(interface.name)'s MTU", fix: "check the interface")
+        }
+        let services = (try? Dataplane.open(pinPath: pinPath).appliedState().services.map(\.service)) ?? []
+        let overhead = services.isEmpty ? 40 + 12 : services.map(overhead).max() ?? 0
+        guard overhead > 0 else { return PreflightCheck("mtu", ok: true, "\(interface.name) MTU \(mtu); the services add no header") }
+        let ok = mtu - overhead >= 1500
+        return PreflightCheck("mtu", ok: ok,
+                              "\(interface.name) MTU \(mtu), tunnel headers up to \(overhead) bytes\(services.isEmpty ? " (no services pinned: every mode)" : ""): "
+                                  + (ok ? "1500-byte packets fit" : "1500-byte packets do not fit once tunnelled (SYNs are clamped, the rest answered with ICMP too big)"),
+                              fix: "ip link set \(interface.name) mtu \(1500 + overhead) on this link and the backends', or set node.tunnel_mtu")
+    }
+
+    /// Header bytes a service's mode adds to its largest packet.
+    static func overhead(_ service: Service) -> Int {
+        let outer = service.vip.family == .v6 || service.backends.contains { $0.address.family == .v6 } ? 40 : 20
+        switch service.forwarding {
+        case .ipip: return outer
+        case .gue: return outer + 12  // UDP and the GUE header
+        default: return 0
+        }
+    }
+
+    /// LRO merges frames before XDP sees them (the kernel refuses XDP with it on); receive
+    /// GRO in hardware likewise.
+    static func offloads(_ interface: NetworkInterface) -> [PreflightCheck] {
+        guard let features = ethtoolFeatures(interface.name) else {
+            return [PreflightCheck("offloads", ok: true, "not checked: ethtool -k \(interface.name) gave nothing (install ethtool)")]
+        }
+        return [("large-receive-offload", "lro"), ("rx-gro-hw", "rx-gro-hw")].compactMap { feature, short in
+            guard let on = features[feature] else { return nil }
+            return on ? PreflightCheck("offload_\(short)", ok: false, "\(feature) is on for \(interface.name): merged frames reach XDP as one",
+                                       fix: "ethtool -K \(interface.name) \(short) off")
+                      : PreflightCheck("offload_\(short)", ok: true, "\(feature) off")
+        }
+    }
+
+    static func rpFilter(_ name: String) -> PreflightCheck {
+        let all = sysctl("net/ipv4/conf/all/rp_filter") ?? 0, own = sysctl("net/ipv4/conf/\(name)/rp_filter") ?? 0
+        let effective = max(all, own)
+        return effective == 1
+            ? PreflightCheck("rp_filter", ok: false, "strict reverse-path filtering (rp_filter 1) on \(name): replies and ICMP that arrive on another interface than their route are dropped before a NAT flow sees them",
+                             fix: "sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.\(name).rp_filter=2 (loose)")
+            : PreflightCheck("rp_filter", ok: true, "rp_filter \(effective) on \(name)")
+    }
+
+    static func gateway(_ interface: NetworkInterface) -> PreflightCheck {
+        guard let route = Route.table().first(where: { $0.interface == interface.name && $0.prefixLength == 0 && $0.gateway != nil }),
+              let gateway = route.gateway else {
+            return PreflightCheck("gateway", ok: false, "no default route via \(interface.name): lbctl attach cannot find the tunnels' next hop",
+                                  fix: "add the default route, or pass lbctl attach --gateway-mac")
+        }
+        if Neighbours.table().contains(where: { $0.address == gateway && $0.interfaceIndex == interface.index }) {
+            return PreflightCheck("gateway", ok: true, "the gateway \(gateway) on \(interface.name) has a neighbour entry")
+        }
+        return PreflightCheck("gateway", ok: false, "the gateway \(gateway) on \(interface.name) has no resolved neighbour entry",
+                              fix: "ping -c1 \(gateway), then check ip neigh show dev \(interface.name)")
+    }
+
+    // MARK: Reading the system
+
+    /// An integer under /proc/sys (path with slashes).
+    static func sysctl(_ path: String) -> Int? {
+        (try? String(contentsOfFile: "/proc/sys/" + path, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+
+    static func kernelAtLeast(_ major: Int, _ minor: Int) -> Bool {
+        var name = utsname()
+        uname(&name)
+        let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        return parts.count == 2 && (parts[0], parts[1]) >= (major, minor)
+    }
+
+    /// Addresses of the interface called `name`.
+    static func localAddresses(on name: String) -> [IPAddress] {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0, let first = list else { return [] }
+        defer { freeifaddrs(list) }
+        var result: [IPAddress] = []
+        for entry in sequence(first: first, next: { $0.pointee.ifa_next }) {
+            guard String(cString: entry.pointee.ifa_name) == name, let addr = entry.pointee.ifa_addr else { continue }
+            var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+            let length = addr.pointee.sa_family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+            guard [sa_family_t(AF_INET), sa_family_t(AF_INET6)].contains(addr.pointee.sa_family),
+                  getnameinfo(addr, socklen_t(length), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 else { continue }
+            let text = String(cString: host).split(separator: "%").first.map(String.init) ?? ""
+            if let address = IPAddress(text) { result.append(address) }
+        }
+        return result
+    }
+
+    /// `ethtool -k NAME` as feature -> on (fixed features included), nil without ethtool.
+    static func ethtoolFeatures(_ name: String) -> [String: Bool]? {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ethtool")
+        process.arguments = ["-k", name]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return nil }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { return nil }
+        var features: [String: Bool] = [:]
+        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2 else { continue }
+            let value = parts[1].trimmingCharacters(in: .whitespaces)
+            features[parts[0].trimmingCharacters(in: .whitespaces)] = value.hasPrefix("on")
+        }
+        return features
+    }
+}

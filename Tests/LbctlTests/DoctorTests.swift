@@ -1,0 +1,91 @@
+// lbctl doctor against a test namespace set up wrong on purpose, where it must name each
+// finding and exit 1, and then set up right, where every check passes and it exits 0.
+import Foundation
+import SluiceTestSupport
+import Testing
+
+@Suite("lbctl doctor", .enabled(if: getuid() == 0, "needs root: namespaces, XDP and bpffs"))
+struct DoctorTests {
+    /// `lbctl doctor ARGS --json` in `namespace`: the exit status and check -> ok.
+    static func doctor(_ arguments: [String], pin: String, in namespace: TestNamespace) async throws -> (status: Int32, checks: [String: Bool], output: String) {
+        let result = try await Lbctl.run(["doctor"] + arguments + ["--json", "--pin-path", pin], in: namespace)
+        let list = try JSONSerialization.jsonObject(with: result.stdoutData) as? [[String: Any]] ?? []
+        var checks: [String: Bool] = [:]
+        for check in list { checks[check["check"] as? String ?? "?"] = check["ok"] as? Bool }
+        return (result.status, checks, "\(result)")
+    }
+
+    static func sysctl(_ key: String, in namespace: TestNamespace) async throws {
+        try await Command.check(TestNamespace.ip, ["netns", "exec", namespace.name, "/usr/sbin/sysctl", "-qw", key])
+    }
+
+    @Test("balancer: another XDP program, a 1500 MTU under tunnels, strict rp_filter and no gateway are each found (exit 1); fixed, every check passes (exit 0)")
+    func balancerChecks() async throws {
+        let bpffs = try BPFFSMount()
+        defer { bpffs.close() }
+        try await withTestNamespace { ns in
+            try await ns.addVethPair("lb0", peer: "gw0")
+            try await ns.ip("addr", "add", "10.89.0.2/24", "dev", "lb0")
+            try await ns.ip("link", "set", "lb0", "mtu", "1500")
+            try await Self.sysctl("net.ipv4.conf.all.rp_filter=1", in: ns)
+            try await ns.attachXDPPass(to: "lb0")
+
+            let wrong = try await Self.doctor(["lb0"], pin: bpffs.path + "/lb", in: ns)
+            #expect(wrong.status == 1, "\(wrong.output)")
+            for check in ["xdp", "mtu", "rp_filter", "gateway"] { #expect(wrong.checks[check] == false, "\(check) not found: \(wrong.output)") }
+            for check in ["kernel", "btf", "bpffs", "memlock"] { #expect(wrong.checks[check] == true, "\(check): \(wrong.output)") }
+            let text = try await Lbctl.run(["doctor", "lb0", "--pin-path", bpffs.path + "/lb"], in: ns)
+            #expect(text.status == 1 && text.stdout.contains("FINDING xdp:") && text.stdout.contains("fix: "), "\(text)")
+            #expect(text.stdout.contains("4 findings of"), "\(text)")
+
+            try await ns.ip("link", "set", "lb0", "xdp", "off")
+            try await ns.ip("link", "set", "lb0", "mtu", "1600")
+            try await ns.ip("link", "set", "gw0", "mtu", "1600")
+            try await Self.sysctl("net.ipv4.conf.all.rp_filter=2", in: ns)
+            try await Self.sysctl("net.ipv4.conf.lb0.rp_filter=2", in: ns)
+            try await ns.ip("route", "add", "default", "via", "10.89.0.1", "dev", "lb0")
+            try await ns.ip("neigh", "replace", "10.89.0.1", "lladdr", "02:00:00:00:89:01", "nud", "permanent", "dev", "lb0")
+            let right = try await Self.doctor(["lb0"], pin: bpffs.path + "/lb", in: ns)
+            #expect(right.status == 0 && right.checks.values.allSatisfy { $0 } && right.checks.count >= 10, "\(right.output)")
+        }
+    }
+
+    @Test("backend: a DSR VIP missing from lo, ARP answering for an l2dsr VIP and no decapsulator are each found (exit 1); fixed, exit 0")
+    func backendChecks() async throws {
+        let bpffs = try BPFFSMount()
+        defer { bpffs.close() }
+        let files = try ScratchDirectory()
+        let services = try files.write("services.yaml", """
+            node: { source_v4: 192.0.2.10 }
+            services:
+              - { name: web, vip: 198.51.100.90, port: 80, protocol: tcp, backends: [{address: 10.89.1.2}] }
+              - { name: dns, vip: 198.51.100.91, port: 53, protocol: udp, forwarding: l2dsr, backends: [{address: 10.89.1.2}] }
+            """)
+        try await withTestNamespace { ns in
+            try await ns.addVethPair("bk0", peer: "lb0")
+            try await ns.ip("addr", "add", "10.89.1.2/24", "dev", "bk0")
+            let pin = bpffs.path + "/decap"
+            let wrong = try await Self.doctor(["--backend", "-f", services], pin: pin, in: ns)
+            #expect(wrong.status == 1, "\(wrong.output)")
+            for check in ["vip_on_loopback", "arp", "decap"] { #expect(wrong.checks[check] == false, "\(check) not found: \(wrong.output)") }
+
+            for vip in ["198.51.100.90", "198.51.100.91"] { try await ns.ip("addr", "add", "\(vip)/32", "dev", "lo") }
+            try await Self.sysctl("net.ipv4.conf.all.arp_ignore=1", in: ns)
+            try await Self.sysctl("net.ipv4.conf.all.arp_announce=2", in: ns)
+            let decap = try await Lbctl.run(["decap", "attach", "bk0", "--pin-path", pin], in: ns)
+            try #require(decap.status == 0, "\(decap)")
+            let right = try await Self.doctor(["--backend", "-f", services], pin: pin, in: ns)
+            #expect(right.status == 0 && right.checks.values.allSatisfy { $0 } && right.checks["decap"] == true, "\(right.output)")
+        }
+    }
+
+    @Test("bad input is exit 2: --backend without --file, a service file that does not parse")
+    func badInput() async throws {
+        let missing = try await Lbctl.run(["doctor", "--backend"])
+        #expect(missing.status == 2 && missing.stderr.contains("--file"), "\(missing)")
+        let files = try ScratchDirectory()
+        let bad = try files.write("bad.yaml", "services:\n  - { name: web, vip: 198.51.100.300, port: 80, protocol: tcp, backends: [] }\n")
+        let result = try await Lbctl.run(["doctor", "--backend", "-f", bad])
+        #expect(result.status == 2 && result.stderr.contains("bad.yaml:2"), "\(result)")
+    }
+}
