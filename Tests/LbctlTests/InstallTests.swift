@@ -8,14 +8,12 @@ import Testing
 
 @Suite("make install: the pieces of a real install", .enabled(if: getuid() == 0, "needs root: bpffs, setpriv"))
 struct InstallTests {
-    static let manPage = Lbctl.packageRoot.appendingPathComponent(".build/man/lbctl.8").path
+    static let manPage = Lbctl.packageRoot.appendingPathComponent("docs/lbctl.8").path
 
-    /// Installs this build's lbctl under `root` (PREFIX root/usr, SYSCONFDIR root/etc). The man
-    /// page is `make test`'s (make must not run SwiftPM while `swift test` holds .build).
+    /// Installs this build's lbctl under `root` (PREFIX root/usr, SYSCONFDIR root/etc).
     static func install(into root: String) async throws {
-        try #require(FileManager.default.fileExists(atPath: manPage), "\(manPage) is missing: run the tests with make test (or make man first)")
         let result = try await Command.run("/usr/bin/make", [
-            "-C", Lbctl.packageRoot.path, "--no-print-directory", "-o", ".build/man/lbctl.8", "install-files",
+            "-C", Lbctl.packageRoot.path, "--no-print-directory", "install-files",
             "LBCTL=\(Lbctl.path)", "PREFIX=\(root)/usr", "SYSCONFDIR=\(root)/etc"])
         try #require(result.status == 0, "make install-files:\n\(result)")
     }
@@ -70,6 +68,26 @@ struct InstallTests {
         }
         let validate = try await Lbctl.run(["validate", "-f", root.path + "/etc/sluice/services.yaml"])
         #expect(validate.status == 0, "the example service file: \(validate)")
+    }
+
+    @Test("docs/lbctl.8 is lbctl's as built: every subcommand and every long option of --experimental-dump-help is in it (else: make man)")
+    func manPageIsCurrent() async throws {
+        let dump = try await Lbctl.run(["--experimental-dump-help"])
+        try #require(dump.status == 0, "\(dump)")
+        let root = try #require((try JSONSerialization.jsonObject(with: dump.stdoutData) as? [String: Any])?["command"] as? [String: Any])
+        let page = try String(contentsOfFile: Self.manPage, encoding: .utf8)
+        var missing: [String] = []
+        for command in root["subcommands"] as? [[String: Any]] ?? [] {
+            let name = command["commandName"] as? String ?? "?"
+            if !page.contains(".It Em \(name)") { missing.append(name) }
+            for argument in command["arguments"] as? [[String: Any]] ?? [] {
+                for option in argument["names"] as? [[String: Any]] ?? [] where option["kind"] as? String == "long" {
+                    let flag = option["name"] as? String ?? "?"
+                    if !page.contains("Fl -\(flag)") && !page.contains(" , -\(flag)") { missing.append("\(name) --\(flag)") }
+                }
+            }
+        }
+        #expect(missing.isEmpty, "docs/lbctl.8 lacks \(missing): run make man and commit it")
     }
 
     @Test("the agent serves the example set with only its unit's capabilities; without CAP_BPF it cannot load the balancer")
