@@ -73,12 +73,7 @@ public enum Preflight {
     // MARK: The checks
 
     static func kernel() -> PreflightCheck {
-        var name = utsname()
-        uname(&name)
-        let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-        let ok = parts.count == 2 && (parts[0], parts[1]) >= (5, 10)
-        return PreflightCheck("kernel", ok: ok, "Linux \(release)", fix: "Sluice needs Linux 5.10 or later (BTF, XDP, ring buffers)")
+        PreflightCheck("kernel", ok: kernelAtLeast(5, 10), "Linux \(kernelRelease())", fix: "Sluice needs Linux 5.10 or later (BTF, XDP, ring buffers)")
     }
 
     static func btf() -> PreflightCheck {
@@ -191,11 +186,15 @@ public enum Preflight {
         (try? String(contentsOfFile: "/proc/sys/" + path, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
 
-    static func kernelAtLeast(_ major: Int, _ minor: Int) -> Bool {
+    /// uname's release, e.g. 6.18.44-fc-v1045.
+    static func kernelRelease() -> String {
         var name = utsname()
         uname(&name)
-        let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        return withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+
+    static func kernelAtLeast(_ major: Int, _ minor: Int) -> Bool {
+        let parts = kernelRelease().split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
         return parts.count == 2 && (parts[0], parts[1]) >= (major, minor)
     }
 
