@@ -45,6 +45,12 @@ public final class BPFMap: @unchecked Sendable {
         return try BPFMap(owning: fd, name: path)
     }
 
+    /// Opens a map by its kernel id (the value of a map-of-maps slot, read from user space).
+    public static func open(id: UInt32) throws(BPFError) -> BPFMap {
+        let fd = try check(bpf_map_get_fd_by_id(id), "bpf_map_get_fd_by_id", "id \(id)")
+        return try BPFMap(owning: fd, name: "id \(id)")
+    }
+
     /// Creates a map that belongs to no object, e.g. an inner Maglev table.
     public static func create(type: bpf_map_type, name: String, keySize: Int, valueSize: Int,
                               maxEntries: Int, flags: UInt32 = 0) throws(BPFError) -> BPFMap {

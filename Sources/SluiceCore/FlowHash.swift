@@ -59,6 +59,23 @@ public enum FlowHash {
         Int(hash % UInt32(tableSize))
     }
 
+    /// The try-th full-NAT source candidate of a flow (sl_snat_candidate in bpf/nat.h):
+    /// jhash_3words(flow hash, try, SL_SNAT_TRIES) with the flow hash's seed.
+    public static func snatCandidate(flowHash: UInt32, try attempt: UInt32, tries: UInt32 = 16) -> UInt32 {
+        jhash3(flowHash, attempt, tries, initval: seed)
+    }
+
+    /// The GUE tunnel's UDP source port of a flow, host order (sl_gue_sport in bpf/gue.h):
+    /// the flow key's address words, ports (as on the wire, loaded little-endian) and
+    /// protocol folded by XOR, times the prefilter's multiplier, the top 14 bits over 0xc000.
+    public static func gueSourcePort(source: IPAddress, sourcePort: UInt16, destinationPort: UInt16,
+                                     protocolNumber: UInt8) -> UInt16 {
+        let w = source.words
+        let ports = UInt32(sourcePort.byteSwapped) | UInt32(destinationPort.byteSwapped) << 16
+        let x = w.0 ^ w.1 ^ w.2 ^ w.3 ^ ports ^ UInt32(protocolNumber)
+        return 0xc000 | UInt16((x &* VIPFilter.multiplier) >> 18)
+    }
+
     private static func rol32(_ word: UInt32, _ shift: UInt32) -> UInt32 {
         word << shift | word >> (32 - shift)
     }

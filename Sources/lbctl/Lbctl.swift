@@ -11,7 +11,7 @@ struct Lbctl: AsyncParsableCommand {
         commandName: "lbctl",
         abstract: "Sluice: an XDP Layer-4 load balancer (Maglev, connection tracking, IP-in-IP direct server return).",
         version: AgentBuild.version,
-        subcommands: [Attach.self, Detach.self, Apply.self, Validate.self, Status.self, Stats.self, Top.self, Flows.self, Doctor.self,
+        subcommands: [Attach.self, Detach.self, Apply.self, Validate.self, Status.self, Stats.self, Top.self, Flows.self, Explain.self, Doctor.self,
                       DecapCommand.self, Agent.self, Drain.self, Undrain.self, Withdraw.self])
 
     /// Exit codes are a contract: 0 success, 1 runtime failure, 2 bad input.

@@ -52,7 +52,7 @@ struct InstallTests {
             #expect(verify.status == 0 && verify.stdout.isEmpty && verify.stderr.isEmpty, "systemd-analyze verify \(unit):\n\(verify)")
         }
 
-        let subcommands = ["attach", "detach", "apply", "validate", "status", "stats", "top", "flows", "doctor", "agent", "decap", "drain", "withdraw"]
+        let subcommands = ["attach", "detach", "apply", "validate", "status", "stats", "top", "flows", "explain", "doctor", "agent", "decap", "drain", "withdraw"]
         let bash = try String(contentsOfFile: usr + "/share/bash-completion/completions/lbctl", encoding: .utf8)
         let syntax = try await Command.run("/bin/bash", ["-n", usr + "/share/bash-completion/completions/lbctl"])
         #expect(syntax.status == 0, "bash -n: \(syntax)")

@@ -126,6 +126,7 @@ struct LbctlInterfaceTests {
             try await checkStats(namespace, pin: pin)
             try await checkFlows(namespace, pin: pin, backendOf: backendOf)
             try await checkStatus(namespace, pin: pin)
+            try await checkExplain(namespace, pin: pin, backendOf: backendOf, lbMAC: lbMAC)
 
             // Attaching again is a no-op.
             let again = try await Lbctl.run("attach", "lb0", "--gateway-mac", Fixtures.gatewayMAC, pinPath: pin, in: namespace)
@@ -202,6 +203,40 @@ struct LbctlInterfaceTests {
             #expect(flow["service"] as? String == (source.family == .v4 ? "web" : "web6"), "\(flow)")
             #expect(flow["backend"] as? String == backendOf[key]?.description, "\(key): \(flow)")
             #expect(flow["backend_id"] is Int)
+        }
+    }
+
+    /// explain names the recorded backend of open flows, the stranger's pass, and bad input.
+    func checkExplain(_ namespace: TestNamespace, pin: String, backendOf: [IPFlow: IPAddress], lbMAC: [UInt8]) async throws {
+        for (flow, backend) in backendOf.prefix(4) {
+            let v6 = flow.source.family == .v6
+            func endpoint(_ address: IPAddress, _ port: UInt16) -> String { v6 ? "[\(address)]:\(port)" : "\(address):\(port)" }
+            let result = try await Lbctl.run("explain", "tcp", endpoint(flow.source, flow.sourcePort),
+                                             endpoint(flow.destination, flow.destinationPort), "--json", pinPath: pin, in: namespace)
+            try #require(result.status == 0, "\(result)")
+            let e = try #require(try result.json() as? [String: Any])
+            expectKeys(e, ["packet", "verdict", "drop_reason", "reason", "steps", "service", "flow", "placement", "backend",
+                           "forwarding", "output", "records", "notes"], in: "explain")
+            #expect(e["verdict"] as? String == "tx", "\(result.stdout)")
+            let flowEntry = e["flow"] as? [String: Any]
+            #expect(flowEntry?["table"] as? String == "sl_conntrack" && flowEntry?["origin"] as? String == "local", "\(result.stdout)")
+            #expect((e["placement"] as? [String: Any])?["by"] as? String == "conntrack")
+            #expect((e["backend"] as? [String: Any])?["address"] as? String == backend.description, "\(result.stdout)")
+            #expect((e["service"] as? [String: Any])?["name"] as? String == (v6 ? "web6" : "web"))
+            let output = e["output"] as? [String: Any]
+            #expect(output?["ethernet_source"] as? String == MACAddress(bytes: lbMAC)?.description, "lb0's MAC: \(result.stdout)")
+            let outer = output?["outer"] as? [String: Any]
+            #expect(outer?["destination"] as? String == backend.description)
+            #expect(outer?["source"] as? String == (v6 ? Fixtures.sourceV6 : Fixtures.sourceV4))
+        }
+        let stranger = try await Lbctl.run("explain", "tcp", "\(Self.clientV4):40001", "\(Fixtures.webVIP):81", pinPath: pin, in: namespace)
+        #expect(stranger.status == 0 && stranger.stdout.contains("verdict: pass"), "\(stranger)")
+        for (args, named) in [(["tcp", "\(Self.clientV4)", "\(Fixtures.webVIP):80"], "SRC"),
+                              (["sctp", "\(Self.clientV4):1", "\(Fixtures.webVIP):80"], "PROTO"),
+                              (["udp", "\(Self.clientV4):1", "[\(Fixtures.web6VIP)]:443"], "SRC"),
+                              (["tcp", "\(Self.clientV4):1", "2001:db8::1:80"], "DST")] {
+            let bad = try await Lbctl.run(["explain"] + args + ["--pin-path", pin], in: namespace)
+            #expect(bad.status == 2 && bad.stderr.contains(named), "\(args): \(bad)")
         }
     }
 
