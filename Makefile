@@ -187,4 +187,4 @@ man:
 	cp $(MAN_DIR)/lbctl.8 docs/lbctl.8
 
 clean:
-	rm -rf bpf/build $(EMBEDDED) $(OLD_EMBEDDED) .build
+	rm -rf bpf/build $(EMBEDDED) $(OLD_EMBEDDED) .build build/deb
