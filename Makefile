@@ -6,6 +6,7 @@
 #   make bench    the performance table (release build), also as JSON under bench/results/
 #   make install  lbctl, its systemd units, completions, man page and an example /etc/sluice
 #                 (DESTDIR, PREFIX, SBINDIR, UNITDIR, SYSCONFDIR)
+#   make deb      the same as a Debian package, build/deb/sluice_VERSION_ARCH.deb (DEB_OUT)
 
 SHELL := /bin/bash
 PREFIX ?= /usr/local
@@ -20,11 +21,21 @@ SWIFT ?= swift
 BPF_CLANG ?= /usr/bin/clang
 BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -mcpu=v3 \
 	-I/usr/include/$(shell uname -m)-linux-gnu -Ibpf
-APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev clang llvm bpftool iproute2 pkg-config xxd ethtool \
+APT_PACKAGES := dpkg-dev lintian libbpf-dev libelf-dev zlib1g-dev clang llvm bpftool iproute2 pkg-config xxd ethtool \
 	python3 python3-venv iputils-ping util-linux systemd prometheus openssl curl tcpdump tshark nginx haproxy nftables bird2
 # The API fuzzer the tests run against a real agent: from PyPI (Debian has none), pinned, in a venv of its own.
 SCHEMATHESIS_VERSION := 4.32.5
 SCHEMATHESIS_VENV := .build/tools/schemathesis
+
+# The package's version is lbctl's (lbctl --version), read from its one definition; the latest
+# entry of contrib/debian/changelog must name it (make deb-files checks).
+VERSION := $(shell sed -n 's/^ *public static let version = "\(.*\)"$$/\1/p' Sources/SluiceAgent/AgentController.swift)
+DEB_ARCH = $(shell dpkg --print-architecture)
+DEB_OUT ?= build/deb
+DEB = $(DEB_OUT)/sluice_$(VERSION)_$(DEB_ARCH).deb
+DEB_STAGE = $(DEB_OUT)/stage
+# TOKEN=no: install-files makes no /etc/sluice/token (the package's postinst makes one per install).
+TOKEN ?= yes
 
 BPF_HEADERS := $(wildcard bpf/*.h)
 BPF_OBJECTS := bpf/build/lb.bpf.o bpf/build/decap.bpf.o
@@ -35,7 +46,7 @@ EMBEDDED := Sources/CSluice/generated_objects.inc
 # What EMBEDDED was called before objects.c: a stale copy would be compiled too (duplicate symbols).
 OLD_EMBEDDED := Sources/CSluice/generated_objects.c
 
-.PHONY: all deps bpf build release demo test fuzz bench install install-files man clean schemathesis
+.PHONY: all deps bpf build release demo test fuzz bench install install-files deb deb-files man clean schemathesis
 
 all: deps release
 
@@ -117,7 +128,53 @@ install-files:
 		[ -e "$$target" ] || install -D -m 0644 "contrib/etc/sluice/$$file" "$$target"; \
 	done
 	@token="$(DESTDIR)$(SYSCONFDIR)/sluice/token"; \
-	[ -e "$$token" ] || { (umask 077; openssl rand -hex 32 > "$$token") && echo "made $$token"; }
+	[ "$(TOKEN)" = no ] || [ -e "$$token" ] || { (umask 077; openssl rand -hex 32 > "$$token") && echo "made $$token"; }
+
+# The Swift runtime and Foundation linked into lbctl (--static-swift-stdlib), so the package needs
+# no toolchain; in a build directory of its own, as the flag recompiles modules that make release shares.
+SWIFT_DEB := $(SWIFT) build -c release --static-swift-stdlib --scratch-path .build/deb --product lbctl
+
+deb: bpf
+	$(SWIFT_DEB)
+	$(MAKE) --no-print-directory deb-files LBCTL="$$($(SWIFT_DEB) --show-bin-path)/lbctl"
+
+# The Debian package of the lbctl named by LBCTL (which must not need the toolchain's Swift
+# runtime: make deb builds it with --static-swift-stdlib), as $(DEB): install-files with
+# PREFIX=/usr into $(DEB_STAGE) without the token (contrib/debian/postinst makes one per
+# install), the binary stripped, the man page and changelog gzipped, Depends from
+# dpkg-shlibdeps, then dpkg-deb. DebPackageTests lint it and install it into a scratch root.
+deb-files:
+	@test -x "$(LBCTL)" || { echo "deb-files: LBCTL=$(LBCTL) is not an executable (make deb builds one)"; exit 2; }
+	@test -n "$(VERSION)" || { echo "deb-files: no version in Sources/SluiceAgent/AgentController.swift"; exit 2; }
+	@changelog=$$(dpkg-parsechangelog -l contrib/debian/changelog -S Version); [ "$$changelog" = "$(VERSION)" ] || \
+		{ echo "deb-files: contrib/debian/changelog's latest entry is $$changelog, lbctl is $(VERSION): add an entry"; exit 2; }
+	@! ldd "$(LBCTL)" | grep -q 'libswiftCore\.so' || \
+		{ echo "deb-files: $(LBCTL) links the Swift runtime from the toolchain: build it with --static-swift-stdlib (make deb does)"; exit 2; }
+	rm -rf "$(DEB_STAGE)" "$(DEB)"
+	$(MAKE) --no-print-directory install-files LBCTL="$(LBCTL)" DESTDIR="$(DEB_STAGE)" PREFIX=/usr SYSCONFDIR=/etc TOKEN=no
+	strip --strip-unneeded --remove-section=.comment --remove-section=.note "$(DEB_STAGE)/usr/sbin/lbctl"
+	gzip -9n "$(DEB_STAGE)/usr/share/man/man8/lbctl.8"
+	@# bash-completion sources the file: its #!/bin/bash line is noise (lintian says so).
+	sed -i '1{/^#!/d}' "$(DEB_STAGE)/usr/share/bash-completion/completions/lbctl"
+	install -D -m 0644 contrib/debian/lintian-overrides "$(DEB_STAGE)/usr/share/lintian/overrides/sluice"
+	install -D -m 0644 contrib/debian/copyright "$(DEB_STAGE)/usr/share/doc/sluice/copyright"
+	gzip -9n < contrib/debian/changelog > "$(DEB_STAGE)/usr/share/doc/sluice/changelog.gz"
+	mkdir -p "$(DEB_STAGE)/DEBIAN" "$(DEB_OUT)/shlibdeps/debian"
+	install -m 0755 contrib/debian/postinst contrib/debian/postrm "$(DEB_STAGE)/DEBIAN/"
+	install -m 0644 contrib/debian/conffiles "$(DEB_STAGE)/DEBIAN/"
+	find "$(DEB_STAGE)" -type d -exec chmod 0755 {} + && find "$(DEB_STAGE)" -type f -exec chmod 0644 {} + && \
+		chmod 0755 "$(DEB_STAGE)/usr/sbin/lbctl" "$(DEB_STAGE)/DEBIAN/postinst" "$(DEB_STAGE)/DEBIAN/postrm"
+	cd "$(DEB_STAGE)" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum > DEBIAN/md5sums
+	@# dpkg-shlibdeps reads debian/control for the names of the packages being built.
+	printf 'Source: sluice\n\nPackage: sluice\nArchitecture: any\n' > "$(DEB_OUT)/shlibdeps/debian/control"
+	@depends=$$(cd "$(DEB_OUT)/shlibdeps" && dpkg-shlibdeps -O "$(abspath $(DEB_STAGE))/usr/sbin/lbctl" | sed -n 's/^shlibs:Depends=//p'); \
+	test -n "$$depends" || { echo "deb-files: dpkg-shlibdeps found no dependencies"; exit 2; }; \
+	size=$$(du -s -k --apparent-size --exclude=DEBIAN "$(DEB_STAGE)" | cut -f1); \
+	sed -e 's|@VERSION@|$(VERSION)|' -e 's|@ARCH@|$(DEB_ARCH)|' -e "s|@DEPENDS@|$$depends|" -e "s|@INSTALLED_SIZE@|$$size|" \
+		-e "s|@MAINTAINER@|$$(dpkg-parsechangelog -l contrib/debian/changelog -S Maintainer)|" \
+		contrib/debian/control.in > "$(DEB_STAGE)/DEBIAN/control"
+	rm -rf "$(DEB_OUT)/shlibdeps"
+	dpkg-deb --root-owner-group -Zxz --build "$(DEB_STAGE)" "$(DEB)"
 
 # The man page, generated from lbctl's argument parser (swift-argument-parser's plugin) and
 # kept in git: the plugin rebuilds every product, too slow for each test run. After a
@@ -130,4 +187,4 @@ man:
 	cp $(MAN_DIR)/lbctl.8 docs/lbctl.8
 
 clean:
-	rm -rf bpf/build $(EMBEDDED) $(OLD_EMBEDDED) .build
+	rm -rf bpf/build $(EMBEDDED) $(OLD_EMBEDDED) .build build/deb
