@@ -176,14 +176,16 @@ deb-files:
 	rm -rf "$(DEB_OUT)/shlibdeps"
 	dpkg-deb --root-owner-group -Zxz --build "$(DEB_STAGE)" "$(DEB)"
 
-# The man page, generated from lbctl's argument parser (swift-argument-parser's plugin) and
-# kept in git: the plugin rebuilds every product, too slow for each test run. After a
-# change of lbctl's commands or options run `make man` and commit docs/lbctl.8 (InstallTests
-# fails on a page that misses one).
-man:
+# The man page, generated from lbctl's argument parser by swift-argument-parser's
+# generate-manual tool run on the debug lbctl (the package plugin would rebuild every
+# product), and kept in git so that an install needs no Swift build tools. After a change of
+# lbctl's commands or options run `make man` and commit docs/lbctl.8 (InstallTests fails on
+# a page that misses one).
+man: build
 	@mkdir -p $(MAN_DIR)
-	$(SWIFT) package --allow-writing-to-directory $(MAN_DIR) generate-manual --output-directory $(MAN_DIR) \
-		--section 8 --authors "The Sluice authors" >/dev/null
+	$(SWIFT) build --product generate-manual
+	"$$($(SWIFT) build --show-bin-path)/generate-manual" "$$($(SWIFT) build --show-bin-path)/lbctl" \
+		--section 8 --authors "The Sluice authors" --output-directory $(MAN_DIR)
 	cp $(MAN_DIR)/lbctl.8 docs/lbctl.8
 
 clean:
