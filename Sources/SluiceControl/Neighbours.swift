@@ -22,14 +22,14 @@ public enum Neighbours {
     /// Every entry with a usable MAC (reachable, stale, delay, probe, permanent, noarp), of both families.
     public static func table() -> [Entry] {
         var entries: [Entry] = []
-        NetlinkDump.run(type: 30 /* RTM_GETNEIGH */, header: [UInt8](repeating: 0, count: 12)) { type, body in
+        Netlink.request(type: 30 /* RTM_GETNEIGH */, body: [UInt8](repeating: 0, count: 12)) { type, body in
             guard type == 28 /* RTM_NEWNEIGH */, body.count >= 12 else { return }
             let family = Int32(body[body.startIndex])
             let index = body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: Int32.self) }
             let state = body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt16.self) }
             let usable = nudReachable | nudStale | nudDelay | nudProbe | nudNoARP | nudPermanent
             guard family == AF_INET || family == AF_INET6, state & usable != 0 else { return }
-            let attributes = NetlinkDump.attributes(body.dropFirst(12))
+            let attributes = Netlink.attributes(body.dropFirst(12))
             guard let destination = attributes[1 /* NDA_DST */].flatMap({ IPAddress(bytes: Array($0)) }),
                   let lladdr = attributes[2 /* NDA_LLADDR */].flatMap({ MACAddress(bytes: Array($0)) }),
                   lladdr.bytes != [0, 0, 0, 0, 0, 0] else { return }
@@ -89,62 +89,5 @@ public enum Neighbours {
             found = lookup()
             if found.count == targets.count || ContinuousClock.now >= deadline { return found }
         }
-    }
-}
-
-/// One netlink (NETLINK_ROUTE) dump request and the walk over its answer.
-enum NetlinkDump {
-    /// Sends a dump request of `type` whose family header is `header`, and hands each answer
-    /// message's type and body to `message` until NLMSG_DONE. Errors end the walk silently:
-    /// the callers treat what was read as the whole table.
-    static func run(type: UInt16, header: [UInt8], _ message: (UInt16, ArraySlice<UInt8>) -> Void) {
-        let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0 /* NETLINK_ROUTE */)
-        guard fd >= 0 else { return }
-        defer { close(fd) }
-        var timeout = timeval(tv_sec: 1, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let flags: UInt16 = 0x1 /* NLM_F_REQUEST */ | 0x300 /* NLM_F_DUMP */
-        let sequence: UInt32 = 1
-        var request = [UInt8]()
-        append(UInt32(16 + header.count), to: &request)
-        append(type, to: &request)
-        append(flags, to: &request)
-        append(sequence, to: &request)
-        append(UInt32(0), to: &request)
-        request += header
-        guard send(fd, request, request.count, 0) == request.count else { return }
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let count = recv(fd, &buffer, buffer.count, 0)
-            guard count > 0 else { return }
-            var offset = 0
-            while offset + 16 <= count {
-                let (length, kind) = buffer.withUnsafeBytes {
-                    ($0.loadUnaligned(fromByteOffset: offset, as: UInt32.self), $0.loadUnaligned(fromByteOffset: offset + 4, as: UInt16.self))
-                }
-                guard length >= 16, offset + Int(length) <= count else { return }
-                if kind == 3 /* NLMSG_DONE */ || kind == 2 /* NLMSG_ERROR */ { return }
-                message(kind, buffer[(offset + 16)..<(offset + Int(length))])
-                offset += (Int(length) + 3) & ~3
-            }
-        }
-    }
-
-    /// The route attributes (struct rtattr: length, type, value; 4-byte aligned) by type.
-    static func attributes(_ bytes: ArraySlice<UInt8>) -> [UInt16: ArraySlice<UInt8>] {
-        var result: [UInt16: ArraySlice<UInt8>] = [:]
-        var offset = bytes.startIndex
-        while offset + 4 <= bytes.endIndex {
-            let length = Int(UInt16(bytes[offset]) | UInt16(bytes[offset + 1]) << 8)
-            let type = UInt16(bytes[offset + 2]) | UInt16(bytes[offset + 3]) << 8
-            guard length >= 4, offset + length <= bytes.endIndex else { break }
-            result[type & 0x3fff] = bytes[(offset + 4)..<(offset + length)]
-            offset += (length + 3) & ~3
-        }
-        return result
-    }
-
-    private static func append<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
-        withUnsafeBytes(of: value.littleEndian) { bytes += $0 }
     }
 }

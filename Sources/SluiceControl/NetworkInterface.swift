@@ -23,8 +23,9 @@ public struct NetworkInterface: Sendable, Equatable {
         ifreqQuery(name, SIOCGIFMTU).map { Int($0.ifr_ifru.ifru_mtu) }
     }
 
-    /// One SIOCGIF* ioctl about the interface called `name`: the filled-in request, or nil.
-    private static func ifreqQuery(_ name: String, _ request: Int32) -> ifreq? {
+    /// One SIOCGIF* (or SIOCETHTOOL) ioctl about the interface called `name`, the request
+    /// completed by `prepare`: the filled-in request, or nil.
+    static func ifreqQuery(_ name: String, _ request: Int32, _ prepare: (inout ifreq) -> Void = { _ in }) -> ifreq? {
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -32,6 +33,7 @@ public struct NetworkInterface: Sendable, Equatable {
         withUnsafeMutableBytes(of: &query.ifr_ifrn.ifrn_name) { raw in
             for (i, byte) in name.utf8.prefix(raw.count - 1).enumerated() { raw[i] = byte }
         }
+        prepare(&query)
         return ioctl(fd, UInt(request), &query) == 0 ? query : nil
     }
 

@@ -35,8 +35,10 @@ public enum Preflight {
                                             fix: "name the interface that receives the VIPs' traffic (ip -br link)")]
         }
         checks.append(xdp(interface, pinPath: pinPath))
+        checks.append(xdpNative(interface))
         checks.append(mtu(interface, pinPath: pinPath))
         checks += offloads(interface)
+        if let veth = vethChecksum(interface) { checks.append(veth) }
         checks.append(rpFilter(interface.name))
         checks.append(gateway(interface))
         return checks
@@ -116,6 +118,42 @@ public enum Preflight {
         }
         return PreflightCheck("xdp", ok: false, "another XDP program (id \(attached.programID)) is attached to \(interface.name): lbctl attach refuses to replace it",
                               fix: "find its owner (bpftool net show dev \(interface.name)) and detach it")
+    }
+
+    /// Whether the driver runs XDP itself: without it native attach is refused, and generic
+    /// (skb) mode runs after the kernel has built an skb for every frame.
+    static func xdpNative(_ interface: NetworkInterface) -> PreflightCheck {
+        let driver = LinkFeatures.driver(of: interface.name) ?? "unknown driver"
+        guard let actions = LinkFeatures.xdpActions(index: interface.index) else {
+            return PreflightCheck("xdp_native", ok: true, "not checked: this kernel does not report drivers' XDP features (Linux 6.3+); lbctl attach \(interface.name) says if \(driver) has none")
+        }
+        if actions.contains(.basic) {
+            return PreflightCheck("xdp_native", ok: true, "\(interface.name) (\(driver)) runs XDP in its driver: \(actions.names.joined(separator: ", "))")
+        }
+        return PreflightCheck("xdp_native", ok: false, "\(interface.name)'s driver (\(driver)) has no native XDP: lbctl attach \(interface.name) is refused in native mode, and --mode generic runs the balancer at a fraction of native speed",
+                              fix: "use an interface whose driver implements XDP (ethtool -i \(interface.name) names the driver), or lbctl attach \(interface.name) --mode generic")
+    }
+
+    /// The veth trap: a veth hands what its peer's stack sent with the TCP/UDP checksum left
+    /// to an offload that never runs (CHECKSUM_PARTIAL); XDP tunnels or rewrites the frame as
+    /// it is and the backend drops it for its checksum. nil when `interface` is no veth.
+    static func vethChecksum(_ interface: NetworkInterface) -> PreflightCheck? {
+        guard LinkFeatures.driver(of: interface.name) == "veth" else { return nil }
+        guard let peer = LinkFeatures.vethPeer(of: interface) else {
+            return PreflightCheck("veth_tx_checksum", ok: true, "not checked: the kernel names no peer of the veth \(interface.name)")
+        }
+        let name = peer.name ?? "if\(peer.index)"
+        let place = peer.isLocal ? "in this namespace" : peer.namespace.map { "in namespace \($0)" } ?? "in a namespace with no name under /run/netns"
+        let command = peer.namespace.map { "ip netns exec \($0) ethtool -K \(name) tx off" } ?? "ethtool -K \(name) tx off"
+        switch peer.transmitChecksumOffload {
+        case true?:
+            return PreflightCheck("veth_tx_checksum", ok: false, "\(interface.name) is a veth whose peer \(name) (\(place)) leaves checksums to an offload: what it sends reaches XDP with the TCP/UDP checksum unfinished, and tunnelled or rewritten it is dropped by the backend",
+                                  fix: "\(command), and the same on every veth behind it whose stack sends to the VIPs")
+        case false?:
+            return PreflightCheck("veth_tx_checksum", ok: true, "the peer \(name) of the veth \(interface.name) (\(place)) computes its checksums (tx off)")
+        case nil:
+            return PreflightCheck("veth_tx_checksum", ok: true, "not checked: the peer of the veth \(interface.name) is \(place); if it sends to the VIPs itself, run ethtool -K PEER tx off there")
+        }
     }
 
     /// The largest header the pinned services add (every tunnel mode's when none is pinned).

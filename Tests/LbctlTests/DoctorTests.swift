@@ -1,5 +1,6 @@
 // lbctl doctor against a test namespace set up wrong on purpose, where it must name each
-// finding and exit 1, and then set up right, where every check passes and it exits 0.
+// finding and exit 1, and then set up right, where every check passes and it exits 0; and
+// against drivers with and without XDP, and a veth whose peer is in another namespace.
 import Foundation
 import SluiceTestSupport
 import Testing
@@ -19,7 +20,11 @@ struct DoctorTests {
         try await Command.check(TestNamespace.ip, ["netns", "exec", namespace.name, "/usr/sbin/sysctl", "-qw", key])
     }
 
-    @Test("balancer: another XDP program, a 1500 MTU under tunnels, strict rp_filter and no gateway are each found (exit 1); fixed, every check passes (exit 0)")
+    static func ethtool(_ arguments: String..., in namespace: TestNamespace) async throws {
+        try await Command.check(TestNamespace.ip, ["netns", "exec", namespace.name, "/usr/sbin/ethtool"] + arguments)
+    }
+
+    @Test("balancer: another XDP program, a 1500 MTU under tunnels, the veth's peer offloading checksums, strict rp_filter and no gateway are each found (exit 1); fixed, every check passes (exit 0)")
     func balancerChecks() async throws {
         let bpffs = try BPFFSMount()
         defer { bpffs.close() }
@@ -32,11 +37,11 @@ struct DoctorTests {
 
             let wrong = try await Self.doctor(["lb0"], pin: bpffs.path + "/lb", in: ns)
             #expect(wrong.status == 1, "\(wrong.output)")
-            for check in ["xdp", "mtu", "rp_filter", "gateway"] { #expect(wrong.checks[check] == false, "\(check) not found: \(wrong.output)") }
-            for check in ["kernel", "btf", "bpffs", "memlock"] { #expect(wrong.checks[check] == true, "\(check): \(wrong.output)") }
+            for check in ["xdp", "mtu", "veth_tx_checksum", "rp_filter", "gateway"] { #expect(wrong.checks[check] == false, "\(check) not found: \(wrong.output)") }
+            for check in ["kernel", "btf", "bpffs", "memlock", "xdp_native"] { #expect(wrong.checks[check] == true, "\(check): \(wrong.output)") }
             let text = try await Lbctl.run(["doctor", "lb0", "--pin-path", bpffs.path + "/lb"], in: ns)
             #expect(text.status == 1 && text.stdout.contains("FINDING xdp:") && text.stdout.contains("fix: "), "\(text)")
-            #expect(text.stdout.contains("4 findings of"), "\(text)")
+            #expect(text.stdout.contains("5 findings of"), "\(text)")
 
             try await ns.ip("link", "set", "lb0", "xdp", "off")
             try await ns.ip("link", "set", "lb0", "mtu", "1600")
@@ -45,8 +50,32 @@ struct DoctorTests {
             try await Self.sysctl("net.ipv4.conf.lb0.rp_filter=2", in: ns)
             try await ns.ip("route", "add", "default", "via", "10.89.0.1", "dev", "lb0")
             try await ns.ip("neigh", "replace", "10.89.0.1", "lladdr", "02:00:00:00:89:01", "nud", "permanent", "dev", "lb0")
+            try await Self.ethtool("-K", "gw0", "tx", "off", in: ns)
             let right = try await Self.doctor(["lb0"], pin: bpffs.path + "/lb", in: ns)
-            #expect(right.status == 0 && right.checks.values.allSatisfy { $0 } && right.checks.count >= 10, "\(right.output)")
+            #expect(right.status == 0 && right.checks.values.allSatisfy { $0 } && right.checks.count >= 12, "\(right.output)")
+        }
+    }
+
+    @Test("balancer: a bridge (no XDP in its driver) is an xdp_native finding, a veth is not; a veth's peer in another namespace is read there, and the fix names that namespace")
+    func driverChecks() async throws {
+        let bpffs = try BPFFSMount()
+        defer { bpffs.close() }
+        try await withTestNamespace { ns in
+            try await withTestNamespace { other in
+                try await ns.ip("link", "add", "br0", "type", "bridge")
+                let bridge = try await Self.doctor(["br0"], pin: bpffs.path + "/lb", in: ns)
+                #expect(bridge.status == 1 && bridge.checks["xdp_native"] == false && bridge.checks["veth_tx_checksum"] == nil, "\(bridge.output)")
+                #expect(bridge.output.contains("(bridge) has no native XDP") && bridge.output.contains("--mode generic"), "\(bridge.output)")
+
+                try await ns.ip("link", "add", "lb0", "type", "veth", "peer", "name", "far0", "netns", other.name)
+                let offloading = try await Self.doctor(["lb0"], pin: bpffs.path + "/lb", in: ns)
+                #expect(offloading.checks["xdp_native"] == true && offloading.checks["veth_tx_checksum"] == false, "\(offloading.output)")
+                #expect(offloading.output.contains("ip netns exec \(other.name) ethtool -K far0 tx off"), "\(offloading.output)")
+
+                try await Self.ethtool("-K", "far0", "tx", "off", in: other)
+                let computing = try await Self.doctor(["lb0"], pin: bpffs.path + "/lb", in: ns)
+                #expect(computing.checks["veth_tx_checksum"] == true && computing.output.contains("far0 of the veth lb0 (in namespace \(other.name))"), "\(computing.output)")
+            }
         }
     }
 
