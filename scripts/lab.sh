@@ -115,7 +115,7 @@
 # full NAT across both interfaces. The lb does not forward in its kernel (ip_forward 0):
 # only its XDP program carries traffic between its two sides. Every interface the lb
 # transmits on has an XDP program at its peer (r-lb, r-lb1), and every sender (the
-# client and all backends) runs `ethtool -K eth0 tx off`. `lbctl attach` runs once per
+# client, all backends, and the router toward the lb) runs `ethtool -K IFACE tx off`. `lbctl attach` runs once per
 # interface with the same pin path: lb0 first (its default route gives the gateway MAC),
 # then lb1 with --gateway-mac of that same router (lb1 has no default route, and the
 # gateway is one per balancer). `up` applies what `services NAME` prints. The links'
@@ -613,6 +613,9 @@ build_dsr() {
     for l in "${LBS[@]:1}"; do
         lbctl_in router decap attach "r-$l" --vip $NEVER_VIP --pin-path "$BPFFS/router-$l" >"$DIR/router-$l.decap.out"
     done
+    # What the router sends a balancer itself (BGP, pings) leaves with finished checksums
+    # too, as `lbctl doctor lb0` wants of lb0's peer.
+    for l in "${LBS[@]}"; do nx router ethtool -K "r-$l" tx off >/dev/null; done
 
     # The balancer, and its services.
     lbctl_in lb attach lb0 ${LAB_CT_SIZE:+--conntrack-size "$LAB_CT_SIZE"} --pin-path "$LB_PIN" >"$DIR/lb.attach.out"
@@ -725,6 +728,7 @@ build_nat() {
     # address, gets that address as its only tunnel endpoint too.
     lbctl_in router decap attach r-lb --vip $NEVER_VIP --pin-path "$BPFFS/router" >"$DIR/router.decap.out"
     lbctl_in router decap attach r-lb1 --vip $NEVER_VIP --local $NEVER_VIP --pin-path "$BPFFS/router-lb1" >"$DIR/router-lb1.decap.out"
+    for i in r-lb r-lb1; do nx router ethtool -K "$i" tx off >/dev/null; done  # as in build_dsr
 
     for b in "${BACKENDS[@]}"; do wait_server "$b"; done
 

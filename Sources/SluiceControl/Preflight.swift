@@ -40,7 +40,7 @@ public enum Preflight {
         checks += offloads(interface)
         if let veth = vethChecksum(interface) { checks.append(veth) }
         checks.append(rpFilter(interface.name))
-        checks.append(gateway(interface))
+        checks.append(gateway(interface, pinPath: pinPath))
         return checks
     }
 
@@ -204,9 +204,16 @@ public enum Preflight {
             : PreflightCheck("rp_filter", ok: true, "rp_filter \(effective) on \(name)")
     }
 
-    static func gateway(_ interface: NetworkInterface) -> PreflightCheck {
+    /// A default route via the interface whose gateway is resolved; or, on an interface the
+    /// balancer was attached to without one (a second interface, --gateway-mac), the gateway
+    /// MAC it was given.
+    static func gateway(_ interface: NetworkInterface, pinPath: String) -> PreflightCheck {
         guard let route = Route.table().first(where: { $0.interface == interface.name && $0.prefixLength == 0 && $0.gateway != nil }),
               let gateway = route.gateway else {
+            if let ours = try? Dataplane.pinnedProgramID(at: pinPath), (try? XDP.query(ifindex: interface.index))?.programID == ours,
+               let mac = try? Dataplane.open(pinPath: pinPath).appliedState().config.gateway {
+                return PreflightCheck("gateway", ok: true, "no default route via \(interface.name); the balancer attached to it sends to the gateway MAC \(mac) it was given")
+            }
             return PreflightCheck("gateway", ok: false, "no default route via \(interface.name): lbctl attach cannot find the tunnels' next hop",
                                   fix: "add the default route, or pass lbctl attach --gateway-mac")
         }
