@@ -10,7 +10,7 @@ import Testing
 /// The lbctl packaged: make deb's (--static-swift-stdlib); the debug build under test links
 /// the toolchain's Swift runtime, which make deb-files refuses to package.
 private let debLbctl = ProcessInfo.processInfo.environment["SLUICE_DEB_LBCTL"]
-    ?? Lbctl.packageRoot.appendingPathComponent(".build/deb/release/lbctl").path
+    ?? Lbctl.packageRoot.appendingPathComponent("build/deb/lbctl").path
 
 @Suite("make deb: the Debian package, linted and installed into a scratch root",
        .enabled(if: getuid() == 0, "needs root: dpkg installs as root, with root-owned files"),
