@@ -1,7 +1,7 @@
 // What the kernel says about an interface that decides whether XDP works on it (read by
 // lbctl doctor): its driver's name (ETHTOOL_GDRVINFO), the XDP actions the driver implements
 // itself (the netdev generic netlink family, Linux 6.3+), its transmit checksum offload
-// (ETHTOOL_GTXCSUM) and, for a veth, its peer: index, namespace (IFLA_LINK,
+// (ETHTOOL_GTXCSUM), its offload features (ETHTOOL_GFEATURES) and, for a veth, its peer: index, namespace (IFLA_LINK,
 // IFLA_LINK_NETNSID) and, when `ip netns` named that namespace, the peer's own offload.
 import CLibbpf
 import Foundation
@@ -77,9 +77,50 @@ public enum LinkFeatures {
         return value[4..<8].contains { $0 != 0 }
     }
 
+    /// The interface's offload features, by the kernel's names ("rx-lro", "rx-gro-hw",
+    /// "tx-checksum-ip-generic", ...), each with whether it is active: what `ethtool -k`
+    /// prints (it shows a few under older names: large-receive-offload is rx-lro). Read with
+    /// ETHTOOL_GSSET_INFO (how many), ETHTOOL_GSTRINGS (their names) and ETHTOOL_GFEATURES
+    /// (32 to a block: available, requested, active, never changed).
+    public static func features(of name: String) -> [String: Bool]? {
+        let stringLength = 32, featureSet: UInt32 = 4  // ETH_GSTRING_LEN, ETH_SS_FEATURES
+        var info = [UInt8](repeating: 0, count: 20)  // struct ethtool_sset_info and one data word
+        put(UInt64(1) << featureSet, at: 8, in: &info)
+        guard ethtool(name, command: 0x37 /* ETHTOOL_GSSET_INFO */, &info) else { return nil }
+        let count = Int(read(UInt32.self, at: 16, in: info))
+        guard count > 0, count <= 4096 else { return nil }
+
+        var strings = [UInt8](repeating: 0, count: 12 + count * stringLength)  // struct ethtool_gstrings
+        put(featureSet, at: 4, in: &strings)
+        put(UInt32(count), at: 8, in: &strings)
+        guard ethtool(name, command: 0x1b /* ETHTOOL_GSTRINGS */, &strings) else { return nil }
+
+        let blocks = (count + 31) / 32
+        var state = [UInt8](repeating: 0, count: 8 + blocks * 16)  // struct ethtool_gfeatures
+        put(UInt32(blocks), at: 4, in: &state)
+        guard ethtool(name, command: 0x3a /* ETHTOOL_GFEATURES */, &state) else { return nil }
+
+        var result: [String: Bool] = [:]
+        for bit in 0..<count {
+            let start = 12 + bit * stringLength
+            let feature = String(decoding: strings[start..<start + stringLength].prefix { $0 != 0 }, as: UTF8.self)
+            let active = read(UInt32.self, at: 8 + (bit / 32) * 16 + 8, in: state)
+            if !feature.isEmpty { result[feature] = active & (1 << UInt32(bit % 32)) != 0 }
+        }
+        return result
+    }
+
+    private static func put<T: FixedWidthInteger>(_ value: T, at offset: Int, in buffer: inout [UInt8]) {
+        withUnsafeBytes(of: value.littleEndian) { for (i, byte) in $0.enumerated() { buffer[offset + i] = byte } }
+    }
+
+    private static func read<T: FixedWidthInteger>(_: T.Type, at offset: Int, in buffer: [UInt8]) -> T {
+        buffer[offset..<offset + MemoryLayout<T>.size].reversed().reduce(T(0)) { $0 << 8 | T($1) }
+    }
+
     /// One SIOCETHTOOL get: `buffer` starts with the command and is filled in by the kernel.
     private static func ethtool(_ name: String, command: UInt32, _ buffer: inout [UInt8]) -> Bool {
-        withUnsafeBytes(of: command.littleEndian) { for (i, byte) in $0.enumerated() { buffer[i] = byte } }
+        put(command, at: 0, in: &buffer)
         return buffer.withUnsafeMutableBytes { raw in
             NetworkInterface.ifreqQuery(name, 0x8946 /* SIOCETHTOOL */) {
                 $0.ifr_ifru.ifru_data = raw.baseAddress!.assumingMemoryBound(to: CChar.self)

@@ -184,14 +184,15 @@ public enum Preflight {
     /// LRO merges frames before XDP sees them (the kernel refuses XDP with it on); receive
     /// GRO in hardware likewise.
     static func offloads(_ interface: NetworkInterface) -> [PreflightCheck] {
-        guard let features = ethtoolFeatures(interface.name) else {
-            return [PreflightCheck("offloads", ok: true, "not checked: ethtool -k \(interface.name) gave nothing (install ethtool)")]
+        guard let features = LinkFeatures.features(of: interface.name) else {
+            return [PreflightCheck("offloads", ok: true, "not checked: \(interface.name) lists no offload features (ETHTOOL_GFEATURES)")]
         }
-        return [("large-receive-offload", "lro"), ("rx-gro-hw", "rx-gro-hw")].compactMap { feature, short in
+        // ethtool -k's names; the kernel calls LRO rx-lro.
+        return [("large-receive-offload", "rx-lro", "lro"), ("rx-gro-hw", "rx-gro-hw", "rx-gro-hw")].compactMap { shown, feature, short in
             guard let on = features[feature] else { return nil }
-            return on ? PreflightCheck("offload_\(short)", ok: false, "\(feature) is on for \(interface.name): merged frames reach XDP as one",
+            return on ? PreflightCheck("offload_\(short)", ok: false, "\(shown) is on for \(interface.name): merged frames reach XDP as one",
                                        fix: "ethtool -K \(interface.name) \(short) off")
-                      : PreflightCheck("offload_\(short)", ok: true, "\(feature) off")
+                      : PreflightCheck("offload_\(short)", ok: true, "\(shown) off")
         }
     }
 
@@ -259,27 +260,5 @@ public enum Preflight {
             if let address = IPAddress(text) { result.append(address) }
         }
         return result
-    }
-
-    /// `ethtool -k NAME` as feature -> on (fixed features included), nil without ethtool.
-    static func ethtoolFeatures(_ name: String) -> [String: Bool]? {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ethtool")
-        process.arguments = ["-k", name]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return nil }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { return nil }
-        var features: [String: Bool] = [:]
-        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
-            let parts = line.split(separator: ":", maxSplits: 1)
-            guard parts.count == 2 else { continue }
-            let value = parts[1].trimmingCharacters(in: .whitespaces)
-            features[parts[0].trimmingCharacters(in: .whitespaces)] = value.hasPrefix("on")
-        }
-        return features
     }
 }

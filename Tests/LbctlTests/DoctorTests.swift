@@ -2,6 +2,7 @@
 // finding and exit 1, and then set up right, where every check passes and it exits 0; and
 // against drivers with and without XDP, and a veth whose peer is in another namespace.
 import Foundation
+import SluiceControl
 import SluiceTestSupport
 import Testing
 
@@ -21,6 +22,10 @@ struct DoctorTests {
     }
 
     static func ethtool(_ arguments: String..., in namespace: TestNamespace) async throws {
+        try await ethtool(arguments, in: namespace)
+    }
+
+    static func ethtool(_ arguments: [String], in namespace: TestNamespace) async throws {
         try await Command.check(TestNamespace.ip, ["netns", "exec", namespace.name, "/usr/sbin/ethtool"] + arguments)
     }
 
@@ -75,6 +80,35 @@ struct DoctorTests {
                 try await Self.ethtool("-K", "far0", "tx", "off", in: other)
                 let computing = try await Self.doctor(["lb0"], pin: bpffs.path + "/lb", in: ns)
                 #expect(computing.checks["veth_tx_checksum"] == true && computing.output.contains("far0 of the veth lb0 (in namespace \(other.name))"), "\(computing.output)")
+            }
+        }
+    }
+
+    @Test("the offload features read from the kernel (ETHTOOL_GFEATURES) are ethtool -k's, feature by feature, before and after some are switched")
+    func offloadFeatures() async throws {
+        try await withTestNamespace { ns in
+            try await ns.addVethPair("lb0", peer: "gw0")
+            // ethtool -k: "name: on|off [fixed|requested on]", a few legacy names for kernel ones.
+            func ethtoolK() async throws -> [String: Bool] {
+                let output = try await Command.check(TestNamespace.ip, ["netns", "exec", ns.name, "/usr/sbin/ethtool", "-k", "lb0"]).stdout
+                let legacy = ["large-receive-offload": "rx-lro", "generic-receive-offload": "rx-gro", "rx-checksumming": "rx-checksum",
+                              "ntuple-filters": "rx-ntuple-filter", "receive-hashing": "rx-hashing"]
+                var features: [String: Bool] = [:]
+                for line in output.split(separator: "\n") where line.hasPrefix("\t") || line.hasPrefix(" ") || line.contains(": ") {
+                    let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                    guard parts.count == 2, !parts[1].isEmpty else { continue }
+                    features[legacy[parts[0]] ?? parts[0]] = parts[1].hasPrefix("on")
+                }
+                return features
+            }
+            for switches in [[], ["gro", "on", "tx", "off", "sg", "off"]] {
+                if !switches.isEmpty { try await Self.ethtool(["-K", "lb0"] + switches, in: ns) }
+                let shown = try await ethtoolK()
+                let read = try #require(try await ns.run { LinkFeatures.features(of: "lb0") })
+                let common = Set(shown.keys).intersection(read.keys)
+                #expect(common.count >= 30 && ["rx-lro", "rx-gro", "rx-gro-hw", "tx-scatter-gather"].allSatisfy(common.contains), "\(common.sorted())")
+                for name in common.sorted() { #expect(read[name] == shown[name], "\(name) after \(switches): read \(read[name]!), ethtool -k \(shown[name]!)") }
+                if !switches.isEmpty { #expect(read["rx-gro"] == true && read["tx-scatter-gather"] == false, "\(read)") }
             }
         }
     }
