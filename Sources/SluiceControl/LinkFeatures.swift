@@ -167,7 +167,7 @@ public enum LinkFeatures {
         let found = inNamespace(namespace.path) { () -> (String?, Bool?) in
             var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE))
             guard if_indextoname(UInt32(bitPattern: link.index), &name) != nil else { return (nil, nil) }
-            let text = String(cString: name)
+            let text = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             return (text, transmitChecksumOffload(of: text))
         }
         return Peer(index: link.index, name: found?.0, namespace: namespace.name, isLocal: false, transmitChecksumOffload: found?.1)

@@ -44,34 +44,6 @@ public enum Preflight {
         return checks
     }
 
-    /// The backend side of `services`: each VIP of a DSR service on loopback, ARP kept quiet
-    /// for l2dsr VIPs, and a decapsulator for the tunnel modes (pinned at `decapPinPath`).
-    public static func backend(services: ServiceFile, decapPinPath: String) -> [PreflightCheck] {
-        let dsr = services.services.filter { [.ipip, .gue, .l2dsr].contains($0.forwarding) }
-        let local = Set(localAddresses(on: "lo"))
-        var checks = Set(dsr.map(\.vip)).sorted { $0.description < $1.description }.map { vip in
-            local.contains(vip)
-                ? PreflightCheck("vip_on_loopback", ok: true, "\(vip) is on lo")
-                : PreflightCheck("vip_on_loopback", ok: false, "\(vip) is not an address of lo: the kernel drops what the balancer delivers to it",
-                                 fix: "ip addr add \(vip)/\(vip.family == .v4 ? 32 : 128) dev lo")
-        }
-        if dsr.contains(where: { $0.forwarding == .l2dsr && $0.vip.family == .v4 }) {
-            let ignore = sysctl("net/ipv4/conf/all/arp_ignore") ?? 0, announce = sysctl("net/ipv4/conf/all/arp_announce") ?? 0
-            checks.append(ignore >= 1 && announce >= 2
-                ? PreflightCheck("arp", ok: true, "arp_ignore \(ignore), arp_announce \(announce)")
-                : PreflightCheck("arp", ok: false, "arp_ignore \(ignore), arp_announce \(announce): this backend answers ARP for the l2dsr VIPs on lo, stealing them from the balancer",
-                                 fix: "sysctl -w net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2"))
-        }
-        if dsr.contains(where: { $0.forwarding != .l2dsr }) {
-            let pinned = DecapDataplane.isPinned(at: decapPinPath)
-            checks.append(pinned
-                ? PreflightCheck("decap", ok: true, "a decapsulator is pinned at \(decapPinPath)")
-                : PreflightCheck("decap", ok: false, "no decapsulator at \(decapPinPath): IP-in-IP and GUE packets from the balancer are not unwrapped",
-                                 fix: "lbctl decap IFACE --vip VIP ... (see lbctl decap --help)"))
-        }
-        return checks
-    }
-
     // MARK: The checks
 
     static func kernel() -> PreflightCheck {
@@ -242,23 +214,5 @@ public enum Preflight {
     static func kernelAtLeast(_ major: Int, _ minor: Int) -> Bool {
         let parts = kernelRelease().split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
         return parts.count == 2 && (parts[0], parts[1]) >= (major, minor)
-    }
-
-    /// Addresses of the interface called `name`.
-    static func localAddresses(on name: String) -> [IPAddress] {
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0, let first = list else { return [] }
-        defer { freeifaddrs(list) }
-        var result: [IPAddress] = []
-        for entry in sequence(first: first, next: { $0.pointee.ifa_next }) {
-            guard String(cString: entry.pointee.ifa_name) == name, let addr = entry.pointee.ifa_addr else { continue }
-            var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-            let length = addr.pointee.sa_family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
-            guard [sa_family_t(AF_INET), sa_family_t(AF_INET6)].contains(addr.pointee.sa_family),
-                  getnameinfo(addr, socklen_t(length), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 else { continue }
-            let text = String(cString: host).split(separator: "%").first.map(String.init) ?? ""
-            if let address = IPAddress(text) { result.append(address) }
-        }
-        return result
     }
 }

@@ -9,7 +9,7 @@ import SluiceCore
 struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check this machine for what breaks XDP balancers, and say how to fix each finding.",
-        discussion: "On a balancer: the kernel, BTF, bpffs, memlock and, with IFACE, the XDP hook, native XDP in the driver, MTU headroom for the pinned services, LRO and hardware GRO, a veth peer's checksum offload, rp_filter and the gateway's neighbour entry. With --backend and the service file: each DSR VIP on lo, arp_ignore/arp_announce for l2dsr, a decapsulator for ipip and gue. Exit 0 when all pass, 1 with findings.")
+        discussion: "On a balancer: the kernel, BTF, bpffs, memlock and, with IFACE, the XDP hook, native XDP in the driver, MTU headroom for the pinned services, LRO and hardware GRO, a veth peer's checksum offload, rp_filter and the gateway's neighbour entry. With --backend and the service file: each DSR VIP on lo, arp_ignore/arp_announce for l2dsr, per ipip and gue service a decapsulator holding its VIP (and the GUE port), or the kernel's ipip/ip6tnl devices and FOU ports. Exit 0 when all pass, 1 with findings.")
 
     @Argument(help: "The interface the balancer runs on (balancer checks).") var interface: String?
     @Flag(help: "Check this machine as a backend of the services in --file.") var backend = false
