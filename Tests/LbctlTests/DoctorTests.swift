@@ -183,6 +183,19 @@ struct DoctorTests {
         #expect(KernelTunnels.receivers(outer: .v6, inner: .v6, guePort: 6080, links: [ip6tnl0], fou: [gue4]) == nil)
     }
 
+    @Test("a pin path on a file system that is not bpffs is a bpffs finding whose fix mounts it there")
+    func notBPFFS() async throws {
+        let scratch = try ScratchDirectory()
+        let pin = scratch.path + "/lb"
+        let result = try await Lbctl.run(["doctor", "--pin-path", pin])
+        #expect(result.status == 1 && result.stdout.contains("FINDING bpffs: \(scratch.path) is not bpffs")
+                && result.stdout.contains("fix: mount -t bpf bpf \(scratch.path)"), "\(result)")
+        let bpffs = try BPFFSMount()
+        defer { bpffs.close() }
+        let mounted = try await Lbctl.run(["doctor", "--pin-path", bpffs.path + "/lb"])
+        #expect(mounted.stdout.contains("ok      bpffs: \(bpffs.path) is bpffs"), "\(mounted)")
+    }
+
     @Test("bad input is exit 2: --backend without --file, a service file that does not parse")
     func badInput() async throws {
         let missing = try await Lbctl.run(["doctor", "--backend"])
