@@ -91,11 +91,19 @@ public struct TopFrame: Sendable, Codable, Equatable {
         public var entries: Int
         public var capacity: Int
         public var fill: Double
+        /// How long ago the table was counted (0: for this frame; see ConntrackCountSchedule).
+        public var ageSeconds: Double
 
-        public init(entries: Int, capacity: Int) {
+        public init(entries: Int, capacity: Int, ageSeconds: Double = 0) {
             self.entries = entries
             self.capacity = capacity
             fill = capacity == 0 ? 0 : Double(entries) / Double(capacity)
+            self.ageSeconds = ageSeconds
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case entries, capacity, fill
+            case ageSeconds = "age_seconds"
         }
     }
 
@@ -157,5 +165,28 @@ extension Dataplane {
         do {
             return TopFrame.Conntrack(entries: try self[.conntrack].countEntries(), capacity: conntrackCapacity)
         } catch { throw .bpf(error, while: "counting the connection table") }
+    }
+}
+
+/// When lbctl top counts the connection table again. Counting is a full read of the table
+/// (~330 ms at a million entries, on the balancer's own CPUs), so it is spread out to take at
+/// most a twentieth of the time: every frame while the table is small, every few seconds
+/// when it holds millions.
+public struct ConntrackCountSchedule: Sendable {
+    public static let share = 20.0
+    private var last: (at: ContinuousClock.Instant, cost: Duration)?
+
+    public init() {}
+
+    /// Whether to count for a frame at `now`, frames coming every `interval`.
+    public func isDue(at now: ContinuousClock.Instant, interval: Duration) -> Bool {
+        guard let last else { return true }
+        // Half an interval of slack: frames drift, and a cheap count is due every frame.
+        return now - last.at >= last.cost * Self.share - interval / 2
+    }
+
+    /// A count was taken at `at` and took `cost`.
+    public mutating func counted(at: ContinuousClock.Instant, cost: Duration) {
+        last = (at, cost)
     }
 }

@@ -25,11 +25,19 @@ struct Top: ParsableCommand {
         var previous = try dataplane.counters()
         var taken = ContinuousClock.now
         var frames = 0
+        var schedule = ConntrackCountSchedule()
+        var fill: (value: TopFrame.Conntrack, at: ContinuousClock.Instant)?
         while count.map({ frames < $0 }) ?? true {
             Thread.sleep(forTimeInterval: max(0, interval - (ContinuousClock.now - taken).seconds))
             let snapshot = try dataplane.counters()
             let now = ContinuousClock.now
-            let frame = TopFrame(from: previous, to: snapshot, seconds: (now - taken).seconds, conntrack: try dataplane.conntrackFill())
+            if fill == nil || schedule.isDue(at: now, interval: .seconds(interval)) {
+                fill = (try dataplane.conntrackFill(), now)
+                schedule.counted(at: now, cost: ContinuousClock.now - now)
+            }
+            var conntrack = fill!.value
+            conntrack.ageSeconds = (now - fill!.at).seconds
+            let frame = TopFrame(from: previous, to: snapshot, seconds: (now - taken).seconds, conntrack: conntrack)
             (previous, taken) = (snapshot, now)
             frames += 1
             if json {
@@ -46,9 +54,10 @@ struct Top: ParsableCommand {
     static func render(_ frame: TopFrame, time: Date) -> String {
         let clock = Date.ISO8601FormatStyle(timeZone: .current).time(includingFractionalSeconds: false).format(time)
         let fill = frame.conntrack.fill * 100
+        let age = frame.conntrack.ageSeconds >= 0.5 ? ", counted \(Int(frame.conntrack.ageSeconds.rounded())) s ago" : ""
         var text = "lbctl top  \(clock)  every \(String(format: "%.1f", frame.intervalSeconds)) s  "
-            + "new flows \(rate(frame.newFlowsPerSecond))/s  conntrack \(frame.conntrack.entries)/\(frame.conntrack.capacity) "
-            + "(\(String(format: "%.1f", fill))%)\n"
+            + "new flows \(rate(frame.newFlowsPerSecond))/s\n"
+            + "conntrack  \(frame.conntrack.entries)/\(frame.conntrack.capacity) (\(String(format: "%.1f", fill))%\(age))\n"
         let drops = frame.drops.filter { $0.value > 0 }.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
         text += "drops/s    " + (drops.isEmpty ? "none" : drops.map { "\($0.key) \(rate(frame.dropsPerSecond[$0.key] ?? 0))" }
             .joined(separator: ", ")) + "\n\n"
