@@ -145,7 +145,7 @@ public enum LinkFeatures {
     }
 
     /// The peer of the veth `interface` (nil when the kernel names no peer).
-    public static func vethPeer(of interface: NetworkInterface) -> Peer? {
+    public static func vethPeer(of interface: NetworkInterface) async -> Peer? {
         var ifinfo = [UInt8](repeating: 0, count: 16)  // struct ifinfomsg, AF_UNSPEC
         withUnsafeBytes(of: interface.index.littleEndian) { for (i, byte) in $0.enumerated() { ifinfo[4 + i] = byte } }
         var link: (index: Int32, namespaceID: Int32?)?
@@ -164,7 +164,7 @@ public enum LinkFeatures {
         guard let namespace = namedNamespace(id: namespaceID) else {
             return Peer(index: link.index, name: nil, namespace: nil, isLocal: false, transmitChecksumOffload: nil)
         }
-        let found = inNamespace(namespace.path) { () -> (String?, Bool?) in
+        let found = await inNamespace(namespace.path) { () -> (String?, Bool?) in
             var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE))
             guard if_indextoname(UInt32(bitPattern: link.index), &name) != nil else { return (nil, nil) }
             let text = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -194,24 +194,19 @@ public enum LinkFeatures {
     }
 
     /// `body` run on a thread of its own switched into the namespace at `path` (namespaces
-    /// are per thread, so the caller's stays as it is); nil when it cannot be entered.
-    static func inNamespace<T: Sendable>(_ path: String, _ body: @escaping @Sendable () -> T) -> T? {
-        let box = ResultBox<T>(), done = DispatchSemaphore(value: 0)
-        let thread = Thread {
-            defer { done.signal() }
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { return }
-            defer { close(fd) }
-            guard setns(fd, CLibbpf_CLONE_NEWNET) == 0 else { return }
-            box.value = body()
+    /// are per thread, so no caller's thread, and no thread of the Swift pool, ever moves);
+    /// nil when it cannot be entered. The caller is suspended, not blocked, meanwhile.
+    static func inNamespace<T: Sendable>(_ path: String, _ body: @escaping @Sendable () -> T) async -> T? {
+        await withCheckedContinuation { (continuation: CheckedContinuation<T?, Never>) in
+            let thread = Thread {
+                let fd = open(path, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { return continuation.resume(returning: nil) }
+                defer { close(fd) }
+                guard setns(fd, CLibbpf_CLONE_NEWNET) == 0 else { return continuation.resume(returning: nil) }
+                continuation.resume(returning: body())
+            }
+            thread.name = "netns \(path)"
+            thread.start()
         }
-        thread.start()
-        done.wait()
-        return box.value
     }
-}
-
-/// The value a thread hands back; written before the semaphore is signalled, read after.
-private final class ResultBox<T>: @unchecked Sendable {
-    var value: T?
 }

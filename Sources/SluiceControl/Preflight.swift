@@ -27,7 +27,7 @@ public enum Preflight {
     /// The balancer side: the kernel, bpffs, memlock and, for `interface`, the XDP hook, MTU
     /// headroom for the services pinned at `pinPath` (every tunnel mode when none), offloads,
     /// reverse-path filtering and the gateway's neighbour entry.
-    public static func balancer(interface name: String?, pinPath: String) -> [PreflightCheck] {
+    public static func balancer(interface name: String?, pinPath: String) async -> [PreflightCheck] {
         var checks = [kernel(), btf(), bpffs(pinPath), memlock()]
         guard let name else { return checks }
         guard let interface = try? NetworkInterface.named(name) else {
@@ -38,7 +38,7 @@ public enum Preflight {
         checks.append(xdpNative(interface))
         checks.append(mtu(interface, pinPath: pinPath))
         checks += offloads(interface)
-        if let veth = vethChecksum(interface) { checks.append(veth) }
+        if let veth = await vethChecksum(interface) { checks.append(veth) }
         checks.append(rpFilter(interface.name))
         checks.append(gateway(interface, pinPath: pinPath))
         return checks
@@ -109,9 +109,9 @@ public enum Preflight {
     /// The veth trap: a veth hands what its peer's stack sent with the TCP/UDP checksum left
     /// to an offload that never runs (CHECKSUM_PARTIAL); XDP tunnels or rewrites the frame as
     /// it is and the backend drops it for its checksum. nil when `interface` is no veth.
-    static func vethChecksum(_ interface: NetworkInterface) -> PreflightCheck? {
+    static func vethChecksum(_ interface: NetworkInterface) async -> PreflightCheck? {
         guard LinkFeatures.driver(of: interface.name) == "veth" else { return nil }
-        guard let peer = LinkFeatures.vethPeer(of: interface) else {
+        guard let peer = await LinkFeatures.vethPeer(of: interface) else {
             return PreflightCheck("veth_tx_checksum", ok: true, "not checked: the kernel names no peer of the veth \(interface.name)")
         }
         let name = peer.name ?? "if\(peer.index)"

@@ -6,7 +6,7 @@ import Foundation
 import SluiceControl
 import SluiceCore
 
-struct Doctor: ParsableCommand {
+struct Doctor: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check this machine for what breaks XDP balancers, and say how to fix each finding.",
         discussion: "On a balancer: the kernel, BTF, bpffs, memlock and, with IFACE, the XDP hook, native XDP in the driver, MTU headroom for the pinned services, LRO and hardware GRO, a veth peer's checksum offload, rp_filter and the gateway's neighbour entry. With --backend and the service file: each DSR VIP on lo, arp_ignore/arp_announce for l2dsr, per ipip and gue service a decapsulator holding its VIP (and the GUE port), or the kernel's ipip/ip6tnl devices and FOU ports. Exit 0 when all pass, 1 with findings.")
@@ -23,12 +23,12 @@ struct Doctor: ParsableCommand {
         if backend && interface != nil { throw ValidationError("IFACE is for the balancer checks, not with --backend") }
     }
 
-    func run() throws {
+    func run() async throws {
         let checks: [PreflightCheck]
         if backend, let file {
             checks = Preflight.backend(services: try ServiceFileParser.load(path: file), decapPinPath: global.pinPath)
         } else {
-            checks = Preflight.balancer(interface: interface, pinPath: global.pinPath)
+            checks = await Preflight.balancer(interface: interface, pinPath: global.pinPath)
         }
         if json {
             try printJSON(checks)
