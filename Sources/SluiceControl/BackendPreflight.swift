@@ -35,11 +35,7 @@ extension Preflight {
         guard !tunnelled.isEmpty else { return [] }
         let here = Set(NetworkInterface.all().flatMap { Decap.addresses(of: $0.name) })
         let guePort = services.node.effectiveGUEPort
-        let ours: (vips: Set<IPAddress>, guePort: UInt16)? = DecapDataplane.isPinned(at: pinPath)
-            ? (try? DecapDataplane.open(pinPath: pinPath)).flatMap { decap in
-                (try? decap.addresses(in: .vips)).flatMap { vips in (try? decap.guePort()).map { (Set(vips), $0) } }
-            }
-            : nil
+        let ours = pinnedDecapsulator(at: pinPath)
         let links = KernelTunnels.links(), fou = KernelTunnels.fouPorts() ?? []
         return tunnelled.map { service in
             let gue = service.forwarding == .gue
@@ -68,6 +64,17 @@ extension Preflight {
             }
             return PreflightCheck("decap", ok: false, "\(what): the decapsulator at \(pinPath) strips GUE to port \(ours.guePort == 0 ? "none (0)" : String(ours.guePort)), the service file's node.gue_port is \(guePort)",
                                   fix: "lbctl decap attach IFACE --gue-port \(guePort)")
+        }
+    }
+
+    /// The VIP set and GUE port of the decapsulator pinned at `pinPath`; nil when none is.
+    private static func pinnedDecapsulator(at pinPath: String) -> (vips: Set<IPAddress>, guePort: UInt16)? {
+        guard DecapDataplane.isPinned(at: pinPath) else { return nil }
+        do {
+            let decap = try DecapDataplane.open(pinPath: pinPath)
+            return (Set(try decap.addresses(in: .vips)), try decap.guePort())
+        } catch {
+            return nil
         }
     }
 }

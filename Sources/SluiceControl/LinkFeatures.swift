@@ -87,7 +87,7 @@ public enum LinkFeatures {
         var info = [UInt8](repeating: 0, count: 20)  // struct ethtool_sset_info and one data word
         put(UInt64(1) << featureSet, at: 8, in: &info)
         guard ethtool(name, command: 0x37 /* ETHTOOL_GSSET_INFO */, &info) else { return nil }
-        let count = Int(read(UInt32.self, at: 16, in: info))
+        let count = Int(Netlink.integer(info[16...], as: UInt32.self) ?? 0)
         guard count > 0, count <= 4096 else { return nil }
 
         var strings = [UInt8](repeating: 0, count: 12 + count * stringLength)  // struct ethtool_gstrings
@@ -104,7 +104,7 @@ public enum LinkFeatures {
         for bit in 0..<count {
             let start = 12 + bit * stringLength
             let feature = String(decoding: strings[start..<start + stringLength].prefix { $0 != 0 }, as: UTF8.self)
-            let active = read(UInt32.self, at: 8 + (bit / 32) * 16 + 8, in: state)
+            let active = Netlink.integer(state[(8 + (bit / 32) * 16 + 8)...], as: UInt32.self) ?? 0
             if !feature.isEmpty { result[feature] = active & (1 << UInt32(bit % 32)) != 0 }
         }
         return result
@@ -112,10 +112,6 @@ public enum LinkFeatures {
 
     private static func put<T: FixedWidthInteger>(_ value: T, at offset: Int, in buffer: inout [UInt8]) {
         withUnsafeBytes(of: value.littleEndian) { for (i, byte) in $0.enumerated() { buffer[offset + i] = byte } }
-    }
-
-    private static func read<T: FixedWidthInteger>(_: T.Type, at offset: Int, in buffer: [UInt8]) -> T {
-        buffer[offset..<offset + MemoryLayout<T>.size].reversed().reduce(T(0)) { $0 << 8 | T($1) }
     }
 
     /// One SIOCETHTOOL get: `buffer` starts with the command and is filled in by the kernel.
@@ -147,7 +143,7 @@ public enum LinkFeatures {
     /// The peer of the veth `interface` (nil when the kernel names no peer).
     public static func vethPeer(of interface: NetworkInterface) async -> Peer? {
         var ifinfo = [UInt8](repeating: 0, count: 16)  // struct ifinfomsg, AF_UNSPEC
-        withUnsafeBytes(of: interface.index.littleEndian) { for (i, byte) in $0.enumerated() { ifinfo[4 + i] = byte } }
+        put(interface.index, at: 4, in: &ifinfo)
         var link: (index: Int32, namespaceID: Int32?)?
         Netlink.request(type: 18 /* RTM_GETLINK */, dump: false, body: ifinfo) { type, body in
             guard type == 16 /* RTM_NEWLINK */, body.count >= 16 else { return }
