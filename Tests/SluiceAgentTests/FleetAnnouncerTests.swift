@@ -86,6 +86,20 @@ struct FleetAnnouncerTests {
         return (bird, config)
     }
 
+    /// A control for the test's BIRD. Its calls block (up to the timeout), so they run off the
+    /// pool; the timeout is long because a loaded CI machine kept BIRD from answering within
+    /// the agent's 5 s, and these tests are about what BIRD answers, not how fast.
+    static func control(_ config: BGPConfig) -> BIRDControl {
+        var control = BIRDControl(socketPath: config.birdSocket)
+        control.timeoutSeconds = 60
+        return control
+    }
+
+    /// `command`'s reply lines, joined.
+    static func run(_ control: BIRDControl, _ command: String) async throws -> String {
+        try await offPool { try control.run(command) }.joined(separator: "\n")
+    }
+
     @Test("BIRD takes the include file: the routes to announce, with MED, local preference and communities set by the export filter",
           .enabled(if: BIRDProcess.isInstalled, "needs Debian's bird2"))
     func birdTakesTheIncludeFile() async throws {
@@ -99,20 +113,21 @@ struct FleetAnnouncerTests {
             standby.localPref = 90
             base.vipAttributes[IPAddress("2001:db8::10")!] = standby
             let (bird, config) = try await Self.bird(in: namespace, config: base)
-            let control = BIRDControl(socketPath: config.birdSocket)
+            let control = Self.control(config)
             let vips = [IPAddress("198.51.100.10")!, IPAddress("2001:db8::10")!]
-            try FleetAnnouncer.install(BIRDInclude.render(vips) { config.attributes(for: $0) }, config: config, bird: control)
+            let include = BIRDInclude.render(vips) { config.attributes(for: $0) }
+            try await offPool { try FleetAnnouncer.install(include, config: config, bird: control) }
 
-            let routes = try control.run("show route filter sluice_export all").joined(separator: "\n")
+            let routes = try await Self.run(control, "show route filter sluice_export all")
             #expect(routes.contains("198.51.100.10/32") && routes.contains("2001:db8::10/128"), "\(routes)")
-            let v4 = try control.run("show route 198.51.100.10/32 filter sluice_export all").joined(separator: "\n")
+            let v4 = try await Self.run(control, "show route 198.51.100.10/32 filter sluice_export all")
             #expect(v4.contains("BGP.med: 10") && v4.contains("BGP.community: (65100,100)") && !v4.contains("local_pref"), "\(v4)")
-            let v6 = try control.run("show route 2001:db8::10/128 filter sluice_export all").joined(separator: "\n")
+            let v6 = try await Self.run(control, "show route 2001:db8::10/128 filter sluice_export all")
             #expect(v6.contains("BGP.med: 50") && v6.contains("BGP.local_pref: 90"), "\(v6)")
 
             // Withdrawn: the static protocols hold nothing any more.
-            try FleetAnnouncer.withdrawAll(config: config)
-            let none = try control.run("show route protocol sluice_vips4").joined(separator: "\n")
+            _ = try await offPool { try FleetAnnouncer.withdrawAll(config: config) }
+            let none = try await Self.run(control, "show route protocol sluice_vips4")
             #expect(!none.contains("198.51.100.10"), "\(none)")
             #expect(try String(contentsOfFile: config.includeFile, encoding: .utf8) == BIRDInclude.render([]) { _ in BGPConfig.Attributes() })
             _ = bird
@@ -127,16 +142,16 @@ struct FleetAnnouncerTests {
         let namespace = try await TestNamespace(prefix: "slbird")
         try await withCleanup {
             let (bird, config) = try await Self.bird(in: namespace)
-            let control = BIRDControl(socketPath: config.birdSocket)
-            let refused = #expect(throws: BIRDControl.Failure.self) { try control.run("configure \"/nonexistent/bird.conf\"") }
+            let control = Self.control(config)
+            let refused = await #expect(throws: BIRDControl.Failure.self) { try await Self.run(control, "configure \"/nonexistent/bird.conf\"") }
             #expect(refused?.message.contains("/nonexistent/bird.conf: No such file or directory") == true, "\(String(describing: refused))")
             // A broken include file: BIRD keeps its running configuration and says why.
-            let broken = #expect(throws: BIRDControl.Failure.self) {
-                try FleetAnnouncer.install("protocol static sluice_vips4 { ipv4; route nonsense; }\n", config: config, bird: control)
+            let broken = await #expect(throws: BIRDControl.Failure.self) {
+                try await offPool { try FleetAnnouncer.install("protocol static sluice_vips4 { ipv4; route nonsense; }\n", config: config, bird: control) }
             }
             #expect(broken?.message.contains("sluice-vips.conf") == true, "\(String(describing: broken))")
             await bird.kill()
-            let gone = #expect(throws: BIRDControl.Failure.self) { try control.configure() }
+            let gone = await #expect(throws: BIRDControl.Failure.self) { try await offPool { try control.configure() } }
             #expect(gone?.message.contains("is bird running?") == true, "\(String(describing: gone))")
         } cleanup: {
             await namespace.remove()
