@@ -185,7 +185,7 @@ public struct ConntrackCountSchedule: Sendable {
         return now - last.at >= last.cost * Self.share - interval / 2
     }
 
-    /// A count was taken at `at` and took `cost`.
+    /// A count was taken at `at` and took `cost` of CPU time.
     public mutating func counted(at: ContinuousClock.Instant, cost: Duration) {
         last = (at, cost)
     }

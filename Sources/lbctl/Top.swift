@@ -32,8 +32,11 @@ struct Top: ParsableCommand {
             let snapshot = try dataplane.counters()
             let now = ContinuousClock.now
             if fill == nil || schedule.isDue(at: now, interval: .seconds(interval)) {
+                // The cost is this thread's CPU time (the batched read is system time), not the
+                // wall clock: on a loaded machine a stall would pass for an expensive count.
+                let cpu = Self.threadCPUTime()
                 fill = (try dataplane.conntrackFill(), now)
-                schedule.counted(at: now, cost: ContinuousClock.now - now)
+                schedule.counted(at: now, cost: Self.threadCPUTime() - cpu)
             }
             var conntrack = fill!.value
             conntrack.ageSeconds = (now - fill!.at).seconds
@@ -48,6 +51,12 @@ struct Top: ParsableCommand {
             }
             fflush(nil)  // every frame out at once, also into a pipe
         }
+    }
+
+    static func threadCPUTime() -> Duration {
+        var time = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+        return .seconds(time.tv_sec) + .nanoseconds(time.tv_nsec)
     }
 
     /// One frame as text, at most 80 columns (names and addresses are cut to fit).
